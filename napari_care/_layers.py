@@ -1,0 +1,123 @@
+"""The napari boundary for layer data: the one place where level-0 (x, y) pixels become
+napari's (row, col) world coordinates in micrometres (or pixels when a slide has no mpp).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from napari_care.core.slide import Slide
+
+MICROMETRE = "micrometer"
+
+
+def world_scale(slide: Slide) -> tuple[float, float]:
+    """(row, col) world units per level-0 pixel: (mpp_y, mpp_x), or (1, 1) without mpp."""
+    if slide.mpp is None:
+        return (1.0, 1.0)
+    return (slide.mpp[1], slide.mpp[0])
+
+
+def world_units(slide: Slide) -> tuple[str, str]:
+    """Units of the world axes: micrometres when the slide is calibrated, else pixels."""
+    unit = MICROMETRE if slide.mpp is not None else "pixel"
+    return (unit, unit)
+
+
+def slide_layer_data(slide: Slide, *, name: str) -> tuple[Any, dict, str]:
+    """A multiscale RGB image layer tuple for ``slide``."""
+    kwargs = {
+        "name": name,
+        "rgb": True,
+        "multiscale": True,
+        "contrast_limits": (0, 255),
+        "scale": world_scale(slide),
+        "units": world_units(slide),
+        "metadata": {"napari_care": slide.metadata(), "slide": slide},
+    }
+    return (slide.levels, kwargs, "image")
+
+
+def placement(slide: Slide, origin_level0: tuple[float, float], pixel_level0: float) -> dict[str, tuple[float, float]]:
+    """``scale`` and ``translate`` that put a raster over the slide image.
+
+    The raster's pixel (0, 0) covers level-0 [x0, x0 + p) x [y0, y0 + p) with
+    (x0, y0) = ``origin_level0`` and p = ``pixel_level0``. napari puts an image pixel's
+    centre at index * scale + translate, and level-0 pixel i of the slide at i * mpp, so the
+    raster's pixel centre is at (x0 + p / 2 - 0.5) level-0 pixels.
+    """
+    mpp_row, mpp_col = world_scale(slide)
+    x0, y0 = origin_level0
+    return {
+        "scale": (pixel_level0 * mpp_row, pixel_level0 * mpp_col),
+        "translate": ((y0 + pixel_level0 / 2 - 0.5) * mpp_row, (x0 + pixel_level0 / 2 - 0.5) * mpp_col),
+    }
+
+
+def level0_to_world(slide: Slide, xy_level0: np.ndarray) -> np.ndarray:
+    """[N, 2] level-0 (x, y) pixel-edge coordinates -> [N, 2] napari world (row, col)."""
+    mpp_row, mpp_col = world_scale(slide)
+    xy = np.asarray(xy_level0, dtype=np.float64)
+    return np.stack([(xy[:, 1] - 0.5) * mpp_row, (xy[:, 0] - 0.5) * mpp_col], axis=1)
+
+
+def world_to_level0(slide: Slide, rowcol_world: np.ndarray) -> np.ndarray:
+    """[N, 2] napari world (row, col) -> [N, 2] level-0 (x, y) pixel-edge coordinates."""
+    mpp_row, mpp_col = world_scale(slide)
+    rc = np.asarray(rowcol_world, dtype=np.float64)
+    return np.stack([rc[:, 1] / mpp_col + 0.5, rc[:, 0] / mpp_row + 0.5], axis=1)
+
+
+def visible_box_level0(layer) -> tuple[float, float, float, float]:
+    """The level-0 (x0, y0, x1, y1) box of what the canvas shows of a slide layer.
+
+    napari keeps ``corner_pixels`` (the visible extent) in pixels of the displayed level
+    ``data_level``; scaling by that level's downsample gives level-0 pixels.
+    """
+    slide: Slide = layer.metadata["slide"]
+    level = layer.data_level if layer.multiscale else 0
+    downsample = slide.level_downsamples[level]
+    (row0, col0), (row1, col1) = np.asarray(layer.corner_pixels)[:, -2:]
+    width0, height0 = slide.dimensions[0]
+    return (
+        float(max(col0 * downsample, 0.0)),
+        float(max(row0 * downsample, 0.0)),
+        float(min((col1 + 1) * downsample, width0)),
+        float(min((row1 + 1) * downsample, height0)),
+    )
+
+
+_UPDATABLE = ("scale", "translate", "features", "colormap", "contrast_limits", "edge_color", "text")
+
+
+def put_layer(viewer, data: Any, kwargs: dict, layer_type: str):
+    """Update the layer named ``kwargs["name"]`` in place, or add it when there is none.
+
+    In-place updates keep the layer's position in the list and what the user set by hand
+    (visibility, opacity, blending); data, placement and tables are replaced.
+    """
+    name = kwargs["name"]
+    existing = viewer.layers[name] if name in viewer.layers else None
+    if existing is None or type(existing).__name__.lower() != layer_type:
+        from napari.layers import Layer
+
+        if existing is not None:
+            viewer.layers.remove(existing)
+        return viewer.add_layer(Layer.create(data, kwargs, layer_type))
+    if layer_type == "shapes":
+        existing.selected_data = set()
+        existing.data = []
+        existing.add(data, shape_type=kwargs.get("shape_type", "rectangle"))
+    else:
+        existing.data = data
+    for key in _UPDATABLE:
+        if key in kwargs:
+            setattr(existing, key, kwargs[key])
+    if layer_type == "labels" and "colormap" not in kwargs:
+        from napari.utils.colormaps import label_colormap
+
+        existing.colormap = label_colormap()
+    existing.refresh()
+    return existing

@@ -1,0 +1,247 @@
+"""From a slide (or a box of it) to CARE's adaptive regions: the one entry point that the
+widget, the command line and the cohort runner share.
+
+>>> from napari_care.core import open_slide, run_to_end
+>>> from napari_care.core.segment import SegmentOptions, segment
+>>> with open_slide("slide.svs") as slide:
+...     result = run_to_end(segment(slide, SegmentOptions(k=8)))
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from napari_care.core.care_result import CareResult
+from napari_care.core.features import PatchFeatures
+from napari_care.core.progress import Progress
+from napari_care.core.slide import Slide
+from napari_care.core.tiling import TileGrid, tile_grid
+from napari_care.core.tissue import TissueMask, tissue_mask
+
+Box = tuple[float, float, float, float]  # level-0 (x0, y0, x1, y1)
+
+
+class NoTissueError(ValueError):
+    """No tile with enough tissue where segmentation was asked for."""
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """Every option of a segmentation run, as one frozen value.
+
+    Parameters
+    ----------
+    encoder
+        Patch encoder name (see :func:`napari_care.core.encoders.list_encoders`).
+    encoder_weights
+        Local weights file for the encoder (timm models and presets), if any.
+    care_checkpoint
+        A trained CARE checkpoint; None runs the training-free generator.
+    magnification
+        Target magnification of the tiles (20x = 0.5 um/px); ignored when ``mpp`` is set.
+    mpp
+        Target micrometres per tile pixel, overriding ``magnification``.
+    tile_size_px
+        Tile side at the target resolution.
+    k
+        Block side of the sub-region grid, in patches.
+    tissue_threshold
+        HSV saturation threshold of the tissue mask; None chooses it by Otsu.
+    min_tissue
+        Minimum tissue share of a tile to keep it.
+    e_star
+        Target expected candidate rank of the region structuring loss.
+    lambda_spf
+        Weight of the coverage prior in SPF.
+    n_groups
+        Number of phenotype groups the regions are clustered into.
+    batch_size
+        Tiles per encoder batch.
+    device
+        Torch device for torch encoders and models (None: CUDA when available).
+    """
+
+    encoder: str = "default"
+    encoder_weights: str | None = None
+    care_checkpoint: str | None = None
+    magnification: float = 20.0
+    mpp: float | None = None
+    tile_size_px: int = 224
+    k: int = 8
+    tissue_threshold: float | None = None
+    min_tissue: float = 0.25
+    e_star: float = 0.5
+    lambda_spf: float = 0.5
+    n_groups: int = 6
+    batch_size: int = 64
+    device: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The options as JSON-ready values."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SegmentResult:
+    """What one segmentation run found.
+
+    Attributes
+    ----------
+    features
+        The patch features the regions were computed on (level-0 coords, patch size).
+    care
+        CARE's regions, weights, ROI and embeddings.
+    group_of_region
+        ``[R]`` phenotype group of each region (0..n_groups-1).
+    grid
+        The tiles of the run.
+    tissue
+        The tissue mask used.
+    options
+        The options of the run.
+    box
+        The level-0 box of the run, or None for the whole slide.
+    encoded_tiles
+        How many tiles the encoder ran on (the rest came from the cache).
+    slide_mpp
+        The slide's (x, y) micrometres per level-0 pixel, or None.
+    """
+
+    features: PatchFeatures
+    care: CareResult
+    group_of_region: np.ndarray
+    grid: TileGrid
+    tissue: TissueMask
+    options: SegmentOptions
+    box: Box | None
+    encoded_tiles: int
+    slide_mpp: tuple[float, float] | None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def area_um2_of_region(self) -> np.ndarray | None:
+        """``[R]`` area of each region in square micrometres (stride^2 per patch), or None."""
+        if self.slide_mpp is None:
+            return None
+        patch_area = (self.grid.stride_level0**2) * self.slide_mpp[0] * self.slide_mpp[1]
+        return self.care.region_sizes * patch_area
+
+
+def segment(
+    slide: Slide,
+    options: SegmentOptions | None = None,
+    *,
+    box: Box | None = None,
+    tissue: TissueMask | None = None,
+    cache=None,
+    encoder=None,
+    model=None,
+    cancel: threading.Event | Callable[[], bool] | None = None,
+) -> Generator[Progress, None, SegmentResult]:
+    """Segment a slide (or the tiles of ``box``) into CARE's adaptive regions.
+
+    A generator: it yields :class:`Progress` and returns a :class:`SegmentResult`.
+
+    Parameters
+    ----------
+    slide
+        The open slide.
+    options
+        The run's options (defaults: :class:`SegmentOptions`).
+    box
+        Level-0 (x0, y0, x1, y1) to work on (the visible field); None is the whole slide.
+    tissue
+        A tissue mask computed earlier for this slide and threshold (reused across runs).
+    cache
+        A :class:`napari_care.core.feature_cache.FeatureCache`: only tiles it lacks are encoded.
+    encoder, model
+        Already built encoder / CARE model to reuse; built from ``options`` when None.
+    cancel
+        An event (or callable) that stops the run within one encoder batch.
+
+    Raises
+    ------
+    NoTissueError
+        When no tile has enough tissue.
+    napari_care.core.extract.Cancelled
+        When ``cancel`` was set.
+    """
+    from napari_care.core.care_result import segment_features
+    from napari_care.core.extract import extract_features
+    from napari_care.core.phenotypes import group_regions
+
+    options = options or SegmentOptions()
+    where = "the view" if box is not None else "the slide"
+    if tissue is None:
+        yield Progress("tissue", 0, 1, "finding tissue")
+        tissue = tissue_mask(slide, saturation_threshold=options.tissue_threshold)
+    grid = tile_grid(
+        slide,
+        mpp=options.mpp,
+        magnification=None if options.mpp else options.magnification,
+        tile_size_px=options.tile_size_px,
+        min_tissue=options.min_tissue,
+        tissue=tissue,
+        box=box,
+    )
+    yield Progress("tissue", 1, 1, f"{len(grid)} tiles on tissue in {where}")
+    if len(grid) == 0:
+        raise NoTissueError(f"{slide.path.name}: no tissue in {where}")
+    if encoder is None:
+        encoder = build_encoder(options)
+    features = yield from extract_features(
+        slide, grid, encoder, batch_size=options.batch_size, cache=cache, cancel=cancel
+    )
+    yield Progress("segment", 0, 1, f"finding adaptive regions among {len(features)} patches")
+    if model is None and options.care_checkpoint:
+        model = load_care_model(options.care_checkpoint, in_dim=features.embed_dim)
+    care = _run_care(features, options, model)
+    groups = group_regions(care.region_features, n_groups=options.n_groups)
+    yield Progress("segment", 1, 1, f"{care.n_regions} regions, ROI = region {care.roi}")
+    return SegmentResult(
+        features=features,
+        care=care,
+        group_of_region=groups,
+        grid=grid,
+        tissue=tissue,
+        options=options,
+        box=box,
+        encoded_tiles=int(getattr(features, "encoded_count", len(features))),
+        slide_mpp=slide.mpp,
+    )
+
+
+def build_encoder(options: SegmentOptions):
+    """The patch encoder ``options`` name."""
+    from napari_care.core.encoders import create_encoder
+
+    return create_encoder(options.encoder, weights=options.encoder_weights, device=options.device)
+
+
+def load_care_model(checkpoint: str | Path, *, in_dim: int):
+    """A trained CARE model from a checkpoint, checked against the features' dimension."""
+    from napari_care.core.checkpoint import load_checkpoint
+    from napari_care.core.models.care import CareModel
+
+    model, config, _ = load_checkpoint(checkpoint, CareModel)
+    if config.in_dim != in_dim:
+        raise ValueError(
+            f"CARE checkpoint {checkpoint} expects D={config.in_dim} features but the encoder gives {in_dim}"
+        )
+    return model
+
+
+def _run_care(features: PatchFeatures, options: SegmentOptions, model) -> CareResult:
+    from napari_care.core.care_result import segment_features
+    from napari_care.core.models.care_free import CareFreeConfig
+
+    if model is not None:
+        return segment_features(features.features, features.grid, model=model)
+    config = CareFreeConfig(k=options.k, e_star=options.e_star, lambda_spf=options.lambda_spf)
+    return segment_features(features.features, features.grid, config=config)
