@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_care._layers import level0_to_world, placement
+from napari_care._layers import level0_to_world, placement, world_units
 from napari_care.core.heatmap import heatmap_raster
 from napari_care.core.regions import region_raster, region_table, roi_boxes
 from napari_care.core.segment import SegmentResult
@@ -23,6 +23,8 @@ GROUP_PALETTE = np.array([  # distinct, colour-blind friendly (Okabe-Ito, then T
     (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
     (204, 121, 167), (136, 34, 85), (68, 170, 153), (153, 153, 51), (51, 34, 136), (221, 204, 119),
 ]) / 255.0  # fmt: skip
+
+EDGE_WIDTH_SHARE = 0.002  # ROI outline width as a share of the slide's longer side
 
 LayerData = tuple[Any, dict, str]
 
@@ -111,9 +113,10 @@ def roi_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) -> L
     kwargs = {
         "name": ROI,
         "shape_type": "rectangle",
+        "units": world_units(slide),
         "edge_color": ["#ffd700" if b.is_top else "#00e5ff" for b in boxes],
         "face_color": "transparent",
-        "edge_width": 4.0 * float(result.grid.stride_level0) * (slide.mpp[0] if slide.mpp else 1.0) / 100,
+        "edge_width": EDGE_WIDTH_SHARE * max(slide.dimensions[0]) * (slide.mpp[0] if slide.mpp else 1.0),
         "features": {"region": [b.region for b in boxes], "a": [b.a for b in boxes],
                      "is_roi": [b.is_top for b in boxes], "label": labels},
         "text": {"string": "{label}", "anchor": "upper_left", "size": 11, "color": "white"},

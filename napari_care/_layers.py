@@ -40,8 +40,8 @@ def slide_layer_data(slide: Slide, *, name: str) -> tuple[Any, dict, str]:
     return (slide.levels, kwargs, "image")
 
 
-def placement(slide: Slide, origin_level0: tuple[float, float], pixel_level0: float) -> dict[str, tuple[float, float]]:
-    """``scale`` and ``translate`` that put a raster over the slide image.
+def placement(slide: Slide, origin_level0: tuple[float, float], pixel_level0: float) -> dict[str, tuple]:
+    """``scale``, ``translate`` and ``units`` that put a raster over the slide image.
 
     The raster's pixel (0, 0) covers level-0 [x0, x0 + p) x [y0, y0 + p) with
     (x0, y0) = ``origin_level0`` and p = ``pixel_level0``. napari puts an image pixel's
@@ -51,6 +51,7 @@ def placement(slide: Slide, origin_level0: tuple[float, float], pixel_level0: fl
     mpp_row, mpp_col = world_scale(slide)
     x0, y0 = origin_level0
     return {
+        "units": world_units(slide),
         "scale": (pixel_level0 * mpp_row, pixel_level0 * mpp_col),
         "translate": ((y0 + pixel_level0 / 2 - 0.5) * mpp_row, (x0 + pixel_level0 / 2 - 0.5) * mpp_col),
     }

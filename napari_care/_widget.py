@@ -59,10 +59,11 @@ class CareSegmentWidget(Container):
         self.normalisation = ComboBox(label="normalisation", choices=NORMALISATIONS, value="min-max")
         self.colormap = ComboBox(label="colormap", choices=COLORMAPS, value="turbo")
         self.opacity = FloatSpinBox(label="heatmap opacity", value=0.6, min=0.0, max=1.0, step=0.05)
-        self.blur = FloatSpinBox(label="heatmap blur (patches)", value=0.0, min=0.0, max=10.0, step=0.5)
-        self.show_advanced = CheckBox(text="advanced options", value=False)
-        self.e_star = FloatSpinBox(label="E*", value=0.5, min=0.0, max=2.0, step=0.05, visible=False)
-        self.lambda_spf = FloatSpinBox(label="lambda_spf", value=0.5, min=0.0, max=1.0, step=0.05, visible=False)
+        self.blur = FloatSpinBox(label="blur (patches)", value=0.0, min=0.0, max=10.0, step=0.5)
+        self.e_star = FloatSpinBox(label="E*", value=0.5, min=0.0, max=2.0, step=0.05,
+                                   tooltip="target expected candidate rank of the region structuring loss")
+        self.lambda_spf = FloatSpinBox(label="lambda_spf", value=0.5, min=0.0, max=1.0, step=0.05,
+                                       tooltip="share of the coverage prior in the region weight a")
         self.scope = RadioButtons(label="scope", choices=SCOPES, value="whole slide")
         self.follow_view = CheckBox(text="follow view", value=False)
         self.magnification = ComboBox(label="magnification", choices=MAGNIFICATIONS, value=20.0)
@@ -70,17 +71,20 @@ class CareSegmentWidget(Container):
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
         self.status = Label(label="status", value="ready")
-        self.extend([
-            self.slide_layer, self.encoder, self.timm_name, self.weights, self.care_checkpoint, self.k,
-            self.colour_by, self.n_groups, self.tissue_threshold, self.min_tissue, self.roi_threshold,
-            self.heatmap_threshold, self.normalisation, self.colormap, self.opacity, self.blur,
-            self.show_advanced, self.e_star, self.lambda_spf, self.scope, self.follow_view,
-            self.magnification, self.run_button, self.cancel_button, self.progress, self.status,
-        ])  # fmt: skip
+        self.extend([self.slide_layer, self.scope, self.follow_view, self.magnification, self.k])
+        self._add_section("Encoder and model", [self.encoder, self.timm_name, self.weights, self.care_checkpoint])
+        self._add_section("Thresholds", [self.tissue_threshold, self.min_tissue, self.roi_threshold,
+                                         self.heatmap_threshold])
+        self._add_section("Display", [self.colour_by, self.n_groups, self.normalisation, self.colormap,
+                                      self.opacity, self.blur])
+        self._add_section("Advanced", [self.e_star, self.lambda_spf])
+        # the run controls go under the sections, so they join the native layout the same way
+        controls = Container(widgets=[self.run_button, self.cancel_button, self.progress, self.status], labels=True)
+        self.native.layout().addWidget(controls.native)
+        self.status.native.setWordWrap(True)
         self.controller = SegmentController(self)
         self.run_button.changed.connect(self.controller.run)
         self.cancel_button.changed.connect(self.controller.cancel)
-        self.show_advanced.changed.connect(self._toggle_advanced)
         for widget in (self.colour_by, self.roi_threshold, self.heatmap_threshold, self.normalisation,
                        self.colormap, self.opacity, self.blur):
             widget.changed.connect(self.controller.redraw)
@@ -91,8 +95,13 @@ class CareSegmentWidget(Container):
     def _slide_layers(self, _widget=None) -> list:
         return [layer for layer in self.viewer.layers if "slide" in getattr(layer, "metadata", {})]
 
-    def _toggle_advanced(self, shown: bool) -> None:
-        self.e_star.visible = self.lambda_spf.visible = shown
+    def _add_section(self, title: str, widgets: list) -> None:
+        """A collapsible section (collapsed at first) holding ``widgets`` with their labels."""
+        from superqt import QCollapsible
+
+        section = QCollapsible(title)
+        section.addWidget(Container(widgets=widgets, labels=True).native)
+        self.native.layout().addWidget(section)
 
     def segment_options(self) -> SegmentOptions:
         """The core options the widget's fields say."""

@@ -172,9 +172,8 @@ def segment(
     napari_care.core.extract.Cancelled
         When ``cancel`` was set.
     """
-    from napari_care.core.care_result import segment_features
     from napari_care.core.extract import extract_features
-    from napari_care.core.phenotypes import group_regions
+    from napari_care.core.phenotypes import phenotype_groups
 
     options = options or SegmentOptions()
     where = "the view" if box is not None else "the slide"
@@ -202,7 +201,7 @@ def segment(
     if model is None and options.care_checkpoint:
         model = load_care_model(options.care_checkpoint, in_dim=features.embed_dim)
     care = _run_care(features, options, model)
-    groups = group_regions(care.region_features, n_groups=options.n_groups)
+    groups = phenotype_groups(care, n_groups=options.n_groups).group_of_region
     yield Progress("segment", 1, 1, f"{care.n_regions} regions, ROI = region {care.roi}")
     return SegmentResult(
         features=features,
