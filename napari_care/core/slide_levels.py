@@ -99,10 +99,15 @@ class TiledLevel:
             for ty in range(y0 // th, (y1 - 1) // th + 1)
             for tx in range(x0 // tw, (x1 - 1) // tw + 1)
         ]
-        if parallel and len(wanted) > 1:
-            tiles = list(self.executor.map(lambda t: self.tile(*t), wanted))
+        # cached tiles are served here: a thread-pool round trip costs more than the copy
+        tiles = [self.cache.get((self.key, ty, tx)) for ty, tx in wanted]
+        missing = [i for i, tile in enumerate(tiles) if tile is None]
+        if parallel and len(missing) > 1:
+            decoded = self.executor.map(lambda i: self.tile(*wanted[i]), missing)
         else:
-            tiles = [self.tile(ty, tx) for ty, tx in wanted]
+            decoded = (self.tile(*wanted[i]) for i in missing)
+        for i, tile in zip(missing, decoded, strict=True):
+            tiles[i] = tile
         for (ty, tx), tile in zip(wanted, tiles, strict=True):
             ty0, tx0 = ty * th, tx * tw
             sy0, sy1 = max(y0, ty0), min(y1, ty0 + th)

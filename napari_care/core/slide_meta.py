@@ -8,6 +8,7 @@ software defaults, not calibrations); with no calibration the slide has ``mpp=No
 
 from __future__ import annotations
 
+import numbers
 import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -117,9 +118,16 @@ def normalise_user_mpp(mpp: float | tuple[float, float] | None) -> tuple[float, 
     """The ``mpp=`` argument as (x, y), checked."""
     if mpp is None:
         return None
-    pair = (float(mpp), float(mpp)) if isinstance(mpp, (int, float)) else (float(mpp[0]), float(mpp[1]))
-    if not all(v > 0 and v == v and v != float("inf") for v in pair):
-        raise ValueError(f"mpp must be positive micrometres per pixel, got {mpp!r}")
+    try:
+        pair = (float(mpp), float(mpp)) if isinstance(mpp, numbers.Real) else (float(mpp[0]), float(mpp[1]))
+        if not isinstance(mpp, numbers.Real) and len(mpp) != 2:
+            raise ValueError
+    except (TypeError, ValueError, IndexError):
+        raise ValueError(f"mpp must be a number or an (x, y) pair of micrometres per pixel, got {mpp!r}") from None
+    low, high = PLAUSIBLE_MPP
+    # checked here because the chain would silently skip an implausible value and use the file's
+    if not all(low <= v <= high for v in pair):
+        raise ValueError(f"mpp must be between {low} and {high} micrometres per pixel, got {mpp!r}")
     return pair
 
 

@@ -12,11 +12,11 @@ DEFAULT_TILE = 512
 
 
 def composite_on_white(rgba: np.ndarray) -> np.ndarray:
-    """(h, w, 4) premultiplied-or-not RGBA -> (h, w, 3) RGB with transparent areas white."""
-    rgb = rgba[..., :3].astype(np.uint16)
-    alpha = rgba[..., 3:4].astype(np.uint16)
-    # OpenSlide returns premultiplied colour: rgb + white * (1 - alpha)
-    return (rgb + (255 - alpha)).clip(0, 255).astype(np.uint8)
+    """(h, w, 4) RGBA -> (h, w, 3) RGB over white, so transparent areas become glass."""
+    rgb = rgba[..., :3].astype(np.uint32)
+    alpha = rgba[..., 3:4].astype(np.uint32)
+    # openslide-python un-premultiplies its colours: rgb * alpha + white * (1 - alpha), rounded
+    return ((rgb * alpha + 127) // 255 + (255 - alpha)).astype(np.uint8)
 
 
 class OpenSlideLevelSource:

@@ -24,17 +24,23 @@ class TileCache:
         self._bytes = 0
         self._lock = threading.Lock()
 
+    def get(self, key: Hashable) -> np.ndarray | None:
+        """Return the cached tile for ``key``, or None on a miss."""
+        with self._lock:
+            tile = self._tiles.get(key)
+            if tile is not None:
+                self._tiles.move_to_end(key)
+            return tile
+
     def get_or_load(self, key: Hashable, load: Callable[[], np.ndarray]) -> np.ndarray:
         """Return the cached tile for ``key``, decoding it with ``load`` on a miss.
 
         Decoding happens outside the lock so that several threads decode at once; two
         threads missing the same tile may both decode it, which is harmless.
         """
-        with self._lock:
-            tile = self._tiles.get(key)
-            if tile is not None:
-                self._tiles.move_to_end(key)
-                return tile
+        tile = self.get(key)
+        if tile is not None:
+            return tile
         tile = load()
         tile.flags.writeable = False  # shared between callers: nobody may edit it in place
         if self.max_bytes <= 0:
