@@ -37,7 +37,7 @@ def slide_layer_data(slide: Slide, *, name: str) -> tuple[Any, dict, str]:
         "units": world_units(slide),
         "metadata": {"napari_care": slide.metadata(), "slide": slide},
     }
-    return (slide.levels, kwargs, "image")
+    return (slide.tiled_levels, kwargs, "image")
 
 
 def placement(slide: Slide, origin_level0: tuple[float, float], pixel_level0: float) -> dict[str, tuple]:

@@ -115,16 +115,51 @@ class TiledLevel:
             out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[sy0 - ty0 : sy1 - ty0, sx0 - tx0 : sx1 - tx0]
         return out
 
-    def __getitem__(self, index: tuple[slice, ...]) -> np.ndarray:
-        """Numpy-style slicing with unit steps, as dask asks for chunks."""
+    @property
+    def size(self) -> int:
+        """Number of values, as numpy counts them."""
+        return self.height * self.width * 3
+
+    def __len__(self) -> int:
+        return self.height
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        pixels = self.read(0, 0, self.width, self.height)
+        return pixels if dtype is None else pixels.astype(dtype)
+
+    def __getitem__(self, index) -> np.ndarray:
+        """Numpy-style basic indexing (slices with any step, integers), reading only the tiles needed.
+
+        napari slices the levels it shows with this, and dask asks for its chunks.
+        """
         if not isinstance(index, tuple):
             index = (index,)
+        if any(item is Ellipsis for item in index):
+            at = index.index(Ellipsis)
+            index = index[:at] + (slice(None),) * (4 - len(index)) + index[at + 1 :]
         index = index + (slice(None),) * (3 - len(index))
-        rows, cols, chans = (s.indices(n) for s, n in zip(index, self.shape, strict=True))
-        if rows[2] != 1 or cols[2] != 1:
-            raise IndexError("TiledLevel supports unit-step slices only")
-        region = self.read(cols[0], rows[0], max(cols[1] - cols[0], 0), max(rows[1] - rows[0], 0))
-        return region[:, :, slice(*chans)]
+        bounds, local = [], []
+        for item, length in zip(index[:2], self.shape[:2], strict=True):
+            if isinstance(item, slice):
+                start, stop, step = item.indices(length)
+                picked = range(start, stop, step)
+                if len(picked) == 0:
+                    bounds.append((0, 0))
+                    local.append(slice(0, 0))
+                    continue
+                low, high = min(picked[0], picked[-1]), max(picked[0], picked[-1]) + 1
+                bounds.append((low, high))
+                stop = picked[-1] - low + (1 if step > 0 else -1)
+                local.append(slice(picked[0] - low, stop if stop >= 0 else None, step))
+            else:
+                position = int(item) + (length if int(item) < 0 else 0)
+                if not 0 <= position < length:
+                    raise IndexError(f"index {item} is out of bounds for an axis of size {length}")
+                bounds.append((position, position + 1))
+                local.append(0)
+        (row0, row1), (col0, col1) = bounds
+        region = self.read(col0, row0, col1 - col0, row1 - row0)
+        return region[(local[0], local[1], index[2])]
 
     def to_dask(self, name: str) -> da.Array:
         """The level as a lazy dask array chunked on the file's tiles."""
