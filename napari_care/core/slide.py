@@ -30,7 +30,7 @@ from napari_care.core.tile_cache import TileCache
 VIRTUAL_LEVEL_MAX_SIDE = 1024  # add 2x levels until the smallest is at most this big
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 OPENSLIDE_FIRST = {".mrxs", ".vms", ".vmu", ".scn", ".bif", ".dcm", ".svslide"}
-DEFAULT_CACHE_BYTES = 512 * 2**20
+DEFAULT_CACHE_BYTES = 256 * 2**20
 
 
 class SlideReadError(ValueError):

@@ -1,0 +1,182 @@
+"""Patch feature extraction: tiles of a grid -> encoder -> :class:`PatchFeatures`.
+
+A generator (yields :class:`Progress`, returns the features). Reader threads decode and cut
+tiles ahead of the encoder (:mod:`napari_care.core.tile_reader`), so reading overlaps
+computing; features stream into one preallocated array; a cache skips tiles encoded before.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Generator
+from pathlib import Path
+
+import numpy as np
+
+from napari_care.core.feature_cache import CacheKey, FeatureCache, cache_key
+from napari_care.core.features import PatchFeatures
+from napari_care.core.progress import Progress
+from napari_care.core.tile_reader import iter_tile_batches
+from napari_care.core.tiling import TileGrid
+
+STAGE = "extract"
+
+CancelSignal = threading.Event | Callable[[], bool] | None
+
+
+class Cancelled(Exception):
+    """Raised by a long-running generator after its cancel signal was set."""
+
+
+def is_cancelled(cancel: CancelSignal) -> bool:
+    """True when ``cancel`` (an Event or a callable returning bool) says stop."""
+    if cancel is None:
+        return False
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
+
+
+def _slide_name(slide) -> str:
+    return Path(slide.path).name
+
+
+def _encode(encoder, tiles: np.ndarray, slide, coords: np.ndarray) -> np.ndarray:
+    """Encode one batch and check it: [b, D] float32 with finite values, or a ValueError."""
+    try:
+        features = np.asarray(encoder.encode(tiles), dtype=np.float32)
+    except FloatingPointError as error:  # the encoders' own NaN/inf check
+        raise ValueError(f"slide {_slide_name(slide)}: {error}") from error
+    if features.ndim != 2 or len(features) != len(tiles):
+        raise ValueError(
+            f"encoder {encoder.cfg.name!r} returned shape {features.shape} for {len(tiles)} tiles; expected [B, D]"
+        )
+    bad = ~np.isfinite(features).all(axis=1)
+    if bad.any():
+        x, y = coords[np.flatnonzero(bad)[0]]
+        raise ValueError(
+            f"slide {_slide_name(slide)}: encoder {encoder.cfg.name!r} produced NaN/inf features for "
+            f"{int(bad.sum())} of {len(tiles)} tiles in a batch (first at level-0 x={x}, y={y})"
+        )
+    return features
+
+
+def _take_cached(
+    cache: FeatureCache | None, key: CacheKey | None, grid: TileGrid, features: np.ndarray
+) -> np.ndarray:
+    """Fill ``features`` with cached rows; return the grid rows still to encode."""
+    if cache is None or key is None or len(grid) == 0:
+        return np.arange(len(grid), dtype=np.int64)
+    found, cached = cache.lookup(key, grid.grid)
+    if cached is None or not found.any():
+        return np.arange(len(grid), dtype=np.int64)
+    if cached.shape[1] != features.shape[1]:
+        raise ValueError(
+            f"cached features have {cached.shape[1]} dims, the encoder gives {features.shape[1]}"
+        )
+    features[found] = cached
+    return np.flatnonzero(~found)
+
+
+def _keep(
+    cache: FeatureCache | None,
+    key: CacheKey | None,
+    grid: TileGrid,
+    features: np.ndarray,
+    encoded: list[np.ndarray],
+    *,
+    persist: bool,
+) -> None:
+    """Add the rows encoded in this run to the cache (to its file too with ``persist``)."""
+    if cache is None or key is None or not encoded:
+        return
+    rows = np.concatenate(encoded)
+    cache.store(key, grid.grid[rows], features[rows], persist=persist)
+
+
+def extract_features(
+    slide,
+    grid: TileGrid,
+    encoder,
+    *,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    cache: FeatureCache | None = None,
+    cancel: CancelSignal = None,
+) -> Generator[Progress, None, PatchFeatures]:
+    """Encode every tile of ``grid``.
+
+    Parameters
+    ----------
+    slide
+        The slide the grid was laid on.
+    grid
+        Tiles to encode (see :func:`~napari_care.core.tiling.tile_grid`).
+    encoder
+        A patch encoder (``encode(uint8 [B, H, W, 3]) -> float32 [B, D]``, ``cfg.name``,
+        ``embed_dim``).
+    batch_size
+        Tiles per encoder call.
+    num_workers
+        Reader threads (None: the machine's cores, at most 16).
+    cache
+        Features already computed for these tiles are taken from it; new ones are added.
+    cancel
+        A ``threading.Event`` or a callable; when set, the run stops within one batch and
+        raises :class:`Cancelled` (nothing is written to disk).
+
+    Yields
+    ------
+    Progress
+        ``stage="extract"``, tiles done of tiles total.
+
+    Returns
+    -------
+    PatchFeatures
+        One row per tile of ``grid``, in grid order.
+
+    Raises
+    ------
+    Cancelled
+        When ``cancel`` was set.
+    ValueError
+        When the encoder returns NaN/inf (the message names the slide and the tile count).
+    """
+    total = len(grid)
+    features = np.zeros((total, int(encoder.embed_dim)), dtype=np.float32)
+    key = cache_key(slide, grid, encoder) if cache is not None else None
+    todo = _take_cached(cache, key, grid, features)
+    done = total - len(todo)
+    name = _slide_name(slide)
+    yield Progress(STAGE, done, total, f"{name}: {done} of {total} tiles cached")
+
+    encoded: list[np.ndarray] = []
+    batches = iter_tile_batches(slide, grid, todo, batch_size=batch_size, num_workers=num_workers)
+    try:
+        for rows, tiles in batches:
+            if is_cancelled(cancel):
+                raise Cancelled(f"extraction of {name} cancelled after {done} of {total} tiles")
+            features[rows] = _encode(encoder, tiles, slide, grid.coords[rows])
+            encoded.append(rows)
+            done += len(rows)
+            yield Progress(STAGE, done, total, f"{name}: {done} of {total} tiles")
+        if is_cancelled(cancel):
+            raise Cancelled(f"extraction of {name} cancelled after {done} of {total} tiles")
+    except Cancelled:
+        _keep(cache, key, grid, features, encoded, persist=False)  # a re-run resumes; no file
+        raise
+    finally:
+        batches.close()  # stops the reader threads at once on cancel or error
+
+    _keep(cache, key, grid, features, encoded, persist=True)
+    return PatchFeatures(
+        features=features,
+        coords=grid.coords.copy(),
+        patch_size_px=grid.tile_size_px,
+        patch_size_level0=grid.tile_size_level0,
+        mpp=grid.target_mpp,
+        encoder=encoder.cfg.name,
+        slide_id=Path(slide.path).stem,
+        stride_level0=grid.stride_level0,
+        encoded_count=int(sum(len(rows) for rows in encoded)),
+    )

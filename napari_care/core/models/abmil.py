@@ -1,0 +1,149 @@
+"""Gated attention multiple-instance learning (AB-MIL; Ilse, Tomczak and Welling, ICML 2018).
+
+A slide is a bag of instance features (20x tile embeddings, or mixed-magnification region
+embeddings); a gated attention pools them into one bag feature that a linear layer
+classifies. The attention per instance is the heatmap shown in napari.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ABMILConfig:
+    """Size of an AB-MIL head.
+
+    Parameters
+    ----------
+    in_dim
+        Dimension D of the instance features.
+    hidden
+        Width of the instance embedding (first layer).
+    attn_dim
+        Width of the gated attention branches.
+    n_classes
+        Number of classes of the slide label.
+    dropout
+        Dropout after the instance embedding and in the attention branches.
+    """
+
+    in_dim: int
+    hidden: int = 256
+    attn_dim: int = 128
+    n_classes: int = 2
+    dropout: float = 0.25
+
+    def __post_init__(self) -> None:
+        for name in ("in_dim", "hidden", "attn_dim"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ABMILConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.n_classes < 2:
+            raise ValueError(f"ABMILConfig.n_classes must be at least 2, got {self.n_classes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"ABMILConfig.dropout must be in [0, 1), got {self.dropout}")
+
+
+class ABMILOutput(NamedTuple):
+    """What :class:`ABMIL` returns (unpacks as ``logits, attention``).
+
+    logits
+        ``[C]`` for one bag, ``[B, C]`` for a padded batch.
+    attention
+        ``[N]`` or ``[B, N]``: softmax weights over the instances of each bag (sum 1; 0 at
+        padding).
+    """
+
+    logits: torch.Tensor
+    attention: torch.Tensor
+
+
+class ABMIL(nn.Module):
+    """Gated attention MIL head.
+
+    ``a_i = softmax_i(w^T (tanh(V h_i) * sigmoid(U h_i)))`` with ``h_i`` the embedded
+    instance; the bag feature ``sum_i a_i h_i`` goes through a linear classifier.
+
+    Parameters
+    ----------
+    config
+        Sizes; see :class:`ABMILConfig`.
+    """
+
+    config_cls = ABMILConfig
+
+    def __init__(self, config: ABMILConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed = nn.Sequential(nn.Linear(config.in_dim, config.hidden), nn.ReLU(), nn.Dropout(config.dropout))
+        self.attention_v = nn.Sequential(nn.Linear(config.hidden, config.attn_dim), nn.Tanh(), nn.Dropout(config.dropout))
+        self.attention_u = nn.Sequential(nn.Linear(config.hidden, config.attn_dim), nn.Sigmoid(),
+                                         nn.Dropout(config.dropout))
+        self.attention_w = nn.Linear(config.attn_dim, 1)
+        self.classifier = nn.Linear(config.hidden, config.n_classes)
+
+    def forward(self, bag: torch.Tensor, mask: torch.Tensor | None = None) -> ABMILOutput:
+        """Classify one bag ``[N, D]`` or a padded batch of bags ``[B, N, D]``.
+
+        Parameters
+        ----------
+        bag
+            Instance features.
+        mask
+            ``[N]`` or ``[B, N]`` bool, True for real instances and False for padding
+            (default: all real).
+
+        Returns
+        -------
+        ABMILOutput
+            ``(logits, attention)``.
+        """
+        single = bag.dim() == 2
+        if single:
+            bag = bag.unsqueeze(0)
+            mask = None if mask is None else mask.unsqueeze(0)
+        if bag.dim() != 3 or bag.shape[-1] != self.config.in_dim:
+            raise ValueError(f"ABMIL expects a bag [N, {self.config.in_dim}] or [B, N, {self.config.in_dim}], "
+                             f"got {tuple(bag.shape)}")
+        if bag.shape[1] == 0:
+            raise ValueError("ABMIL got an empty bag (no instances)")
+        if mask is not None:
+            if mask.shape != bag.shape[:2]:
+                raise ValueError(f"ABMIL mask shape {tuple(mask.shape)} does not match bag {tuple(bag.shape[:2])}")
+            if not bool(mask.any(dim=1).all()):
+                raise ValueError("ABMIL got a bag whose instances are all masked out")
+        hidden = self.embed(bag)                                            # [B, N, H]
+        scores = self.attention_w(self.attention_v(hidden) * self.attention_u(hidden)).squeeze(-1)  # [B, N]
+        if mask is not None:
+            scores = scores.masked_fill(~mask.bool(), float("-inf"))
+        attention = torch.softmax(scores, dim=1)
+        bag_feature = torch.bmm(attention.unsqueeze(1), hidden).squeeze(1)  # [B, H]
+        logits = self.classifier(bag_feature)
+        if single:
+            return ABMILOutput(logits[0], attention[0])
+        return ABMILOutput(logits, attention)
+
+
+def pad_bags(bags: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack bags of different sizes into a zero-padded batch.
+
+    Parameters
+    ----------
+    bags
+        Tensors ``[N_b, D]``.
+
+    Returns
+    -------
+    (batch, mask)
+        ``[B, max N, D]`` and ``[B, max N]`` bool (True for real instances).
+    """
+    if not bags:
+        raise ValueError("pad_bags needs at least one bag")
+    lengths = torch.tensor([len(bag) for bag in bags])
+    batch = nn.utils.rnn.pad_sequence(bags, batch_first=True)
+    mask = torch.arange(batch.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)
+    return batch, mask

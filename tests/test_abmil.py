@@ -1,0 +1,148 @@
+"""AB-MIL head and its training loop (napari_care.core.models.abmil, napari_care.core.train.mil)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from napari_care.core.checkpoint import load_checkpoint
+from napari_care.core.models.abmil import ABMIL, ABMILConfig, pad_bags
+from napari_care.core.progress import run_to_end
+from napari_care.core.train.mil import MILTrainConfig, load_attention, stratified_split, train_mil
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models on a shared CPU: thread hand-offs cost more than the maths.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def model() -> ABMIL:
+    torch.manual_seed(0)
+    return ABMIL(ABMILConfig(in_dim=8, hidden=16, attn_dim=8, n_classes=3, dropout=0.0)).eval()
+
+
+def test_single_bag_shapes_and_softmax(model):
+    logits, attention = model(torch.randn(25, 8))
+    assert logits.shape == (3,) and attention.shape == (25,)
+    assert torch.all(attention >= 0)
+    assert float(attention.detach().sum()) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_padded_batch_matches_single_bags(model):
+    bags = [torch.randn(n, 8) for n in (5, 17, 9)]
+    batch, mask = pad_bags(bags)
+    assert batch.shape == (3, 17, 8) and mask.sum(dim=1).tolist() == [5, 17, 9]
+    logits, attention = model(batch, mask)
+    assert logits.shape == (3, 3) and attention.shape == (3, 17)
+    for b, bag in enumerate(bags):
+        single_logits, single_attention = model(bag)
+        torch.testing.assert_close(logits[b], single_logits, atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(attention[b, :len(bag)], single_attention, atol=1e-6, rtol=1e-5)
+        assert torch.all(attention[b, len(bag):] == 0)
+
+
+def test_permutation_invariance(model):
+    bag = torch.randn(40, 8)
+    order = torch.randperm(40, generator=torch.Generator().manual_seed(1))
+    logits, attention = model(bag)
+    shuffled_logits, shuffled_attention = model(bag[order])
+    torch.testing.assert_close(shuffled_logits, logits, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(shuffled_attention, attention[order], atol=1e-7, rtol=1e-5)
+
+
+def test_bad_input(model):
+    with pytest.raises(ValueError, match=r"\[N, 8\]"):
+        model(torch.randn(10, 7))
+    with pytest.raises(ValueError, match="empty bag"):
+        model(torch.randn(0, 8))
+    with pytest.raises(ValueError, match="all masked"):
+        model(torch.randn(2, 4, 8), torch.tensor([[True] * 4, [False] * 4]))
+    with pytest.raises(ValueError, match="n_classes"):
+        ABMILConfig(in_dim=8, n_classes=1)
+
+
+def test_stratified_split_keeps_class_shares():
+    labels = np.array([0] * 50 + [1] * 20)
+    split = stratified_split(labels, 0.2, 0.2, seed=3)
+    assert (split[labels == 0] == "test").sum() == 10 and (split[labels == 0] == "val").sum() == 10
+    assert (split[labels == 1] == "test").sum() == 4 and (split[labels == 1] == "val").sum() == 4
+    assert np.array_equal(split, stratified_split(labels, 0.2, 0.2, seed=3))
+    with pytest.raises(ValueError, match="too few"):
+        stratified_split(np.array([0, 0, 1]), 0.4, 0.4, seed=0)
+
+
+def _toy_cohort(tmp_path, n_slides=40, with_split=False, signal=4.0):
+    """Positive slides hide 5 'tumour' instances (feature 0 shifted by signal) among 20-60 others."""
+    rng = np.random.default_rng(0)
+    slide_ids = [f"slide{i:02d}" for i in range(n_slides)]
+    labels = ["tumour" if i % 2 else "normal" for i in range(n_slides)]
+    bags = {}
+    for slide_id, label in zip(slide_ids, labels, strict=True):
+        bag = rng.normal(size=(int(rng.integers(20, 60)), 8)).astype(np.float32)
+        if label == "tumour":
+            bag[:5, 0] += signal
+        bags[slide_id] = bag
+    csv_path = tmp_path / "labels.csv"
+    with open(csv_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["slide_id", "label"] + (["split"] if with_split else []))
+        for i, (slide_id, label) in enumerate(zip(slide_ids, labels, strict=True)):
+            split = ["train", "train", "train", "val", "test"][i % 5] if with_split else None
+            writer.writerow([slide_id, label] + ([split] if with_split else []))
+    return csv_path, bags
+
+
+FAST = MILTrainConfig(max_epochs=25, patience=6, lr=2e-3, hidden=32, attn_dim=16, dropout=0.0)
+
+
+def test_train_mil_learns_and_writes_outputs(tmp_path):
+    csv_path, bags = _toy_cohort(tmp_path)
+    messages = []
+    result = run_to_end(train_mil(csv_path, bags, tmp_path / "out", FAST), lambda p: messages.append(p.message))
+    assert result.class_names == ["normal", "tumour"]
+    assert result.metrics["test_auroc"] >= 0.9
+    assert result.metrics["test_balanced_accuracy"] >= 0.75
+    assert result.metrics["n_slides"] == {"train": 24, "val": 8, "test": 8}
+    assert messages[-1].startswith("test AUROC")
+    # Attention finds the tumour instances of positive slides.
+    attention = load_attention(result.attention_npz)
+    assert set(attention) == set(bags)
+    positive_attention = [attention[f"slide{i:02d}"] for i in range(1, 40, 2)]
+    assert np.mean([a[:5].sum() for a in positive_attention]) > 0.5
+    assert all(a.sum() == pytest.approx(1.0, abs=1e-5) for a in attention.values())
+    with open(result.predictions_csv, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 40 and set(rows[0]) == {"slide_id", "split", "label", "predicted", "prob_normal", "prob_tumour"}
+    assert json.loads(result.metrics_json.read_text())["best_epoch"] == result.metrics["best_epoch"]
+    head, config, extra = load_checkpoint(result.checkpoint)
+    assert config.in_dim == 8 and extra["class_names"] == ["normal", "tumour"]
+    bag = torch.as_tensor(bags["slide01"])
+    torch.testing.assert_close(head(bag).logits, result.model(bag).logits)
+
+
+def test_train_mil_uses_split_column_and_stops_early(tmp_path):
+    csv_path, bags = _toy_cohort(tmp_path, with_split=True, signal=0.0)  # nothing to learn: val loss rises
+    config = MILTrainConfig(max_epochs=40, patience=2, lr=5e-3, hidden=16, attn_dim=8, dropout=0.0)
+    result = run_to_end(train_mil(csv_path, bags, tmp_path / "out", config))
+    assert result.metrics["n_slides"] == {"train": 24, "val": 8, "test": 8}
+    assert result.metrics["epochs_run"] < 40
+    assert result.metrics["epochs_run"] == result.metrics["best_epoch"] + 2
+
+
+def test_train_mil_reports_missing_bags(tmp_path):
+    csv_path, bags = _toy_cohort(tmp_path)
+    del bags["slide03"]
+    with pytest.raises(ValueError, match=r"1 slides have no bag.*slide03"):
+        run_to_end(train_mil(csv_path, bags, tmp_path / "out", FAST))
+    (tmp_path / "bad.csv").write_text("slide,label\na,0\n")
+    with pytest.raises(ValueError, match="needs columns 'slide_id' and 'label'"):
+        run_to_end(train_mil(tmp_path / "bad.csv", bags, tmp_path / "out", FAST))

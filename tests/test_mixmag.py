@@ -1,0 +1,211 @@
+"""Mixed-magnification region encoder and MEM pretraining (models/mixmag.py, train/mem.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from napari_care.core.checkpoint import FeatureDimMismatch, save_checkpoint
+from napari_care.core.models.mixmag import (
+    FIRST_20X_TOKEN,
+    N_TOKENS,
+    MixMagConfig,
+    MixMagEncoder,
+    RegionTokens,
+    assemble_region_tokens,
+)
+from napari_care.core.progress import run_to_end
+from napari_care.core.train.mem import MEMTrainConfig, learning_rate, region_bags, train_mem
+
+D = 16
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny(**options) -> MixMagEncoder:
+    torch.manual_seed(0)
+    return MixMagEncoder(MixMagConfig(in_dim=D, dim=32, depth=1, heads=2, **options))
+
+
+def test_layout_constants():
+    assert N_TOKENS == 21 and FIRST_20X_TOKEN == 5
+    assert tiny().token_magnification.tolist() == [0] + [1] * 4 + [2] * 16
+
+
+@pytest.mark.parametrize("readout", ["cls", "tokens"])
+def test_forward_shapes_and_readout(readout):
+    model = tiny(readout=readout).eval()
+    tokens = torch.randn(6, N_TOKENS, D)
+    present = torch.ones(6, N_TOKENS, dtype=torch.bool)
+    present[0, 10:] = False
+    out = model(tokens, present)
+    assert out.cls.shape == (6, 32) and out.tokens.shape == (6, N_TOKENS, 32)
+    instances = model.mil_instances(tokens, present, batch_size=4)
+    expected = 6 if readout == "cls" else int(present[:, FIRST_20X_TOKEN:].sum())
+    assert instances.shape == (expected, 32)
+
+
+def test_missing_tokens_do_not_leak():
+    model = tiny().eval()
+    tokens = torch.randn(2, N_TOKENS, D)
+    present = torch.ones(2, N_TOKENS, dtype=torch.bool)
+    present[:, 12:] = False
+    poisoned = tokens.clone()
+    poisoned[:, 12:] = float("nan")
+    reference = model(tokens, present)
+    out = model(poisoned, present)
+    assert torch.isfinite(out.cls).all()
+    torch.testing.assert_close(out.cls, reference.cls)
+
+
+def test_sample_mask_respects_presence_and_ratio():
+    model = tiny(mask_ratio=0.5)
+    present = torch.ones(4, N_TOKENS, dtype=torch.bool)
+    present[1, 6:] = False   # 6 present tokens
+    present[2, 1:] = False   # a single token: nothing to mask
+    present[3, 2:] = False   # 2 tokens: mask one, keep one
+    masked = model.sample_mask(present, torch.Generator().manual_seed(0))
+    assert masked.sum(dim=1).tolist() == [10, 3, 0, 1]  # round(0.5 * 21) = 10 (round half to even)
+    assert not (masked & ~present).any()
+    again = model.sample_mask(present, torch.Generator().manual_seed(0))
+    assert torch.equal(masked, again)
+
+
+@pytest.mark.parametrize("objective", ["mem", "cmem"])
+@pytest.mark.parametrize("readout", ["cls", "tokens"])
+@pytest.mark.parametrize("loss", ["cosine", "mse"])
+def test_pretraining_loss_variants(objective, readout, loss):
+    model = tiny(objective=objective, readout=readout, loss=loss, feature_noise=0.1)
+    tokens = torch.randn(8, N_TOKENS, D)
+    present = torch.rand(8, N_TOKENS, generator=torch.Generator().manual_seed(1)) > 0.3
+    value, parts = model.pretraining_loss(tokens, present, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(value)
+    assert set(parts) == ({"mem"} if objective == "mem" else {"mem", "contrastive"})
+    if objective == "cmem":  # two views of a region are closer than two regions: below chance, log(8)
+        assert 0.0 < parts["contrastive"] < np.log(8)
+    value.backward()
+    assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="objective"):
+        MixMagConfig(in_dim=D, objective="mae")
+    with pytest.raises(ValueError, match="multiple of heads"):
+        MixMagConfig(in_dim=D, dim=30, heads=4)
+    with pytest.raises(ValueError, match="mask_ratio"):
+        MixMagConfig(in_dim=D, mask_ratio=1.0)
+    with pytest.raises(ValueError, match=r"tokens \[B, 21, 16\]"):
+        tiny()(torch.randn(2, 20, D))
+
+
+def test_assemble_region_tokens_places_tiles():
+    region = 896.0
+    origin = np.array([100, 50])  # grids need not start at (0, 0)
+    coords_5x = origin + np.array([[0, 0], [896, 0]])
+    coords_10x = origin + np.array([[448, 448], [896 + 448, 0]])
+    coords_20x = origin + np.array([[224 * 3, 224 * 1], [896, 896 - 224], [5000, 5000]])  # the last: no region
+    features = [np.full((len(c), 4), value, dtype=np.float32) for c, value in
+                ((coords_5x, 0), (coords_10x, 0), (coords_20x, 0))]
+    for m, c in enumerate((coords_5x, coords_10x, coords_20x)):
+        features[m][:, 0] = 100 * (m + 1) + np.arange(len(c))  # identifies the tile
+    result = assemble_region_tokens(tuple(features), (coords_5x, coords_10x, coords_20x),
+                                    region_size_level0=region, slide_id="s")
+    assert result.tokens.shape == (2, 21, 4) and result.slide_id == "s"
+    assert np.array_equal(np.argwhere(result.token_present),
+                          [[0, 0], [0, 4], [0, 12], [1, 0], [1, 2], [1, 17]])
+    assert result.tokens[0, 4, 0] == 200 and result.tokens[1, 2, 0] == 201       # 10x (1,1) and (1,0)
+    assert result.tokens[0, 12, 0] == 300 and result.tokens[1, 17, 0] == 301     # 20x (3,1) and (0,3)
+    assert result.tokens[1, 0, 0] == 101 and result.tokens[0, 1, 0] == 0
+    with pytest.raises(ValueError, match="different D"):
+        assemble_region_tokens((features[0], features[1], np.zeros((3, 5))), (coords_5x, coords_10x, coords_20x),
+                               region_size_level0=region)
+
+
+def _structured_slides(n_slides=2, regions=48, dim=D, seed=0) -> list[RegionTokens]:
+    """Every token of a region is its prototype plus a little noise: masked tokens are predictable."""
+    rng = np.random.default_rng(seed)
+    slides = []
+    for s in range(n_slides):
+        prototypes = rng.normal(size=(regions, 1, dim))
+        tokens = (prototypes + 0.2 * rng.normal(size=(regions, N_TOKENS, dim))).astype(np.float32)
+        present = rng.random((regions, N_TOKENS)) > 0.2
+        present[:, 0] = True
+        slides.append(RegionTokens(tokens, present, np.zeros((regions, 2), np.int64), 896.0, f"s{s}"))
+    return slides
+
+
+def test_learning_rate_schedule():
+    config = MEMTrainConfig(steps=100, lr=1.0, warmup_steps=10)
+    assert learning_rate(0, config) == pytest.approx(0.1)
+    assert learning_rate(9, config) == pytest.approx(1.0)
+    assert learning_rate(55, config) == pytest.approx(0.5)
+    assert learning_rate(99, config) < 0.01
+
+
+def test_mem_pretraining_learns(tmp_path):
+    model_config = MixMagConfig(in_dim=D, dim=32, depth=1, heads=2, mask_ratio=0.5)
+    config = MEMTrainConfig(steps=60, batch_size=16, lr=3e-3, warmup_steps=5, log_every=20)
+    reports = []
+    result = run_to_end(train_mem(_structured_slides(), model_config, tmp_path, config), reports.append)
+    assert [r.done for r in reports] == [20, 40, 60, 60]
+    assert np.mean(result.losses[:5]) > 0.5  # cosine loss of an untrained predictor
+    assert np.mean(result.losses[-5:]) < 0.25
+    assert result.checkpoint == tmp_path / "mem_final.json" and result.checkpoint.exists()
+
+
+def test_mem_resume_matches_an_uninterrupted_run(tmp_path):
+    slides = _structured_slides(regions=20)
+    model_config = MixMagConfig(in_dim=D, dim=16, depth=1, heads=2, objective="cmem", feature_noise=0.1,
+                                dropout=0.1)
+    config = MEMTrainConfig(steps=6, batch_size=8, warmup_steps=2, checkpoint_every=3, log_every=1)
+    full = run_to_end(train_mem(slides, model_config, tmp_path / "full", config))
+    interrupted = train_mem(slides, model_config, tmp_path / "cut", config)
+    for report in interrupted:  # stop consuming right after the step-3 checkpoint
+        if report.message.startswith("saved"):
+            break
+    interrupted.close()
+    assert not (tmp_path / "cut" / "mem_final.json").exists()
+    resumed = run_to_end(train_mem(slides, None, tmp_path / "cut", config,
+                                   resume_from=tmp_path / "cut" / "mem_step000003"))
+    assert resumed.losses == full.losses
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_mem_resume_errors(tmp_path):
+    slides = _structured_slides(regions=8)
+    config = MEMTrainConfig(steps=2, batch_size=4, warmup_steps=0)
+    run_to_end(train_mem(slides, MixMagConfig(in_dim=D, dim=16, depth=1, heads=2), tmp_path, config))
+    narrow = [RegionTokens(s.tokens[:, :, :8], s.token_present, s.region_coords, 896.0) for s in slides]
+    with pytest.raises(FeatureDimMismatch, match=f"expects D={D} features but the encoder 'uni' gives 8"):
+        run_to_end(train_mem(narrow, None, tmp_path, config, resume_from=tmp_path / "mem_final", encoder="uni"))
+    with pytest.raises(ValueError, match="pass model_config=None to resume"):
+        run_to_end(train_mem(slides, MixMagConfig(in_dim=D), tmp_path, config, resume_from=tmp_path / "mem_final"))
+    plain = tiny()
+    save_checkpoint(tmp_path / "plain", plain, plain.config)
+    with pytest.raises(ValueError, match="no MEM training state"):
+        run_to_end(train_mem(slides, None, tmp_path, config, resume_from=tmp_path / "plain"))
+    with pytest.raises(ValueError, match="give model_config"):
+        run_to_end(train_mem(slides, None, tmp_path, config))
+
+
+@pytest.mark.parametrize(("readout", "per_slide"), [("cls", lambda s: len(s.tokens)),
+                                                    ("tokens", lambda s: int(s.token_present[:, 5:].sum()))])
+def test_region_bags(readout, per_slide):
+    slides = _structured_slides(regions=10)
+    model = tiny(readout=readout)
+    bags = region_bags(model, slides, batch_size=4)
+    assert list(bags) == ["s0", "s1"]
+    for slide in slides:
+        assert bags[slide.slide_id].shape == (per_slide(slide), 32)
+        assert bags[slide.slide_id].dtype == np.float32
+    unnamed = [RegionTokens(s.tokens, s.token_present, s.region_coords, 896.0) for s in slides]
+    with pytest.raises(ValueError, match="unique, non-empty slide_id"):
+        region_bags(model, unnamed)

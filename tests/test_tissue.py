@@ -1,0 +1,121 @@
+"""Tissue detection on fake slides with known tissue, ink, dust and glass."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest_fakes import PINK, PURPLE, FakeSlide, slide_image
+
+from napari_care.core.tissue import TissueMask, tissue_mask
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+BLUE_INK = (30, 60, 170)
+GREEN_INK = (40, 150, 70)
+BLACK_INK = (25, 25, 30)
+DUST = (150, 150, 150)
+
+
+@pytest.fixture(scope="module")
+def tissue_slide(tmp_path_factory):
+    blocks = [
+        (256, 256, 768, 768, PINK),
+        (1024, 256, 1536, 768, PURPLE),
+        (256, 1152, 768, 1664, BLUE_INK),
+        (1024, 1152, 1280, 1408, GREEN_INK),
+        (1408, 1152, 1664, 1408, BLACK_INK),
+        (256, 1792, 768, 1984, DUST),
+    ]
+    return FakeSlide(slide_image(2048, 2048, blocks), tmp_path_factory.mktemp("tissue") / "tissue.svs")
+
+
+def test_mask_finds_tissue_and_skips_glass_ink_and_dust(tissue_slide):
+    tm = tissue_mask(tissue_slide)
+    assert tm.downsample == 16.0  # 8 um/px on a 0.5 um/px slide
+    assert tm.mask.shape == (128, 128) and tm.mask.dtype == bool
+    assert tm.fraction_in((256, 256, 768, 768)) > 0.97  # pink
+    assert tm.fraction_in((1024, 256, 1536, 768)) > 0.97  # purple
+    assert tm.fraction_in((0, 0, 200, 2048)) == 0.0  # glass
+    assert tm.fraction_in((256, 1152, 768, 1664)) < 0.03  # blue ink
+    assert tm.fraction_in((1024, 1152, 1280, 1408)) < 0.03  # green ink
+    assert tm.fraction_in((1408, 1152, 1664, 1408)) < 0.03  # black ink
+    assert tm.fraction_in((256, 1792, 768, 1984)) < 0.03  # grey dust
+    # total tissue = the two 512 x 512 blocks, within a few mask pixels of their outline
+    tissue_px = tm.mask.sum() * tm.downsample**2
+    assert abs(tissue_px - 2 * 512 * 512) / (2 * 512 * 512) < 0.05
+
+
+def test_pen_kept_when_not_excluded(tissue_slide):
+    tm = tissue_mask(tissue_slide, exclude_pen=False)
+    assert tm.fraction_in((256, 1152, 768, 1664)) > 0.9  # blue ink is saturated: it passes
+
+
+def test_fraction_for_tiles_matches_boxes_and_counts_outside_as_glass(tissue_slide):
+    tm = tissue_mask(tissue_slide)
+    coords = np.array([[256, 256], [512, 512], [0, 0], [640, 256], [2000, 2000]])
+    size = 256
+    vec = tm.fraction_for_tiles(coords, size)
+    loop = [tm.fraction_in((x, y, x + size, y + size)) for x, y in coords]
+    np.testing.assert_allclose(vec, loop)
+    assert vec[0] > 0.98 and vec[2] == 0.0 and vec[4] == 0.0
+    assert vec[3] == pytest.approx(0.5, abs=0.07)  # half on the pink block
+    # a tile hanging off the slide's edge: the outside part is no tissue
+    edge = TissueMask(np.ones((4, 4), dtype=bool), downsample=10.0)
+    assert edge.fraction_for_tiles(np.array([[20, 20]]), 40.0)[0] == pytest.approx(0.25)
+
+
+def test_no_tissue_warns_with_slide_name(tmp_path):
+    slide = FakeSlide(slide_image(1024, 1024), tmp_path / "empty-glass.tif")
+    with pytest.warns(UserWarning, match="empty-glass.tif"):
+        tm = tissue_mask(slide)
+    assert not tm.mask.any() and not tm.any
+
+
+def test_without_mpp_uses_fallback_downsample(tmp_path):
+    image = slide_image(2048, 2048, [(512, 512, 1536, 1536, PINK)])
+    slide = FakeSlide(image, tmp_path / "nompp.tif", mpp=None)
+    tm = tissue_mask(slide)
+    assert tm.downsample == 32.0  # level 2 (16x) averaged 2x2
+    assert tm.mask.shape == (64, 64)
+    assert tm.fraction_in((512, 512, 1536, 1536)) > 0.97
+
+
+def test_small_specks_dropped_and_small_holes_filled(tmp_path):
+    blocks = [
+        (128, 128, 896, 896, PINK),
+        (480, 480, 528, 528, (243, 243, 243)),  # 48 px hole: 3x3 mask px
+        (1504, 1504, 1568, 1568, PURPLE),  # 64 px speck: 32 um square, far below 50,000 um2
+    ]
+    slide = FakeSlide(slide_image(2048, 2048, blocks), tmp_path / "specks.tif")
+    tm = tissue_mask(slide, median_size=1, closing_radius=0)
+    assert tm.fraction_in((480, 480, 528, 528)) == 1.0  # hole filled
+    assert tm.fraction_in((1400, 1400, 1700, 1700)) == 0.0  # speck gone
+    kept = tissue_mask(slide, median_size=1, closing_radius=0, min_object_px=1, min_hole_px=1)
+    assert kept.fraction_in((1504, 1504, 1568, 1568)) == 1.0
+    assert kept.fraction_in((480, 480, 528, 528)) == 0.0
+
+
+def test_fixed_threshold_and_bad_arguments(tissue_slide):
+    loose = tissue_mask(tissue_slide, saturation_threshold=0.99)
+    assert not loose.mask.any() or loose.mask.sum() < 10
+    with pytest.raises(ValueError, match="saturation_threshold"):
+        tissue_mask(tissue_slide, saturation_threshold=3.0)
+    with pytest.raises(ValueError, match="median_size"):
+        tissue_mask(tissue_slide, median_size=0)
+    with pytest.raises(ValueError, match="x1 > x0"):
+        TissueMask(np.zeros((2, 2), bool), 1.0).fraction_in((5, 5, 1, 1))
+
+
+@pytest.mark.skipif(not (DATA / "slides" / "CMU-1-Small-Region.svs").exists(), reason="shared data absent")
+def test_real_svs_tissue_is_a_plausible_share():
+    from napari_care.core.slide import open_slide
+
+    with open_slide(DATA / "slides" / "CMU-1-Small-Region.svs") as slide:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # tissue is there: no warning
+            tm = tissue_mask(slide)
+    share = tm.mask.mean()
+    assert 0.2 < share < 0.95, share
+    assert tm.downsample == pytest.approx(16.0)
