@@ -48,15 +48,13 @@ def run_demo(out_dir: str | Path, *, k: int = 8) -> Generator[Progress, None, De
     from napari_care.core.outputs import write_outputs
     from napari_care.core.overview import write_overview
     from napari_care.core.partition_metrics import adjusted_rand_index, fixed_block_partition, segmentation_accuracy
-    from napari_care.core.samples import offline_sample_path
+    from napari_care.core.samples import iter_offline_sample
     from napari_care.core.segment import SegmentOptions, segment
     from napari_care.core.slide import open_slide
     from napari_care.core.synthetic import load_synthetic_slide
 
     started = time.perf_counter()
-    yield Progress("sample", 0, 1, "building the offline sample (once; cached afterwards)")
-    path = offline_sample_path()
-    yield Progress("sample", 1, 1, str(path))
+    path = yield from iter_offline_sample()  # built once, then cached
     out_dir = Path(out_dir)
     stem = "offline-sample"
     with open_slide(path) as slide:
