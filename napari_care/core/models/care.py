@@ -1,0 +1,308 @@
+"""CARE: Cross-modal Adaptive Region Encoder (arXiv 2602.21637), the slide model.
+
+patch features ``x [N, D]`` and grid ``g [N, 2]``
+  -> embed: ``h = LayerNorm(Linear(x))`` ``[N, E]``
+  -> sub-regions: k x k blocks ``(gx // k, gy // k)``; self-attention with a CLS token in
+     each non-empty block (``g_cls``) and cross-attention from a learnable query (``g_q``)
+  -> ARG: 3 candidate blocks per patch by soft containment ``C``; ``rho`` = mean of four
+     softmaxes of cosines {h, augmented h} x {g_cls, g_q}; join ``argmax rho * C``
+  -> ARSA: self-attention with a CLS token inside each adaptive region -> ``g_ar [R, E]``
+  -> SPF: ``a = lambda * alpha + (1 - lambda) * beta``, ``z = sum a_r g_ar[r]``, ROI = argmax a
+  -> RSL: ``(E_bar - E_star)^2`` on the expected candidate rank.
+
+Where the paper is silent (this project's choices, all config options): soft containment
+(:mod:`.care_blocks`), ``p = softmax(log w)`` and the straight-through gate (:mod:`.care_arg`),
+depth 1 for both attention stacks, a learned position embedding of the patch inside its
+block, ARSA reading the embedded patches (not the block-contextualised ones, so a region
+sees only its own patches), and the augmented view: ``h + aug_noise_std * noise`` while
+training, ``h`` itself in eval mode (so inference is deterministic).
+
+Attention runs on padded per-group batches (:mod:`.care_attention`): memory and time are
+linear in N, never N x N.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_care.core.models.care_arg import (
+    HARD_ASSIGNMENTS,
+    candidate_affinity,
+    hard_assignment,
+    region_structuring_loss,
+    soft_assignment,
+)
+from napari_care.core.models.care_attention import GroupEncoder
+from napari_care.core.models.care_blocks import (
+    DEFAULT_CONTAINMENT_TEMPERATURE,
+    DEFAULT_K,
+    DEFAULT_N_CANDIDATES,
+    DEFAULT_SIMILARITY_TEMPERATURE,
+    block_partition,
+    candidate_blocks,
+    check_grid,
+    dense_labels,
+    offset_in_block,
+)
+from napari_care.core.models.care_output import CareBatchOutput, CareOutput, pad_slides
+from napari_care.core.models.care_spf import GatedAttention, fuse_region_weights
+
+__all__ = ["CareBatchOutput", "CareConfig", "CareModel", "CareOutput", "pad_slides"]
+
+
+@dataclass(frozen=True)
+class CareConfig:
+    """Sizes and hyper-parameters of :class:`CareModel`.
+
+    Parameters
+    ----------
+    in_dim
+        Patch feature dimension D (768 for CONCH v1.5).
+    embed_dim
+        Region and slide embedding width E (paper: 512).
+    heads
+        Attention heads (paper: 8).
+    k
+        Block side in patches (paper: 8).
+    n_candidates
+        Candidate blocks per patch (paper: 3).
+    lambda_spf
+        Share of the coverage prior in the region weight (paper: 0.5).
+    lambda_rsl
+        Weight of the region structuring loss in the total loss (paper: 0.1).
+    e_star
+        Target expected candidate rank (authors' code: 0.5).
+    containment_temperature
+        Soft containment temperature, in squared block sides.
+    similarity_temperature
+        Temperature of the softmaxes over cosine similarities.
+    assignment_temperature
+        ``p = softmax(log w / t)``.
+    block_depth, region_depth
+        Self-attention layers of the sub-region encoder and of ARSA.
+    mlp_ratio, dropout
+        Transformer layer options.
+    hard_assignment
+        ``"straight-through"`` (default) or ``"gumbel"``.
+    gumbel_tau
+        Gumbel-softmax temperature (``"gumbel"`` only).
+    aug_noise_std
+        Std of the Gaussian noise that makes the augmented patch view while training
+        (in units of the layer-normalised embedding).
+    gate_dim
+        Width of the gated attention branches of SPF.
+    max_tokens_per_chunk
+        Padded tokens per attention batch (bounds memory; no effect on results).
+    """
+
+    in_dim: int
+    embed_dim: int = 512
+    heads: int = 8
+    k: int = DEFAULT_K
+    n_candidates: int = DEFAULT_N_CANDIDATES
+    lambda_spf: float = 0.5
+    lambda_rsl: float = 0.1
+    e_star: float = 0.5
+    containment_temperature: float = DEFAULT_CONTAINMENT_TEMPERATURE
+    similarity_temperature: float = DEFAULT_SIMILARITY_TEMPERATURE
+    assignment_temperature: float = 1.0
+    block_depth: int = 1
+    region_depth: int = 1
+    mlp_ratio: float = 4.0
+    dropout: float = 0.0
+    hard_assignment: str = "straight-through"
+    gumbel_tau: float = 1.0
+    aug_noise_std: float = 0.1
+    gate_dim: int = 128
+    max_tokens_per_chunk: int = 32768
+
+    def __post_init__(self) -> None:
+        for name in ("in_dim", "embed_dim", "heads", "k", "block_depth", "region_depth", "gate_dim",
+                     "max_tokens_per_chunk"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"CareConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.embed_dim % self.heads:
+            raise ValueError(f"CareConfig.embed_dim={self.embed_dim} is not divisible by heads={self.heads}")
+        if not 1 <= self.n_candidates <= 9:
+            raise ValueError(f"CareConfig.n_candidates must be in 1..9, got {self.n_candidates}")
+        for name in ("lambda_spf", "dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"CareConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("containment_temperature", "similarity_temperature", "assignment_temperature", "gumbel_tau",
+                     "mlp_ratio"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"CareConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.lambda_rsl < 0 or self.aug_noise_std < 0:
+            raise ValueError("CareConfig.lambda_rsl and aug_noise_std must be >= 0")
+        if self.hard_assignment not in HARD_ASSIGNMENTS:
+            raise ValueError(f"CareConfig.hard_assignment must be one of {HARD_ASSIGNMENTS}, "
+                             f"got {self.hard_assignment!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CareConfig:
+        """Rebuild from :meth:`to_dict` output; unknown keys raise a clear error."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"CareConfig: unknown fields {unknown}")
+        return cls(**values)
+
+
+class CareModel(nn.Module):
+    """The CARE slide encoder (see the module docstring for the pipeline).
+
+    Parameters
+    ----------
+    config
+        Sizes and hyper-parameters.
+    """
+
+    config_cls = CareConfig
+
+    def __init__(self, config: CareConfig) -> None:
+        super().__init__()
+        self.config = config
+        dim = config.embed_dim
+        self.embed = nn.Sequential(nn.Linear(config.in_dim, dim), nn.LayerNorm(dim))
+        self.block_position = nn.Embedding(config.k * config.k, dim)
+        nn.init.normal_(self.block_position.weight, std=0.02)
+        self.block_encoder = GroupEncoder(dim, config.heads, config.block_depth, with_query=True,
+                                          mlp_ratio=config.mlp_ratio, dropout=config.dropout)
+        self.region_encoder = GroupEncoder(dim, config.heads, config.region_depth, mlp_ratio=config.mlp_ratio,
+                                           dropout=config.dropout)
+        self.gate = GatedAttention(dim, config.gate_dim, config.dropout)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.embed[0].weight.device
+
+    def forward(self, features: torch.Tensor | np.ndarray, grid: torch.Tensor | np.ndarray) -> CareOutput:
+        """Run CARE on one slide.
+
+        Parameters
+        ----------
+        features
+            ``[N, D]`` patch features.
+        grid
+            ``[N, 2]`` integer (gx, gy) patch-grid indices.
+
+        Returns
+        -------
+        CareOutput
+        """
+        features = torch.as_tensor(features, dtype=torch.float32, device=self.device) \
+            if not isinstance(features, torch.Tensor) else features
+        if features.dim() != 2:
+            raise ValueError(f"CareModel.forward expects features [N, D], got {tuple(features.shape)}")
+        grid_array = check_grid(grid.cpu().numpy() if isinstance(grid, torch.Tensor) else grid, len(features))
+        return self.forward_batch(features[None], grid_array[None]).slide(0)
+
+    def forward_batch(self, features: torch.Tensor, grid: torch.Tensor | np.ndarray,
+                      mask: torch.Tensor | None = None) -> CareBatchOutput:
+        """Run CARE on a padded batch of slides (see :func:`pad_slides`).
+
+        Blocks, regions and weights never mix slides; all slides share one set of attention
+        batches, so a batch costs the same as its patches would as one slide.
+
+        Parameters
+        ----------
+        features
+            ``[S, N_max, D]`` patch features.
+        grid
+            ``[S, N_max, 2]`` integer (gx, gy) indices (values at padding are ignored).
+        mask
+            ``[S, N_max]`` bool, True for real patches (default: all real).
+
+        Returns
+        -------
+        CareBatchOutput
+        """
+        cfg = self.config
+        if features.dim() != 3 or features.shape[-1] != cfg.in_dim:
+            raise ValueError(f"CareModel expects features [S, N, {cfg.in_dim}], got {tuple(features.shape)}")
+        n_slides, n_max = features.shape[:2]
+        device = features.device
+        mask = torch.ones(n_slides, n_max, dtype=torch.bool, device=device) if mask is None else mask.bool()
+        grid_array = np.asarray(grid.cpu().numpy() if isinstance(grid, torch.Tensor) else grid)
+        if mask.shape != (n_slides, n_max) or grid_array.shape != (n_slides, n_max, 2):
+            raise ValueError(f"CareModel: grid {grid_array.shape} and mask {tuple(mask.shape)} must be "
+                             f"[{n_slides}, {n_max}, 2] and [{n_slides}, {n_max}]")
+        mask_array = mask.cpu().numpy()
+        if not mask_array.any(axis=1).all():
+            raise ValueError("CareModel: every slide needs at least one patch (a mask row is all False)")
+
+        # Geometry (numpy, no gradient): real patches flattened slide by slide.
+        flat_index = np.flatnonzero(mask_array.reshape(-1))
+        slide_of_patch = flat_index // n_max
+        patch_grid = check_grid(grid_array.reshape(-1, 2)[flat_index])
+        blocks = block_partition(patch_grid, cfg.k, slide_of_patch)
+        candidates = candidate_blocks(patch_grid, blocks, cfg.n_candidates, cfg.containment_temperature)
+        candidate_ids = torch.as_tensor(candidates.blocks, device=device)
+
+        # Sub-region encoder and adaptive region generator.
+        hidden = self.embed(features.reshape(n_slides * n_max, -1)[torch.as_tensor(flat_index, device=device)])
+        position = self.block_position(torch.as_tensor(offset_in_block(patch_grid, cfg.k), device=device))
+        g_cls, g_q = self.block_encoder(hidden + position, blocks.block_of_patch, blocks.n_blocks,
+                                        cfg.max_tokens_per_chunk)
+        views = [hidden]
+        if self.training and cfg.aug_noise_std > 0:
+            views.append(hidden + cfg.aug_noise_std * torch.randn_like(hidden))
+        rho = candidate_affinity(views, [g_cls, g_q], candidate_ids, cfg.similarity_temperature)
+        containment = torch.as_tensor(candidates.containment, dtype=hidden.dtype, device=device)
+        log_w, p = soft_assignment(rho, containment, candidate_ids, cfg.assignment_temperature)
+        choice, gate = hard_assignment(log_w, p, cfg.hard_assignment, training=self.training,
+                                       gumbel_tau=cfg.gumbel_tau)
+        chosen_block = candidate_ids.gather(1, choice[:, None])[:, 0].cpu().numpy()
+
+        # Adaptive regions: dense ids in block order, which is slide-major.
+        region_of_patch, region_block = dense_labels(chosen_block)
+        n_regions = len(region_block)
+        slide_of_region = blocks.slide_of_block[region_block]
+        local_region = np.arange(n_regions) - np.searchsorted(slide_of_region, np.arange(n_slides))[slide_of_region]
+        region_ids = torch.as_tensor(region_of_patch, device=device)
+        g_ar, _ = self.region_encoder(hidden * gate[:, None], region_of_patch, n_regions, cfg.max_tokens_per_chunk)
+
+        # Semantic and prior fusion on padded [S, R_max] regions.
+        slide_ids = torch.as_tensor(slide_of_patch, device=device)
+        patches_per_slide = torch.bincount(slide_ids, minlength=n_slides).to(hidden.dtype)
+        slot = (torch.as_tensor(slide_of_region, device=device), torch.as_tensor(local_region, device=device))
+        coverage = hidden.new_zeros(n_regions).index_add(0, region_ids, gate) / patches_per_slide[slot[0]]
+        r_max = int(local_region.max()) + 1
+        region_mask = torch.zeros(n_slides, r_max, dtype=torch.bool, device=device).index_put(
+            slot, torch.ones(n_regions, dtype=torch.bool, device=device))
+        alpha = hidden.new_zeros(n_slides, r_max).index_put(slot, coverage)
+        scores = hidden.new_zeros(n_slides, r_max).index_put(slot, self.gate(g_ar))
+        beta, a, roi = fuse_region_weights(alpha, scores, region_mask, cfg.lambda_spf)
+        region_features = hidden.new_zeros(n_slides, r_max, cfg.embed_dim).index_put(slot, g_ar)
+        slide_embedding = torch.einsum("sr,sre->se", a, region_features)
+        roi_feature = region_features[torch.arange(n_slides, device=device), roi]
+        region_sizes = torch.bincount(region_ids, minlength=n_regions).to(hidden.dtype)
+        patch_attention = (a[slot] / region_sizes)[region_ids]
+        expected_rank, rsl = region_structuring_loss(p, slide_ids, n_slides, cfg.e_star)
+
+        flat = torch.as_tensor(flat_index, device=device)
+
+        def padded(values: torch.Tensor | np.ndarray, fill: float) -> torch.Tensor:
+            values = torch.as_tensor(values, device=device)
+            out = torch.full((n_slides * n_max,), fill, dtype=values.dtype, device=device)
+            return out.index_put((flat,), values).reshape(n_slides, n_max)
+
+        first_block = np.searchsorted(blocks.slide_of_block, np.arange(n_slides))
+        return CareBatchOutput(
+            patch_mask=mask, region_of_patch=padded(local_region[region_of_patch], -1),
+            block_of_patch=padded(blocks.block_of_patch - first_block[slide_of_patch], -1),
+            candidate_rank=padded(choice, -1), patch_attention=padded(patch_attention, 0.0),
+            region_mask=region_mask, region_features=region_features, alpha=alpha, beta=beta, a=a, roi=roi,
+            roi_feature=roi_feature, slide_embedding=slide_embedding, expected_rank=expected_rank, rsl=rsl,
+            grid=torch.as_tensor(grid_array, dtype=torch.long, device=device), k=cfg.k)
