@@ -4,23 +4,56 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from napari_care._reader import read_slide
 
+LayerData = tuple[Any, dict, str]
 
-def offline_sample() -> list[tuple[Any, dict, str]]:
+
+def offline_sample() -> list[LayerData]:
     """The offline sample slide (built once into the user's cache) and its planted tissue map."""
-    from napari_care._layers import truth_layer_data
     from napari_care.core.samples import offline_sample_path
-    from napari_care.core.synthetic import load_truth
+    from napari_care.core.synthetic import load_synthetic_slide
 
     path = offline_sample_path()
     layers = read_slide(str(path))
+    layers[0][1]["name"] = "offline sample"
     slide = layers[0][1]["metadata"]["slide"]
-    layers.append(truth_layer_data(load_truth(path), slide))
+    layers.append(truth_layer_data(load_synthetic_slide(path), slide))
     return layers
 
 
-def cmu_small_region() -> list[tuple[Any, dict, str]]:
+def truth_layer_data(truth, slide) -> LayerData:
+    """The planted tissue types as a hidden Labels layer over the slide (glass transparent)."""
+    from napari.utils.colormaps import DirectLabelColormap
+
+    from napari_care._layers import placement
+
+    names = list(truth.type_names)
+    colours: dict[int | None, Any] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
+    palette = _type_colours(truth)
+    for type_id in range(1, len(names)):
+        colours[type_id] = (*palette[type_id], 1.0)
+    kwargs = {
+        "name": "planted tissue types",
+        "visible": False,
+        "opacity": 0.5,
+        "colormap": DirectLabelColormap(color_dict=colours),
+        "features": {"index": np.arange(len(names)), "tissue": names},
+        "metadata": {"napari_care_role": "truth"},
+        **placement(slide, (0.0, 0.0), float(truth.downsample)),
+    }
+    return (np.asarray(truth.labels), kwargs, "labels")
+
+
+def _type_colours(truth) -> np.ndarray:
+    """RGB in [0, 1] per tissue type, from the truth file."""
+    with np.load(truth.truth_path, allow_pickle=False) as npz:
+        return np.asarray(npz["type_colours"], dtype=np.float64) / 255.0
+
+
+def cmu_small_region() -> list[LayerData]:
     """CMU-1-Small-Region.svs from the OpenSlide test data (downloaded once, checksum pinned)."""
     from napari_care.core.samples import cmu_small_region_path
 
