@@ -188,3 +188,13 @@ def demo(out_dir: Path, k: int, quiet: bool) -> None:
 
 if __name__ == "__main__":  # pragma: no cover
     main()
+
+
+def _register_subcommands() -> None:
+    """Attach the training/evaluation commands, kept in their own module for size."""
+    from napari_care._cli_train import register
+
+    register(main)
+
+
+_register_subcommands()

@@ -1,0 +1,375 @@
+"""CARE Stage I: iBOT-style self-supervised pretraining on patch features (no labels).
+
+A student and an EMA teacher, both :class:`~napari_care.core.models.care.CareModel` with
+small projection heads, read **two views** of each sub-slide (:mod:`.feature_views`:
+sub-slides of at most ``max_patches`` patches, compact random crops, feature
+augmentation). Per step, for a batch of sub-slides:
+
+``L = L_slide + mim_weight * L_mim + lambda_rsl * L_rsl``
+
+* ``L_slide`` (DINO, cross-view): the student's slide embedding of one view, through
+  the slide head, predicts the teacher's distribution for the *other* view:
+  ``CE(softmax((t - c) / tau_t), softmax(s / tau_s))`` with a centre ``c`` (EMA of the
+  teacher's outputs) and a sharp teacher temperature, the two devices that keep DINO
+  from collapsing.
+* ``L_mim`` (iBOT, masked patch-feature prediction): in the student's input a share of
+  each view's patches is replaced by a learned mask token (in feature space, ``[D]``).
+  The target of a masked patch is the teacher's patch token, ``teacher.embed(x_j)`` of
+  the clean view (the embedding CARE's region generator compares with its blocks),
+  through the teacher's patch head, centred and sharpened as above. The student's
+  prediction is read from the **ARSA feature of the adaptive region the patch joined**
+  (CareModel exposes no per-patch contextual output; a region feature is CARE's most
+  local contextual output). A region feature that predicts all its patches well is one
+  of a homogeneous region, so this loss also rewards regions that follow tissue, and
+  its gradient reaches the generator through the straight-through gate.
+* ``L_rsl``: the student's region structuring loss (``CareConfig.lambda_rsl``).
+
+The teacher follows the student by EMA with a momentum that rises from
+``teacher_momentum`` to 1 on a cosine. The model saved (and returned) is the **teacher's
+CareModel** (as DINO/iBOT use the teacher downstream); the checkpoint's extra state holds
+the student, both heads, the mask token, the centres and the AdamW state for resuming.
+Mask ratios, view sizes, augmentations, heads and temperatures are this project's
+choices (the paper does not give them).
+
+Reproducibility: the randomness of step ``t`` comes from a generator seeded with
+``(seed, t)``, so a run resumed from a checkpoint ends exactly as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from napari_care.core.checkpoint import check_feature_dim, load_checkpoint, save_checkpoint
+from napari_care.core.models.care import CareConfig, CareModel, pad_slides
+from napari_care.core.progress import Progress, ProgressGen
+from napari_care.core.train.feature_views import (
+    Augmentation,
+    SlideFeatures,
+    augment_features,
+    check_same_dim,
+    random_crop,
+    subslide_pool,
+)
+
+
+@dataclass(frozen=True)
+class Stage1Config:
+    """Options of a Stage I run (all this project's choices; see the module docstring).
+
+    Parameters
+    ----------
+    steps
+        Optimiser steps in total (a resumed run stops at the same total).
+    batch_size
+        Sub-slides per step (two views each).
+    lr, weight_decay, warmup_steps
+        AdamW peak learning rate, weight decay, linear warmup before the cosine decay.
+    max_patches, min_patches
+        Sub-slide size limit and the smallest tissue piece kept (paper: about 360).
+    crop_fraction
+        A view keeps a share of its sub-slide's patches drawn uniformly from this range.
+    mask_ratio
+        Share of a view's patches masked in the student, drawn uniformly from this range.
+    augmentation
+        Feature augmentation of each view.
+    head_hidden, head_bottleneck, prototypes
+        Projection heads: ``E -> hidden -> bottleneck -> L2-normalise -> prototypes``.
+    student_temperature, teacher_temperature
+        Softmax temperatures of student and teacher outputs.
+    center_momentum
+        EMA momentum of the teacher centres.
+    teacher_momentum
+        Initial EMA momentum of the teacher (rises to 1 at the last step).
+    mim_weight
+        Weight of the masked patch prediction loss.
+    checkpoint_every
+        Save ``care_stage1_step<step>`` every that many steps (0: only the final one).
+    log_every
+        Report progress every that many steps.
+    seed
+        Seed of all randomness of the run (initial weights included).
+    device
+        Torch device.
+    """
+
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 1e-4
+    weight_decay: float = 0.04
+    warmup_steps: int = 50
+    max_patches: int = 360
+    min_patches: int = 16
+    crop_fraction: tuple[float, float] = (0.5, 1.0)
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    augmentation: Augmentation = Augmentation()
+    head_hidden: int = 256
+    head_bottleneck: int = 64
+    prototypes: int = 256
+    student_temperature: float = 0.1
+    teacher_temperature: float = 0.04
+    center_momentum: float = 0.9
+    teacher_momentum: float = 0.99
+    mim_weight: float = 1.0
+    checkpoint_every: int = 0
+    log_every: int = 10
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.batch_size, self.log_every, self.max_patches, self.min_patches, self.head_hidden,
+               self.head_bottleneck, self.prototypes) < 1:
+            raise ValueError("Stage1Config: steps, batch_size, log_every, patch limits and head sizes must be >= 1")
+        if self.checkpoint_every < 0 or self.warmup_steps < 0:
+            raise ValueError("Stage1Config: checkpoint_every and warmup_steps must be >= 0")
+        for name in ("crop_fraction", "mask_ratio"):
+            low, high = getattr(self, name)
+            if not 0.0 < low <= high <= 1.0:
+                raise ValueError(f"Stage1Config.{name} must satisfy 0 < low <= high <= 1, got {(low, high)}")
+        if not 0.0 <= self.teacher_momentum < 1.0 or not 0.0 <= self.center_momentum < 1.0:
+            raise ValueError("Stage1Config: teacher_momentum and center_momentum must be in [0, 1)")
+        if self.student_temperature <= 0 or self.teacher_temperature <= 0 or self.mim_weight < 0:
+            raise ValueError("Stage1Config: temperatures must be > 0 and mim_weight >= 0")
+
+    def to_dict(self) -> dict:
+        """The options as a JSON-able dict."""
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class Stage1Result:
+    """Outcome of :func:`train_care_stage1`: the teacher's CareModel (eval mode), its config,
+    the total loss of every step and its parts (resumed runs include earlier steps), and
+    the final checkpoint's JSON path."""
+
+    model: CareModel
+    config: CareConfig
+    losses: list[float]
+    components: dict[str, list[float]]
+    checkpoint: Path
+
+
+def cosine_schedule(step: int, steps: int, warmup_steps: int, peak: float) -> float:
+    """Learning rate of a 0-based step: linear warmup to ``peak``, then cosine decay to 0."""
+    if step < warmup_steps:
+        return peak * (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The seed of one step's randomness."""
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+class ProjectionHead(nn.Module):
+    """DINO-style head: MLP to a bottleneck, L2 normalisation, linear map to prototypes."""
+
+    def __init__(self, dim: int, hidden: int, bottleneck: int, prototypes: int) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, bottleneck))
+        self.prototypes = nn.Linear(bottleneck, prototypes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[..., E]`` -> ``[..., prototypes]`` logits."""
+        return self.prototypes(F.normalize(self.mlp(x), dim=-1))
+
+
+class Stage1Network(nn.Module):
+    """A CareModel with Stage I heads and the mask token (one for the student, one for the teacher)."""
+
+    def __init__(self, care_config: CareConfig, config: Stage1Config) -> None:
+        super().__init__()
+        self.care = CareModel(care_config)
+        sizes = (care_config.embed_dim, config.head_hidden, config.head_bottleneck, config.prototypes)
+        self.slide_head = ProjectionHead(*sizes)
+        self.patch_head = ProjectionHead(*sizes)
+        self.mask_token = nn.Parameter(torch.zeros(care_config.in_dim))
+
+
+def _soft_cross_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, student_logits: torch.Tensor,
+                        config: Stage1Config) -> torch.Tensor:
+    """``[M]`` cross-entropy of centred, sharpened teacher targets against student outputs."""
+    target = torch.softmax((teacher_logits - center) / config.teacher_temperature, dim=-1)
+    return -(target * torch.log_softmax(student_logits / config.student_temperature, dim=-1)).sum(-1)
+
+
+@dataclass
+class _Views:
+    """Two views of each sub-slide of a step, as the 2B padded slides the models read."""
+
+    features: torch.Tensor   # [2B, N, D] clean (augmented) view features
+    grid: torch.Tensor       # [2B, N, 2]
+    valid: torch.Tensor      # [2B, N] real patches
+    masked: torch.Tensor     # [2B, N] patches masked in the student's input
+
+
+def _draw_views(slides: Sequence[SlideFeatures], pool: list, config: Stage1Config, rng: np.random.Generator,
+                device: torch.device) -> _Views:
+    picks = rng.integers(len(pool), size=config.batch_size)
+    views, masks = [], []
+    for view in range(2):      # view-major order: slide i's views sit at i and B + i
+        for pick in picks:
+            slide_index, patches = pool[pick]
+            slide = slides[slide_index]
+            size = round(rng.uniform(*config.crop_fraction) * len(patches))
+            chosen = patches[random_crop(slide.grid[patches], size, rng)]
+            features = augment_features(slide.features[chosen], config.augmentation, rng)
+            views.append((torch.from_numpy(features), slide.grid[chosen]))
+            n_masked = int(np.clip(round(rng.uniform(*config.mask_ratio) * len(chosen)), 1, max(1, len(chosen) - 1)))
+            mask = np.zeros(len(chosen), dtype=bool)
+            mask[rng.choice(len(chosen), n_masked, replace=False)] = True
+            masks.append(torch.from_numpy(mask))
+    features, grid, valid = pad_slides(views)
+    masked = torch.nn.utils.rnn.pad_sequence(masks, batch_first=True)
+    return _Views(features.to(device), grid.to(device), valid.to(device), masked.to(device) & valid.to(device))
+
+
+def stage1_losses(student: Stage1Network, teacher: Stage1Network, views: _Views, centers: dict[str, torch.Tensor],
+                  config: Stage1Config) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
+    """Total loss, its parts, and the teacher outputs the centres are updated with."""
+    student_input = torch.where(views.masked[..., None], student.mask_token, views.features)
+    out = student.care.forward_batch(student_input, views.grid, views.valid)
+    with torch.no_grad():
+        teacher_out = teacher.care.forward_batch(views.features, views.grid, views.valid)
+        teacher_slide = teacher.slide_head(teacher_out.slide_embedding)
+        teacher_patch = teacher.patch_head(teacher.care.embed(views.features[views.masked]))
+    batch = config.batch_size
+    other_view = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(teacher_slide.device)
+    slide_loss = _soft_cross_entropy(teacher_slide[other_view], centers["slide"],
+                                     student.slide_head(out.slide_embedding), config).mean()
+    rows, cols = views.masked.nonzero(as_tuple=True)
+    region_token = out.region_features[rows, out.region_of_patch[rows, cols]]
+    per_patch = _soft_cross_entropy(teacher_patch, centers["patch"], student.patch_head(region_token), config)
+    # Mean per view, then over views: a large view does not outweigh a small one.
+    per_view = per_patch.new_zeros(len(views.masked)).index_add(0, rows, per_patch)
+    mim_loss = (per_view / views.masked.sum(1).clamp_min(1)).mean()
+    rsl = out.rsl.mean()
+    total = slide_loss + config.mim_weight * mim_loss + student.care.config.lambda_rsl * rsl
+    parts = {"slide": float(slide_loss.detach()), "mim": float(mim_loss.detach()), "rsl": float(rsl.detach())}
+    return total, parts, {"slide": teacher_slide, "patch": teacher_patch}
+
+
+@torch.no_grad()
+def _update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> None:
+    for student_param, teacher_param in zip(student.parameters(), teacher.parameters(), strict=True):
+        teacher_param.mul_(momentum).add_(student_param.detach(), alpha=1.0 - momentum)
+
+
+def _training_state(step, student, teacher, centers, optimizer, config, losses, components) -> dict:
+    return {"kind": "care_stage1", "step": step, "train_config": config.to_dict(), "losses": losses,
+            "components": components, "student": student.state_dict(), "teacher": teacher.state_dict(),
+            "centers": dict(centers), "optimizer": optimizer.state_dict()}
+
+
+def _networks(care_config: CareConfig, config: Stage1Config, device: torch.device):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)  # the initial weights belong to the run's seed
+        student = Stage1Network(care_config, config)
+    teacher = copy.deepcopy(student)
+    for parameter in teacher.parameters():
+        parameter.requires_grad_(False)
+    return student.to(device), teacher.to(device)
+
+
+def train_care_stage1(slides: Sequence[SlideFeatures], model_config: CareConfig | None, out_dir: str | Path,
+                      config: Stage1Config = Stage1Config(), *, resume_from: str | Path | None = None,
+                      encoder: str = "default") -> ProgressGen[Stage1Result]:
+    """Stage I pretraining of CARE; a generator of :class:`Progress` returning :class:`Stage1Result`.
+
+    Parameters
+    ----------
+    slides
+        Patch features of the training slides (one encoder, so one D); no labels.
+    model_config
+        Options of a new model; None (or the same config) when resuming.
+    out_dir
+        Folder of the checkpoints ``care_stage1_step<step>.*`` and ``care_stage1_final.*``.
+    config
+        Training options (a resumed run must use the same ones).
+    resume_from
+        A checkpoint written by this function; training continues from its step.
+    encoder
+        Name of the patch encoder of the features (for error messages).
+
+    Raises
+    ------
+    FeatureDimMismatch
+        When the checkpoint or config expects another D than the features have.
+    """
+    out_dir = Path(out_dir)
+    feature_dim = check_same_dim(slides)
+    pool = subslide_pool(slides, config.max_patches, config.min_patches)
+    device = torch.device(config.device)
+    start, losses, components, state = 0, [], {"slide": [], "mim": [], "rsl": []}, None
+    if resume_from is not None:
+        _, saved_config, state = load_checkpoint(resume_from, CareModel)
+        check_feature_dim(saved_config, feature_dim, checkpoint=resume_from, encoder=encoder)
+        if model_config is not None and model_config != saved_config:
+            raise ValueError(f"checkpoint {resume_from} was trained with {saved_config}, not {model_config}; "
+                             "pass model_config=None to resume")
+        if state.get("kind") != "care_stage1" or "optimizer" not in state:
+            raise ValueError(f"checkpoint {resume_from} holds no CARE Stage I training state to resume from")
+        model_config = saved_config
+        start, losses, components = int(state["step"]), list(state["losses"]), dict(state["components"])
+    elif model_config is None:
+        raise ValueError("train_care_stage1: give model_config for a new run, or resume_from")
+    else:
+        check_feature_dim(model_config, feature_dim, checkpoint="(new model config)", encoder=encoder)
+    student, teacher = _networks(model_config, config, device)
+    centers = {"slide": torch.zeros(config.prototypes, device=device),
+               "patch": torch.zeros(config.prototypes, device=device)}
+    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    if state is not None:
+        student.load_state_dict(state["student"])
+        teacher.load_state_dict(state["teacher"])
+        centers = {name: value.to(device) for name, value in state["centers"].items()}
+        optimizer.load_state_dict(state["optimizer"])
+    student.train()
+    teacher.eval()
+    devices = [device] if device.type != "cpu" else []
+    for step in range(start, config.steps):
+        seed = step_seed(config.seed, step)
+        views = _draw_views(slides, pool, config, np.random.default_rng(seed), device)
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_schedule(step, config.steps, config.warmup_steps, config.lr)
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)  # the student's augmented patch view draws from the global generator
+            loss, parts, teacher_outputs = stage1_losses(student, teacher, views, centers, config)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        momentum = 1.0 - (1.0 - config.teacher_momentum) * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+        _update_teacher(student, teacher, momentum)
+        for name, output in teacher_outputs.items():
+            momentum_c = config.center_momentum if step else 0.0  # the first batch sets the centres
+            centers[name] = momentum_c * centers[name] + (1 - momentum_c) * output.mean(0)
+        losses.append(float(loss.detach()))
+        for name, value in parts.items():
+            components[name].append(value)
+        done = step + 1
+        if done % config.log_every == 0 or done == config.steps:
+            yield Progress("care-stage1", done, config.steps,
+                           f"step {done}/{config.steps}: loss {losses[-1]:.4f} (slide {parts['slide']:.3f}, "
+                           f"mim {parts['mim']:.3f}, rsl {parts['rsl']:.4f})")
+        if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
+            path = save_checkpoint(out_dir / f"care_stage1_step{done:06d}", teacher.care, model_config,
+                                   extra_state=_training_state(done, student, teacher, centers, optimizer, config,
+                                                               losses, components))
+            yield Progress("care-stage1", done, config.steps, f"saved {path.name}")
+    final = save_checkpoint(out_dir / "care_stage1_final", teacher.care, model_config,
+                            extra_state=_training_state(config.steps, student, teacher, centers, optimizer, config,
+                                                        losses, components))
+    yield Progress("care-stage1", config.steps, config.steps, f"saved {final.name}")
+    model = teacher.care.eval()
+    model.requires_grad_(True)  # frozen only as a teacher; the caller may fine-tune it
+    return Stage1Result(model, model_config, losses, components, final)
