@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from napari_care.cli import EXIT_FAILED, drive, fail
+from napari_care._cli_common import EXIT_FAILED, drive, fail
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -174,8 +174,9 @@ def register(main: click.Group) -> None:
                readout, mask_ratio, dim, depth, regions_per_slide) -> None:
         """MEM / CMEM pretraining of the mixed-magnification encoder on region tokens.
 
-        TOKENS is a region-token .npz file or a folder of them (one per slide, keys tokens,
-        token_present, region_coords, region_size_level0, slide_id). Writes mem_final.*.
+        TOKENS is a mixed-magnification feature file (<slide>.mixmag.h5, from `extract
+        --mixmag`), a region-token .npz (keys tokens, token_present, region_coords,
+        region_size_level0, slide_id), or a folder of either (one per slide). Writes mem_final.*.
         """
         from napari_care.core.models.mixmag import MixMagConfig
         from napari_care.core.train.mem import MEMTrainConfig, train_mem
@@ -197,7 +198,8 @@ def register(main: click.Group) -> None:
     @click.argument("bags_dir", type=EXISTING_DIR)
     @click.option("--out", "out_dir", type=ANY_PATH, required=True, help="Output folder.")
     @click.option("--mem", "mem_checkpoint", type=EXISTING_FILE, default=None,
-                  help="MEM checkpoint: BAGS_DIR then holds region tokens (.npz) turned into region bags.")
+                  help="MEM checkpoint: BAGS_DIR then holds *.mixmag.h5 (or region-token .npz) files "
+                       "turned into region bags.")
     @click.option("--max-epochs", type=int, default=50, show_default=True)
     @click.option("--patience", type=int, default=10, show_default=True)
     @click.option("--lr", type=float, default=2e-4, show_default=True)
@@ -210,7 +212,7 @@ def register(main: click.Group) -> None:
         """Train an AB-MIL head on slide labels (CSV: slide_id, label[, split]).
 
         BAGS_DIR holds one feature file per slide (<slide_id>.h5 or <slide_id>.features.h5),
-        or, with --mem, one region-token .npz per slide. Writes abmil.*, predictions.csv,
+        or, with --mem, one <slide_id>.mixmag.h5 (or region-token .npz) per slide. Writes abmil.*, predictions.csv,
         attention.npz and metrics.json to --out.
         """
         from napari_care.core.train.mil import MILTrainConfig, train_mil
@@ -263,16 +265,23 @@ def register(main: click.Group) -> None:
 
 
 def load_region_tokens(path: Path) -> list:
-    """:class:`~napari_care.core.models.mixmag.RegionTokens` from .npz files (see ``pretrain mixmag``)."""
+    """:class:`~napari_care.core.models.mixmag.RegionTokens` from mixed-magnification feature
+    files (``*.mixmag.h5``) or region-token ``.npz`` files (see ``pretrain mixmag``)."""
     import numpy as np
 
+    from napari_care.core.mixmag_features import SUFFIX, load_mixmag
     from napari_care.core.models.mixmag import RegionTokens
 
-    files = sorted(path.glob("*.npz")) if path.is_dir() else [path]
+    files = sorted([*path.glob("*.npz"), *path.glob(f"*{SUFFIX}")]) if path.is_dir() else [path]
     if not files:
-        raise FileNotFoundError(f"{path}: no region-token files (*.npz)")
+        raise FileNotFoundError(f"{path}: no mixed-magnification feature files (*{SUFFIX}) or region tokens (*.npz)")
     slides = []
     for file in files:
+        if file.suffix.lower() in (".h5", ".hdf5"):
+            tokens = load_mixmag(file).to_region_tokens()
+            tokens.slide_id = file.name.removesuffix(SUFFIX) if file.name.endswith(SUFFIX) else file.stem
+            slides.append(tokens)
+            continue
         try:
             data = np.load(file, allow_pickle=False)
         except (OSError, ValueError) as error:
