@@ -2,7 +2,9 @@
 
 - tracing 10,000 regions of a label grid (and the plain alternative, shapely's coverage
   union of cell boxes, for comparison);
-- export and import of 10,000 region polygons and of 100,000 per-tile attention features.
+- export and import of 10,000 region polygons and of 100,000 per-tile attention features;
+- the napari side of the import and export: file objects -> Shapes layer data (one shape per
+  ring) and Shapes layer data -> objects, for the same features.
 
 Each step runs twice: timed alone, then under tracemalloc for its peak of Python allocations
 (numpy and shapely arrays included, GEOS's own C++ heap not), because tracemalloc slows this
@@ -20,9 +22,12 @@ from pathlib import Path
 from typing import TypeVar
 
 import numpy as np
+import pandas as pd
 import shapely
 from scipy import ndimage
 
+from napari_care._geojson_io import Level0Frame, annotation_layers
+from napari_care._writer import shapes_annotations
 from napari_care.core.geojson_read import read_geojson
 from napari_care.core.geojson_write import (
     RegionTable,
@@ -119,6 +124,15 @@ def main() -> None:
                 print(f"{'':<48} {path.stat().st_size / 2**20:8.1f} MiB on disk")
                 back = measure(f"read {name} ({suffix})", lambda path=path: read_geojson(path))
                 assert len(back) == len(features)
+            frame = Level0Frame((0.5, 0.5))
+            layers, _ = measure(f"napari layer data of {name}",
+                                lambda back=back, frame=frame: annotation_layers(back, name="bench", frame=frame))
+            data, attributes, _ = layers[0]
+            attributes = {**attributes, "features": pd.DataFrame(attributes["features"])}  # as napari hands it
+            again = measure(f"objects of that Shapes layer ({name})",
+                            lambda data=data, attributes=attributes, frame=frame: shapes_annotations(
+                                data, attributes, frame))
+            assert len(again) == len(features)
 
 
 if __name__ == "__main__":

@@ -232,10 +232,11 @@ if __name__ == "__main__":  # pragma: no cover
 
 
 def _register_subcommands() -> None:
-    """Attach the training/evaluation commands, kept in their own module for size."""
-    from napari_care._cli_train import register
+    """Attach the training, evaluation and review commands, kept in their own modules for size."""
+    from napari_care import _cli_review, _cli_train
 
-    register(main)
+    _cli_train.register(main)
+    _cli_review.register(main)
 
 
 _register_subcommands()

@@ -310,3 +310,19 @@ def test_gdal_reads_every_exported_file(tmp_path, suffix):
     )
     assert result.returncode == 0, result.stderr
     assert f"Feature Count: {len(features)}" in result.stdout
+
+
+def test_slivers_thinner_than_the_written_grid_stay_valid(tmp_path):
+    """Two decimals can fold a sliver onto itself; the writer snaps first and keeps it valid."""
+    bowtie_after_rounding = Polygon([(0, 0), (10, 0.006), (20, 0), (20, 0.02), (10, 0.0149), (0, 0.02)])
+    assert not shapely.is_valid(shapely.transform(bowtie_after_rounding, lambda xy: np.round(xy, 2)))
+    assert bowtie_after_rounding.is_valid
+    grid_polygon = Polygon([(0.25, 0.5), (8.5, 0.5), (8.5, 4.75), (0.25, 4.75)])
+    path = tmp_path / "slivers.geojson"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a collapsed sliver is skipped with a warning
+        written = write_geojson(path, [Annotation(geometry=bowtie_after_rounding), Annotation(geometry=grid_polygon)])
+    raw = [shapely.geometry.shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]
+    assert len(raw) == written >= 1
+    assert all(geometry.is_valid for geometry in raw)  # as written, before any repair on reading
+    assert raw[-1].equals_exact(grid_polygon, 0)  # on-grid geometry written vertex for vertex

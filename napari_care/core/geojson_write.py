@@ -17,7 +17,7 @@ import math
 import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import shapely
@@ -264,13 +264,13 @@ def write_geojson(
     """
     path = os.fspath(path)
     compress = path.endswith(".gz") if gzip is None else bool(gzip)
-    features = list(features)
+    features = _on_written_grid(list(features), bounds_offset)
     empty = [i for i, f in enumerate(features) if f.geometry is None or f.geometry.is_empty]
     if empty:
         message = f"{path}: skipped {len(empty)} features with an empty geometry (first: index {empty[0]})"
         warnings.warn(message, stacklevel=2)
         features = [f for f in features if f.geometry is not None and not f.geometry.is_empty]
-    geometries = encode_geometries([f.geometry for f in features], offset_xy=bounds_offset)
+    geometries = encode_geometries([f.geometry for f in features])
     with atomic_path(path) as tmp:
         opener = gzip_module.open if compress else open
         with opener(tmp, "wt", encoding="utf-8") as handle:
@@ -314,6 +314,26 @@ def _finite_measurements(measurements: Mapping[str, object]) -> dict[str, float 
         elif isinstance(value, (float, np.floating)) and math.isfinite(value):
             kept[str(name)] = float(value)
     return kept
+
+
+def _on_written_grid(features: list[Annotation], offset_xy: Sequence[float]) -> list[Annotation]:
+    """The features moved by the bounds offset and snapped to the 0.01-pixel grid that is written.
+
+    Rounding a sliver to two decimals can make it self-intersect; ``shapely.set_precision``
+    snaps and keeps every polygon valid (what collapses becomes empty, and is skipped).
+    """
+    if not features:
+        return features
+    geometries = np.array([f.geometry for f in features], dtype=object)
+    offset = np.asarray(offset_xy, dtype=np.float64)
+    if offset.any():
+        geometries = shapely.transform(geometries, lambda xy: xy - offset)
+    # Only geometries off the grid are snapped: set_precision also renumbers rings' vertices.
+    xy, geometry_of_xy = shapely.get_coordinates(geometries, return_index=True)
+    off = np.abs(xy - np.round(xy, COORDINATE_DECIMALS)).max(axis=1) > 1e-9
+    index = np.unique(geometry_of_xy[off])
+    geometries[index] = shapely.set_precision(geometries[index], 10.0**-COORDINATE_DECIMALS)
+    return [replace(f, geometry=g) for f, g in zip(features, geometries.tolist(), strict=True)]
 
 
 def _rgb(color: Sequence[int]) -> list[int]:

@@ -1,0 +1,184 @@
+"""The "CARE: review annotations" panel: QuPath GeoJSON in and out, agreement metrics as a table.
+
+- **Import annotations...** reads a GeoJSON file (:mod:`napari_care._geojson_io`) and places it
+  over the selected slide layer: level-0 pixels through the slide's mpp (and its bounds offset,
+  when "relative to slide bounds" is on, as QuPath exports by default).
+- **Export regions/ROI...** writes the "CARE regions" layer as ``napari-care segment`` does
+  (regions, ROI outline, optionally per-patch tiles) through :mod:`napari_care._writer`.
+- **Compute agreement** compares the chosen annotation layer with the CARE regions, ROI and
+  attention (:func:`napari_care.core.review.review_agreement`) and fills the table;
+  **Save table...** writes it as CSV.
+
+No numerics here; the panel gathers layer data and calls the core. It is its own dock
+widget and a section of the segment widget.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, Table
+
+from napari_care._geojson_io import ROLE_KEY, Level0Frame, annotation_layers
+from napari_care._writer import care_region_annotations, labels_origin, shapes_annotations, write_annotations
+from napari_care.core.review import RegionGrid, review_agreement, write_review_csv
+from napari_care.core.review_run import region_attention
+
+if TYPE_CHECKING:
+    import napari
+
+COLUMNS = ("class", "target", "region_id", "dice", "iou", "target_in_annotation", "annotation_in_target",
+           "dice_grid", "iou_grid", "attention_inside", "pointing_game")  # fmt: skip
+GEOJSON_FILTER = "GeoJSON (*.geojson *.json *.geojson.gz *.json.gz)"
+
+
+class ReviewPanel(Container):
+    """Import/export QuPath GeoJSON over a slide and measure agreement with an annotation layer."""
+
+    def __init__(self, napari_viewer: napari.Viewer) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.slide_layer = ComboBox(label="slide", choices=self._slide_layers)
+        self.relative_to_bounds = CheckBox(text="relative to slide bounds (QuPath)", value=True)
+        self.import_button = PushButton(text="Import annotations...")
+        self.tiles = CheckBox(text="export per-patch attention tiles", value=False)
+        self.export_button = PushButton(text="Export regions/ROI...")
+        self.annotation_layer = ComboBox(label="annotations", choices=self._annotation_layers)
+        self.compute_button = PushButton(text="Compute agreement")
+        self.save_button = PushButton(text="Save table...", enabled=False)
+        self.table = Table(value={column: [] for column in COLUMNS})
+        self.table.read_only = True
+        self.status = Label(label="status", value="")
+        self.rows: list[dict[str, object]] = []
+        self.extend([self.slide_layer, self.relative_to_bounds, self.import_button, self.tiles, self.export_button,
+                     self.annotation_layer, self.compute_button, self.table, self.save_button, self.status])
+        self.import_button.changed.connect(lambda: self.import_annotations())
+        self.export_button.changed.connect(lambda: self.export_regions())
+        self.compute_button.changed.connect(lambda: self.compute())
+        self.save_button.changed.connect(lambda: self.save_table())
+        for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
+            event.connect(self.reset_choices)
+
+    def _slide_layers(self, _widget=None) -> list:
+        return [layer for layer in self.viewer.layers if "napari_care" in getattr(layer, "metadata", {})]
+
+    def _annotation_layers(self, _widget=None) -> list:
+        return [layer for layer in self.viewer.layers
+                if type(layer).__name__ == "Shapes" and layer.metadata.get(ROLE_KEY) != "roi"]  # fmt: skip
+
+    def frame(self, *, use_bounds: bool | None = None) -> Level0Frame:
+        """The selected slide's frame (pixels and no offset without a slide)."""
+        layer = self.slide_layer.value
+        if layer is None:
+            return Level0Frame()
+        bounds = self.relative_to_bounds.value if use_bounds is None else use_bounds
+        return Level0Frame.from_slide_metadata(layer.metadata, use_bounds=bounds)
+
+    def import_annotations(self, path: str | Path | None = None) -> list:
+        """Add the file's annotations as layers over the selected slide; returns the new layers."""
+        from napari.layers import Layer
+
+        from napari_care.core.geojson_read import read_geojson
+
+        path = path or _ask_path("open", "Import annotations (QuPath GeoJSON)")
+        if not path:
+            return []
+        frame = self.frame()
+        try:
+            annotations = read_geojson(path, bounds_offset=frame.bounds_offset)
+        except ValueError as error:
+            return self._fail(error, [])
+        layer_data, message = annotation_layers(annotations, name=Path(path).name.split(".")[0], frame=frame,
+                                                source=str(path))  # fmt: skip
+        layers = [self.viewer.add_layer(Layer.create(*item)) for item in layer_data]
+        shapes = [layer for layer in layers if type(layer).__name__ == "Shapes"]
+        if shapes:
+            self.annotation_layer.value = shapes[0]
+        self._say(f"{Path(path).name}: {message}")
+        return layers
+
+    def regions_layer(self):
+        """The "CARE regions" Labels layer, or None before a run."""
+        for layer in self.viewer.layers:
+            if layer.metadata.get(ROLE_KEY) == "regions" and type(layer).__name__ == "Labels":
+                return layer
+        return None
+
+    def export_regions(self, path: str | Path | None = None) -> int:
+        """Write the CARE regions, ROI and optionally tiles as QuPath GeoJSON; returns the feature count."""
+        layer = self.regions_layer()
+        if layer is None:
+            self._say("run CARE first: no CARE regions layer to export")
+            return 0
+        path = path or _ask_path("save", "Export CARE regions and ROI (QuPath GeoJSON)")
+        if not path:
+            return 0
+        frame = self.frame()
+        try:
+            _, attributes, _ = layer.as_layer_data_tuple()
+            annotations = care_region_annotations(layer.data, attributes, frame, tiles=self.tiles.value)
+            count = write_annotations(path, annotations, bounds_offset=frame.bounds_offset)
+        except (OSError, ValueError) as error:
+            return self._fail(error, 0)
+        self._say(f"wrote {count} objects to {Path(path).name}")
+        return count
+
+    def compute(self) -> list[dict[str, object]]:
+        """Agreement of the chosen annotation layer with the CARE regions, ROI and attention."""
+        regions, shapes = self.regions_layer(), self.annotation_layer.value
+        if regions is None or shapes is None:
+            self._say("needs a CARE regions layer and an annotation layer")
+            return []
+        frame = self.frame(use_bounds=False)  # both layers are in the slide's own level-0 pixels
+        try:
+            _, region_attributes, _ = regions.as_layer_data_tuple()
+            _, shape_attributes, _ = shapes.as_layer_data_tuple()
+            labels = np.asarray(regions.data).astype(np.int64) - 1
+            origin, (cell_x, _) = labels_origin(region_attributes, frame)
+            grid = RegionGrid(labels, origin, cell_x)
+            table = regions.features
+            table = table[table["region"] >= 0]
+            roi_ids = table["region"][table["is_roi"].astype(bool)].astype(int).tolist()
+            attention = region_attention(grid, dict(zip(table["region"].astype(int), table["a"], strict=True)))
+            annotations = shapes_annotations(shapes.data, shape_attributes, frame)
+            self.rows = review_agreement(annotations, grid, roi_ids=roi_ids, attention=attention)
+        except (KeyError, ValueError) as error:
+            return self._fail(error, [])
+        self.table.value = {column: [_cell(row.get(column)) for row in self.rows] for column in COLUMNS}
+        self.save_button.enabled = bool(self.rows)
+        self._say(f"{len(self.rows)} rows for {len({r['class'] for r in self.rows})} classes of {shapes.name}")
+        return self.rows
+
+    def save_table(self, path: str | Path | None = None) -> None:
+        """Write the last agreement rows (every column) as CSV."""
+        path = path or _ask_path("save", "Save agreement table", file_filter="CSV (*.csv)")
+        if path:
+            write_review_csv(path, self.rows)
+            self._say(f"wrote {len(self.rows)} rows to {Path(path).name}")
+
+    def _fail(self, error: Exception, value):
+        from napari.utils.notifications import show_error
+
+        self._say(f"failed: {error}")
+        show_error(f"CARE review: {error}")
+        return value
+
+    def _say(self, text: str) -> None:
+        self.status.value = text
+
+
+def _cell(value: object) -> object:
+    """Table text: floats to 3 decimals, None blank."""
+    if value is None:
+        return ""
+    return round(value, 3) if isinstance(value, float) else value
+
+
+def _ask_path(mode: str, caption: str, file_filter: str = GEOJSON_FILTER) -> str | None:
+    from magicgui.application import use_app
+    from magicgui.types import FileDialogMode
+
+    dialog_mode = FileDialogMode.EXISTING_FILE if mode == "open" else FileDialogMode.OPTIONAL_FILE
+    return use_app().get_obj("show_file_dialog")(dialog_mode, caption=caption, filter=file_filter)
