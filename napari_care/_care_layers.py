@@ -1,19 +1,24 @@
 """CARE results as napari layer data: "CARE regions" (Labels), "CARE ROI" (Shapes) and
 "CARE attention" (Image), each at patch-grid resolution, placed over the slide with
-``scale`` and ``translate`` (never upsampled, never one shape per tile)."""
+``scale`` and ``translate`` (never upsampled, never one shape per tile), and the hover text
+that names the region, its weight and the attention under the cursor."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from napari_care._layers import level0_to_world, placement, world_units
 from napari_care.core.heatmap import heatmap_raster
+from napari_care.core.raster import GridRaster
 from napari_care.core.regions import region_raster, region_table, roi_boxes
 from napari_care.core.segment import SegmentResult
 from napari_care.core.slide import Slide
+
+if TYPE_CHECKING:
+    from napari_care.core.mil_heatmap import MilOutput
 
 REGIONS = "CARE regions"
 ROI = "CARE ROI"
@@ -24,6 +29,7 @@ GROUP_PALETTE = np.array([  # distinct, colour-blind friendly (Okabe-Ito, then T
     (204, 121, 167), (136, 34, 85), (68, 170, 153), (153, 153, 51), (51, 34, 136), (221, 204, 119),
 ]) / 255.0  # fmt: skip
 
+HOVER_SEPARATOR = " | "  # between napari's status and the CARE hover text
 EDGE_WIDTH_SHARE = 0.002  # ROI outline width as a share of the slide's longer side
 
 LayerData = tuple[Any, dict, str]
@@ -80,9 +86,26 @@ def transparent_floor(name: str):
     return Colormap(colours, controls=controls, name=f"{base.name} (clear below threshold)")
 
 
+def slide_grid(raster: GridRaster, slide: Slide, fill: float | int) -> GridRaster:
+    """``raster`` pasted into one covering the slide's whole patch grid, from cell (0, 0).
+
+    Every run on a slide then gives the layers the same scale and translate: a rerun (a
+    pan, the visible field) replaces only the data, and napari redraws once, not per setter.
+    The grid of a slide is small (one cell per patch: 74 x 55 on a 16k x 12k slide at 20x).
+    """
+    values, stride = raster.values, raster.stride_level0
+    (height, width), row0, col0 = values.shape, raster.origin_gy, raster.origin_gx
+    slide_width, slide_height = slide.dimensions[0]
+    rows = max(int(np.ceil(slide_height / stride)), row0 + height)
+    cols = max(int(np.ceil(slide_width / stride)), col0 + width)
+    full = np.full((rows, cols), fill, dtype=values.dtype)
+    full[row0:row0 + height, col0:col0 + width] = values
+    return GridRaster(full, 0, 0, stride)
+
+
 def regions_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) -> LayerData:
     """Labels: region id + 1 per patch (0 = no tissue patch), with the region table."""
-    raster = region_raster(result)
+    raster = slide_grid(region_raster(result), slide, fill=-1)
     table = region_table(result)
     features = {"index": np.arange(len(table["region"]) + 1)}
     for column, values in table.items():  # row 0 is the background label
@@ -92,7 +115,7 @@ def regions_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) 
         "name": REGIONS,
         "features": features,
         "opacity": 0.45,
-        "metadata": {"napari_care_role": "regions"},
+        "metadata": {"napari_care_role": "regions", "colour_by": display.colour_by},
         **placement(slide, raster.origin_level0, raster.stride_level0),
     }
     if display.colour_by == "group":
@@ -125,15 +148,25 @@ def roi_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) -> L
     return (rectangles, kwargs, "shapes")
 
 
-def attention_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) -> LayerData:
-    """Image: normalised per-patch attention, transparent off tissue and below the threshold."""
-    raster = heatmap_raster(result.features.grid, result.care.patch_attention, result.grid.stride_level0,
-                            mode=display.normalisation, blur_patches=display.blur_patches)
+def attention_layer(result: SegmentResult, slide: Slide, display: DisplayOptions,
+                    mil: MilOutput | None = None) -> LayerData:
+    """Image: normalised per-patch attention, transparent off tissue and below the threshold.
+
+    The attention is CARE's patch attention, or the MIL head's when ``mil`` is given (one
+    weight per patch of ``result``, in the same order).
+    """
+    attention = result.care.patch_attention if mil is None else np.asarray(mil.attention, dtype=np.float32)
+    if len(attention) != len(result.features):
+        raise ValueError(f"attention has {len(attention)} values for {len(result.features)} patches")
+    raster = slide_grid(heatmap_raster(result.features.grid, attention, result.grid.stride_level0,
+                                       mode=display.normalisation, blur_patches=display.blur_patches),
+                        slide, fill=np.nan)
     values = raster.values
     finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
     floor = low + display.heatmap_threshold * (high - low)
     high = max(high, floor + 1e-6)
+    off_tissue = low - 1.0  # below every patch and the contrast floor: transparent, and told apart on hover
     kwargs = {
         "name": ATTENTION,
         "colormap": transparent_floor(display.colormap),
@@ -141,14 +174,71 @@ def attention_layer(result: SegmentResult, slide: Slide, display: DisplayOptions
         "opacity": display.opacity,
         "blending": "translucent",
         "interpolation2d": "nearest",
-        "metadata": {"napari_care_role": "attention", "normalisation": display.normalisation},
+        "metadata": {"napari_care_role": "attention", "normalisation": display.normalisation,
+                     "source": "CARE" if mil is None else "MIL", "off_tissue": off_tissue},
         **placement(slide, raster.origin_level0, raster.stride_level0),
     }
-    return (np.where(np.isfinite(values), values, floor - 1.0).astype(np.float32), kwargs, "image")
+    return (np.where(np.isfinite(values), values, off_tissue).astype(np.float32), kwargs, "image")
 
 
-def care_layers(result: SegmentResult, slide: Slide, display: DisplayOptions | None = None) -> list[LayerData]:
-    """The three CARE layers of a result."""
+def care_layers(result: SegmentResult, slide: Slide, display: DisplayOptions | None = None,
+                mil: MilOutput | None = None) -> list[LayerData]:
+    """The three CARE layers of a result (the heatmap from ``mil`` when a MIL head ran)."""
     display = display or DisplayOptions()
-    return [regions_layer(result, slide, display), attention_layer(result, slide, display),
+    return [regions_layer(result, slide, display), attention_layer(result, slide, display, mil),
             roi_layer(result, slide, display)]
+
+
+def hover_text(layers, world_position) -> str:
+    """What the CARE layers hold at a world position: region id, its weight ``a``, attention.
+
+    Parameters
+    ----------
+    layers
+        The viewer's layer list.
+    world_position
+        napari world coordinates (row, col) of the cursor.
+
+    Returns
+    -------
+    str
+        For example ``"CARE region 3 (a=0.12) · attention 0.81 (min-max)"``; empty off tissue
+        or before any run.
+    """
+    parts = []
+    position = np.asarray(world_position, dtype=np.float64)[-2:]
+    if REGIONS in layers:
+        regions = layers[REGIONS]
+        label = regions.get_value(position, world=True)
+        if label is not None and int(label) > 0:
+            table = regions.features
+            row = np.flatnonzero(np.asarray(table["index"]) == int(label))
+            if row.size:
+                region, a = int(table["region"].iloc[row[0]]), float(table["a"].iloc[row[0]])
+                parts.append(f"CARE region {region} (a={a:.3g})")
+    if ATTENTION in layers:
+        heatmap = layers[ATTENTION]
+        value = heatmap.get_value(position, world=True)
+        # off-tissue cells hold the lowest patch value - 1 (the margin absorbs float32 rounding)
+        if value is not None and float(value) > heatmap.metadata.get("off_tissue", -np.inf) + 0.5:
+            source = "MIL attention" if heatmap.metadata.get("source") == "MIL" else "attention"
+            parts.append(f"{source} {float(value):.3g} ({heatmap.metadata.get('normalisation', '')})")
+    return " · ".join(parts)
+
+
+def with_hover(status: str | dict, layers, world_position) -> str | dict | None:
+    """napari's status with the CARE hover text appended, or None when there is nothing to add.
+
+    ``status`` is what napari set (a layer's status dict, or a plain string); None comes back
+    off the CARE layers and when the text is there already (setting the status calls the
+    handler that calls this again).
+    """
+    shown = status.get("coordinates", "") if isinstance(status, dict) else str(status)
+    if HOVER_SEPARATOR in shown:
+        return None
+    text = hover_text(layers, world_position)
+    if not text:
+        return None
+    if isinstance(status, dict):
+        return {**status, "coordinates": f"{shown}{HOVER_SEPARATOR}{text}"}
+    return f"{shown}{HOVER_SEPARATOR}{text}"

@@ -90,14 +90,17 @@ def visible_box_level0(layer) -> tuple[float, float, float, float]:
     )
 
 
-_UPDATABLE = ("scale", "translate", "features", "colormap", "contrast_limits", "edge_color", "text")
+_UPDATABLE = ("scale", "translate", "features", "colormap", "contrast_limits")
+_UPDATABLE_BY_TYPE = {"image": ("opacity",)}  # the heatmap's opacity is a widget option; the rest keep the user's
 
 
 def put_layer(viewer, data: Any, kwargs: dict, layer_type: str):
     """Update the layer named ``kwargs["name"]`` in place, or add it when there is none.
 
     In-place updates keep the layer's position in the list and what the user set by hand
-    (visibility, opacity, blending); data, placement and tables are replaced.
+    (visibility, blending; opacity except an image's); data, placement, colours and tables
+    are replaced (a Shapes layer's text template stays). Only what changed is set: every
+    napari setter refreshes the layer.
     """
     name = kwargs["name"]
     existing = viewer.layers[name] if name in viewer.layers else None
@@ -108,17 +111,29 @@ def put_layer(viewer, data: Any, kwargs: dict, layer_type: str):
             viewer.layers.remove(existing)
         return viewer.add_layer(Layer.create(data, kwargs, layer_type))
     if layer_type == "shapes":
-        existing.selected_data = set()
-        existing.data = []
-        existing.add(data, shape_type=kwargs.get("shape_type", "rectangle"))
+        existing.data = []  # clears the selection too
+        existing.add(data, shape_type=kwargs.get("shape_type", "rectangle"), edge_width=kwargs.get("edge_width", 1),
+                     edge_color=kwargs.get("edge_color", "white"), face_color=kwargs.get("face_color", "transparent"))
     else:
         existing.data = data
-    for key in _UPDATABLE:
-        if key in kwargs:
+    for key in _UPDATABLE + _UPDATABLE_BY_TYPE.get(layer_type, ()):
+        if key in kwargs and not _same(getattr(existing, key, None), kwargs[key]):
             setattr(existing, key, kwargs[key])
-    if layer_type == "labels" and "colormap" not in kwargs:
+    if layer_type == "labels" and "colormap" not in kwargs and existing.metadata.get("colour_by") != "region":
         from napari.utils.colormaps import label_colormap
 
-        existing.colormap = label_colormap()
-    existing.refresh()
+        existing.colormap = label_colormap()  # back from a group colouring to napari's label colours
+    existing.metadata = {**existing.metadata, **kwargs.get("metadata", {})}
     return existing
+
+
+def _same(current: Any, new: Any) -> bool:
+    """True when setting ``new`` would change nothing worth a refresh (numbers, colormap names)."""
+    if isinstance(new, (tuple, list, np.ndarray, int, float)) and not isinstance(current, (str, dict)):
+        try:
+            return bool(np.array_equal(np.asarray(current, dtype=float), np.asarray(new, dtype=float)))
+        except (TypeError, ValueError):
+            return False
+    if type(new).__name__ == "Colormap":  # image colormaps are made fresh per draw; their name says it all
+        return new.name == getattr(current, "name", None)
+    return False

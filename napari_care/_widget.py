@@ -1,39 +1,43 @@
 """The "CARE: segment regions" widget: options in, one core call in a thread worker, layers out.
 
 No numerics here: the widget builds a :class:`~napari_care.core.segment.SegmentOptions`,
-runs :meth:`~napari_care.core.session.SegmentSession.run` in a napari thread worker, and
-hands the result to :mod:`napari_care._care_layers`.
+runs :meth:`~napari_care.core.session.SegmentSession.run` (and, when one is chosen, an AB-MIL
+head on the run's features) in a napari thread worker, and hands the result to
+:mod:`napari_care._care_layers`. While the user looks at the slide, a warm-up worker loads
+what every first run needs (tissue mask, encoder, imports), so a Run costs only its tiles.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from magicgui.widgets import (
-    CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, Label, LineEdit, ProgressBar, PushButton,
-    RadioButtons, SpinBox,
-)  # fmt: skip
+import magicgui.widgets as mg
 from qtpy.QtCore import QTimer
 
-from napari_care._care_layers import COLOUR_BY, DisplayOptions, care_layers
+from napari_care._care_layers import COLOUR_BY, DisplayOptions, care_layers, with_hover
 from napari_care._layers import put_layer, visible_box_level0
 from napari_care.core.heatmap import NORMALISATIONS
 from napari_care.core.progress import Progress
-from napari_care.core.segment import SegmentOptions
+from napari_care.core.segment import SegmentOptions, SegmentResult
 
 if TYPE_CHECKING:
     import napari
+
+    from napari_care.core.mil_heatmap import MilHead, MilOutput
+    from napari_care.core.session import SegmentSession
 
 SCOPES = ("visible field", "whole slide")
 MAGNIFICATIONS = (40.0, 20.0, 10.0, 5.0)
 COLORMAPS = ("turbo", "inferno", "viridis", "magma", "plasma", "jet")
 FOLLOW_DELAY_MS = 400
+PROGRESS_INTERVAL_MS = 250  # each progress change repaints the window: a few a second keep the loop free
 
 
-class CareSegmentWidget(Container):
+class CareSegmentWidget(mg.Container):
     """Segment the selected slide into CARE's adaptive regions, ROI and attention heatmap."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
@@ -41,45 +45,49 @@ class CareSegmentWidget(Container):
 
         super().__init__(labels=True)
         self.viewer = napari_viewer
-        self.slide_layer = ComboBox(label="slide", choices=self._slide_layers)
-        self.encoder = ComboBox(label="encoder", choices=list_encoders(), value="default")
-        self.timm_name = LineEdit(label="timm model", tooltip="any timm model name; overrides the encoder")
-        self.weights = FileEdit(label="weights", mode="r", filter="*.safetensors *.pth *.pt *.bin")
-        self.care_checkpoint = FileEdit(label="CARE checkpoint", mode="r", filter="*.safetensors",
-                                        tooltip="empty: the training-free generator")
-        self.k = SpinBox(label="k (block side)", value=8, min=1, max=64)
-        self.colour_by = ComboBox(label="colour by", choices=COLOUR_BY, value="region")
-        self.n_groups = SpinBox(label="groups (N)", value=6, min=2, max=12)
-        self.tissue_threshold = FloatSpinBox(label="tissue threshold", value=0.0, min=0.0, max=1.0, step=0.01,
-                                             tooltip="HSV saturation; 0 chooses it by Otsu")
-        self.min_tissue = FloatSpinBox(label="min tissue / tile", value=0.25, min=0.0, max=1.0, step=0.05)
-        self.roi_threshold = FloatSpinBox(label="ROI threshold", value=1.0, min=0.0, max=1.0, step=0.05,
-                                          tooltip="draw regions with a >= threshold x the ROI's a")
-        self.heatmap_threshold = FloatSpinBox(label="heatmap threshold", value=0.0, min=0.0, max=1.0, step=0.05)
-        self.normalisation = ComboBox(label="normalisation", choices=NORMALISATIONS, value="min-max")
-        self.colormap = ComboBox(label="colormap", choices=COLORMAPS, value="turbo")
-        self.opacity = FloatSpinBox(label="heatmap opacity", value=0.6, min=0.0, max=1.0, step=0.05)
-        self.blur = FloatSpinBox(label="blur (patches)", value=0.0, min=0.0, max=10.0, step=0.5)
-        self.e_star = FloatSpinBox(label="E*", value=0.5, min=0.0, max=2.0, step=0.05,
-                                   tooltip="target expected candidate rank of the region structuring loss")
-        self.lambda_spf = FloatSpinBox(label="lambda_spf", value=0.5, min=0.0, max=1.0, step=0.05,
-                                       tooltip="share of the coverage prior in the region weight a")
-        self.scope = RadioButtons(label="scope", choices=SCOPES, value="whole slide")
-        self.follow_view = CheckBox(text="follow view", value=False)
-        self.magnification = ComboBox(label="magnification", choices=MAGNIFICATIONS, value=20.0)
-        self.run_button = PushButton(text="Run")
-        self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.progress = ProgressBar(label="progress", value=0, min=0, max=1)
-        self.status = Label(label="status", value="ready")
+        self.slide_layer = mg.ComboBox(label="slide", choices=self._slide_layers)
+        self.encoder = mg.ComboBox(label="encoder", choices=list_encoders(), value="default")
+        self.timm_name = mg.LineEdit(label="timm model", tooltip="any timm model name; overrides the encoder")
+        self.weights = mg.FileEdit(label="weights", mode="r", filter="*.safetensors *.pth *.pt *.bin")
+        self.care_checkpoint = mg.FileEdit(label="CARE checkpoint", mode="r", filter="*.safetensors",
+                                           tooltip="empty: the training-free generator")
+        self.mil_head = mg.FileEdit(label="MIL head", mode="r", filter="*.json *.safetensors",
+                                    tooltip="an AB-MIL checkpoint from `napari-care train-mil`: its attention "
+                                            "becomes the heatmap and its prediction is reported; empty: CARE's")
+        self.k = mg.SpinBox(label="k (block side)", value=8, min=1, max=64)
+        self.colour_by = mg.ComboBox(label="colour by", choices=COLOUR_BY, value="region")
+        self.n_groups = mg.SpinBox(label="groups (N)", value=6, min=2, max=12)
+        self.tissue_threshold = mg.FloatSpinBox(label="tissue threshold", value=0.0, min=0.0, max=1.0, step=0.01,
+                                                tooltip="HSV saturation; 0 chooses it by Otsu")
+        self.min_tissue = mg.FloatSpinBox(label="min tissue / tile", value=0.25, min=0.0, max=1.0, step=0.05)
+        self.roi_threshold = mg.FloatSpinBox(label="ROI threshold", value=1.0, min=0.0, max=1.0, step=0.05,
+                                             tooltip="draw regions with a >= threshold x the ROI's a")
+        self.heatmap_threshold = mg.FloatSpinBox(label="heatmap threshold", value=0.0, min=0.0, max=1.0, step=0.05)
+        self.normalisation = mg.ComboBox(label="normalisation", choices=NORMALISATIONS, value="min-max")
+        self.colormap = mg.ComboBox(label="colormap", choices=COLORMAPS, value="turbo")
+        self.opacity = mg.FloatSpinBox(label="heatmap opacity", value=0.6, min=0.0, max=1.0, step=0.05)
+        self.blur = mg.FloatSpinBox(label="blur (patches)", value=0.0, min=0.0, max=10.0, step=0.5)
+        self.e_star = mg.FloatSpinBox(label="E*", value=0.5, min=0.0, max=2.0, step=0.05,
+                                      tooltip="target expected candidate rank of the region structuring loss")
+        self.lambda_spf = mg.FloatSpinBox(label="lambda_spf", value=0.5, min=0.0, max=1.0, step=0.05,
+                                          tooltip="share of the coverage prior in the region weight a")
+        self.scope = mg.RadioButtons(label="scope", choices=SCOPES, value="whole slide")
+        self.follow_view = mg.CheckBox(text="follow view", value=False)
+        self.magnification = mg.ComboBox(label="magnification", choices=MAGNIFICATIONS, value=20.0)
+        self.run_button = mg.PushButton(text="Run")
+        self.cancel_button = mg.PushButton(text="Cancel", enabled=False)
+        self.progress = mg.ProgressBar(label="progress", value=0, min=0, max=1)
+        self.status = mg.Label(label="status", value="ready")
         self.extend([self.slide_layer, self.scope, self.follow_view, self.magnification, self.k])
-        self._add_section("Encoder and model", [self.encoder, self.timm_name, self.weights, self.care_checkpoint])
+        self._add_section("Encoder and model", [self.encoder, self.timm_name, self.weights, self.care_checkpoint,
+                                                 self.mil_head])
         self._add_section("Thresholds", [self.tissue_threshold, self.min_tissue, self.roi_threshold,
                                          self.heatmap_threshold])
         self._add_section("Display", [self.colour_by, self.n_groups, self.normalisation, self.colormap,
                                       self.opacity, self.blur])
         self._add_section("Advanced", [self.e_star, self.lambda_spf])
         # the run controls go under the sections, so they join the native layout the same way
-        controls = Container(widgets=[self.run_button, self.cancel_button, self.progress, self.status], labels=True)
+        controls = mg.Container(widgets=[self.run_button, self.cancel_button, self.progress, self.status], labels=True)
         self.native.layout().addWidget(controls.native)
         self.status.native.setWordWrap(True)
         self.controller = SegmentController(self)
@@ -91,6 +99,10 @@ class CareSegmentWidget(Container):
         self.follow_view.changed.connect(self.controller.follow)
         napari_viewer.layers.events.inserted.connect(self.slide_layer.reset_choices)
         napari_viewer.layers.events.removed.connect(self.slide_layer.reset_choices)
+        napari_viewer.events.status.connect(self.controller.add_hover_status)
+        for widget in (self.slide_layer, self.tissue_threshold):
+            widget.changed.connect(self.controller.warm_up)
+        self.controller.warm_up()
 
     def _slide_layers(self, _widget=None) -> list:
         return [layer for layer in self.viewer.layers if "slide" in getattr(layer, "metadata", {})]
@@ -100,7 +112,7 @@ class CareSegmentWidget(Container):
         from superqt import QCollapsible
 
         section = QCollapsible(title)
-        section.addWidget(Container(widgets=widgets, labels=True).native)
+        section.addWidget(mg.Container(widgets=widgets, labels=True).native)
         self.native.layout().addWidget(section)
 
     def segment_options(self) -> SegmentOptions:
@@ -121,6 +133,10 @@ class CareSegmentWidget(Container):
             n_groups=int(self.n_groups.value),
         )
 
+    def mil_head_path(self) -> str | None:
+        """The chosen AB-MIL checkpoint, or None for CARE's own attention."""
+        return str(self.mil_head.value) if _is_file(self.mil_head.value) else None
+
     def display_options(self) -> DisplayOptions:
         """How the layers should look, from the widget's fields."""
         return DisplayOptions(
@@ -138,24 +154,65 @@ def _is_file(value) -> bool:
     return value is not None and str(value) not in ("", ".") and Path(value).is_file()
 
 
+def segment_job(session: SegmentSession, options: SegmentOptions, box, cancel: threading.Event,
+                mil_head: MilHead | str | None = None,
+                ) -> Generator[Progress, None, tuple[SegmentResult, MilOutput | None, MilHead | None]]:
+    """One widget run: segment, then apply the MIL head (if any) to the run's patch features.
+
+    ``mil_head`` is a loaded head or the path of its checkpoint (loaded here, in the worker).
+    Returns the result, the MIL output and the loaded head (None, None without a head).
+    """
+    result = yield from session.run(options, box, cancel)
+    if mil_head is None:
+        return result, None, None
+    if isinstance(mil_head, str):
+        from napari_care.core.mil_heatmap import load_mil_head
+
+        yield Progress("mil", 0, 1, f"loading the MIL head {Path(mil_head).name}")
+        mil_head = load_mil_head(mil_head)
+    yield Progress("mil", 0, 1, f"MIL attention over {len(result.features)} patches")
+    output = mil_head.apply(result.features.features)
+    yield Progress("mil", 1, 1, f"MIL predicts {output.predicted}")
+    return result, output, mil_head
+
+
+def warm_up_job(session: SegmentSession, options: SegmentOptions) -> None:
+    """Load what a first run needs: the heavy imports, the tissue mask and the encoder."""
+    import sklearn.cluster  # noqa: F401  (phenotype groups; seconds to import the first time)
+
+    import napari_care.core.extract
+    import napari_care.core.models.care_free  # noqa: F401
+
+    session.tissue(options.tissue_threshold)
+    session.encoder(options)
+
+
 class SegmentController:
     """Runs, cancels and draws for the widget; one worker at a time, stale ones cancelled."""
 
     def __init__(self, widget: CareSegmentWidget) -> None:
         self.widget = widget
         self.viewer = widget.viewer
-        self.sessions: dict[int, object] = {}
+        self.sessions: dict[int, SegmentSession] = {}
         self.worker = None
+        self.warm_worker = None
         self.cancel_event: threading.Event | None = None
-        self.result = None
+        self.result: SegmentResult | None = None
+        self.mil_output: MilOutput | None = None
         self.result_layer = None
-        self._stage_started: dict[str, float] = {}
+        self._mil_heads: dict[tuple[str, int], MilHead] = {}
+        self._stage_started: dict[str, tuple[float, int]] = {}
+        self._latest_progress: Progress | None = None
+        self._progress_shown_at = 0.0
+        self._progress_timer = QTimer()
+        self._progress_timer.setSingleShot(True)
+        self._progress_timer.timeout.connect(self._show_progress)
         self._follow_timer = QTimer()
         self._follow_timer.setSingleShot(True)
         self._follow_timer.setInterval(FOLLOW_DELAY_MS)
         self._follow_timer.timeout.connect(self.run)
 
-    def session(self, layer):
+    def session(self, layer) -> SegmentSession:
         """The :class:`SegmentSession` of a slide layer (one per slide, kept between runs)."""
         from napari_care.core.session import SegmentSession
 
@@ -166,7 +223,7 @@ class SegmentController:
 
     def run(self, *_args) -> None:
         """Start a run with the widget's options, cancelling a stale one."""
-        from napari.qt.threading import create_worker
+        from superqt.utils import create_worker
 
         layer = self.widget.slide_layer.value
         if layer is None:
@@ -174,11 +231,15 @@ class SegmentController:
             return
         self.cancel()
         box = visible_box_level0(layer) if self.widget.scope.value == "visible field" else None
-        session = self.session(layer)
         self.cancel_event = cancel_event = threading.Event()
-        worker = create_worker(session.run, self.widget.segment_options(), box, cancel_event, _start_thread=False)
+        mil_path = self.widget.mil_head_path()
+        mil_key = None if mil_path is None else (mil_path, Path(mil_path).stat().st_mtime_ns)
+        mil_head = None if mil_key is None else self._mil_heads.get(mil_key, mil_path)
+        # superqt's worker, not napari's: errors come to _on_error only (no pop-up for "no tissue")
+        worker = create_worker(segment_job, self.session(layer), self.widget.segment_options(), box, cancel_event,
+                               mil_head, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(lambda report, w=worker: self._on_progress(w, report))
-        worker.returned.connect(lambda result, w=worker, lyr=layer: self._on_result(w, lyr, result))
+        worker.returned.connect(lambda out, w=worker, lyr=layer, key=mil_key: self._on_result(w, lyr, key, *out))
         worker.errored.connect(lambda error, w=worker: self._on_error(w, error))
         worker.finished.connect(lambda w=worker: self._on_finished(w))
         self.worker = worker
@@ -190,21 +251,49 @@ class SegmentController:
     def cancel(self, *_args) -> None:
         """Stop the running worker within one batch; the layers stay as they were."""
         if self.worker is not None:
+            # the run sees the event within one batch and raises, closing its tile readers; its
+            # late result or error is ignored, since it is no longer self.worker
             if self.cancel_event is not None:
                 self.cancel_event.set()
-            self.worker.quit()
             self.worker = None
+            self._drop_progress()
             self._say("cancelled")
         self.widget.cancel_button.enabled = False
+
+    def warm_up(self, *_args) -> None:
+        """Load the selected slide's tissue mask and the encoder in the background (once each)."""
+        from superqt.utils import create_worker
+
+        layer = self.widget.slide_layer.value
+        if layer is None or self.worker is not None or self.warm_worker is not None:
+            return
+        # errors are ignored here: a Run meets the same error and reports it
+        worker = create_worker(warm_up_job, self.session(layer), self.widget.segment_options(),
+                               _start_thread=False, _ignore_errors=True)
+        worker.finished.connect(lambda: setattr(self, "warm_worker", None))
+        self.warm_worker = worker
+        worker.start()
+
+    @property
+    def busy(self) -> bool:
+        """True while a run computes (its layers are drawn by the time it is not)."""
+        return self.worker is not None
 
     def redraw(self, *_args) -> None:
         """Redraw the last result's layers with the current display options (no recomputing)."""
         if self.result is not None:
-            self._draw(self.result_layer, self.result)
+            self._draw()
+
+    def add_hover_status(self, _event=None) -> None:
+        """Append what the CARE layers hold under the cursor to napari's status bar."""
+        if self.result is not None:
+            status = with_hover(self.viewer.status, self.viewer.layers, self.viewer.cursor.position)
+            if status is not None:
+                self.viewer.status = status  # calls this again, and with_hover says None then
 
     def follow(self, on: bool) -> None:
         """Rerun on the visible field whenever the camera settles."""
-        camera = self.viewer.camera
+        camera = getattr(self.viewer, "scene", self.viewer).camera  # viewer.scene.camera since napari 0.9
         for event in (camera.events.center, camera.events.zoom):
             if on:
                 event.connect(self._camera_moved)
@@ -216,25 +305,50 @@ class SegmentController:
             self._follow_timer.start()  # restarts: the run starts FOLLOW_DELAY_MS after the last move
 
     def _on_progress(self, worker, report: Progress) -> None:
+        """Keep the latest report; show it now, or when PROGRESS_INTERVAL_MS has passed."""
         if worker is not self.worker:
             return
-        started = self._stage_started.setdefault(report.stage, time.monotonic())
+        self._stage_started.setdefault(report.stage, (time.monotonic(), report.done))
+        self._latest_progress = report
+        wait_ms = PROGRESS_INTERVAL_MS - 1000 * (time.monotonic() - self._progress_shown_at)
+        if wait_ms <= 0:
+            self._show_progress()
+        elif not self._progress_timer.isActive():
+            self._progress_timer.start(int(wait_ms))
+
+    def _drop_progress(self) -> None:
+        """Forget a progress report not shown yet: the run's outcome is what the status says now."""
+        self._progress_timer.stop()
+        self._latest_progress = None
+
+    def _show_progress(self) -> None:
+        report, self._latest_progress = self._latest_progress, None
+        if report is None or self.worker is None:
+            return
+        self._progress_shown_at = time.monotonic()
         bar = self.widget.progress
         bar.max, bar.value = max(report.total, 1), min(report.done, max(report.total, 1))
         text = report.message or report.stage
-        if report.total > 1 and 0 < report.done < report.total:
-            left = (time.monotonic() - started) / report.done * (report.total - report.done)
-            text = f"{report.stage}: {report.done}/{report.total}, about {left:.0f} s left"
+        started, done_then = self._stage_started[report.stage]
+        if report.total > 1 and done_then < report.done < report.total:
+            rate = (report.done - done_then) / max(time.monotonic() - started, 1e-6)  # cached tiles excluded
+            text = f"{report.stage}: {report.done}/{report.total}, about {(report.total - report.done) / rate:.0f} s left"
         self._say(text)
 
-    def _on_result(self, worker, layer, result) -> None:
+    def _on_result(self, worker, layer, mil_key, result: SegmentResult, mil_output: MilOutput | None,
+                   mil_head: MilHead | None) -> None:
         if worker is not self.worker:
             return  # a stale run finished after a newer one started
-        self.result, self.result_layer = result, layer
-        self._draw(layer, result)
+        self._drop_progress()
+        self.result, self.mil_output, self.result_layer = result, mil_output, layer
+        self._draw()  # all three layers in one go: one repaint of the canvas
         cached = len(result.features) - result.encoded_tiles
-        self._say(f"{result.care.n_regions} regions over {len(result.features)} patches "
-                  f"({result.encoded_tiles} encoded, {cached} from cache); ROI = region {result.care.roi}")
+        text = (f"{result.care.n_regions} regions over {len(result.features)} patches "
+                f"({result.encoded_tiles} encoded, {cached} from cache); ROI = region {result.care.roi}")
+        if mil_output is not None:
+            self._mil_heads = {mil_key: mil_head}  # the next run with this file skips loading it
+            text += f"; MIL predicts {mil_output.predicted} (p={float(max(mil_output.probabilities)):.2f})"
+        self._say(text)
 
     def _on_error(self, worker, error: Exception) -> None:
         from napari.utils.notifications import show_error
@@ -243,6 +357,7 @@ class SegmentController:
 
         if worker is not self.worker:
             return
+        self._drop_progress()
         if isinstance(error, NoTissueError):
             self._say("no tissue in view" if self.widget.scope.value == "visible field" else "no tissue on the slide")
             return
@@ -254,9 +369,10 @@ class SegmentController:
             self.worker = None
             self.widget.cancel_button.enabled = False
 
-    def _draw(self, layer, result) -> None:
-        slide = layer.metadata["slide"]
-        for data, kwargs, layer_type in care_layers(result, slide, self.widget.display_options()):
+    def _draw(self) -> None:
+        slide = self.result_layer.metadata["slide"]
+        for data, kwargs, layer_type in care_layers(self.result, slide, self.widget.display_options(),
+                                                    self.mil_output):
             put_layer(self.viewer, data, kwargs, layer_type)
 
     def _say(self, text: str) -> None:

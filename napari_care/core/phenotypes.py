@@ -63,6 +63,7 @@ def phenotype_groups(result: CareResult, n_groups: int = 4, *, seed: int = 0, n_
     Phenotypes
     """
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     if n_groups < 1:
         raise ValueError(f"n_groups must be >= 1, got {n_groups}")
@@ -74,7 +75,10 @@ def phenotype_groups(result: CareResult, n_groups: int = 4, *, seed: int = 0, n_
     if n_groups == 1:
         labels = np.zeros(len(features), np.int64)
     else:
-        labels = KMeans(n_clusters=n_groups, n_init=n_init, random_state=seed).fit_predict(features)
+        # One thread: for tens to thousands of regions, starting a thread pool per restart costs
+        # more (about 0.1 s) than the clustering itself.
+        with threadpool_limits(1):
+            labels = KMeans(n_clusters=n_groups, n_init=n_init, random_state=seed).fit_predict(features)
     # Order groups by patch count (largest first), ties by lowest first region, for stable ids.
     patches = np.bincount(labels, weights=result.region_sizes, minlength=n_groups)
     first_region = np.array([np.flatnonzero(labels == group)[0] for group in range(n_groups)])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from scipy import ndimage
@@ -46,8 +47,10 @@ class TissueMask:
         """True when the mask holds any tissue."""
         return bool(self.mask.any())
 
+    @cached_property
     def _integral(self) -> np.ndarray:
-        # summed-area table with a zero row and column in front: box sums in O(1)
+        # summed-area table with a zero row and column in front: box sums in O(1); made once
+        # per mask (cached_property writes the instance dict, which a frozen dataclass allows)
         table = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), dtype=np.int64)
         table[1:, 1:] = self.mask.cumsum(axis=0, dtype=np.int64).cumsum(axis=1)
         return table
@@ -74,7 +77,7 @@ class TissueMask:
         x1, y1 = x0 + side, y0 + side
         cx0, cx1 = np.clip(x0, 0, w), np.clip(x1, 0, w)
         cy0, cy1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
-        table = self._integral()
+        table = self._integral
         inside = table[cy1, cx1] - table[cy0, cx1] - table[cy1, cx0] + table[cy0, cx0]
         return inside / float(side * side)
 
