@@ -20,6 +20,7 @@ from qtpy.QtCore import QTimer
 
 from napari_care._care_layers import COLOUR_BY, DisplayOptions, care_layers, with_hover
 from napari_care._layers import put_layer, visible_box_level0
+from napari_care._review_panel import ReviewPanel
 from napari_care.core.heatmap import NORMALISATIONS
 from napari_care.core.progress import Progress
 from napari_care.core.segment import SegmentOptions, SegmentResult
@@ -90,6 +91,9 @@ class CareSegmentWidget(mg.Container):
         controls = mg.Container(widgets=[self.run_button, self.cancel_button, self.progress, self.status], labels=True)
         self.native.layout().addWidget(controls.native)
         self.status.native.setWordWrap(True)
+        # QuPath exchange and agreement with annotations, also a dock widget of its own
+        self.review = ReviewPanel(napari_viewer)
+        self._add_section("Review and export (QuPath)", [self.review])
         self.controller = SegmentController(self)
         self.run_button.changed.connect(self.controller.run)
         self.cancel_button.changed.connect(self.controller.cancel)

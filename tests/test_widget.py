@@ -321,3 +321,12 @@ def test_mil_checkpoint_from_train_mil_runs_in_the_widget(viewer_widget, qtbot, 
                                             extra_state={"class_names": ["a", "b"]})
     run_and_wait(widget, qtbot)
     assert widget.status.value.startswith("failed:") and "wrong" in widget.status.value
+
+
+def test_the_review_panel_is_a_section_of_the_widget(make_napari_viewer):
+    from napari_care._review_panel import ReviewPanel
+    from napari_care._widget import CareSegmentWidget
+
+    widget = CareSegmentWidget(make_napari_viewer())
+    assert isinstance(widget.review, ReviewPanel)
+    assert widget.review.viewer is widget.viewer
