@@ -1,0 +1,145 @@
+"""A trained AB-MIL head applied to one slide's features: attention for the heatmap, and the prediction.
+
+The viewer's side of :func:`napari_care.core.train.mil.train_mil`: load the head it wrote
+(``abmil.json`` / ``abmil.safetensors``), apply it to the instance features of the slide on
+screen (the whole slide, or the tiles of the visible field) and draw the attention.
+Attention is a softmax over the instances given, so on a visible field it says which of
+*those* tiles the head weighs most; the prediction is the head's answer for that bag.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+ABMIL_CLASS = "napari_care.core.models.abmil.ABMIL"
+
+
+class MilOutput(NamedTuple):
+    """What :meth:`MilHead.apply` returns.
+
+    attention
+        ``[N]`` float32, one weight per instance, summing to 1.
+    probabilities
+        ``[C]`` float32 class probabilities, in the order of ``MilHead.class_names``.
+    predicted
+        The name of the most probable class.
+    """
+
+    attention: np.ndarray
+    probabilities: np.ndarray
+    predicted: str
+
+
+@dataclass
+class MilHead:
+    """A trained AB-MIL head, ready for inference on the CPU.
+
+    Attributes
+    ----------
+    path
+        The checkpoint's description file (``abmil.json``).
+    in_dim
+        Feature dimension D the head was trained on.
+    class_names
+        Class names in the order of the probabilities.
+    encoder
+        What made the training bags: a patch encoder's name, or ``"mixmag"`` for region
+        embeddings of a mixed-magnification encoder.
+    model
+        The :class:`~napari_care.core.models.abmil.ABMIL` module (eval mode).
+    """
+
+    path: Path
+    in_dim: int
+    class_names: list[str]
+    encoder: str
+    model: object
+
+    def apply(self, features: np.ndarray) -> MilOutput:
+        """Attention and prediction of the head for one bag of instance features.
+
+        Parameters
+        ----------
+        features
+            ``[N, D]`` float32 instance features, N >= 1.
+
+        Raises
+        ------
+        ValueError
+            When D differs from :attr:`in_dim` (a :class:`~napari_care.core.checkpoint.FeatureDimMismatch` naming the
+            checkpoint), the array is not ``[N, D]`` with N >= 1, or holds NaN/inf.
+        """
+        import torch
+
+        from napari_care.core.checkpoint import FeatureDimMismatch
+
+        features = np.asarray(features, dtype=np.float32)
+        if features.ndim != 2 or len(features) == 0:
+            raise ValueError(f"MIL head {self.path}: features must be a non-empty [N, D] array, "
+                             f"got shape {features.shape}")
+        if features.shape[1] != self.in_dim:
+            raise FeatureDimMismatch(f"MIL head {self.path} expects D={self.in_dim} features "
+                                     f"(encoder '{self.encoder}'), got D={features.shape[1]}")
+        if not np.isfinite(features).all():
+            raise ValueError(f"MIL head {self.path}: features hold NaN or infinite values")
+        with torch.no_grad():
+            logits, attention = self.model(torch.from_numpy(features))
+            probabilities = torch.softmax(logits.double(), dim=-1).numpy().astype(np.float32)
+        attention = attention.double().numpy()
+        attention = (attention / attention.sum()).astype(np.float32)  # exact sum 1 after float32 softmax
+        return MilOutput(attention, probabilities, self.class_names[int(np.argmax(probabilities))])
+
+
+def _description_path(path: Path) -> Path:
+    """The JSON of the head: a training output folder holds ``abmil.json``."""
+    from napari_care.core.checkpoint import checkpoint_paths
+
+    if path.is_dir() and checkpoint_paths(path / "abmil")[1].is_file():
+        return checkpoint_paths(path / "abmil")[1]
+    return checkpoint_paths(path)[1]
+
+
+def load_mil_head(path: str | os.PathLike[str]) -> MilHead:
+    """Load an AB-MIL head written by :func:`~napari_care.core.train.mil.train_mil`.
+
+    Parameters
+    ----------
+    path
+        ``abmil.json``, ``abmil.safetensors``, their prefix, or the training output folder.
+
+    Raises
+    ------
+    FileNotFoundError
+        When the checkpoint does not exist.
+    ValueError
+        When the file is not a napari_care checkpoint, holds another model than an AB-MIL
+        head, or its weights do not fit its description.
+    """
+    from napari_care.core.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_description
+    from napari_care.core.models.abmil import ABMIL
+
+    json_path = _description_path(Path(path))
+    try:
+        description = read_checkpoint_description(json_path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{json_path}: not a napari_care checkpoint (unreadable JSON: {error})") from error
+    if description.get("model_class") != ABMIL_CLASS:
+        raise ValueError(f"{json_path}: holds a {description.get('model_class')!r}, not an AB-MIL head "
+                         "(train one with `napari-care train-mil`)")
+    weights_path = checkpoint_paths(json_path)[0]
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{json_path}: its weights {weights_path.name} are missing")
+    try:
+        model, config, extra = load_checkpoint(json_path, ABMIL)
+    except (OSError, RuntimeError, TypeError, KeyError) as error:  # safetensors / config errors
+        raise ValueError(f"{json_path}: cannot load the AB-MIL head ({error})") from error
+    class_names = [str(name) for name in extra.get("class_names", range(config.n_classes))]
+    if len(class_names) != config.n_classes:
+        raise ValueError(f"{json_path}: {len(class_names)} class names for {config.n_classes} classes")
+    return MilHead(json_path, int(config.in_dim), class_names, str(extra.get("encoder", "")), model)
