@@ -20,9 +20,12 @@ Rows, all with the same AB-MIL head and training loop (:func:`~napari_care.core.
 * MEM 20x tokens: MEM with the ``tokens`` readout (the 16 contextualised 20x tokens of
   each region, no compression), then AB-MIL.
 
-The mixing encoder is pretrained once, without labels, on the regions of both cohorts.
-Every row's instance features are standardised per dimension over its set before AB-MIL
-(no labels); the region tokens enter MEM as extracted, as with ``napari-care pretrain``.
+The mixing encoder is pretrained once, without labels, on the regions of both cohorts; it
+standardises the tile embeddings per dimension with the statistics of those regions
+(``MEMTrainConfig.standardise_tokens``), and its random twin uses the same statistics.
+The AB-MIL head standardises its instance features itself (per dimension, statistics of
+the training folds' instances); the region tokens enter MEM as extracted, as with
+``napari-care pretrain``.
 Evaluation: stratified k-fold cross-validation (test fold i, validation fold i+1, the rest
 training), repeated with other fold and head seeds; the test predictions of a repeat's
 folds are pooled into one AUROC. Printed: mean +- sd over repeats, tokens per slide and the
@@ -87,18 +90,8 @@ def mixing_encoders(slides: list, out_dir: Path, steps: int, seed: int, start: f
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # train_mem draws the initial weights the same way
         random_model = MixMagEncoder(config).eval()
+    random_model.set_feature_stats(model.feature_mean, model.feature_std)  # same input scaling, untrained weights
     return model, random_model
-
-
-def standardised(bags: dict) -> dict:
-    """Each feature dimension to mean 0, sd 1 over all instances of the set (no labels used).
-
-    The built-in descriptor's dimensions differ in scale; unscaled, AB-MIL on 20x tiles
-    learns so slowly that early stopping ends it at chance on the detail set.
-    """
-    instances = np.concatenate(list(bags.values()))
-    mean, sd = instances.mean(axis=0), instances.std(axis=0) + 1e-6
-    return {slide_id: ((bag - mean) / sd).astype(np.float32) for slide_id, bag in bags.items()}
 
 
 def write_split(path: Path, slide_ids, labels, split_of) -> Path:
@@ -175,7 +168,7 @@ def main() -> None:
                 ROWS[2]: region_bags(random_model, tokens[kind]),
                 ROWS[3]: region_bags(mem_tokens_model, tokens[kind])}
         results[kind] = {}
-        for index, (row, row_bags) in enumerate((row, standardised(row_bags)) for row, row_bags in bags.items()):
+        for index, (row, row_bags) in enumerate(bags.items()):
             out_dir = args.workdir / "mil" / f"{kind}_seed{args.seed}" / f"row{index}"
             aurocs = cross_validated_auroc(row_bags, list(cohort.slide_ids), np.array(cohort.labels), out_dir,
                                            args.folds, args.repeats)

@@ -146,3 +146,54 @@ def test_train_mil_reports_missing_bags(tmp_path):
     (tmp_path / "bad.csv").write_text("slide,label\na,0\n")
     with pytest.raises(ValueError, match="needs columns 'slide_id' and 'label'"):
         run_to_end(train_mil(tmp_path / "bad.csv", bags, tmp_path / "out", FAST))
+
+
+def test_standardisation_is_part_of_the_head(model, tmp_path):
+    from napari_care.core.checkpoint import save_checkpoint
+
+    rng = np.random.default_rng(2)
+    instances = torch.as_tensor(rng.normal(5.0, 3.0, (200, 8)).astype(np.float32))
+    instances[:, 7] = 2.5  # a constant dimension is only centred
+    model.set_feature_stats(instances)
+    torch.testing.assert_close(model.feature_mean, instances.double().mean(0).float())
+    assert float(model.feature_std[7]) == 1.0
+    torch.testing.assert_close(model.feature_std[:7], instances[:, :7].double().std(0, unbiased=False).float())
+    # raw features through the head == standardised features through an identity-stats twin
+    twin = ABMIL(model.config).eval()
+    twin.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("feature_")}, strict=False)
+    bag = instances[:30]
+    standardised = (bag - model.feature_mean) / model.feature_std
+    torch.testing.assert_close(model(bag).logits, twin(standardised).logits)
+    # the statistics travel in the checkpoint
+    loaded, _, _ = load_checkpoint(save_checkpoint(tmp_path / "head", model, model.config))
+    torch.testing.assert_close(loaded.feature_std, model.feature_std)
+    torch.testing.assert_close(loaded(bag).attention, model(bag).attention)
+
+
+def test_checkpoint_without_statistics_loads_as_identity(model, tmp_path):
+    from safetensors.torch import save_file
+
+    from napari_care.core.checkpoint import save_checkpoint
+
+    json_path = save_checkpoint(tmp_path / "old", model, model.config)
+    old_weights = {k: v for k, v in model.state_dict().items() if not k.startswith("feature_")}
+    save_file(old_weights, str(tmp_path / "old.safetensors"), metadata={"format": "napari_care.checkpoint"})
+    loaded, _, _ = load_checkpoint(json_path)
+    assert torch.equal(loaded.feature_mean, torch.zeros(8)) and torch.equal(loaded.feature_std, torch.ones(8))
+    bag = torch.randn(12, 8)
+    torch.testing.assert_close(loaded(bag).logits, model(bag).logits)
+
+
+def test_train_mil_stores_training_statistics(tmp_path):
+    csv_path, bags = _toy_cohort(tmp_path, with_split=True)
+    bags = {slide_id: bag * 50.0 + 300.0 for slide_id, bag in bags.items()}  # scale must not matter
+    result = run_to_end(train_mil(csv_path, bags, tmp_path / "out", FAST))
+    train_ids = [f"slide{i:02d}" for i in range(40) if i % 5 < 3]
+    train_instances = np.concatenate([bags[s] for s in train_ids]).astype(np.float64)
+    np.testing.assert_allclose(result.model.feature_mean.numpy(), train_instances.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(result.model.feature_std.numpy(), train_instances.std(0), rtol=1e-5)
+    everything = np.concatenate(list(bags.values())).astype(np.float64)
+    assert not np.allclose(result.model.feature_mean.numpy(), everything.mean(0), rtol=1e-6)  # val/test left out
+    assert result.metrics["test_auroc"] >= 0.9
+    head, _, _ = load_checkpoint(result.checkpoint)
+    torch.testing.assert_close(head.feature_mean, result.model.feature_mean)

@@ -125,6 +125,17 @@ def test_mixmag_and_mil_on_features_and_region_bags(cli, data, tmp_path):
     assert mil.exit_code == 0, mil.output
     metrics = json.loads((tmp_path / "mil" / "metrics.json").read_text())
     assert metrics["n_slides"] == {"train": 10, "val": 4, "test": 4} and metrics["encoder"] == "default"
+    # the head standardises with the training slides' instances (kept in its checkpoint)
+    from napari_care.core.features import load_features
+    from napari_care.core.mil_heatmap import load_mil_head
+
+    with open(tmp_path / "mil" / "predictions.csv", newline="") as handle:
+        train_ids = [row["slide_id"] for row in csv.DictReader(handle) if row["split"] == "train"]
+    train_instances = np.concatenate([load_features(data / "features" / f"{s}.features.h5").features
+                                      for s in train_ids]).astype(np.float64)
+    head = load_mil_head(tmp_path / "mil")
+    np.testing.assert_allclose(head.model.feature_mean.numpy(), train_instances.mean(0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(head.model.feature_std.numpy(), train_instances.std(0), rtol=1e-5)
     labels = write_csv(tmp_path / "four.csv", ["slide_id", "label", "split"],
                        [["s0", "a", "train"], ["s1", "b", "train"], ["s2", "a", "val"], ["s3", "b", "test"]])
     bags = invoke(cli, "train-mil", labels, data / "tokens", "--out", tmp_path / "mil_mem", "--mem",

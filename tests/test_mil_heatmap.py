@@ -92,3 +92,24 @@ def test_missing_or_wrong_files(tmp_path):
     mem.with_suffix(".safetensors").unlink()
     with pytest.raises(ValueError, match="not an AB-MIL head"):
         load_mil_head(mem)
+
+
+def test_apply_standardises_with_the_training_statistics(trained):
+    import torch
+
+    from napari_care.core.models.abmil import ABMIL
+
+    root, result = trained
+    head = load_mil_head(root / "out")
+    mean, std = head.model.feature_mean.numpy(), head.model.feature_std.numpy()
+    assert abs(mean[0]) > 0.05 and np.all(std > 0.25)  # the training instances' statistics, not the identity
+    np.testing.assert_allclose(mean, result.model.feature_mean.numpy())
+    bag = np.random.default_rng(3).normal(0, 0.3, (9, DIM)).astype(np.float32)
+    identity = ABMIL(head.model.config).eval()
+    identity.load_state_dict({k: v for k, v in head.model.state_dict().items() if not k.startswith("feature_")},
+                             strict=False)
+    with torch.no_grad():
+        logits, attention = identity(torch.from_numpy((bag - mean) / std))
+    out = head.apply(bag)
+    np.testing.assert_allclose(out.attention, attention.numpy(), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(out.probabilities, torch.softmax(logits, -1).numpy(), atol=1e-6)

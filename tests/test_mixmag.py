@@ -209,3 +209,39 @@ def test_region_bags(readout, per_slide):
     unnamed = [RegionTokens(s.tokens, s.token_present, s.region_coords, 896.0) for s in slides]
     with pytest.raises(ValueError, match="unique, non-empty slide_id"):
         region_bags(model, unnamed)
+
+
+def test_mem_standardises_tokens_with_the_pool_statistics(tmp_path):
+    from safetensors.torch import save_file
+
+    from napari_care.core.checkpoint import load_checkpoint
+
+    scale = np.logspace(-3, 1, D)  # dimensions of very different scale, as with the built-in descriptor
+    slides = [RegionTokens((s.tokens * scale + 5.0).astype(np.float32), s.token_present, s.region_coords, 896.0,
+                           s.slide_id) for s in _structured_slides(regions=12)]
+    model_config = MixMagConfig(in_dim=D, dim=16, depth=1, heads=2)
+    config = MEMTrainConfig(steps=2, batch_size=4, warmup_steps=0)
+    model = run_to_end(train_mem(slides, model_config, tmp_path, config)).model
+    present = np.concatenate([s.tokens[s.token_present] for s in slides]).astype(np.float64)
+    np.testing.assert_allclose(model.feature_mean.numpy(), present.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(model.feature_std.numpy(), present.std(0), rtol=1e-4)
+    # raw tokens through the model == standardised tokens through an identity-statistics twin
+    twin = MixMagEncoder(model_config).eval()
+    twin.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("feature_")}, strict=False)
+    tokens, token_present = torch.from_numpy(slides[0].tokens), torch.from_numpy(slides[0].token_present)
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens, token_present).cls,
+                                   twin((tokens - model.feature_mean) / model.feature_std, token_present).cls)
+    # the statistics travel in the checkpoint
+    loaded = load_checkpoint(tmp_path / "mem_final", MixMagEncoder)[0]
+    np.testing.assert_allclose(region_bags(loaded, slides[:1])["s0"], region_bags(model, slides[:1])["s0"],
+                               rtol=1e-5, atol=1e-6)
+    # a checkpoint from before the statistics loads as the identity
+    old = save_checkpoint(tmp_path / "old", twin, model_config)
+    save_file({k: v for k, v in twin.state_dict().items() if not k.startswith("feature_")},
+              str(tmp_path / "old.safetensors"), metadata={"format": "napari_care.checkpoint"})
+    loaded = load_checkpoint(old, MixMagEncoder)[0]
+    assert torch.equal(loaded.feature_mean, torch.zeros(D)) and torch.equal(loaded.feature_std, torch.ones(D))
+    raw = run_to_end(train_mem(slides, model_config, tmp_path / "raw",
+                               MEMTrainConfig(steps=1, batch_size=4, warmup_steps=0, standardise_tokens=False))).model
+    assert torch.equal(raw.feature_std, torch.ones(D))

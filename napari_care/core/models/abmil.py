@@ -3,6 +3,12 @@
 A slide is a bag of instance features (20x tile embeddings, or mixed-magnification region
 embeddings); a gated attention pools them into one bag feature that a linear layer
 classifies. The attention per instance is the heatmap shown in napari.
+
+The head standardises its input itself: per-dimension ``feature_mean`` and ``feature_std``
+buffers (set from the training instances by :meth:`ABMIL.set_feature_stats`) travel in the
+checkpoint, so every caller (training, ``predictions.csv``, the viewer) feeds raw features.
+Patch-encoder dimensions differ widely in scale, and AB-MIL on unscaled features barely
+learns. Checkpoints written before the buffers existed load with the identity (mean 0, std 1).
 """
 
 from __future__ import annotations
@@ -66,7 +72,8 @@ class ABMIL(nn.Module):
     """Gated attention MIL head.
 
     ``a_i = softmax_i(w^T (tanh(V h_i) * sigmoid(U h_i)))`` with ``h_i`` the embedded
-    instance; the bag feature ``sum_i a_i h_i`` goes through a linear classifier.
+    instance (after standardising it with the ``feature_mean``/``feature_std`` buffers); the
+    bag feature ``sum_i a_i h_i`` goes through a linear classifier.
 
     Parameters
     ----------
@@ -85,6 +92,29 @@ class ABMIL(nn.Module):
                                          nn.Dropout(config.dropout))
         self.attention_w = nn.Linear(config.attn_dim, 1)
         self.classifier = nn.Linear(config.hidden, config.n_classes)
+        self.register_buffer("feature_mean", torch.zeros(config.in_dim))
+        self.register_buffer("feature_std", torch.ones(config.in_dim))
+
+    @torch.no_grad()
+    def set_feature_stats(self, instances: torch.Tensor, min_std: float = 1e-6) -> None:
+        """Standardise inputs with the per-dimension mean and std of ``instances`` ``[M, D]``.
+
+        A dimension whose std is below ``min_std`` (constant on the training set) is only
+        centred (std 1), so that a tiny change at inference cannot blow up.
+        """
+        if instances.dim() != 2 or instances.shape[1] != self.config.in_dim or len(instances) == 0:
+            raise ValueError(f"ABMIL.set_feature_stats needs [M >= 1, {self.config.in_dim}] instances, "
+                             f"got {tuple(instances.shape)}")
+        instances = instances.to(self.feature_mean.device, torch.float64)
+        std = instances.std(dim=0, unbiased=False)
+        self.feature_mean.copy_(instances.mean(dim=0))
+        self.feature_std.copy_(torch.where(std < min_std, torch.ones_like(std), std))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints from before input standardisation have no statistics: keep the identity.
+        for name in ("feature_mean", "feature_std"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, bag: torch.Tensor, mask: torch.Tensor | None = None) -> ABMILOutput:
         """Classify one bag ``[N, D]`` or a padded batch of bags ``[B, N, D]``.
@@ -92,7 +122,7 @@ class ABMIL(nn.Module):
         Parameters
         ----------
         bag
-            Instance features.
+            Raw instance features (standardised inside with the head's statistics).
         mask
             ``[N]`` or ``[B, N]`` bool, True for real instances and False for padding
             (default: all real).
@@ -116,7 +146,7 @@ class ABMIL(nn.Module):
                 raise ValueError(f"ABMIL mask shape {tuple(mask.shape)} does not match bag {tuple(bag.shape[:2])}")
             if not bool(mask.any(dim=1).all()):
                 raise ValueError("ABMIL got a bag whose instances are all masked out")
-        hidden = self.embed(bag)                                            # [B, N, H]
+        hidden = self.embed((bag - self.feature_mean) / self.feature_std)  # [B, N, H]
         scores = self.attention_w(self.attention_v(hidden) * self.attention_u(hidden)).squeeze(-1)  # [B, N]
         if mask is not None:
             scores = scores.masked_fill(~mask.bool(), float("-inf"))

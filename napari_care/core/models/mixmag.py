@@ -14,7 +14,16 @@ index  magnification position within the region
 5-20   20x          4 x 4 tiles, row-major
 ====== ============ ========================================
 
-Each token is a tile embedding of one patch encoder (D features) plus a learned
+Tile embeddings are first standardised per dimension with the ``feature_mean`` and
+``feature_std`` buffers (set by :func:`~napari_care.core.train.mem.train_mem` from the
+pretraining tokens, kept in the checkpoint; identity in checkpoints from before they
+existed). Inputs and MEM targets both use the standardised embeddings: otherwise the
+reconstruction loss, and the per-token LayerNorm at the input, weigh each dimension by its
+raw scale, and a patch encoder whose informative dimensions are small (the built-in
+descriptor: several dimensions that carry nuclear detail hold < 0.2% of its variance each)
+gets an encoder that compresses them away.
+
+Each token is a (standardised) tile embedding plus a learned
 magnification embedding and a learned position embedding within the region (one table
 per magnification: 1, 4 and 16 positions). A small transformer with a CLS token mixes
 them. Tokens missing from the data (a 20x tile outside tissue) are left out of attention
@@ -77,7 +86,7 @@ class MixMagConfig:
         Weight of the InfoNCE term against the MEM term (CMEM).
     feature_noise
         Std of Gaussian noise added to each input token of a view, relative to the
-        token's root mean square (0 = none).
+        standardised token's root mean square (0 = none).
     proj_dim
         Output width of the CMEM projection head.
     """
@@ -159,6 +168,31 @@ class MixMagEncoder(nn.Module):
         if config.objective == "cmem":
             self.projector = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, config.proj_dim))
         self.register_buffer("token_magnification", _token_magnification(), persistent=False)
+        self.register_buffer("feature_mean", torch.zeros(config.in_dim))
+        self.register_buffer("feature_std", torch.ones(config.in_dim))
+
+    @torch.no_grad()
+    def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-6) -> None:
+        """Standardise tile embeddings with per-dimension ``mean`` and ``std`` (``[D]`` each).
+
+        A dimension whose std is below ``min_std`` (constant in the data) is only centred.
+        """
+        if mean.shape != (self.config.in_dim,) or std.shape != (self.config.in_dim,):
+            raise ValueError(f"MixMagEncoder.set_feature_stats needs mean and std of shape [{self.config.in_dim}], "
+                             f"got {tuple(mean.shape)} and {tuple(std.shape)}")
+        self.feature_mean.copy_(mean)
+        self.feature_std.copy_(torch.where(std < min_std, torch.ones_like(std), std))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        # Checkpoints from before input standardisation have no statistics: keep the identity.
+        for name in ("feature_mean", "feature_std"):
+            state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def standardise(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Tokens standardised per dimension, zeros where missing (a NaN there must not leak)."""
+        scaled = (tokens - self.feature_mean) / self.feature_std
+        return torch.where(present.unsqueeze(-1), scaled, torch.zeros_like(scaled))
 
     def _check(self, tokens: torch.Tensor, token_present: torch.Tensor | None) -> torch.Tensor:
         expected = (N_TOKENS, self.config.in_dim)
@@ -183,7 +217,8 @@ class MixMagEncoder(nn.Module):
         Parameters
         ----------
         tokens
-            ``[B, 21, D]`` tile embeddings in the layout of the module docstring.
+            ``[B, 21, D]`` raw tile embeddings in the layout of the module docstring
+            (standardised inside).
         token_present
             ``[B, 21]`` bool, False for missing tiles (default: all present).
         token_masked
@@ -194,8 +229,7 @@ class MixMagEncoder(nn.Module):
         MixMagOutput
         """
         present = self._check(tokens, token_present)
-        # Zero the missing tokens: a NaN behind a padding mask would still poison attention.
-        x = self.input_proj(torch.where(present.unsqueeze(-1), tokens, torch.zeros_like(tokens)))
+        x = self.input_proj(self.standardise(tokens, present))
         if token_masked is not None:
             x = torch.where(token_masked.bool().unsqueeze(-1), self.mask_token.expand_as(x), x)
         x = x + self.token_queries()
@@ -247,10 +281,10 @@ class MixMagEncoder(nn.Module):
 
     def _view(self, tokens: torch.Tensor, present: torch.Tensor, generator: torch.Generator | None):
         masked = self.sample_mask(present, generator)
-        if self.config.feature_noise > 0:
-            rms = tokens.pow(2).mean(dim=-1, keepdim=True).sqrt()
+        if self.config.feature_noise > 0:  # relative to the standardised token, so every dimension alike
+            rms = self.standardise(tokens, present).pow(2).mean(dim=-1, keepdim=True).sqrt()
             noise = torch.randn(tokens.shape, generator=generator).to(tokens.device)
-            tokens = tokens + self.config.feature_noise * rms * noise
+            tokens = tokens + self.config.feature_noise * rms * noise * self.feature_std
         out = self(tokens, present, masked)
         return out, masked
 
@@ -271,7 +305,7 @@ class MixMagEncoder(nn.Module):
             The scalar loss to minimise and its parts as floats (``"mem"``, ``"contrastive"``).
         """
         present = self._check(tokens, token_present)
-        target = torch.where(present.unsqueeze(-1), tokens, torch.zeros_like(tokens))
+        target = self.standardise(tokens, present)  # predict what the encoder sees
         out, masked = self._view(tokens, present, generator)
         mem = self._reconstruction_loss(self._predict(out), target, masked)
         if self.config.objective == "mem":

@@ -46,6 +46,10 @@ class MEMTrainConfig:
     regions_per_slide
         Region subsampling: at most this many regions of each slide (drawn once, seeded)
         enter the pool; None keeps all.
+    standardise_tokens
+        A new model standardises tile embeddings per dimension with the mean and std of the
+        pool's present tokens (kept in the model; a resumed run keeps its checkpoint's).
+        False: identity, i.e. the raw embeddings as before these statistics existed.
     checkpoint_every
         Save ``mem_step<step>`` every that many steps (0: only the final ``mem_final``).
     log_every
@@ -62,6 +66,7 @@ class MEMTrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 100
     regions_per_slide: int | None = None
+    standardise_tokens: bool = True
     checkpoint_every: int = 0
     log_every: int = 10
     seed: int = 0
@@ -132,6 +137,15 @@ class _RegionPool:
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def token_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-dimension mean and std of the present tokens of the pool's regions (one pass, float64)."""
+        count, total, total_sq = 0, np.zeros(self.feature_dim), np.zeros(self.feature_dim)
+        for slide, rows in zip(self.slides, self.rows, strict=True):
+            present = slide.tokens[rows][slide.token_present[rows]].astype(np.float64)
+            count, total, total_sq = count + len(present), total + present.sum(0), total_sq + (present ** 2).sum(0)
+        mean = total / count
+        return torch.from_numpy(mean), torch.from_numpy(np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0)))
+
     def batch(self, flat_indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         slide_of = np.searchsorted(self.offsets, flat_indices, side="right") - 1
         tokens = np.empty((len(flat_indices), N_TOKENS, self.feature_dim), dtype=np.float32)
@@ -196,6 +210,8 @@ def train_mem(slides: Sequence[RegionTokens], model_config: MixMagConfig | None,
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)  # the initial weights belong to the run's seed too
             model = MixMagEncoder(model_config)
+        if config.standardise_tokens:
+            model.set_feature_stats(*pool.token_statistics())
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state is not None:

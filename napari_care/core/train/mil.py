@@ -3,7 +3,9 @@
 Inputs: a CSV of slide labels (columns ``slide_id`` and ``label``; an optional ``split``
 column with ``train``/``val``/``test``) and one bag of instance features per slide (20x
 tile features, or mixed-magnification region embeddings). Without a split column the
-slides are split per class (seeded). Training is one bag per step with Adam; the weights of
+slides are split per class (seeded). The head standardises each feature dimension with
+the mean and std of the training bags' instances (kept in the checkpoint), so bags are
+given raw. Training is one bag per step with Adam; the weights of
 the epoch with the lowest validation loss are kept (early stopping with a patience).
 
 Outputs in ``out_dir``:
@@ -246,6 +248,9 @@ def train_mil(labels_csv: str | Path, bags: Mapping[str, object], out_dir: str |
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # initial weights from the run's seed, caller's RNG untouched
         model = ABMIL(model_config).to(device)
+    # Standardisation is part of the head: statistics of the training instances only (no
+    # validation or test slide leaks in), kept in the checkpoint and applied in forward.
+    model.set_feature_stats(torch.cat([all_bags[i] for i in index["train"]]))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     counts = np.bincount(labels[index["train"]], minlength=len(class_names)).astype(np.float32)
     class_weight = None
