@@ -1,28 +1,34 @@
-"""Benchmark patch feature extraction: reading, encoding, end to end, against a CLAM-style loop.
+"""Benchmark patch feature extraction: reading, encoding, end to end, against CLAM-style and TIAToolbox loops.
 
-    python benchmarks/bench_extract.py [--slide PATH] [--workers N] [--clam-tiles N]
+    python benchmarks/bench_extract.py [--slide PATH] [--workers N] [--compare-tiles N] [--tia-python PY]
 
 Without ``--slide`` it writes (once, into ``--workdir``) a synthetic pyramidal TIFF of
 40960 x 32768 px at 0.5 um/px with JPEG (YCbCr 4:2:0, quality 80) tiles of 256 px and
-H&E-like textures over ~85% of the glass: about 22,000 tissue tiles of 224 px at 20x. The
-project's offline sample (16384 x 12288) gives only ~4,000 such tiles, too few for steady
-rates, so the benchmark makes its own slide of the same kind, larger.
+H&E-like textures over ~85% of the glass: about 22,700 tissue tiles of 224 px at 20x.
 
-Figures printed (tiles/s are 224 px tiles at 20x):
+Figures printed (tiles/s are 224 px tiles at 20x; each phase also gives CPU-ms per tile,
+cores busy, peak RSS growth and the load average, since the machine may be shared):
 - decode ceiling: every file tile under the grid decoded once, in threads, nothing else;
 - reading only: this package's reader (blocks, threads, cut, batches), no encoder;
-- encoding only: the encoder on ready batches;
-- end to end: ``extract_features``;
-- CLAM-style: ``openslide.OpenSlide.read_region`` per tile, PIL resize, a per-tile
+- encoding only: the encoder on ready batches (~16 batches from across the slide, 3 passes);
+- end to end: ``extract_features``, as a share of the slower stage and of the bound that
+  two stages sharing the same cores can reach, 1 / (1/read + 1/encode);
+- CLAM-style: ``openslide.OpenSlide.read_region`` per tile, PIL, a per-tile
   ToTensor/Normalize-like transform, one thread, batched encoder;
-- peak RSS growth of each phase (sampled every 20 ms).
+- TIAToolbox: its ``PointsPatchExtractor`` on the same tiles, same encoder, run with the
+  Python of a separate venv (``--tia-python``; "not installed" and why when absent).
+The comparisons run on a contiguous run of ``--compare-tiles`` tiles mid-slide, for the
+project too, so every ratio compares the same tiles.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import resource
+import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -68,6 +74,48 @@ class PeakRss:
     @property
     def growth_mb(self) -> float:
         return (self.peak - self.start) / 2**20
+
+
+class Timing:
+    """Wall seconds, process CPU seconds, peak RSS growth and load average of a phase (context manager).
+
+    CPU seconds count every thread of the process: on a machine shared with other work
+    they say what the phase costs, where wall-clock rates also say how busy the machine was.
+    """
+
+    def __init__(self, tiles: int) -> None:
+        self.tiles = tiles
+        self.seconds = self.cpu_seconds = self.rss_growth_mb = 0.0
+        self.load = os.getloadavg()[0]
+        self.note = ""
+
+    def __enter__(self) -> Timing:
+        self._rss = PeakRss().__enter__()
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self._wall
+        self.cpu_seconds = time.process_time() - self._cpu
+        self._rss.__exit__(*exc)
+        self.rss_growth_mb = self._rss.growth_mb
+        self.load = max(self.load, os.getloadavg()[0])
+
+    @property
+    def rate(self) -> float:
+        """Tiles per wall-clock second."""
+        return self.tiles / self.seconds
+
+    @property
+    def cpu_per_tile_ms(self) -> float:
+        """CPU milliseconds per tile, all threads together."""
+        return 1e3 * self.cpu_seconds / self.tiles
+
+    def line(self) -> str:
+        """The figures as one line."""
+        return (f"{self.rate:7.0f} tiles/s ({self.seconds:.1f} s; {self.cpu_per_tile_ms:.2f} CPU-ms/tile, "
+                f"{self.cpu_seconds / self.seconds:.2f} cores busy; peak RSS +{self.rss_growth_mb:.0f} MiB; "
+                f"load {self.load:.1f})")
 
 
 def _layout(tiles_y: int, tiles_x: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -133,8 +181,8 @@ def write_bench_slide(path: Path, seed: int = 0) -> None:
     os.replace(tmp, path)
 
 
-def decode_ceiling(path: Path, grid, workers: int) -> tuple[float, int]:
-    """Seconds to decode, once each in ``workers`` threads, the file tiles the grid covers (TIFF only)."""
+def decode_ceiling(path: Path, grid, workers: int) -> tuple[Timing, int]:
+    """Timing of decoding, once each in ``workers`` threads, the file tiles the grid covers (TIFF only)."""
     import tifffile
 
     from napari_care.core import slide_tiff
@@ -153,17 +201,16 @@ def decode_ceiling(path: Path, grid, workers: int) -> tuple[float, int]:
                     for ty in range(y0 // th, min(y0 + side - 1, source.height - 1) // th + 1)
                     for tx in range(x0 // tw, min(x0 + side - 1, source.width - 1) // tw + 1)
                 )
-            start = time.perf_counter()
-            with ThreadPoolExecutor(workers) as pool:
+            with Timing(len(grid)) as timing, ThreadPoolExecutor(workers) as pool:
                 for _ in pool.map(lambda yx: source.decode_tile(*yx), sorted(needed)):
                     pass
-            return time.perf_counter() - start, len(needed)
+            return timing, len(needed)
         finally:
             os.close(fd)
 
 
-def clam_style(path: Path, grid, encoder, n_tiles: int, batch_size: int, *, encode: bool = True) -> float:
-    """Seconds for a one-thread OpenSlide loop over the first ``n_tiles`` tiles (with or without encoding)."""
+def clam_style(path: Path, grid, encoder, rows: np.ndarray, batch_size: int, *, encode: bool = True) -> Timing:
+    """A one-thread OpenSlide loop over the tiles ``rows`` (with or without encoding)."""
     import openslide
     from PIL import Image
 
@@ -171,57 +218,81 @@ def clam_style(path: Path, grid, encoder, n_tiles: int, batch_size: int, *, enco
     std = np.array(encoder.cfg.std, np.float32)
     size_read = round(grid.tile_size_read_px)
     osr = openslide.OpenSlide(str(path))
-    start = time.perf_counter()
-    batch = []
-    for x, y in grid.coords[:n_tiles]:
-        img = osr.read_region((int(x), int(y)), grid.read_level, (size_read, size_read)).convert("RGB")
-        if img.size != (grid.tile_size_px, grid.tile_size_px):
-            img = img.resize((grid.tile_size_px, grid.tile_size_px), Image.Resampling.BILINEAR)
-        pixels = np.asarray(img)
-        _ = ((pixels.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)  # ToTensor + Normalize
-        batch.append(pixels)
-        if len(batch) == batch_size:
-            if encode:
-                encoder.encode(np.stack(batch))
-            batch = []
-    if batch and encode:
-        encoder.encode(np.stack(batch))
-    elapsed = time.perf_counter() - start
+    with Timing(len(rows)) as timing:
+        batch = []
+        for x, y in grid.coords[rows]:
+            img = osr.read_region((int(x), int(y)), grid.read_level, (size_read, size_read)).convert("RGB")
+            if img.size != (grid.tile_size_px, grid.tile_size_px):
+                img = img.resize((grid.tile_size_px, grid.tile_size_px), Image.Resampling.BILINEAR)
+            pixels = np.asarray(img)
+            _ = ((pixels.astype(np.float32) / 255.0 - mean) / std).transpose(2, 0, 1)  # ToTensor + Normalize
+            batch.append(pixels)
+            if len(batch) == batch_size:
+                if encode:
+                    encoder.encode(np.stack(batch))
+                batch = []
+        if batch and encode:
+            encoder.encode(np.stack(batch))
     osr.close()
-    return elapsed
+    return timing
 
 
-def measure_reading(path: Path, grid, workers: int, batch_size: int) -> tuple[float, float, np.ndarray]:
-    """Seconds and peak RSS growth (MiB) of reading every tile of the grid, and one batch."""
-    with open_slide(path) as slide, PeakRss() as rss:
-        start = time.perf_counter()
-        sample = None
-        batches = iter_tile_batches(
-            slide, grid, np.arange(len(grid)), batch_size=batch_size, num_workers=workers
-        )
-        for _, tiles in batches:
-            sample = tiles if sample is None else sample
-        seconds = time.perf_counter() - start
-    return seconds, rss.growth_mb, sample
+def tiatoolbox(python: Path, path: Path, grid, rows: np.ndarray, args, *, encode: bool) -> Timing | str:
+    """TIAToolbox's PointsPatchExtractor over the tiles ``rows`` in its own venv; a reason when it cannot run."""
+    if not python.exists():
+        return f"no Python at {python} (make the venv: python3.11 -m venv {python.parent.parent} && {python.parent}/pip install tiatoolbox)"
+    script = Path(__file__).with_name("bench_extract_tiatoolbox.py")
+    with tempfile.TemporaryDirectory() as tmp:
+        corners = Path(tmp) / "corners.npy"
+        np.save(corners, grid.coords[rows])
+        command = [str(python), str(script), str(path), str(corners), "--tile-size", str(grid.tile_size_px),
+                   "--mpp", str(grid.target_mpp), "--level0-mpp", str(args.level0_mpp),
+                   "--batch-size", str(args.batch_size), "--encoder", args.encoder]
+        done = subprocess.run(command + ([] if encode else ["--no-encode"]), capture_output=True, text=True)
+    if done.returncode != 0:
+        return f"{python} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    timing = Timing(report["tiles"])
+    timing.seconds, timing.cpu_seconds = report["seconds"], report["cpu_seconds"]
+    timing.note = (f"TIAToolbox {report['version']}, {report['reader']}; its process peaked at "
+                   f"{report['peak_rss_mb']:.0f} MiB RSS (the RSS growth above is of this process, so 0)")
+    return timing
 
 
-def measure_encoding(encoder, sample: np.ndarray) -> float:
-    """Tiles per second of the encoder alone on one ready batch (after a warm-up)."""
-    encoder.encode(sample)
-    reps = max(1, min(32, 2048 // len(sample)))
-    start = time.perf_counter()
-    for _ in range(reps):
-        encoder.encode(sample)
-    return reps * len(sample) / (time.perf_counter() - start)
+def measure_reading(path: Path, grid, workers: int, batch_size: int, keep_every: int) -> tuple[Timing, np.ndarray]:
+    """Timing of reading every tile of the grid, and every ``keep_every``-th batch (encoder input)."""
+    kept = []
+    with open_slide(path) as slide, Timing(len(grid)) as timing:
+        batches = iter_tile_batches(slide, grid, np.arange(len(grid)), batch_size=batch_size, num_workers=workers)
+        for i, (_, tiles) in enumerate(batches):
+            if i % keep_every == 0:
+                kept.append(tiles)
+    return timing, np.concatenate(kept)
 
 
-def measure_end_to_end(path: Path, grid, encoder, workers: int, batch_size: int) -> tuple[float, float]:
-    """Seconds and peak RSS growth (MiB) of ``extract_features`` over the grid."""
-    with open_slide(path) as slide, PeakRss() as rss:
-        start = time.perf_counter()
+def measure_reading_rows(path: Path, grid, rows: np.ndarray, workers: int, batch_size: int) -> Timing:
+    """Timing of reading the tiles ``rows`` of the grid."""
+    with open_slide(path) as slide, Timing(len(rows)) as timing:
+        for _ in iter_tile_batches(slide, grid, rows, batch_size=batch_size, num_workers=workers):
+            pass
+    return timing
+
+
+def measure_encoding(encoder, sample: np.ndarray, batch_size: int, passes: int = 3) -> Timing:
+    """Timing of the encoder alone on ready batches of ``sample``, ``passes`` times (after a warm-up batch)."""
+    encoder.encode(sample[:batch_size])
+    with Timing(passes * len(sample)) as timing:
+        for _ in range(passes):
+            for start in range(0, len(sample), batch_size):
+                encoder.encode(sample[start : start + batch_size])
+    return timing
+
+
+def measure_end_to_end(path: Path, grid, encoder, workers: int, batch_size: int) -> Timing:
+    """Timing of ``extract_features`` over the grid."""
+    with open_slide(path) as slide, Timing(len(grid)) as timing:
         run_to_end(extract_features(slide, grid, encoder, batch_size=batch_size, num_workers=workers))
-        seconds = time.perf_counter() - start
-    return seconds, rss.growth_mb
+    return timing
 
 
 def main() -> None:
@@ -234,8 +305,12 @@ def main() -> None:
     parser.add_argument("--mpp", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=None, help="reader threads (default: cores, max 16)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeat", type=int, default=2, help="best of this many for the reading figures")
-    parser.add_argument("--clam-tiles", type=int, default=0, help="tiles for the CLAM-style loop (0: all)")
+    parser.add_argument("--repeat", type=int, default=2, help="best of this many for reading and end to end")
+    parser.add_argument("--compare-tiles", type=int, default=4000,
+                        help="tiles (a contiguous run mid-slide) for the CLAM-style and TIAToolbox loops; 0: all")
+    parser.add_argument("--tiles", type=int, default=0, help="use only the first N tissue tiles (0: all; quick checks)")
+    parser.add_argument("--tia-python", type=Path, default=Path("/tmp/tia-venv/bin/python"),
+                        help="Python of a venv with tiatoolbox")
     args = parser.parse_args()
 
     path = args.slide
@@ -249,46 +324,74 @@ def main() -> None:
             print(f"wrote {path} ({size_mib:.0f} MiB) in {time.perf_counter() - start:.0f} s")
     workers = args.workers or min(16, os.cpu_count() or 1)
     encoder = create_encoder(args.encoder)
-    print(f"machine: {os.cpu_count()} cores; reader threads {workers}; encoder {encoder.cfg.name!r}")
+    print(f"machine: {os.cpu_count()} cores; reader threads {workers}; encoder {encoder.cfg.name!r}; "
+          f"batch {args.batch_size}; load average {'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
 
     with open_slide(path) as slide:
         grid = tile_grid(slide, mpp=args.mpp, tile_size_px=args.tile_size)
+        if args.tiles:
+            grid = grid.take(np.arange(min(args.tiles, len(grid))))
         chunks = slide.levels[grid.read_level].chunksize
         width, height = slide.dimensions[0]
+        args.level0_mpp = slide.mpp[0]
         print(
             f"slide: {path.name}, {width}x{height} px at {slide.mpp[0]:.3g} um/px, file tiles "
             f"{chunks[1]}x{chunks[0]}; grid: {len(grid)} tissue tiles of {grid.tile_size_px} px at "
             f"{grid.target_mpp} um/px, read from level {grid.read_level}"
         )
     n = len(grid)
+    keep_every = max(1, n // args.batch_size // 16)  # ~16 batches spread over the slide for the encoder
 
-    ceilings, readings = [], []
-    for _ in range(max(1, args.repeat)):  # interleaved: both see the same machine load
+    ceilings, readings, encodings, ends = [], [], [], []
+    for _ in range(max(1, args.repeat)):  # interleaved: every phase sees the same machine load
         ceilings.append(decode_ceiling(path, grid, workers))
-        readings.append(measure_reading(path, grid, workers, args.batch_size))
-    ceiling_s, n_file_tiles = min(ceilings)
-    read_s, read_mib, sample = min(readings, key=lambda r: r[0])
-    ceiling = n / ceiling_s
-    print(
-        f"decode ceiling   : {ceiling:8.0f} tiles/s ({n_file_tiles} file tiles decoded once in {ceiling_s:.1f} s)"
-    )
-    print(
-        f"reading only     : {n / read_s:8.0f} tiles/s ({read_s:.1f} s, {n / read_s / ceiling:.0%} of the "
-        f"ceiling, peak RSS +{read_mib:.0f} MiB)"
-    )
-    print(f"encoding only    : {measure_encoding(encoder, sample):8.0f} tiles/s")
-    e2e_s, e2e_mib = measure_end_to_end(path, grid, encoder, workers, args.batch_size)
-    print(f"end to end       : {n / e2e_s:8.0f} tiles/s ({e2e_s:.1f} s, peak RSS +{e2e_mib:.0f} MiB)")
+        readings.append(measure_reading(path, grid, workers, args.batch_size, keep_every))
+        encodings.append(measure_encoding(encoder, readings[0][1], args.batch_size))
+        ends.append(measure_end_to_end(path, grid, encoder, workers, args.batch_size))
+    ceiling, n_file_tiles = min(ceilings, key=lambda c: c[0].seconds)
+    reading, sample = min(readings, key=lambda r: r[0].seconds)
+    encoding = min(encodings, key=lambda t: t.seconds)
+    end = min(ends, key=lambda t: t.seconds)
+    print(f"decode ceiling   : {ceiling.line()} ({n_file_tiles} file tiles decoded once)")
+    print(f"reading only     : {reading.line()}, {reading.rate / ceiling.rate:.0%} of the ceiling")
+    print(f"encoding only    : {encoding.line()} ({len(sample)} tiles from across the slide, 3 passes)")
+    print(f"end to end       : {end.line()}")
+    slower = min(reading.rate, encoding.rate)
+    shared = 1.0 / (1.0 / reading.rate + 1.0 / encoding.rate)
+    print(f"ratio end to end / slower stage : {end.rate / slower:.2f} (target >= 0.85)")
+    print(f"ratio end to end / shared-core bound 1/(1/read + 1/encode) = {shared:.0f} tiles/s : "
+          f"{end.rate / shared:.2f} (both stages busy every core: they cannot overlap beyond this)")
+    cpu_sum = reading.cpu_per_tile_ms + encoding.cpu_per_tile_ms
+    print(f"CPU per tile     : read {reading.cpu_per_tile_ms:.2f} + encode {encoding.cpu_per_tile_ms:.2f} = "
+          f"{cpu_sum:.2f} ms; end to end {end.cpu_per_tile_ms:.2f} ms ({end.cpu_per_tile_ms / cpu_sum:.2f} of the sum)")
 
-    n_clam = min(args.clam_tiles or n, n)
-    clam_read = n_clam / clam_style(path, grid, encoder, n_clam, args.batch_size, encode=False)
-    clam = n_clam / clam_style(path, grid, encoder, n_clam, args.batch_size)
-    print(f"CLAM-style read  : {clam_read:8.0f} tiles/s (first {n_clam} tiles, no encoder)")
-    print(f"CLAM-style loop  : {clam:8.0f} tiles/s (first {n_clam} tiles, encoder included)")
-    print(f"ratio reading    : {n / read_s / clam_read:.2f}x")
-    print(f"ratio end to end : {n / e2e_s / clam:.2f}x (target >= 3x)")
+    n_cmp = min(args.compare_tiles or n, n)
+    rows = np.arange(n_cmp) + (n - n_cmp) // 2  # a contiguous run, so OpenSlide's tile cache helps it too
+    ours_read = measure_reading_rows(path, grid, rows, workers, args.batch_size)
+    ours_end = measure_end_to_end(path, grid.take(rows), encoder, workers, args.batch_size)
+    print(f"project, same {n_cmp} tiles : reading {ours_read.line()}; end to end {ours_end.line()}")
+    clam_read = clam_style(path, grid, encoder, rows, args.batch_size, encode=False)
+    clam = clam_style(path, grid, encoder, rows, args.batch_size)
+    print(f"CLAM-style read  : {clam_read.line()} (OpenSlide read_region per tile, PIL, one thread)")
+    print(f"CLAM-style loop  : {clam.line()} (the same, encoder included)")
+    print(f"ratio reading    : {ours_read.rate / clam_read.rate:.2f}x project / CLAM-style")
+    print(f"ratio end to end : {ours_end.rate / clam.rate:.2f}x project / CLAM-style (target >= 3x)")
+    tia_read = tiatoolbox(args.tia_python, path, grid, rows, args, encode=False)
+    if isinstance(tia_read, str):
+        print(f"TIAToolbox: not installed ({tia_read})")
+    else:
+        tia = tiatoolbox(args.tia_python, path, grid, rows, args, encode=True)
+        print(f"TIAToolbox read  : {tia_read.line()} ({tia_read.note}, PointsPatchExtractor, same tiles)")
+        if isinstance(tia, str):
+            print(f"TIAToolbox loop  : failed ({tia})")
+        else:
+            print(f"TIAToolbox loop  : {tia.line()} (the same, encoder included)")
+            print(f"ratio end to end : {ours_end.rate / tia.rate:.2f}x project / TIAToolbox")
+        print(f"ratio reading    : {ours_read.rate / tia_read.rate:.2f}x project / TIAToolbox")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(f"peak RSS of the process: {peak_mib:.0f} MiB")
+    print(f"peak RSS of the process: {peak_mib:.0f} MiB; end to end grew it by {end.rss_growth_mb:.0f} MiB "
+          f"(features {n * encoder.embed_dim * 4 / 2**20:.0f} MiB); load average "
+          f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 A generator (yields :class:`Progress`, returns the features). Reader threads decode and cut
 tiles ahead of the encoder (:mod:`napari_care.core.tile_reader`), so reading overlaps
-computing; features stream into one preallocated array; a cache skips tiles encoded before.
+computing; with a torch encoder on CUDA the GPU also runs one batch ahead of the host
+(:func:`_encode_ahead`); features stream into one preallocated array; a cache skips tiles
+encoded before.
 """
 
 from __future__ import annotations
@@ -44,21 +46,87 @@ def _slide_name(slide) -> str:
 def _encode(encoder, tiles: np.ndarray, slide, coords: np.ndarray) -> np.ndarray:
     """Encode one batch and check it: [b, D] float32 with finite values, or a ValueError."""
     try:
-        features = np.asarray(encoder.encode(tiles), dtype=np.float32)
+        features = encoder.encode(tiles)
     except FloatingPointError as error:  # the encoders' own NaN/inf check
         raise ValueError(f"slide {_slide_name(slide)}: {error}") from error
-    if features.ndim != 2 or len(features) != len(tiles):
+    return _checked(encoder, features, len(tiles), slide, coords)
+
+
+def _checked(encoder, features, n_tiles: int, slide, coords: np.ndarray) -> np.ndarray:
+    """``features`` as [b, D] float32 with finite values, or a ValueError naming the slide."""
+    features = np.asarray(features, dtype=np.float32)
+    if features.ndim != 2 or len(features) != n_tiles:
         raise ValueError(
-            f"encoder {encoder.cfg.name!r} returned shape {features.shape} for {len(tiles)} tiles; expected [B, D]"
+            f"encoder {encoder.cfg.name!r} returned shape {features.shape} for {n_tiles} tiles; expected [B, D]"
         )
     bad = ~np.isfinite(features).all(axis=1)
     if bad.any():
         x, y = coords[np.flatnonzero(bad)[0]]
         raise ValueError(
             f"slide {_slide_name(slide)}: encoder {encoder.cfg.name!r} produced NaN/inf features for "
-            f"{int(bad.sum())} of {len(tiles)} tiles in a batch (first at level-0 x={x}, y={y})"
+            f"{int(bad.sum())} of {n_tiles} tiles in a batch (first at level-0 x={x}, y={y})"
         )
     return features
+
+
+def _on_cuda(encoder) -> bool:
+    """True for a torch encoder whose model runs on a CUDA device (see :func:`_encode_ahead`)."""
+    device = getattr(encoder, "device", None)
+    return (
+        getattr(device, "type", None) == "cuda"
+        and callable(getattr(encoder, "preprocess", None))
+        and callable(getattr(encoder, "forward_tensor", None))
+    )
+
+
+def _encode_ahead(encoder, batches, slide, grid: TileGrid, cancel: CancelSignal):
+    """Yield (rows, features) with the GPU one batch ahead of the host.
+
+    ``encode()`` waits for each batch's result before the next batch is sent, so the GPU
+    idles while the host copies tiles and checks features. Here batch i+1 is queued
+    (pinned upload, model, download into pinned memory, an event) before the host waits
+    for batch i, so the device always has work queued.
+    """
+    import torch
+
+    pending = None
+    for rows, tiles in batches:
+        if is_cancelled(cancel):
+            return
+        # inference mode only while queueing: a generator must not leave it on across yields
+        with torch.inference_mode():
+            pinned = torch.from_numpy(tiles).pin_memory()
+            out = encoder.forward_tensor(encoder.preprocess(pinned))
+            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
+            host.copy_(out, non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(torch.cuda.current_stream(encoder.device))  # the model's GPU, not the current one
+        if pending is not None:
+            yield _finish(encoder, pending, slide, grid)
+        pending = (rows, host, done, pinned)  # pinned stays alive until its upload is done
+    if pending is not None:
+        yield _finish(encoder, pending, slide, grid)
+
+
+def _finish(encoder, pending, slide, grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
+    """Wait for a queued batch and return its rows and checked features."""
+    rows, host, done, _ = pending
+    done.synchronize()
+    return rows, _checked(encoder, host.numpy(), len(rows), slide, grid.coords[rows])
+
+
+def _encoded_batches(encoder, batches, slide, grid: TileGrid, cancel: CancelSignal):
+    """Yield (rows, features [b, D] float32) for each batch of tiles from the reader.
+
+    Stops before encoding another batch once ``cancel`` is set (the caller raises).
+    """
+    if _on_cuda(encoder):
+        yield from _encode_ahead(encoder, batches, slide, grid, cancel)
+        return
+    for rows, tiles in batches:
+        if is_cancelled(cancel):
+            return
+        yield rows, _encode(encoder, tiles, slide, grid.coords[rows])
 
 
 def _take_cached(
@@ -152,11 +220,12 @@ def extract_features(
 
     encoded: list[np.ndarray] = []
     batches = iter_tile_batches(slide, grid, todo, batch_size=batch_size, num_workers=num_workers)
+    results = _encoded_batches(encoder, batches, slide, grid, cancel)
     try:
-        for rows, tiles in batches:
+        for rows, batch_features in results:
             if is_cancelled(cancel):
                 raise Cancelled(f"extraction of {name} cancelled after {done} of {total} tiles")
-            features[rows] = _encode(encoder, tiles, slide, grid.coords[rows])
+            features[rows] = batch_features
             encoded.append(rows)
             done += len(rows)
             yield Progress(STAGE, done, total, f"{name}: {done} of {total} tiles")
@@ -166,6 +235,7 @@ def extract_features(
         _keep(cache, key, grid, features, encoded, persist=False)  # a re-run resumes; no file
         raise
     finally:
+        results.close()
         batches.close()  # stops the reader threads at once on cancel or error
 
     _keep(cache, key, grid, features, encoded, persist=True)
