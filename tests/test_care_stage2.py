@@ -90,7 +90,7 @@ def test_tables_read_rna_values_and_top_proteins(tmp_path):
 
 
 def test_encoders_map_profiles_to_the_alignment_space():
-    slides, table = mixed_slides(4)
+    _slides, table = mixed_slides(4)
     rna = molecular_encoder(table, out_dim=8, dim=16)
     assert rna(torch.from_numpy(table.values)).shape == (4, 8)
     np.testing.assert_allclose(rna.gene_mean.numpy(), table.values.mean(axis=0), rtol=1e-5, atol=1e-6)

@@ -67,9 +67,9 @@ def data(tmp_path_factory):
     write_csv(root / "labels.csv", ["slide_id", "label"], [[f"s{i}", "odd" if i % 2 else "even"]
                                                            for i in range(N_SLIDES)])
     write_csv(root / "rna.csv", ["slide_id"] + [f"g{j}" for j in range(6)],
-              [[f"s{i}"] + list(rng.normal(size=6) + i % 2) for i in range(N_SLIDES)])
+              [[f"s{i}", *list(rng.normal(size=6) + i % 2)] for i in range(N_SLIDES)])
     write_csv(root / "protein.csv", ["slide_id", "P1", "P2", "P3", "P4"],
-              [[f"s{i}"] + list(rng.normal(size=4)) for i in range(N_SLIDES)])
+              [[f"s{i}", *list(rng.normal(size=4))] for i in range(N_SLIDES)])
     (root / "tokens").mkdir()
     for index in range(4):
         tokens = rng.normal(size=(12, N_TOKENS, DIM)).astype(np.float32)
@@ -156,7 +156,7 @@ def test_evaluate_reads_features_npz_and_csv(cli, data, tmp_path):
         slide_ids, vectors = list(npz["slide_id"]), npz["embedding"]
     assert vectors.shape == (N_SLIDES, DIM)
     table = write_csv(tmp_path / "embeddings.csv", ["slide_id"] + [f"e{j}" for j in range(DIM)],
-                      [[s] + list(v) for s, v in zip(slide_ids, vectors, strict=True)])
+                      [[s, *list(v)] for s, v in zip(slide_ids, vectors, strict=True)])
     again = invoke(cli, "evaluate", table, data / "labels.csv", "--out", tmp_path / "b.json", "--folds", 3)
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "b.json").read_text())["summary"] == report["summary"]

@@ -21,7 +21,7 @@ def test_offline_sample_returns_slide_and_truth(monkeypatch, small_sample):
 
     monkeypatch.setattr(samples, "offline_sample_path", lambda: small_sample.path)
     (image, truth) = _sample_data.offline_sample()
-    data, kwargs, layer_type = image
+    _data, kwargs, layer_type = image
     assert layer_type == "image" and kwargs["name"] == "offline sample"
     assert kwargs["scale"] == (0.5, 0.5)
     labels, truth_kwargs, truth_type = truth

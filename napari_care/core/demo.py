@@ -47,7 +47,11 @@ def run_demo(out_dir: str | Path, *, k: int = 8) -> Generator[Progress, None, De
 
     from napari_care.core.outputs import write_outputs
     from napari_care.core.overview import write_overview
-    from napari_care.core.partition_metrics import adjusted_rand_index, fixed_block_partition, segmentation_accuracy
+    from napari_care.core.partition_metrics import (
+        adjusted_rand_index,
+        fixed_block_partition,
+        segmentation_accuracy,
+    )
     from napari_care.core.samples import iter_offline_sample
     from napari_care.core.segment import SegmentOptions, segment
     from napari_care.core.slide import open_slide

@@ -135,7 +135,7 @@ def load_rna_table(path: str | Path, *, log1p: bool = False) -> RNATable:
         values = np.log1p(values)
     empty = np.isnan(values).all(axis=0)
     if empty.any():
-        raise ValueError(f"{path}: genes without any value, e.g. {[g for g, e in zip(genes, empty) if e][:3]}")
+        raise ValueError(f"{path}: genes without any value, e.g. {[g for g, e in zip(genes, empty, strict=False) if e][:3]}")
     # A missing value becomes the gene's mean, i.e. 0 after standardisation.
     values = np.where(np.isnan(values), np.nanmean(values, axis=0), values)
     return RNATable(tuple(slide_ids), values.astype(np.float32), tuple(genes))

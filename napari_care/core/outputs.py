@@ -13,7 +13,13 @@ from napari_care import __version__
 from napari_care.core.atomic import atomic_open
 from napari_care.core.features import save_features
 from napari_care.core.geojson import Annotation
-from napari_care.core.geojson_write import RegionTable, care_metadata, region_features, roi_features, tile_features
+from napari_care.core.geojson_write import (
+    RegionTable,
+    care_metadata,
+    region_features,
+    roi_features,
+    tile_features,
+)
 from napari_care.core.polygons import label_grid_polygons
 from napari_care.core.regions import region_raster, region_table, roi_regions
 from napari_care.core.segment import SegmentResult

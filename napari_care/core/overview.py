@@ -65,7 +65,7 @@ def render_overview(result: SegmentResult, slide: Slide, *, max_size: int = 1200
     has_heat = np.isfinite(heat_px)
     right[has_heat] = 0.4 * thumb[has_heat] + 0.6 * turbo(heat_px[has_heat])
     for box in roi_boxes(result):
-        x0, y0, x1, y1 = (int(round(v / downsample)) for v in box.box_level0)
+        x0, y0, x1, y1 = (round(v / downsample) for v in box.box_level0)
         for panel in (left, right):
             panel[max(y0, 0) : y1, max(x0, 0) : min(x0 + 3, shape[1])] = ROI_COLOUR
             panel[max(y0, 0) : y1, max(x1 - 3, 0) : x1] = ROI_COLOUR

@@ -12,7 +12,14 @@ from collections.abc import Callable, Generator
 
 from napari_care.core.feature_cache import FeatureCache
 from napari_care.core.progress import Progress
-from napari_care.core.segment import Box, SegmentOptions, SegmentResult, build_encoder, load_care_model, segment
+from napari_care.core.segment import (
+    Box,
+    SegmentOptions,
+    SegmentResult,
+    build_encoder,
+    load_care_model,
+    segment,
+)
 from napari_care.core.slide import Slide
 from napari_care.core.tissue import TissueMask, tissue_mask
 

@@ -111,7 +111,7 @@ class Stage1Config:
     min_patches: int = 16
     crop_fraction: tuple[float, float] = (0.5, 1.0)
     mask_ratio: tuple[float, float] = (0.1, 0.5)
-    augmentation: Augmentation = Augmentation()
+    augmentation: Augmentation = Augmentation()  # noqa: RUF009 (frozen, so sharing it is safe)
     head_hidden: int = 256
     head_bottleneck: int = 64
     prototypes: int = 256
@@ -217,7 +217,7 @@ def _draw_views(slides: Sequence[SlideFeatures], pool: list, config: Stage1Confi
                 device: torch.device) -> _Views:
     picks = rng.integers(len(pool), size=config.batch_size)
     views, masks = [], []
-    for view in range(2):      # view-major order: slide i's views sit at i and B + i
+    for _view in range(2):      # view-major order: slide i's views sit at i and B + i
         for pick in picks:
             slide_index, patches = pool[pick]
             slide = slides[slide_index]

@@ -96,7 +96,7 @@ class Stage2Config:
     weight_decay: float = 0.01
     warmup_steps: int = 20
     max_patches: int = 1024
-    augmentation: Augmentation = Augmentation(channel_dropout=0.05, noise_std=0.05)
+    augmentation: Augmentation = Augmentation(channel_dropout=0.05, noise_std=0.05)  # noqa: RUF009 (frozen)
     proj_dim: int = 128
     molecular_dim: int = 128
     temperature: float = 0.07

@@ -70,7 +70,7 @@ class SlideFeatures:
 def slide_id_of(path: str | os.PathLike[str]) -> str:
     """The slide id a feature file stands for: its name without ``.h5`` and ``.features``."""
     name = Path(path).name
-    for suffix in FEATURE_SUFFIXES + (".features",):
+    for suffix in (*FEATURE_SUFFIXES, ".features"):
         name = name.removesuffix(suffix)
     return name
 
