@@ -206,16 +206,18 @@ def annotation_layers(annotations: Sequence[Annotation], *, name: str, frame: Le
     layers: list[LayerData] = []
     if shapes:
         extent = np.ptp(np.concatenate(shapes), axis=0).max()
+        table = _table(annotations, shape_objects, shape_parts, kinds)
         layers.append((shapes, {
             "name": name, "shape_type": shape_types,
-            "features": _table(annotations, shape_objects, shape_parts, kinds),
+            "features": table, "feature_defaults": _new_object_defaults(table, "exterior"),
             "edge_color": _object_colours(annotations, shape_objects), "face_color": "transparent",
             "edge_width": max(1.0, EDGE_WIDTH_SHARE * float(extent)), "metadata": dict(metadata),
             **frame.placement(),
         }, "shapes"))  # fmt: skip
     if points:
+        table = _table(annotations, point_objects, point_parts, "point")
         layers.append((np.array(points), {
-            "name": f"{name} points", "features": _table(annotations, point_objects, point_parts, "point"),
+            "name": f"{name} points", "features": table, "feature_defaults": _new_object_defaults(table, "point"),
             "face_color": _object_colours(annotations, point_objects), "size": 10.0, "metadata": dict(metadata),
             **frame.placement(),
         }, "points"))  # fmt: skip
@@ -266,6 +268,23 @@ def _table(annotations: Sequence[Annotation], objects: list[int], parts: list[in
         if column == "class":
             table["part"], table["ring"] = list(parts), [kinds] * len(objects) if isinstance(kinds, str) else kinds
     return table
+
+
+def _new_object_defaults(table: dict[str, object], kind: str) -> dict[str, object]:
+    """The features a shape or point drawn by the user gets: those of a new, unnamed object.
+
+    napari would otherwise copy the last row, id included, and the writer would then save the
+    drawing as a part (or a hole) of the last imported object.
+    """
+    defaults: dict[str, object] = {}
+    for column, values in table.items():
+        sample = next((v for v in values if v is not None), "")  # type: ignore[union-attr]
+        if isinstance(sample, (bool, np.bool_)):
+            defaults[column] = False
+        else:
+            defaults[column] = "" if isinstance(sample, str) else math.nan
+    defaults.update(id="", object_type="annotation", part=math.nan, ring=kind)
+    return defaults
 
 
 def _object_row(annotation: Annotation) -> dict[str, object]:

@@ -94,6 +94,14 @@ def layer_annotations(data: Any, attributes: dict, layer_type: str, frame: Level
     raise ValueError(f"layer {attributes.get('name')!r}: a {layer_type} layer cannot be written as GeoJSON")
 
 
+def _object_key(row: dict, index: int) -> str:
+    """The object a shape or point belongs to: its ``id``, or its own when the id is missing, empty or NaN."""
+    value = row.get("id")
+    if value is None or (isinstance(value, float) and math.isnan(value)) or not str(value).strip():
+        return f"shape {index}"
+    return str(value)
+
+
 def shapes_annotations(data: list, attributes: dict, frame: Level0Frame, *,
                        class_name: str | None = None) -> list[Annotation]:
     """Objects of a Shapes layer (see the module docstring); degenerate shapes are skipped with a warning."""
@@ -105,7 +113,7 @@ def shapes_annotations(data: list, attributes: dict, frame: Level0Frame, *,
     for index, (xy, shape_type, row) in enumerate(
         zip(_level0_vertices(data, attributes, frame), shape_types, features, strict=True)
     ):
-        key = str(row.get("id") or f"shape {index}")
+        key = _object_key(row, index)
         entry = objects.setdefault(key, {"row": row, "colour": colours[index], "parts": {}, "lines": []})
         if shape_type not in POLYGONAL_TYPES:
             if len(xy) >= 2:
@@ -180,7 +188,7 @@ def points_annotations(data: np.ndarray, attributes: dict, frame: Level0Frame) -
     xy = frame.data_to_level0(data, scale, translate) if len(data) else np.zeros((0, 2))
     objects: dict[str, dict] = {}
     for index, (point, row, colour) in enumerate(zip(xy.tolist(), features, colours, strict=True)):
-        key = str(row.get("id") or f"shape {index}")
+        key = _object_key(row, index)
         objects.setdefault(key, {"row": row, "colour": colour, "points": []})["points"].append(point)
     return [_annotation(Point(e["points"][0]) if len(e["points"]) == 1 else MultiPoint(e["points"]), e, key, None)
             for key, e in objects.items()]  # fmt: skip

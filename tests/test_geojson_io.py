@@ -354,3 +354,22 @@ def test_generated_labels_layers_always_give_valid_files(tmp_path, labels, cell,
     assert area == pytest.approx((labels > 0).sum() * cell**2, rel=1e-3, abs=0.05)
     count = ogrinfo_count(f"/vsigzip/{path}")  # a str: Path would fold the double slash GDAL needs
     assert count is None or count == len(present)
+
+
+def test_shapes_and_points_drawn_on_an_imported_layer_are_new_objects(tmp_path):
+    """napari copies the last row into a new shape's features; the drawing must not join that object."""
+    source = write_json(tmp_path / "in.geojson", {"type": "FeatureCollection", "features": [
+        feature({"type": "Polygon", "coordinates": [SQUARE, HOLE]}, {"objectType": "annotation"}, str(uuid.uuid4())),
+        feature({"type": "Point", "coordinates": [5, 5]}, {"objectType": "annotation"}, str(uuid.uuid4())),
+    ]})  # fmt: skip
+    shapes_data, points_data = read_geojson_layers(source, frame=FRAME)
+    shapes = layers_module.Layer.create(*shapes_data)
+    points = layers_module.Layer.create(*points_data)
+    shapes.add_polygons([np.array([[20.0, 20.0], [20.0, 40.0], [40.0, 30.0]])])
+    points.add(np.array([[50.0, 50.0]]))
+    out = tmp_path / "out.geojson"
+    write_geojson_layers(out, [shapes.as_layer_data_tuple(), points.as_layer_data_tuple()])
+    back = read_geojson(out)
+    assert sorted(a.geometry.geom_type for a in back) == ["Point", "Point", "Polygon", "Polygon"]
+    original = next(a for a in back if a.geometry.geom_type == "Polygon" and len(a.geometry.interiors) == 1)
+    assert original.geometry.area == pytest.approx(100 - 4)  # still the square with its hole, nothing added
