@@ -115,7 +115,9 @@ def regions_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) 
         "name": REGIONS,
         "features": features,
         "opacity": 0.45,
-        "metadata": {"napari_care_role": "regions", "colour_by": display.colour_by},
+        # what `napari-care segment` writes into the GeoJSON metadata, so an export from here matches
+        "metadata": {"napari_care_role": "regions", "colour_by": display.colour_by,
+                     "encoder": result.options.encoder, "k": result.care.k, "mode": result.care.mode},
         **placement(slide, raster.origin_level0, raster.stride_level0),
     }
     if display.colour_by == "group":

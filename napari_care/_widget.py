@@ -175,7 +175,7 @@ def segment_job(session: SegmentSession, options: SegmentOptions, box, cancel: t
         yield Progress("mil", 0, 1, f"loading the MIL head {Path(mil_head).name}")
         mil_head = load_mil_head(mil_head)
     yield Progress("mil", 0, 1, f"MIL attention over {len(result.features)} patches")
-    output = mil_head.apply(result.features.features)
+    output = mil_head.apply(result.features.features, encoder=result.features.encoder)
     yield Progress("mil", 1, 1, f"MIL predicts {output.predicted}")
     return result, output, mil_head
 

@@ -76,8 +76,8 @@ def cohort_client(scheduler: str | None = None, *, n_workers: int | None = None,
     if n_workers < 1 or threads_per_worker < 1:
         raise ValueError(f"a local cluster needs at least 1 worker and 1 thread per worker; "
                          f"got {n_workers} and {threads_per_worker}")
-    # dask pins each worker's BLAS/OpenMP to 1 thread; give them their share of the cores instead
-    threads = str(max(1, (os.cpu_count() or 1) // n_workers))
+    # dask pins each worker's BLAS/OpenMP to 1 thread; give each slide thread its share of the cores
+    threads = str(max(1, (os.cpu_count() or 1) // (n_workers * threads_per_worker)))
     env = {name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     # processes, not threads: encoders and CARE hold the GIL for long stretches
     with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,

@@ -74,6 +74,10 @@ def test_bad_features_name_the_checkpoint(trained):
         head.apply(np.zeros((0, DIM), np.float32))
     with pytest.raises(ValueError, match="NaN"):
         head.apply(np.full((2, DIM), np.nan, np.float32))
+    bag = np.zeros((3, DIM), np.float32)
+    with pytest.raises(ValueError, match=r"abmil\.json was trained on 'fake' features, these come from 'default'"):
+        head.apply(bag, encoder="default")  # same width, another encoder: refused, not silently wrong
+    assert head.apply(bag, encoder="fake").attention.shape == (3,)
 
 
 def test_missing_or_wrong_files(tmp_path):

@@ -14,6 +14,7 @@ import functools
 import glob
 import io
 import os
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -185,9 +186,13 @@ def _load_encoder(name: str, weights: str | None, device: str | None):
     return create_encoder(name, weights=weights, device=device)
 
 
+_ENCODER_LOCK = threading.Lock()
+
+
 def shared_encoder(options: SegmentOptions):
     """The encoder ``options`` name, built once per process: a worker loads its weights once, not per slide."""
-    return _load_encoder(options.encoder, options.encoder_weights, options.device)
+    with _ENCODER_LOCK:  # two slide threads of one worker must not both load the weights
+        return _load_encoder(options.encoder, options.encoder_weights, options.device)
 
 
 def segment_job(job: SlideJob, out_dir: str | Path, options: SegmentOptions, *, overwrite: bool = False,

@@ -61,7 +61,7 @@ class MilHead:
     encoder: str
     model: object
 
-    def apply(self, features: np.ndarray) -> MilOutput:
+    def apply(self, features: np.ndarray, *, encoder: str | None = None) -> MilOutput:
         """Attention and prediction of the head for one bag of instance features.
 
         Parameters
@@ -86,6 +86,9 @@ class MilHead:
         if features.shape[1] != self.in_dim:
             raise FeatureDimMismatch(f"MIL head {self.path} expects D={self.in_dim} features "
                                      f"(encoder '{self.encoder}'), got D={features.shape[1]}")
+        if encoder and self.encoder and encoder != self.encoder:
+            raise ValueError(f"MIL head {self.path} was trained on '{self.encoder}' features, "
+                             f"these come from '{encoder}'")
         if not np.isfinite(features).all():
             raise ValueError(f"MIL head {self.path}: features hold NaN or infinite values")
         with torch.no_grad():
