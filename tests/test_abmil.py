@@ -197,3 +197,15 @@ def test_train_mil_stores_training_statistics(tmp_path):
     assert result.metrics["test_auroc"] >= 0.9
     head, _, _ = load_checkpoint(result.checkpoint)
     torch.testing.assert_close(head.feature_mean, result.model.feature_mean)
+
+
+def test_feature_stats_merged_bag_by_bag_equal_those_of_all_instances():
+    generator = torch.Generator().manual_seed(0)
+    bags = [torch.randn(n, 5, generator=generator) * 50 + 300 for n in (3, 7, 1, 20)]
+    model = ABMIL(ABMILConfig(5))
+    model.set_feature_stats(iter(bags))  # a generator: never concatenated
+    every = torch.cat(bags).double()
+    torch.testing.assert_close(model.feature_mean.double(), every.mean(0), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(model.feature_std.double(), every.std(0, unbiased=False), rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="at least one"):
+        model.set_feature_stats([torch.zeros(0, 5)])

@@ -13,6 +13,7 @@ learns. Checkpoints written before the buffers existed load with the identity (m
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -96,18 +97,33 @@ class ABMIL(nn.Module):
         self.register_buffer("feature_std", torch.ones(config.in_dim))
 
     @torch.no_grad()
-    def set_feature_stats(self, instances: torch.Tensor, min_std: float = 1e-6) -> None:
-        """Standardise inputs with the per-dimension mean and std of ``instances`` ``[M, D]``.
+    def set_feature_stats(self, instances: torch.Tensor | Iterable[torch.Tensor], min_std: float = 1e-6) -> None:
+        """Standardise inputs with the per-dimension mean and std of the training instances.
 
-        A dimension whose std is below ``min_std`` (constant on the training set) is only
-        centred (std 1), so that a tiny change at inference cannot blow up.
+        ``instances`` is one ``[M, D]`` tensor or an iterable of ``[M_i, D]`` bags; bags are
+        merged one at a time in float64 on the CPU (Chan's parallel update), so a cohort's
+        training set is never copied whole. A dimension whose std is below ``min_std``
+        (constant on the training set) is only centred (std 1), so that a tiny change at
+        inference cannot blow up.
         """
-        if instances.dim() != 2 or instances.shape[1] != self.config.in_dim or len(instances) == 0:
-            raise ValueError(f"ABMIL.set_feature_stats needs [M >= 1, {self.config.in_dim}] instances, "
-                             f"got {tuple(instances.shape)}")
-        instances = instances.to(self.feature_mean.device, torch.float64)
-        std = instances.std(dim=0, unbiased=False)
-        self.feature_mean.copy_(instances.mean(dim=0))
+        in_dim = self.config.in_dim
+        bags = [instances] if isinstance(instances, torch.Tensor) else instances
+        count, mean, m2 = 0, torch.zeros(in_dim, dtype=torch.float64), torch.zeros(in_dim, dtype=torch.float64)
+        for bag in bags:
+            if bag.dim() != 2 or bag.shape[1] != in_dim:
+                raise ValueError(f"ABMIL.set_feature_stats needs [M, {in_dim}] instances, got {tuple(bag.shape)}")
+            if len(bag) == 0:
+                continue
+            bag = bag.detach().to("cpu", torch.float64)
+            bag_mean = bag.mean(dim=0)
+            delta, total = bag_mean - mean, count + len(bag)
+            m2 += ((bag - bag_mean) ** 2).sum(dim=0) + delta**2 * (count * len(bag) / total)
+            mean += delta * (len(bag) / total)
+            count = total
+        if count == 0:
+            raise ValueError(f"ABMIL.set_feature_stats needs at least one [M >= 1, {in_dim}] instance")
+        std = (m2 / count).sqrt()
+        self.feature_mean.copy_(mean)
         self.feature_std.copy_(torch.where(std < min_std, torch.ones_like(std), std))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:

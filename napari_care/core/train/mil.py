@@ -250,7 +250,7 @@ def train_mil(labels_csv: str | Path, bags: Mapping[str, object], out_dir: str |
         model = ABMIL(model_config).to(device)
     # Standardisation is part of the head: statistics of the training instances only (no
     # validation or test slide leaks in), kept in the checkpoint and applied in forward.
-    model.set_feature_stats(torch.cat([all_bags[i] for i in index["train"]]))
+    model.set_feature_stats(all_bags[i] for i in index["train"])
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     counts = np.bincount(labels[index["train"]], minlength=len(class_names)).astype(np.float32)
     class_weight = None
