@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ import numpy as np
 import shapely
 from shapely.geometry import LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon
 
+from napari_care._reader import single_path
 from napari_care.core.geojson import Annotation, name_color
 from napari_care.core.geojson_read import read_geojson
 
@@ -109,7 +109,9 @@ def viewer_frame(viewer=None, *, use_bounds: bool = True) -> Level0Frame:
             viewer = None
     if viewer is None:
         return Level0Frame()
-    slides = [layer for layer in viewer.layers if "napari_care" in getattr(layer, "metadata", {})]
+    from napari_care._layers import slide_layers
+
+    slides = slide_layers(viewer)
     active = viewer.layers.selection.active
     layer = active if active in slides else (slides[0] if slides else None)
     return Level0Frame.from_slide_metadata(layer.metadata, use_bounds=use_bounds) if layer else Level0Frame()
@@ -117,13 +119,8 @@ def viewer_frame(viewer=None, *, use_bounds: bool = True) -> Level0Frame:
 
 def napari_get_geojson_reader(path: str | list[str]):
     """Return :func:`read_geojson_layers` for a GeoJSON file, else None (never raises)."""
-    if isinstance(path, list):
-        if len(path) != 1:
-            return None
-        path = path[0]
-    if not isinstance(path, (str, os.PathLike)):
-        return None
-    return read_geojson_layers if is_geojson_path(Path(path)) else None
+    path = single_path(path)
+    return read_geojson_layers if path is not None and is_geojson_path(path) else None
 
 
 def is_geojson_path(path: Path) -> bool:

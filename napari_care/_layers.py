@@ -40,6 +40,11 @@ def slide_layer_data(slide: Slide, *, name: str) -> tuple[Any, dict, str]:
     return (slide.tiled_levels, kwargs, "image")
 
 
+def slide_layers(viewer) -> list:
+    """The viewer's layers that hold a slide opened by this plugin (see :func:`slide_layer_data`)."""
+    return [layer for layer in viewer.layers if "slide" in getattr(layer, "metadata", {})]
+
+
 def placement(slide: Slide, origin_level0: tuple[float, float], pixel_level0: float) -> dict[str, tuple]:
     """``scale``, ``translate`` and ``units`` that put a raster over the slide image.
 

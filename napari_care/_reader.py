@@ -18,15 +18,19 @@ TIFF_FAMILY = (".svs", ".tif", ".tiff", ".ndpi")
 TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
 
 
-def napari_get_reader(path: str | list[str]):
-    """Return :func:`read_slide` when ``path`` looks like a slide this plugin reads, else None."""
+def single_path(path: str | list[str]) -> Path | None:
+    """The one path napari hands a reader, or None for several paths or something else."""
     if isinstance(path, list):
         if len(path) != 1:
             return None
         path = path[0]
-    if not isinstance(path, (str, os.PathLike)):
-        return None
-    return read_slide if is_slide_path(Path(path)) else None
+    return Path(path) if isinstance(path, (str, os.PathLike)) else None
+
+
+def napari_get_reader(path: str | list[str]):
+    """Return :func:`read_slide` when ``path`` looks like a slide this plugin reads, else None."""
+    path = single_path(path)
+    return read_slide if path is not None and is_slide_path(path) else None
 
 
 def is_slide_path(path: Path) -> bool:

@@ -22,6 +22,7 @@ import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, Table
 
 from napari_care._geojson_io import ROLE_KEY, Level0Frame, annotation_layers
+from napari_care._layers import slide_layers
 from napari_care._writer import care_region_annotations, labels_origin, shapes_annotations, write_annotations
 from napari_care.core.review import RegionGrid, review_agreement, write_review_csv
 from napari_care.core.review_run import region_attention
@@ -62,7 +63,7 @@ class ReviewPanel(Container):
             event.connect(self.reset_choices)
 
     def _slide_layers(self, _widget=None) -> list:
-        return [layer for layer in self.viewer.layers if "napari_care" in getattr(layer, "metadata", {})]
+        return slide_layers(self.viewer)
 
     def _annotation_layers(self, _widget=None) -> list:
         return [layer for layer in self.viewer.layers

@@ -19,7 +19,7 @@ import magicgui.widgets as mg
 from qtpy.QtCore import QTimer
 
 from napari_care._care_layers import COLOUR_BY, DisplayOptions, care_layers, with_hover
-from napari_care._layers import put_layer, visible_box_level0
+from napari_care._layers import put_layer, slide_layers, visible_box_level0
 from napari_care._review_panel import ReviewPanel
 from napari_care.core.heatmap import NORMALISATIONS
 from napari_care.core.progress import Progress
@@ -109,7 +109,7 @@ class CareSegmentWidget(mg.Container):
         self.controller.warm_up()
 
     def _slide_layers(self, _widget=None) -> list:
-        return [layer for layer in self.viewer.layers if "slide" in getattr(layer, "metadata", {})]
+        return slide_layers(self.viewer)
 
     def _add_section(self, title: str, widgets: list) -> None:
         """A collapsible section (collapsed at first) holding ``widgets`` with their labels."""

@@ -21,6 +21,17 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WHITE = 255
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Torch on one thread for the test: tiny models on a shared CPU lose more to thread hand-offs than they gain."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` (real slides and annotations); skips when it is absent."""

@@ -14,14 +14,7 @@ from napari_care.core.models.abmil import ABMIL, ABMILConfig, pad_bags
 from napari_care.core.progress import run_to_end
 from napari_care.core.train.mil import MILTrainConfig, load_attention, stratified_split, train_mil
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models on a shared CPU: thread hand-offs cost more than the maths.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture()

@@ -11,14 +11,7 @@ from napari_care.core.models.care import CareConfig, CareModel, pad_slides
 from napari_care.core.models.care_attention import group_batches
 from napari_care.core.models.care_blocks import block_partition, candidate_blocks
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run faster on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def full_grid(width: int, height: int) -> np.ndarray:

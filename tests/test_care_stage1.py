@@ -19,13 +19,7 @@ from napari_care.core.train.feature_views import (
 DIM = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors run faster on one thread, and the test machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def full_grid(width: int, height: int, x0: int = 0, y0: int = 0) -> np.ndarray:

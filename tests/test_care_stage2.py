@@ -31,12 +31,7 @@ DIM, GENES = 12, 40
 CARE_CONFIG = CareConfig(in_dim=DIM, embed_dim=16, heads=2, k=4)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def mixed_slides(n: int, side: int = 8):

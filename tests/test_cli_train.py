@@ -8,7 +8,6 @@ import json
 import click
 import numpy as np
 import pytest
-import torch
 from click.testing import CliRunner
 
 from napari_care._cli_train import register
@@ -19,12 +18,7 @@ N_SLIDES, DIM = 18, 8
 TINY_CARE = ["--k", "4", "--embed-dim", "16", "--heads", "2", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -21,12 +21,7 @@ from napari_care.core.train.mem import MEMTrainConfig, learning_rate, region_bag
 D = 16
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**options) -> MixMagEncoder:

@@ -198,6 +198,18 @@ def _patch_size_level0(attrs: dict, coords: np.ndarray, patch_size: int, path: P
     )
 
 
+def open_hdf5(path: Path, kind: str):
+    """``path`` opened read-only with h5py; errors name the file and say it is not a readable ``kind``."""
+    import h5py
+
+    if not path.is_file():
+        raise FileNotFoundError(f"{kind} not found: {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable HDF5 {kind} ({error})") from error
+
+
 def load_features(path: str | os.PathLike[str]) -> PatchFeatures:
     """Read patch features written by this package, TRIDENT or CLAM.
 
@@ -218,16 +230,8 @@ def load_features(path: str | os.PathLike[str]) -> PatchFeatures:
         When datasets are missing or misshaped, the patch size is unknown, or features hold
         NaN or infinite values.
     """
-    import h5py
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"feature file not found: {path}")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"{path}: not a readable HDF5 feature file ({error})") from error
-    with handle as f:
+    with open_hdf5(path, "feature file") as f:
         missing = [name for name in ("features", "coords") if name not in f]
         if missing:
             raise ValueError(f"{path}: missing dataset(s) {missing}; found {sorted(f.keys())}")

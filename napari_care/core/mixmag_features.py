@@ -44,7 +44,7 @@ import numpy as np
 from napari_care.core.atomic import atomic_path
 from napari_care.core.extract import STAGE, CancelSignal, extract_features
 from napari_care.core.feature_cache import FeatureCache
-from napari_care.core.features import PatchFeatures
+from napari_care.core.features import PatchFeatures, open_hdf5
 from napari_care.core.progress import Progress, run_to_end
 from napari_care.core.tiling import DEFAULT_MPP, TileGrid, tile_grid
 from napari_care.core.tissue import TissueMask, tissue_mask
@@ -303,16 +303,8 @@ def load_mixmag(path: str | os.PathLike[str]) -> MixMagFeatures:
     ValueError
         When it is not a mixed-magnification feature file, or its datasets disagree.
     """
-    import h5py
-
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mixed-magnification feature file not found: {path}")
-    try:
-        handle = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"{path}: not a readable HDF5 file ({error})") from error
-    with handle as f:
+    with open_hdf5(path, "mixed-magnification feature file") as f:
         if _text(f.attrs.get("format", "")) != FORMAT:
             raise ValueError(f"{path}: not a mixed-magnification feature file (no format={FORMAT!r} attribute; "
                              "write one with `napari-care extract --mixmag`)")
