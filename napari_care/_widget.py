@@ -344,6 +344,7 @@ class SegmentController:
         if worker is not self.worker:
             return  # a stale run finished after a newer one started
         self._drop_progress()
+        self.widget.progress.value = self.widget.progress.max  # a throttled last report may not have shown
         self.result, self.mil_output, self.result_layer = result, mil_output, layer
         self._draw()  # all three layers in one go: one repaint of the canvas
         cached = len(result.features) - result.encoded_tiles
