@@ -37,6 +37,7 @@ def main() -> None:
     parser.add_argument("--level0-mpp", type=float, default=0.5)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--encoder", default="default")
+    parser.add_argument("--weights", default=None)
     parser.add_argument("--no-encode", action="store_true", help="extract patches only")
     args = parser.parse_args()
 
@@ -46,7 +47,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO))
     from napari_care.core.encoders import create_encoder
 
-    encoder = None if args.no_encode else create_encoder(args.encoder)
+    encoder = None if args.no_encode else create_encoder(args.encoder, weights=args.weights)
     corners = np.load(args.corners).astype(np.float64)
     # PointsPatchExtractor takes centres in the pixels of the requested resolution and
     # starts each patch at centre - (size - 1) // 2.
