@@ -11,23 +11,25 @@ Slides and features are cached under ``$NAPARI_CARE_CACHE/care_experiments`` or 
 (a) adaptive regions (training-free) vs fixed k x k blocks, same k: purity
     (achievable segmentation accuracy), boundary recall, region counts;
 (b) phenotype groups of the regions vs the planted types (adjusted Rand index);
-(c) Stage I on the 36 small slides: the loss falls; regions of the learned model (its
-    checkpoints; step 0 = random init) on the held-out and the training slides vs
-    training-free and fixed blocks;
-(d) Stage II on small slides whose "RNA" and "protein" profiles are functions of their
-    tissue mix: slide -> profile retrieval top-1 before and after alignment (RNA phase,
-    then protein phase), on training slides and on held-out small slides.
+(c) Stage I on the 36 small slides (``CareConfig.affinity_prior="input"`` and
+    ``Stage1Config.consistency_weight=1`` unless told otherwise): the loss falls; regions
+    of the learned model (its checkpoints; step 0 = random init) on the held-out and the
+    training slides vs training-free and fixed blocks;
+(d) Stage II (``care_experiments_stage2.py``) on small slides whose "RNA" and "protein"
+    profiles are functions of their tissue mix: slide -> profile retrieval top-1 before
+    and after alignment (RNA phase, then protein phase), on training and held-out slides.
 
 Everything is seeded (slides, k-means, initial weights, training steps).
 
     python benchmarks/care_experiments.py [--only a b c d] [--stage1-steps 300]
                                           [--stage2-steps 150] [--threads 2] [--large]
+                                          [--affinity-prior input|none] [--stage1-seed 0]
+                                          [--consistency-weight 1.0]
 """
 
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import os
 import tempfile
@@ -186,11 +188,15 @@ def n_planted(item: Generated) -> int:
     return int((np.bincount(item.truth, minlength=N_TYPES) >= 0.02 * len(item.truth)).sum())
 
 
-def groups_of(result, item: Generated, seed: int = 0) -> float:
-    """ARI of the phenotype groups (k-means of region features, ``n_planted`` groups) vs the truth."""
+GROUP_SEEDS = range(5)   # k-means seeds of the phenotype groups: (b) reports their mean and spread
+
+
+def groups_of(result, item: Generated, seed: int = 0, descriptor: str = "median") -> float:
+    """ARI of the phenotype groups (default grouping, ``n_planted`` groups) vs the truth."""
     from napari_care.core.phenotypes import phenotype_groups
 
-    groups = phenotype_groups(result, n_groups=n_planted(item), seed=seed)
+    groups = phenotype_groups(result, n_groups=n_planted(item), patch_features=item.slide.features,
+                              descriptor=descriptor, seed=seed)
     return adjusted_rand_index(groups.group_of_patch, item.truth)
 
 
@@ -207,29 +213,44 @@ def experiment_groups(items: list[Generated]) -> None:
 
     from napari_care.core.care_result import segment_features
 
-    scores = []
+    scores, per_seed = [], []
     for item in items:
-        row = []
+        row, seeds_row = [], []
         for k in (8, 4):
             result = segment_features(item.slide.features, item.slide.grid, config=CareFreeConfig(k=k))
-            row += [groups_of(result, item), majority_ceiling(result, item)]
+            by_seed = [groups_of(result, item, seed) for seed in GROUP_SEEDS]
+            row += [float(np.mean(by_seed)), majority_ceiling(result, item), groups_of(result, item, 0, "embedding")]
+            seeds_row.append(by_seed)
         x = item.slide.features
         x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
         patches = KMeans(n_planted(item), n_init=10, random_state=0).fit_predict(x)
         scores.append([*row, adjusted_rand_index(patches, item.truth)])
-    table("(b) phenotype groups (k-means of region features, N = planted types >= 2%) vs planted types: "
-          "adjusted Rand index (target >= 0.6)",
-          ["slides", "n", "ARI k=8", "ceiling k=8", "ARI k=4", "ceiling k=4", "k-means of patches"],
-          by_group(items, scores))
+        per_seed.append(seeds_row)
+    table("(b) phenotype groups (weighted k-means of region median descriptors, N = planted types >= 2%; "
+          f"mean over k-means seeds {list(GROUP_SEEDS)}) vs planted types: adjusted Rand index (target >= 0.6); "
+          "'embedding' = k-means of the region embeddings (seed 0)",
+          ["slides", "n", "ARI k=8", "ceiling k=8", "embedding k=8", "ARI k=4", "ceiling k=4", "embedding k=4",
+           "k-means of patches"], by_group(items, scores))
+    # Spread: the set's mean ARI for each k-means seed (sd over seeds), and the sd over slides.
+    for name, picked in (("offline sample + held-out", [i for i, item in enumerate(items) if "2x" not in item.group]),
+                         ("2x size", [i for i, item in enumerate(items) if "2x" in item.group])):
+        if picked:
+            for column, k in enumerate((8, 4)):
+                values = np.array([per_seed[i][column] for i in picked])    # [slides, seeds]
+                print(f"  {name}, k = {k}: ARI {values.mean():.3f}, sd over seeds {values.mean(axis=0).std():.3f}, "
+                      f"sd over slides {values.mean(axis=1).std():.3f}")
 
 
-def stage1(small: list[Generated], steps: int, k: int):
+def stage1(small: list[Generated], steps: int, k: int, affinity_prior: str = "input", consistency_weight: float = 1.0,
+           seed: int = 0):
     """Stage I on the small slides; prints the loss table, returns the result."""
     from napari_care.core.models.care import CareConfig
     from napari_care.core.train.care_stage1 import Stage1Config, train_care_stage1
 
-    care_config = CareConfig(in_dim=small[0].slide.feature_dim, embed_dim=64, heads=4, k=k)
+    care_config = CareConfig(in_dim=small[0].slide.feature_dim, embed_dim=64, heads=4, k=k,
+                             affinity_prior=affinity_prior)
     config = Stage1Config(steps=steps, batch_size=8, lr=5e-4, warmup_steps=steps // 10, log_every=max(1, steps // 5),
+                          consistency_weight=consistency_weight, seed=seed,
                           checkpoint_every=max(1, steps // 3))
     out_dir = cache_root() / "stage1"
     for stale in out_dir.glob("care_stage1_step*"):   # checkpoints of an earlier run with other steps
@@ -261,16 +282,23 @@ def experiment_stage1_regions(held_out: list[Generated], small: list[Generated],
     for slides, name in ((held_out, "held-out + sample"), (small, "training")):
         free = [segment_features(i.slide.features, i.slide.grid, config=CareFreeConfig(k=care_config.k))
                 for i in slides]
-        rows.append([name, "training-free", *_means(free, slides)])
+        rows.append([name, "training-free", *_means(free, slides), 1.0])
         for step, model in models:
             results = [segment_features(i.slide.features, i.slide.grid, model=model.eval()) for i in slides]
-            rows.append([name, f"Stage I, step {step}", *_means(results, slides)])
+            same = np.mean([(r.candidate_rank == f.candidate_rank).mean() for r, f in zip(results, free, strict=True)])
+            rows.append([name, f"Stage I, step {step}", *_means(results, slides), float(same)])
         fixed = [partition_scores(fixed_block_partition(i.slide.grid, care_config.k), i) for i in slides]
         rows.append([name, "fixed blocks", *[float(np.mean(c)) for c in list(zip(*fixed, strict=True))[:2]],
-                     float(np.mean([c[2] for c in fixed])), "", ""])
-    table(f"(c) regions of the Stage I model during training (k = {care_config.k}; step 0 = random init; means "
-          "per slide; moved = share of patches that left their own block; ARI of phenotype groups)",
-          ["slides", "model", "purity", "bnd recall", "regions", "moved", "ARI"], rows)
+                     float(np.mean([c[2] for c in fixed])), "", "", ""])
+    table(f"(c) regions of the Stage I model during training (k = {care_config.k}, affinity_prior = "
+          f"{care_config.affinity_prior!r}; step 0 = random init; means "
+          "per slide; moved = share of patches that left their own block; ARI of phenotype groups; "
+          "as free = share of patches that choose as the training-free generator)",
+          ["slides", "model", "purity", "bnd recall", "regions", "moved", "ARI", "as free"], rows)
+    if care_config.affinity_prior == "input":
+        print("  learned weights in log rho (training-free affinity, learned affinity): " + ", ".join(
+            f"step {step}: {model.log_prior_scale.exp().item():.3f}, {model.affinity_scale.item():.3f}"
+            for step, model in models))
 
 
 def _means(results, slides: list[Generated]) -> list[float]:
@@ -281,84 +309,6 @@ def _means(results, slides: list[Generated]) -> list[float]:
             float(np.mean([groups_of(r, item) for r, item in zip(results, slides, strict=True)]))]
 
 
-def tissue_mix(items: list[Generated]) -> np.ndarray:
-    """``[S, 6]`` share of each planted tissue type (glass left out) among a slide's patches."""
-    return np.stack([np.bincount(item.truth, minlength=N_TYPES)[1:] / len(item.truth) for item in items])
-
-
-def molecular_tables(items: list[Generated], genes: int = 100, proteins: int = 40, top_k: int = 10):
-    """RNA values and top-k protein tokens that are smooth functions of each slide's tissue mix (plus noise)."""
-    from napari_care.core.molecular import ProteinTable, RNATable
-
-    mix = tissue_mix(items)
-    rng = np.random.default_rng(7)
-    ids = tuple(item.slide.slide_id for item in items)
-    rna = np.log1p(np.exp(4 * mix @ rng.normal(size=(N_TYPES - 1, genes)))) + 0.05 * rng.normal(size=(len(ids), genes))
-    protein = mix @ rng.normal(size=(N_TYPES - 1, proteins)) + 0.02 * rng.normal(size=(len(ids), proteins))
-    tokens = np.argsort(-protein, axis=1, kind="stable")[:, :top_k]
-    return (RNATable(ids, rna.astype(np.float32), tuple(f"gene{i}" for i in range(genes))),
-            ProteinTable(ids, tokens.astype(np.int64), tuple(f"protein{i}" for i in range(proteins))))
-
-
-def subset(table, slide_ids: list[str]):
-    """The same molecular table restricted to some slides."""
-    from napari_care.core.molecular import RNATable
-
-    field = "values" if isinstance(table, RNATable) else "tokens"
-    return dataclasses.replace(table, slide_ids=tuple(slide_ids), **{field: table.rows(slide_ids)})
-
-
-def _phase_start(care, table, config, head_state=None):
-    """The network a Stage II phase starts from (same seeding as ``train_care_stage2``)."""
-    from napari_care.core.molecular import molecular_encoder
-    from napari_care.core.train.care_stage2 import Stage2Network
-
-    torch.manual_seed(config.seed)
-    molecular = molecular_encoder(table, out_dim=config.proj_dim, dim=config.molecular_dim)
-    torch.manual_seed(config.seed + 1)
-    network = Stage2Network(copy.deepcopy(care), molecular, config)
-    if head_state is not None:
-        network.slide_head.load_state_dict(head_state)
-    return network
-
-
-def experiment_stage2(small: list[Generated], stage1_model, steps: int) -> None:
-    """(d) retrieval top-1 before and after each Stage II phase (RNA, then protein)."""
-    from napari_care.core.train import care_stage2 as stage2
-
-    test = [item for i, item in enumerate(small) if i % 4 == 3]
-    train = [item for i, item in enumerate(small) if i % 4 != 3]
-    rna_all, protein_all = molecular_tables(small)
-    train_ids = [item.slide.slide_id for item in train]
-    train_slides, test_slides = [i.slide for i in train], [i.slide for i in test]
-    config = stage2.Stage2Config(steps=steps, batch_size=16, lr=5e-4, warmup_steps=steps // 10, temperature=0.1,
-                                 proj_dim=64, molecular_dim=64, log_every=max(1, steps // 3))
-
-    def scores(network, table) -> list[float]:
-        return [stage2.retrieval_top1(*stage2.aligned_vectors(network, slides, table))
-                for slides in (train_slides, test_slides)]
-
-    # As pretrain_care_stage2: RNA from the Stage I model, then protein from the RNA phase's
-    # checkpoint (its CareModel and slide projection) with a new protein encoder.
-    rows, care, head, init = [], stage1_model, None, copy.deepcopy(stage1_model)
-    for modality, table_all in (("RNA", rna_all), ("protein", protein_all)):
-        table_train = subset(table_all, train_ids)
-        before = scores(_phase_start(care, table_train, config, head), table_all)
-        began = time.perf_counter()
-        phase = stage2.train_care_stage2(train_slides, table_train, cache_root() / "stage2", config, init=init)
-        result = run_to_end(phase, lambda p: print(f"  {p.message}"))
-        seconds = time.perf_counter() - began
-        window = max(1, steps // 10)
-        rows.append([modality, f"{np.mean(result.losses[:window]):.2f} -> {np.mean(result.losses[-window:]):.2f}",
-                     *before, *scores(result.network, table_all), f"{seconds:.0f}"])
-        care, head, init = result.model, result.network.slide_head.state_dict(), result.checkpoint
-    table(f"(d) Stage II (profiles = f(tissue mix); RNA phase, then protein phase from its model; {steps} steps "
-          f"of 16 slides each): slide -> profile retrieval top-1; chance {1 / len(train):.3f} on {len(train)} "
-          f"training, {1 / len(test):.3f} on {len(test)} held-out slides",
-          ["phase", "InfoNCE", "train before", "held-out before", "train after", "held-out after", "seconds"],
-          rows)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
@@ -366,6 +316,11 @@ def main() -> None:
     parser.add_argument("--stage2-steps", type=int, default=150)
     parser.add_argument("--large", action="store_true", help="(a, b) also on 3 slides of twice the sample's size")
     parser.add_argument("--k", type=int, default=4, help="block side of the trained models (c, d)")
+    parser.add_argument("--affinity-prior", default="input", choices=["input", "none"],
+                        help="CareConfig.affinity_prior of the trained models (c, d)")
+    parser.add_argument("--consistency-weight", type=float, default=1.0,
+                        help="Stage1Config.consistency_weight of the Stage I run (c, d)")
+    parser.add_argument("--stage1-seed", type=int, default=0, help="Stage1Config.seed (c, d)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -386,10 +341,13 @@ def main() -> None:
     if {"c", "d"} & set(args.only):
         print(f"\nsmall slides for training ({len(SMALL)}, {SMALL[0][2]} x {SMALL[0][3]} px):")
         small = cohort(SMALL)
-        result, care_config = stage1(small, args.stage1_steps, args.k)
+        result, care_config = stage1(small, args.stage1_steps, args.k, args.affinity_prior,
+                                     args.consistency_weight, args.stage1_seed)
         if "c" in args.only:
             experiment_stage1_regions(evaluated, small, result, care_config)
         if "d" in args.only:
+            from care_experiments_stage2 import experiment_stage2
+
             experiment_stage2(small, result.model, args.stage2_steps)
     print(f"\ntotal {time.perf_counter() - started:.0f} s")
 

@@ -10,6 +10,7 @@ from napari_care.core.care_result import segment_features
 from napari_care.core.models.care import CareConfig, CareModel, pad_slides
 from napari_care.core.models.care_attention import group_batches
 from napari_care.core.models.care_blocks import block_partition, candidate_blocks
+from napari_care.core.models.care_free import CareFreeConfig, segment_free
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -53,15 +54,18 @@ def test_candidates_are_the_three_nearest_blocks_with_gaussian_containment():
     np.testing.assert_array_equal(lonely.containment[2], [1.0, 0.0, 0.0])
 
 
-def test_rsl_target_moves_the_expected_rank():
+@pytest.mark.parametrize("affinity_prior", ["none", "input"])
+def test_rsl_target_moves_the_expected_rank(affinity_prior):
     features, grid = two_type_slide()
     final = {}
     for e_star in (0.0, 1.0):
-        model = small_model(e_star=e_star)
-        start = float(model.eval()(features, grid).expected_rank)
+        model = small_model(e_star=e_star, affinity_prior=affinity_prior)
+        start = float(model.eval()(features, grid).expected_rank.detach())
         model.train()
         optimizer = torch.optim.Adam(model.parameters(), lr=3e-2)
-        for _ in range(12):
+        # With the input prior the RSL acts through two learned scales (the prior's weight
+        # and the learned affinity's, which starts at 0), so it needs more steps.
+        for _ in range(12 if affinity_prior == "none" else 30):
             output = model(features, grid)
             optimizer.zero_grad()
             output.rsl.backward()
@@ -123,18 +127,36 @@ def test_dimensions_follow_the_config():
     assert CareConfig.from_dict(config.to_dict()) == config
 
 
-@pytest.mark.parametrize("mode", ["straight-through", "gumbel"])
-def test_gradient_reaches_the_region_generator(mode):
+@pytest.mark.parametrize(("mode", "affinity_prior"),
+                         [("straight-through", "none"), ("gumbel", "none"), ("straight-through", "input")])
+def test_gradient_reaches_the_region_generator(mode, affinity_prior):
     features, grid = two_type_slide()
-    model = small_model(hard_assignment=mode).train()
+    model = small_model(hard_assignment=mode, affinity_prior=affinity_prior).train()
+    if affinity_prior == "input":
+        with torch.no_grad():    # as after some training: a fresh model's learned affinity weighs 0
+            model.affinity_scale.fill_(0.5)
     head = torch.nn.Linear(16, 1)
     output = model(features, grid)
     # A main loss on the slide embedding alone (no RSL): its gradient reaches the block
     # encoder only through the hard assignment's gate.
     head(output.slide_embedding).sum().backward()
     generator = model.block_encoder
-    for parameter in (generator.cls_token, generator.query, generator.layers[0].attention.query.weight):
+    parameters = [generator.cls_token, generator.query, generator.layers[0].attention.query.weight]
+    if affinity_prior == "input":
+        parameters += [model.affinity_scale, model.log_prior_scale]
+    for parameter in parameters:
         assert parameter.grad is not None and float(parameter.grad.abs().sum()) > 0
+
+
+def test_a_fresh_model_with_the_input_prior_cuts_as_the_training_free_generator():
+    features, grid = two_type_slide()
+    with torch.no_grad():
+        output = small_model(affinity_prior="input").eval()(features, grid)
+        paper = small_model(affinity_prior="none").eval()(features, grid)
+    free = segment_free(features.numpy(), grid, CareFreeConfig(k=4))
+    np.testing.assert_array_equal(output.candidate_rank.numpy(), free.candidate_rank)
+    np.testing.assert_array_equal(output.block_of_patch.numpy(), free.block_of_patch)
+    assert (paper.candidate_rank.numpy() != free.candidate_rank).mean() > 0.05   # random projections differ
 
 
 def test_batch_matches_single_slides():

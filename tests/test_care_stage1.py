@@ -108,3 +108,21 @@ def test_resume_with_other_features_names_both_dimensions(tmp_path):
     with pytest.raises(FeatureDimMismatch, match="expects D=16 features but the encoder 'uni' gives 24"):
         run_to_end(train_care_stage1(wide, None, tmp_path, tiny_config(steps=2),
                                      resume_from=tmp_path / "care_stage1_final.json", encoder="uni"))
+
+
+def test_input_prior_and_consistency_train_the_generator_scales(tmp_path):
+    slides = [structured_slide(seed) for seed in range(4)]
+    care_config = CareConfig(in_dim=DIM, embed_dim=16, heads=2, k=4, affinity_prior="input")
+    config = tiny_config(consistency_weight=1.0, checkpoint_every=15)
+    result = run_to_end(train_care_stage1(slides, care_config, tmp_path, config))
+    consistency = np.array(result.components["consistency"])
+    assert len(consistency) == 30 and np.isfinite(result.losses).all()
+    assert consistency[-5:].mean() < consistency[:5].mean()
+    # The scalar weights learn with scale_lr_factor (20) x lr: Adam's step of ~lr alone would
+    # leave them within 30 * 3e-3 = 0.09 of their start.
+    with torch.no_grad():
+        moved = max(abs(float(result.model.affinity_scale)), abs(float(result.model.log_prior_scale)))
+    assert moved > 0.1
+    resumed = run_to_end(train_care_stage1(slides, None, tmp_path / "b", config,
+                                           resume_from=tmp_path / "care_stage1_step000015.json"))
+    assert resumed.losses == result.losses

@@ -1,7 +1,28 @@
 """Tissue phenotypes: group CARE's adaptive regions by their features.
 
 Regions with similar features (tumour, stroma, fat, ...) get one group id; spread over the
-patches, the groups make a tissue map of the slide.
+patches, the groups make a tissue map of the slide. Every patch takes its region's group.
+
+How a region is described and weighed is this project's choice (the paper groups nothing):
+
+- ``descriptor="median"`` (default when the patch features are given): the per-dimension
+  median of the region's patch features, each dimension standardised over the slide's
+  patches. A region of ~40 patches often holds a strip of a neighbouring tissue; the mean
+  drifts towards it, the median stays with the region's majority tissue, which is what the
+  map should show. ``"mean"``: the mean of the same standardised patch features;
+  ``"embedding"`` (the only choice without patch features): CARE's region feature
+  (``result.region_features``), standardised over the regions when ``standardize``.
+- ``weighting="patches"`` (default): k-means weighs each region by its patch count, so a
+  large region counts as much as its area in the map (with the mean descriptor this is
+  k-means of the patches with each region's patches kept together); ``"uniform"``: one
+  weight per region.
+- k-means with k-means++ starts, ``n_init`` restarts, seeded.
+
+On generated slides of the offline sample's size (the sample and 9 others, k = 8, N =
+planted types, training-free regions), the adjusted Rand index to the planted types is
+0.53 with the embedding and uniform weights, 0.56 weighted, 0.60 with the median
+descriptor and uniform weights, 0.61 weighted (the best any grouping of the same regions
+can do, each region taking its majority type, is 0.71).
 """
 
 from __future__ import annotations
@@ -12,6 +33,9 @@ import numpy as np
 
 from napari_care.core.care_result import CareResult
 from napari_care.core.models.care_blocks import check_grid
+
+DESCRIPTORS = ("median", "mean", "embedding")
+WEIGHTINGS = ("patches", "uniform")
 
 
 @dataclass(frozen=True)
@@ -25,8 +49,8 @@ class Phenotypes:
     group_of_patch
         ``[N]`` int64 group of each patch (its region's group).
     centroids
-        ``[G, E]`` float32 mean region feature of each group (in the space k-means ran in:
-        standardised when ``standardize`` was set).
+        ``[G, F]`` float32 mean region descriptor of each group (in the space k-means ran
+        in: standardised when ``standardize`` was set).
     """
 
     group_of_region: np.ndarray
@@ -39,24 +63,76 @@ class Phenotypes:
         return len(self.centroids)
 
 
-def phenotype_groups(result: CareResult, n_groups: int = 4, *, seed: int = 0, n_init: int = 10,
-                     standardize: bool = True) -> Phenotypes:
-    """Group the regions of a CARE result by k-means on their features.
+def region_descriptors(result: CareResult, patch_features: np.ndarray | None = None, *,
+                       descriptor: str = "median", standardize: bool = True) -> np.ndarray:
+    """``[R, F]`` float64 descriptor of each region, the space the phenotype groups are found in.
+
+    Parameters
+    ----------
+    result
+        A CARE result.
+    patch_features
+        ``[N, D]`` features of the result's patches (rows in the result's patch order);
+        needed by ``"median"`` and ``"mean"``.
+    descriptor
+        ``"median"``, ``"mean"`` or ``"embedding"`` (see the module docstring).
+    standardize
+        Standardise each dimension first (over the patches, or over the regions for
+        ``"embedding"``), so that no single dimension dominates the distances.
+    """
+    if descriptor not in DESCRIPTORS:
+        raise ValueError(f"descriptor must be one of {DESCRIPTORS}, got {descriptor!r}")
+    if descriptor == "embedding":
+        features = np.asarray(result.region_features, np.float64)
+        return _standardized(features) if standardize else features
+    if patch_features is None:
+        raise ValueError(f"descriptor={descriptor!r} needs patch_features (or use descriptor='embedding')")
+    features = np.asarray(patch_features, np.float64)
+    if features.ndim != 2 or len(features) != result.n_patches:
+        raise ValueError(f"patch_features must have shape [{result.n_patches}, D] (one row per patch of the "
+                         f"result), got {features.shape}")
+    if standardize:
+        features = _standardized(features)
+    if descriptor == "mean":
+        sizes = np.maximum(result.region_sizes, 1)[:, None]
+        sums = np.zeros((result.n_regions, features.shape[1]))
+        np.add.at(sums, result.region_of_patch, features)
+        return sums / sizes
+    order = np.argsort(result.region_of_patch, kind="stable")
+    ends = np.cumsum(np.bincount(result.region_of_patch, minlength=result.n_regions))
+    return np.stack([np.median(features[order[start:end]], axis=0)
+                     for start, end in zip(np.r_[0, ends[:-1]], ends, strict=True)])
+
+
+def _standardized(features: np.ndarray) -> np.ndarray:
+    return (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-12)
+
+
+def phenotype_groups(result: CareResult, n_groups: int = 4, *, patch_features: np.ndarray | None = None,
+                     descriptor: str | None = None, weighting: str = "patches", seed: int = 0,
+                     n_init: int = 10, standardize: bool = True) -> Phenotypes:
+    """Group the regions of a CARE result by k-means on their descriptors.
 
     Parameters
     ----------
     result
         A CARE result.
     n_groups
-        Number of groups; at most the number of distinct region features (fewer are used
+        Number of groups; at most the number of distinct region descriptors (fewer are used
         when the slide has fewer).
+    patch_features
+        ``[N, D]`` features of the result's patches; with them the default descriptor is
+        ``"median"``, without them ``"embedding"``.
+    descriptor
+        ``"median"``, ``"mean"`` or ``"embedding"``; None: the default above.
+    weighting
+        ``"patches"`` (regions weigh by patch count) or ``"uniform"``.
     seed
         Random state of k-means (fixed, so the grouping is reproducible).
     n_init
-        k-means restarts.
+        k-means restarts (k-means++ starts).
     standardize
-        Standardise each feature dimension over the regions first, so that no single
-        dimension dominates the distances.
+        See :func:`region_descriptors`.
 
     Returns
     -------
@@ -67,18 +143,22 @@ def phenotype_groups(result: CareResult, n_groups: int = 4, *, seed: int = 0, n_
 
     if n_groups < 1:
         raise ValueError(f"n_groups must be >= 1, got {n_groups}")
-    features = np.asarray(result.region_features, np.float64)
-    if standardize:
-        features = (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-12)
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if descriptor is None:
+        descriptor = "embedding" if patch_features is None else "median"
+    features = region_descriptors(result, patch_features, descriptor=descriptor, standardize=standardize)
     n_distinct = len(np.unique(features.round(decimals=9), axis=0))
     n_groups = min(n_groups, n_distinct)
     if n_groups == 1:
         labels = np.zeros(len(features), np.int64)
     else:
+        weights = np.asarray(result.region_sizes, np.float64) if weighting == "patches" else None
         # One thread: for tens to thousands of regions, starting a thread pool per restart costs
         # more (about 0.1 s) than the clustering itself.
         with threadpool_limits(1):
-            labels = KMeans(n_clusters=n_groups, n_init=n_init, random_state=seed).fit_predict(features)
+            labels = KMeans(n_clusters=n_groups, n_init=n_init, random_state=seed).fit_predict(
+                features, sample_weight=weights)
     # Order groups by patch count (largest first), ties by lowest first region, for stable ids.
     patches = np.bincount(labels, weights=result.region_sizes, minlength=n_groups)
     first_region = np.array([np.flatnonzero(labels == group)[0] for group in range(n_groups)])

@@ -15,13 +15,20 @@ every learned part replaced by a fixed one (this project's choices):
   real tissue change still moves patches (on a noisy synthetic wavy boundary: regions as
   pure as with the raw view, fragmentation 1% instead of 9%). ``"identity"`` uses the
   patch feature itself (one view);
+- ``refine_iterations`` (default 2): after the paper's single pass, each block's feature is
+  re-estimated as the mean of the patches that joined it and every patch chooses again
+  among the same candidates (a k-means-like refinement, as SLIC superpixels do). The
+  candidates and containment do not change, so a region stays a re-cut of its block; the
+  block features lose the other tissue they mixed in, so more patches find their tissue's
+  region (generated slides of the offline sample's size, k = 8: purity 0.834 -> 0.864,
+  boundary recall 0.43 -> 0.48, coherence 0.956 -> 0.959). ``0`` is the single pass;
 - a region's feature is the mean (raw, not standardised) feature of its patches (E = D);
 - ``beta`` is ``"novelty"`` (default: proportional to the distance of the region's mean
   standardised feature from the slide mean, i.e. how unusual the region is on this slide)
   or ``"uniform"``.
 
 Pure numpy, a few passes over the features, memory and time linear in N (100k x 768
-features: about 0.7 s on 2 CPU cores).
+features: about 1.1 s for the single pass, 2.1 s with the 2 refinements, on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -78,6 +85,9 @@ class CareFreeConfig:
         ``"novelty"`` or ``"uniform"`` (see the module docstring).
     augmented_view
         ``"smooth"`` or ``"identity"`` (see the module docstring).
+    refine_iterations
+        Re-estimations of the block features from the patches that joined them, each
+        followed by a new choice (see the module docstring); 0 = the paper's single pass.
     """
 
     k: int = DEFAULT_K
@@ -89,6 +99,7 @@ class CareFreeConfig:
     e_star: float = 0.5
     beta: str = "novelty"
     augmented_view: str = "smooth"
+    refine_iterations: int = 2
 
     def __post_init__(self) -> None:
         if self.k < 1:
@@ -103,6 +114,8 @@ class CareFreeConfig:
         if self.augmented_view not in AUGMENTED_VIEWS:
             raise ValueError(f"CareFreeConfig.augmented_view must be one of {AUGMENTED_VIEWS}, "
                              f"got {self.augmented_view!r}")
+        if self.refine_iterations < 0:
+            raise ValueError(f"CareFreeConfig.refine_iterations must be >= 0, got {self.refine_iterations}")
         if not 1 <= self.n_candidates <= 9:
             raise ValueError(f"CareFreeConfig.n_candidates must be in 1..9, got {self.n_candidates}")
 
@@ -182,6 +195,85 @@ def _masked_softmax(logits: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return weight / weight.sum(axis=1, keepdims=True)
 
 
+def _log_scores(features: np.ndarray, mean: np.ndarray, std: np.ndarray, raw_block_features: np.ndarray,
+                partition: BlockPartition, candidates: Candidates, smoothing: np.ndarray | None,
+                config: CareFreeConfig) -> np.ndarray:
+    """``[N, c]`` ``log w = log rho + log C`` of each patch's candidates (``-inf`` on missing slots)."""
+    block_features = ((raw_block_features - mean) / std).astype(np.float32)
+    unit_blocks = block_features / np.maximum(np.linalg.norm(block_features, axis=1, keepdims=True), _EPS)
+    scores = _block_scores(features, mean, std, unit_blocks, partition)
+    cosines = _candidate_cosines(scores, partition, candidates, smoothing)
+    # The mean of the views' softmaxes (g_cls = g_q, so the paper's four reduce to one or two).
+    rho = np.mean([_masked_softmax(cosine / config.similarity_temperature, candidates.valid) for cosine in cosines],
+                  axis=0)
+    # argmax w is the hard choice, softmax(log w / t) the soft one.
+    with np.errstate(divide="ignore"):
+        return np.where(candidates.valid, np.log(rho) + np.log(candidates.containment), -np.inf)
+
+
+def _refined_log_w(features: np.ndarray, mean: np.ndarray, std: np.ndarray, partition: BlockPartition,
+                   candidates: Candidates, smoothing: np.ndarray | None, config: CareFreeConfig) -> np.ndarray:
+    """``[N, c]`` ``log w`` after the single pass and ``config.refine_iterations`` refinements."""
+    raw_block_features = group_mean(features, partition.block_of_patch, partition.n_blocks)
+    chosen_block = partition.block_of_patch
+    for iteration in range(1 + config.refine_iterations):
+        if iteration:
+            # Refinement: a block's feature is the mean of the patches that chose it (a
+            # block that every patch left keeps its last feature).
+            members = np.bincount(chosen_block, minlength=partition.n_blocks) > 0
+            raw_block_features = np.where(members[:, None],
+                                          group_mean(features, chosen_block, partition.n_blocks), raw_block_features)
+        log_w = _log_scores(features, mean, std, raw_block_features, partition, candidates, smoothing, config)
+        choice = np.argmax(log_w, axis=1)
+        chosen_block = np.take_along_axis(candidates.blocks, choice[:, None], axis=1)[:, 0]
+    return log_w
+
+
+def input_log_affinity(features: np.ndarray, grid: np.ndarray, slide_of_patch: np.ndarray,
+                       partition: BlockPartition, candidates: Candidates, config: CareFreeConfig) -> np.ndarray:
+    """``log rho`` of the training-free generator for given blocks and candidates (several slides).
+
+    The affinity a learned :class:`~napari_care.core.models.care.CareModel` can start from
+    (``CareConfig.affinity_prior="input"``): features standardised per slide, the smoothed
+    view and the refinement of ``config``, the blocks and candidates of the model.
+
+    Parameters
+    ----------
+    features
+        ``[N, D]`` patch features, slide by slide.
+    grid
+        ``[N, 2]`` (gx, gy) indices.
+    slide_of_patch
+        ``[N]`` slide of each patch (blocks and neighbourhoods never cross slides).
+    partition, candidates
+        Blocks of ``grid`` per slide and each patch's candidates.
+    config
+        Training-free options (its ``k`` must be the partition's).
+
+    Returns
+    -------
+    np.ndarray
+        ``[N, c]`` float32 ``log rho`` (``-inf`` at missing candidate slots); its softmax over
+        the candidates is ``rho``, and ``argmax (log rho + log C)`` is the training-free choice.
+    """
+    features = np.asarray(features, np.float32)
+    slide_of_patch = np.asarray(slide_of_patch, np.int64)
+    standardised = np.empty_like(features)
+    for slide in np.unique(slide_of_patch):
+        rows = slide_of_patch == slide
+        mean, std = _feature_moments(features[rows])
+        standardised[rows] = (features[rows] - mean) / std
+    smoothing = None
+    if config.augmented_view == "smooth":
+        # Slides side by side on one grid, 2 cells apart, so that no 3 x 3 neighbourhood spans two.
+        width = int(np.ptp(grid[:, 0])) + 3
+        smoothing = grid_neighbourhood(grid + np.stack([slide_of_patch * width, 0 * slide_of_patch], axis=1))
+    dim = features.shape[1]
+    log_w = _refined_log_w(standardised, np.zeros(dim), np.ones(dim), partition, candidates, smoothing, config)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(candidates.valid, log_w - np.log(candidates.containment), -np.inf).astype(np.float32)
+
+
 def segment_free(features: np.ndarray, grid: np.ndarray, config: CareFreeConfig | None = None) -> CareResult:
     """Adaptive regions of one slide with the training-free generator.
 
@@ -213,23 +305,13 @@ def segment_free(features: np.ndarray, grid: np.ndarray, config: CareFreeConfig 
     partition = block_partition(grid, config.k)
     candidates = candidate_blocks(grid, partition, config.n_candidates, config.containment_temperature)
     valid = candidates.valid
-    raw_block_features = group_mean(features, partition.block_of_patch, partition.n_blocks)
-    block_features = ((raw_block_features - mean) / std).astype(np.float32)
-    unit_blocks = block_features / np.maximum(np.linalg.norm(block_features, axis=1, keepdims=True), _EPS)
-    scores = _block_scores(features, mean, std, unit_blocks, partition)
     smoothing = grid_neighbourhood(grid) if config.augmented_view == "smooth" else None
-    cosines = _candidate_cosines(scores, partition, candidates, smoothing)
-    # The mean of the views' softmaxes (g_cls = g_q, so the paper's four reduce to one or two).
-    rho = np.mean([_masked_softmax(cosine / config.similarity_temperature, valid) for cosine in cosines], axis=0)
-
-    # log w = log rho + log C; argmax w is the hard choice, softmax(log w / t) the soft one.
-    with np.errstate(divide="ignore"):
-        log_w = np.where(valid, np.log(rho) + np.log(candidates.containment), -np.inf)
+    log_w = _refined_log_w(features, mean, std, partition, candidates, smoothing, config)
     candidate_rank = np.argmax(log_w, axis=1).astype(np.int64)
+    chosen_block = np.take_along_axis(candidates.blocks, candidate_rank[:, None], axis=1)[:, 0]
     soft = _masked_softmax(log_w / config.assignment_temperature, valid)
     expected_rank = float((soft @ np.arange(valid.shape[1])).mean())
 
-    chosen_block = np.take_along_axis(candidates.blocks, candidate_rank[:, None], axis=1)[:, 0]
     region_of_patch, _ = dense_labels(chosen_block)
     n_regions = int(region_of_patch.max()) + 1
     region_features = group_mean(features.astype(np.float32, copy=False), region_of_patch, n_regions)

@@ -83,6 +83,11 @@ class CareBatchOutput:
     tensors ``[S, R_max]`` or ``[S, R_max, E]`` (padding 0), per-slide tensors ``[S]`` or
     ``[S, E]``; region and block ids count from 0 within each slide. The training loss is
     ``main + config.lambda_rsl * rsl.mean()``.
+
+    ``assignment`` (``[S, N_max, c]``, the soft choice ``p`` over each patch's candidates, 0 at
+    padding) and ``candidate_region`` (``[S, N_max, c]`` long, the region each candidate
+    block grew into, -1 where it grew into none or the slot is missing) let a loss reach
+    the generator through ``p`` directly.
     """
 
     patch_mask: torch.Tensor
@@ -102,6 +107,8 @@ class CareBatchOutput:
     rsl: torch.Tensor
     grid: torch.Tensor
     k: int
+    assignment: torch.Tensor | None = None
+    candidate_region: torch.Tensor | None = None
 
     @property
     def n_slides(self) -> int:

@@ -12,24 +12,22 @@ augmentation). Per step, for a batch of sub-slides:
   ``CE(softmax((t - c) / tau_t), softmax(s / tau_s))`` with a centre ``c`` (EMA of the
   teacher's outputs) and a sharp teacher temperature, the two devices that keep DINO
   from collapsing.
-* ``L_mim`` (iBOT, masked patch-feature prediction): in the student's input a share of
-  each view's patches is replaced by a learned mask token (in feature space, ``[D]``).
-  The target of a masked patch is the teacher's patch token, ``teacher.embed(x_j)`` of
-  the clean view (the embedding CARE's region generator compares with its blocks),
-  through the teacher's patch head, centred and sharpened as above. The student's
-  prediction is read from the **ARSA feature of the adaptive region the patch joined**
-  (CareModel exposes no per-patch contextual output; a region feature is CARE's most
-  local contextual output). A region feature that predicts all its patches well is one
-  of a homogeneous region, so this loss also rewards regions that follow tissue, and
+* ``L_mim`` (iBOT, masked patch-feature prediction): a share of each view's patches is
+  replaced by a learned mask token ``[D]`` in the student's input. Target: the teacher's
+  patch token ``teacher.embed(x_j)`` of the clean view through its patch head, centred
+  and sharpened. Prediction: the **ARSA feature of the adaptive region the patch joined**
+  (CARE's most local contextual output), so the loss also rewards homogeneous regions;
   its gradient reaches the generator through the straight-through gate.
 * ``L_rsl``: the student's region structuring loss (``CareConfig.lambda_rsl``).
+* ``L_cons`` (``consistency_weight``, 0 by default; this project's addition): the expected
+  cross-entropy ``sum_c p[j, c] CE(teacher_j, region(c))`` of every real patch's teacher
+  token under the soft assignment over its *candidate* regions. Its gradient reaches
+  ``p`` directly: each patch is pulled to the candidate region that describes it best.
 
-The teacher follows the student by EMA with a momentum that rises from
-``teacher_momentum`` to 1 on a cosine. The model saved (and returned) is the **teacher's
-CareModel** (as DINO/iBOT use the teacher downstream); the checkpoint's extra state holds
-the student, both heads, the mask token, the centres and the AdamW state for resuming.
-Mask ratios, view sizes, augmentations, heads and temperatures are this project's
-choices (the paper does not give them).
+The teacher follows the student by EMA (momentum ``teacher_momentum`` rising to 1 on a
+cosine). The model saved and returned is the **teacher's CareModel** (as in DINO/iBOT);
+the checkpoint's extra state holds what resuming needs. Mask ratios, views, augmentations,
+heads and temperatures are this project's choices (the paper does not give them).
 
 Reproducibility: the randomness of step ``t`` comes from a generator seeded with
 ``(seed, t)``, so a run resumed from a checkpoint ends exactly as the uninterrupted run.
@@ -76,30 +74,28 @@ class Stage1Config:
         AdamW peak learning rate, weight decay, linear warmup before the cosine decay.
     max_patches, min_patches
         Sub-slide size limit and the smallest tissue piece kept (paper: about 360).
-    crop_fraction
-        A view keeps a share of its sub-slide's patches drawn uniformly from this range.
-    mask_ratio
-        Share of a view's patches masked in the student, drawn uniformly from this range.
+    crop_fraction, mask_ratio
+        Ranges of the share of a sub-slide's patches a view keeps, and of a view's patches
+        masked in the student (each drawn uniformly).
     augmentation
         Feature augmentation of each view.
     head_hidden, head_bottleneck, prototypes
         Projection heads: ``E -> hidden -> bottleneck -> L2-normalise -> prototypes``.
-    student_temperature, teacher_temperature
-        Softmax temperatures of student and teacher outputs.
-    center_momentum
-        EMA momentum of the teacher centres.
+    student_temperature, teacher_temperature, center_momentum
+        Softmax temperatures of student and teacher outputs; EMA momentum of the centres.
     teacher_momentum
         Initial EMA momentum of the teacher (rises to 1 at the last step).
-    mim_weight
-        Weight of the masked patch prediction loss.
-    checkpoint_every
-        Save ``care_stage1_step<step>`` every that many steps (0: only the final one).
-    log_every
-        Report progress every that many steps.
-    seed
-        Seed of all randomness of the run (initial weights included).
-    device
-        Torch device.
+    mim_weight, consistency_weight
+        Weights of ``L_mim`` and ``L_cons`` (0: off, the default; not in the paper).
+    scale_lr_factor
+        Learning-rate factor of the generator's scalar weights (``CareConfig.affinity_prior
+        ="input"``): Adam moves a parameter by about ``lr`` per step, too little for a
+        scalar that sets how semantic the whole partition is.
+    checkpoint_every, log_every
+        Save ``care_stage1_step<step>`` (0: only the final one) and report progress every
+        that many steps.
+    seed, device
+        Seed of all randomness of the run (initial weights included); torch device.
     """
 
     steps: int = 1000
@@ -120,6 +116,8 @@ class Stage1Config:
     center_momentum: float = 0.9
     teacher_momentum: float = 0.99
     mim_weight: float = 1.0
+    consistency_weight: float = 0.0
+    scale_lr_factor: float = 20.0
     checkpoint_every: int = 0
     log_every: int = 10
     seed: int = 0
@@ -137,8 +135,10 @@ class Stage1Config:
                 raise ValueError(f"Stage1Config.{name} must satisfy 0 < low <= high <= 1, got {(low, high)}")
         if not 0.0 <= self.teacher_momentum < 1.0 or not 0.0 <= self.center_momentum < 1.0:
             raise ValueError("Stage1Config: teacher_momentum and center_momentum must be in [0, 1)")
-        if self.student_temperature <= 0 or self.teacher_temperature <= 0 or self.mim_weight < 0:
-            raise ValueError("Stage1Config: temperatures must be > 0 and mim_weight >= 0")
+        if self.student_temperature <= 0 or self.teacher_temperature <= 0 or self.mim_weight < 0 \
+                or self.consistency_weight < 0 or self.scale_lr_factor <= 0:
+            raise ValueError("Stage1Config: temperatures and scale_lr_factor must be > 0, mim_weight and "
+                             "consistency_weight >= 0")
 
     def to_dict(self) -> dict:
         """The options as a JSON-able dict."""
@@ -147,9 +147,8 @@ class Stage1Config:
 
 @dataclass
 class Stage1Result:
-    """Outcome of :func:`train_care_stage1`: the teacher's CareModel (eval mode), its config,
-    the total loss of every step and its parts (resumed runs include earlier steps), and
-    the final checkpoint's JSON path."""
+    """Outcome of :func:`train_care_stage1`: the teacher's CareModel (eval mode), its config, the
+    total loss of every step and its parts (resumed runs include earlier ones), the final checkpoint."""
 
     model: CareModel
     config: CareConfig
@@ -256,7 +255,28 @@ def stage1_losses(student: Stage1Network, teacher: Stage1Network, views: _Views,
     rsl = out.rsl.mean()
     total = slide_loss + config.mim_weight * mim_loss + student.care.config.lambda_rsl * rsl
     parts = {"slide": float(slide_loss.detach()), "mim": float(mim_loss.detach()), "rsl": float(rsl.detach())}
+    if config.consistency_weight > 0:
+        consistency = _consistency_loss(student, teacher, views, out, centers["patch"], config)
+        total = total + config.consistency_weight * consistency
+        parts["consistency"] = float(consistency.detach())
     return total, parts, {"slide": teacher_slide, "patch": teacher_patch}
+
+
+def _consistency_loss(student: Stage1Network, teacher: Stage1Network, views: _Views, out, center: torch.Tensor,
+                      config: Stage1Config) -> torch.Tensor:
+    """``L_cons``: expected cross-entropy of each real patch's teacher token under ``p`` over its candidate regions."""
+    rows, cols = views.valid.nonzero(as_tuple=True)
+    with torch.no_grad():
+        target = torch.softmax((teacher.patch_head(teacher.care.embed(views.features[rows, cols])) - center)
+                               / config.teacher_temperature, dim=-1)
+    # Log-probabilities once per region, then gathered per (patch, candidate); -1: no region.
+    region_log_prob = torch.log_softmax(student.patch_head(out.region_features) / config.student_temperature, dim=-1)
+    candidate_region = out.candidate_region[rows, cols]
+    weight = out.assignment[rows, cols] * (candidate_region >= 0)
+    cross_entropy = -(target[:, None, :] * region_log_prob[rows[:, None], candidate_region.clamp_min(0)]).sum(-1)
+    per_patch = (weight * cross_entropy).sum(1) / weight.sum(1).clamp_min(1e-12)
+    per_view = per_patch.new_zeros(len(views.valid)).index_add(0, rows, per_patch)
+    return (per_view / views.valid.sum(1).clamp_min(1)).mean()
 
 
 @torch.no_grad()
@@ -328,7 +348,11 @@ def train_care_stage1(slides: Sequence[SlideFeatures], model_config: CareConfig 
     student, teacher = _networks(model_config, config, device)
     centers = {"slide": torch.zeros(config.prototypes, device=device),
                "patch": torch.zeros(config.prototypes, device=device)}
-    optimizer = torch.optim.AdamW(student.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scales = {"care.affinity_scale", "care.log_prior_scale"}   # the generator's scalar weights (no decay)
+    weights, gains = ([p for name, p in student.named_parameters() if (name in scales) == gain] for gain in (0, 1))
+    optimizer = torch.optim.AdamW([{"params": weights, "lr_factor": 1.0}, {
+        "params": gains, "lr_factor": config.scale_lr_factor, "weight_decay": 0.0}], lr=config.lr,
+        weight_decay=config.weight_decay)
     if state is not None:
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
@@ -341,7 +365,7 @@ def train_care_stage1(slides: Sequence[SlideFeatures], model_config: CareConfig 
         seed = step_seed(config.seed, step)
         views = _draw_views(slides, pool, config, np.random.default_rng(seed), device)
         for group in optimizer.param_groups:
-            group["lr"] = cosine_schedule(step, config.steps, config.warmup_steps, config.lr)
+            group["lr"] = group["lr_factor"] * cosine_schedule(step, config.steps, config.warmup_steps, config.lr)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # the student's augmented patch view draws from the global generator
             loss, parts, teacher_outputs = stage1_losses(student, teacher, views, centers, config)
@@ -355,7 +379,7 @@ def train_care_stage1(slides: Sequence[SlideFeatures], model_config: CareConfig 
             centers[name] = momentum_c * centers[name] + (1 - momentum_c) * output.mean(0)
         losses.append(float(loss.detach()))
         for name, value in parts.items():
-            components[name].append(value)
+            components.setdefault(name, []).append(value)
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             yield Progress("care-stage1", done, config.steps,
