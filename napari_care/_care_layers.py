@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from napari_care._layer_draw import OneCallPerTurn, glyph_loaders, qt_window
 from napari_care._layers import level0_to_world, placement, world_units
 from napari_care.core.heatmap import heatmap_raster
 from napari_care.core.raster import GridRaster
@@ -29,6 +30,8 @@ GROUP_PALETTE = np.array([  # distinct, colour-blind friendly (Okabe-Ito, then T
     (204, 121, 167), (136, 34, 85), (68, 170, 153), (153, 153, 51), (51, 34, 136), (221, 204, 119),
 ]) / 255.0  # fmt: skip
 
+# every character roi_layer's labels can hold, and those vispy measures every text's line height by
+ROI_LABEL_CHARACTERS = "ROI: region (a=)0123456789.e-+" + "ÅÉÑŐjgpqy"
 HOVER_SEPARATOR = " | "  # between napari's status and the CARE hover text
 EDGE_WIDTH_SHARE = 0.002  # ROI outline width as a share of the slide's longer side
 
@@ -181,6 +184,17 @@ def attention_layer(result: SegmentResult, slide: Slide, display: DisplayOptions
         **placement(slide, raster.origin_level0, raster.stride_level0),
     }
     return (np.where(np.isfinite(values), values, off_tissue).astype(np.float32), kwargs, "image")
+
+
+def warm_up_roi_text(viewer) -> OneCallPerTurn:
+    """Render the glyphs of the ROI labels into the viewer's font atlas, one per event-loop turn.
+
+    A first ROI layer would otherwise render them all in its first paint (about 0.2 s here).
+    The returned calls are ``pending`` until the last glyph is made.
+    """
+    glyphs = OneCallPerTurn(parent=qt_window(viewer))
+    glyphs.start(glyph_loaders(viewer, ROI_LABEL_CHARACTERS))
+    return glyphs
 
 
 def care_layers(result: SegmentResult, slide: Slide, display: DisplayOptions | None = None,

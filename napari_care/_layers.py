@@ -1,9 +1,12 @@
 """The napari boundary for layer data: the one place where level-0 (x, y) pixels become
-napari's (row, col) world coordinates in micrometres (or pixels when a slide has no mpp).
+napari's (row, col) world coordinates in micrometres (or pixels when a slide has no mpp), and
+where layers go into a viewer (in place; :mod:`napari_care._layer_draw` spreads them over
+event-loop turns).
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import numpy as np
@@ -96,11 +99,18 @@ def visible_box_level0(layer) -> tuple[float, float, float, float]:
 
 
 _UPDATABLE = ("scale", "translate", "features", "colormap", "contrast_limits")
-_UPDATABLE_BY_TYPE = {"image": ("opacity",)}  # the heatmap's opacity is a widget option; the rest keep the user's
+_UPDATABLE_BY_TYPE = {
+    "image": ("opacity",),  # the heatmap's opacity is a widget option; the other layers keep the user's
+    "shapes": ("edge_width", "edge_color", "face_color"),  # per shape: set again after the data
+}
 
 
-def put_layer(viewer, data: Any, kwargs: dict, layer_type: str):
+def put_layer(viewer, data: Any, kwargs: dict, layer_type: str, *, activate: bool = True):
     """Update the layer named ``kwargs["name"]`` in place, or add it when there is none.
+
+    An added layer becomes the active one (napari's way) unless ``activate`` is False: then
+    the user's selection stays, and napari skips switching the layer controls and building
+    the new layer's editing overlays (a tenth of a second for the three CARE layers).
 
     In-place updates keep the layer's position in the list and what the user set by hand
     (visibility, blending; opacity except an image's); data, placement, colours and tables
@@ -114,16 +124,27 @@ def put_layer(viewer, data: Any, kwargs: dict, layer_type: str):
 
         if existing is not None:
             viewer.layers.remove(existing)
-        return viewer.add_layer(Layer.create(data, kwargs, layer_type))
-    if layer_type == "shapes":
-        existing.data = []  # clears the selection too
-        existing.add(data, shape_type=kwargs.get("shape_type", "rectangle"), edge_width=kwargs.get("edge_width", 1),
-                     edge_color=kwargs.get("edge_color", "white"), face_color=kwargs.get("face_color", "transparent"))
-    else:
-        existing.data = data
-    for key in _UPDATABLE + _UPDATABLE_BY_TYPE.get(layer_type, ()):
-        if key in kwargs and not _same(getattr(existing, key, None), kwargs[key]):
-            setattr(existing, key, kwargs[key])
+        layers, activating = viewer.layers, getattr(viewer.layers, "_activate_on_insert", None)
+        if activating is not None:
+            layers._activate_on_insert = activate and activating
+        try:
+            return viewer.add_layer(Layer.create(data, kwargs, layer_type))
+        finally:
+            if activating is not None:
+                layers._activate_on_insert = activating
+    quiet = contextlib.nullcontext()
+    if layer_type == "shapes" and not existing.selected_data and existing.mode == "pan_zoom":
+        # no selection or hover outline to show, before or after: redrawing the (empty) highlight
+        # would only make vispy rebuild its shader program (tens of ms in software rendering)
+        quiet = existing.events.highlight.blocker()
+    with quiet:
+        if layer_type == "shapes":  # one data assignment (one dims update, one refresh), then the styles
+            existing.data = [(shape, kwargs.get("shape_type", "rectangle")) for shape in data]
+        else:
+            existing.data = data
+        for key in _UPDATABLE + _UPDATABLE_BY_TYPE.get(layer_type, ()):
+            if key in kwargs and not _same(getattr(existing, key, None), kwargs[key]):
+                setattr(existing, key, kwargs[key])
     if layer_type == "labels" and "colormap" not in kwargs and existing.metadata.get("colour_by") != "region":
         from napari.utils.colormaps import label_colormap
 

@@ -1,10 +1,9 @@
 """The "CARE: segment regions" widget: options in, one core call in a thread worker, layers out.
 
-No numerics here: the widget builds a :class:`~napari_care.core.segment.SegmentOptions`,
-runs :meth:`~napari_care.core.session.SegmentSession.run` (and, when one is chosen, an AB-MIL
-head on the run's features) in a napari thread worker, and hands the result to
-:mod:`napari_care._care_layers`. While the user looks at the slide, a warm-up worker loads
-what every first run needs (tissue mask, encoder, imports), so a Run costs only its tiles.
+No numerics here: a napari thread worker runs :meth:`~napari_care.core.session.SegmentSession.run`
+(then an AB-MIL head, when one is chosen) and builds the layer data (:mod:`napari_care._care_layers`);
+the GUI thread puts the three layers in, one per event-loop turn, and the canvas paints them at
+once. A warm-up loads what a first run needs (tissue mask, encoder, imports, the ROI labels' glyphs).
 """
 
 from __future__ import annotations
@@ -18,8 +17,9 @@ from typing import TYPE_CHECKING
 import magicgui.widgets as mg
 from qtpy.QtCore import QTimer
 
-from napari_care._care_layers import COLOUR_BY, DisplayOptions, care_layers, with_hover
-from napari_care._layers import put_layer, slide_layers, visible_box_level0
+from napari_care._care_layers import COLOUR_BY, DisplayOptions, care_layers, warm_up_roi_text, with_hover
+from napari_care._layer_draw import LayerDraw, warm_up_line_visuals
+from napari_care._layers import slide_layers, visible_box_level0
 from napari_care._review_panel import ReviewPanel
 from napari_care.core.heatmap import NORMALISATIONS
 from napari_care.core.progress import Progress
@@ -28,6 +28,7 @@ from napari_care.core.segment import SegmentOptions, SegmentResult
 if TYPE_CHECKING:
     import napari
 
+    from napari_care._care_layers import LayerData
     from napari_care.core.mil_heatmap import MilHead, MilOutput
     from napari_care.core.session import SegmentSession
 
@@ -159,34 +160,37 @@ def _is_file(value) -> bool:
 
 
 def segment_job(session: SegmentSession, options: SegmentOptions, box, cancel: threading.Event,
-                mil_head: MilHead | str | None = None,
-                ) -> Generator[Progress, None, tuple[SegmentResult, MilOutput | None, MilHead | None]]:
-    """One widget run: segment, then apply the MIL head (if any) to the run's patch features.
+                mil_head: MilHead | str | None = None, display: DisplayOptions | None = None,
+                ) -> Generator[Progress, None, tuple[SegmentResult, MilOutput | None, MilHead | None, list | None]]:
+    """One widget run: segment, apply the MIL head (if any), build the layers' data (numpy work
+    kept off the GUI thread) when ``display`` is given.
 
     ``mil_head`` is a loaded head or the path of its checkpoint (loaded here, in the worker).
-    Returns the result, the MIL output and the loaded head (None, None without a head).
+    Returns the result, the MIL output and loaded head (None, None without a head), the layers' data.
     """
     result = yield from session.run(options, box, cancel)
-    if mil_head is None:
-        return result, None, None
+    output = None
     if isinstance(mil_head, str):
         from napari_care.core.mil_heatmap import load_mil_head
 
         yield Progress("mil", 0, 1, f"loading the MIL head {Path(mil_head).name}")
         mil_head = load_mil_head(mil_head)
-    yield Progress("mil", 0, 1, f"MIL attention over {len(result.features)} patches")
-    output = mil_head.apply(result.features.features, encoder=result.features.encoder)
-    yield Progress("mil", 1, 1, f"MIL predicts {output.predicted}")
-    return result, output, mil_head
+    if mil_head is not None:
+        yield Progress("mil", 0, 1, f"MIL attention over {len(result.features)} patches")
+        output = mil_head.apply(result.features.features, encoder=result.features.encoder)
+        yield Progress("mil", 1, 1, f"MIL predicts {output.predicted}")
+    layers = None if display is None else care_layers(result, session.slide, display, output)
+    return result, output, mil_head, layers
 
 
 def warm_up_job(session: SegmentSession, options: SegmentOptions) -> None:
-    """Load what a first run needs: the heavy imports, the tissue mask and the encoder."""
+    """Load what a first run needs: the heavy imports, the tissue mask, the encoder, vispy's lines."""
     import sklearn.cluster  # noqa: F401  (phenotype groups; seconds to import the first time)
 
     import napari_care.core.extract
     import napari_care.core.models.care_free  # noqa: F401
 
+    warm_up_line_visuals()  # the regions layer's polygon overlay draws lines
     session.tissue(options.tissue_threshold)
     session.encoder(options)
 
@@ -204,6 +208,8 @@ class SegmentController:
         self.result: SegmentResult | None = None
         self.mil_output: MilOutput | None = None
         self.result_layer = None
+        self._drawing = LayerDraw(self.viewer, also_held=[widget.native])  # its bar and status: one repaint
+        self._glyphs = warm_up_roi_text(self.viewer)  # on the GUI thread, while the user looks around
         self._mil_heads: dict[tuple[str, int], MilHead] = {}
         self._stage_started: dict[str, tuple[float, int]] = {}
         self._latest_progress: Progress | None = None
@@ -240,10 +246,11 @@ class SegmentController:
         mil_key = None if mil_path is None else (mil_path, Path(mil_path).stat().st_mtime_ns)
         mil_head = None if mil_key is None else self._mil_heads.get(mil_key, mil_path)
         # superqt's worker, not napari's: errors come to _on_error only (no pop-up for "no tissue")
+        display = self.widget.display_options()
         worker = create_worker(segment_job, self.session(layer), self.widget.segment_options(), box, cancel_event,
-                               mil_head, _start_thread=False, _ignore_errors=True)
+                               mil_head, display, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(lambda report, w=worker: self._on_progress(w, report))
-        worker.returned.connect(lambda out, w=worker, lyr=layer, key=mil_key: self._on_result(w, lyr, key, *out))
+        worker.returned.connect(lambda out, w=worker, lyr=layer, key=mil_key: self._on_result(w, lyr, key, display, *out))
         worker.errored.connect(lambda error, w=worker: self._on_error(w, error))
         worker.finished.connect(lambda w=worker: self._on_finished(w))
         self.worker = worker
@@ -253,7 +260,8 @@ class SegmentController:
         worker.start()
 
     def cancel(self, *_args) -> None:
-        """Stop the running worker within one batch; the layers stay as they were."""
+        """Stop the running worker within one batch; the layers stay as they were (a draw under way,
+        its run being over, completes: the three layers always show one result)."""
         if self.worker is not None:
             # the run sees the event within one batch and raises, closing its tile readers; its
             # late result or error is ignored, since it is no longer self.worker
@@ -280,8 +288,13 @@ class SegmentController:
 
     @property
     def busy(self) -> bool:
-        """True while a run computes (its layers are drawn by the time it is not)."""
-        return self.worker is not None
+        """True while a run computes or its layers are being put in (they are drawn when it is not)."""
+        return self.worker is not None or self._drawing.pending
+
+    @property
+    def warming_up(self) -> bool:
+        """True while the warm-up (background loading, then glyphs on the GUI thread) goes on."""
+        return self.warm_worker is not None or self._glyphs.pending
 
     def redraw(self, *_args) -> None:
         """Redraw the last result's layers with the current display options (no recomputing)."""
@@ -339,14 +352,16 @@ class SegmentController:
             text = f"{report.stage}: {report.done}/{report.total}, about {(report.total - report.done) / rate:.0f} s left"
         self._say(text)
 
-    def _on_result(self, worker, layer, mil_key, result: SegmentResult, mil_output: MilOutput | None,
-                   mil_head: MilHead | None) -> None:
+    def _on_result(self, worker, layer, mil_key, display: DisplayOptions, result: SegmentResult,
+                   mil_output: MilOutput | None, mil_head: MilHead | None, layers: list[LayerData]) -> None:
         if worker is not self.worker:
             return  # a stale run finished after a newer one started
         self._drop_progress()
-        self.widget.progress.value = self.widget.progress.max  # a throttled last report may not have shown
+        self.worker, self.widget.cancel_button.enabled = None, False  # nothing left to cancel: the draw completes
         self.result, self.mil_output, self.result_layer = result, mil_output, layer
-        self._draw()  # all three layers in one go: one repaint of the canvas
+        # first, as it holds repaints: the bar and the status below join the layers' repaint
+        self._draw(layers if display == self.widget.display_options() else None)  # else built for other options
+        self.widget.progress.value = self.widget.progress.max  # a throttled last report may not have shown
         cached = len(result.features) - result.encoded_tiles
         text = (f"{result.care.n_regions} regions over {len(result.features)} patches "
                 f"({result.encoded_tiles} encoded, {cached} from cache); ROI = region {result.care.roi}")
@@ -371,14 +386,15 @@ class SegmentController:
 
     def _on_finished(self, worker) -> None:
         if worker is self.worker:
-            self.worker = None
-            self.widget.cancel_button.enabled = False
+            self.worker, self.widget.cancel_button.enabled = None, False
 
-    def _draw(self) -> None:
-        slide = self.result_layer.metadata["slide"]
-        for data, kwargs, layer_type in care_layers(self.result, slide, self.widget.display_options(),
-                                                    self.mil_output):
-            put_layer(self.viewer, data, kwargs, layer_type)
+    def _draw(self, layers: list[LayerData] | None = None) -> None:
+        """Put the result's layers in, one per event-loop turn, in place of a draw still under way
+        (this one puts all three); the canvas is held until the last, then paints them at once."""
+        if layers is None:
+            slide = self.result_layer.metadata["slide"]
+            layers = care_layers(self.result, slide, self.widget.display_options(), self.mil_output)
+        self._drawing.start(layers)
 
     def _say(self, text: str) -> None:
         self.widget.status.value = text

@@ -44,7 +44,7 @@ def viewer_widget(make_napari_viewer, slide_path, qtbot):
     viewer.add_layer(Layer.create(data, kwargs, kind))
     widget = CareSegmentWidget(viewer)
     viewer.window.add_dock_widget(widget, name="CARE")
-    qtbot.waitUntil(lambda: widget.controller.warm_worker is None, timeout=RUN_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.controller.warming_up, timeout=RUN_TIMEOUT_MS)
     yield viewer, widget
     widget.controller.cancel()
 
@@ -121,7 +121,9 @@ def test_whole_slide_run_draws_three_aligned_layers(viewer_widget, qtbot):
     corners = level0_to_world(slide, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
     np.testing.assert_allclose(viewer.layers[ROI].data[0], corners)
 
-    widget.opacity.value = 0.3  # a display option: redrawn at once, no rerun
+    widget.opacity.value = 0.3  # a display option: redrawn within a few event-loop turns, no rerun
+    assert widget.controller.busy
+    qtbot.waitUntil(lambda: not widget.controller.busy, timeout=5000)
     assert heatmap.opacity == pytest.approx(0.3)
 
     # hovering: napari's status thread sets the status; the widget adds region, weight, attention
@@ -137,6 +139,111 @@ def test_whole_slide_run_draws_three_aligned_layers(viewer_widget, qtbot):
     run_and_wait(widget, qtbot)
     assert list(viewer.layers) == layers_before  # updated in place: the same four layer objects
     assert widget.controller.result.care.k == 4
+
+
+def care_layers_now(widget):
+    """The layer data of the controller's last result, rebuilt here with the current display options."""
+    from napari_care._care_layers import care_layers
+
+    controller = widget.controller
+    return care_layers(controller.result, controller.result_layer.metadata["slide"], widget.display_options(),
+                       controller.mil_output)
+
+
+def assert_layers_show_the_last_result(viewer, widget) -> None:
+    """All three CARE layers hold the controller's last result (none left from another run)."""
+    regions, attention, roi = care_layers_now(widget)
+    np.testing.assert_array_equal(viewer.layers[REGIONS].data, regions[0])
+    np.testing.assert_array_equal(viewer.layers[ATTENTION].data, attention[0])
+    assert viewer.layers[ATTENTION].opacity == pytest.approx(attention[1]["opacity"])
+    shapes = viewer.layers[ROI]
+    assert len(shapes.data) == len(roi[0]) and all(np.allclose(a, b) for a, b in zip(shapes.data, roi[0], strict=True))
+    assert list(shapes.features["label"]) == roi[1]["features"]["label"]
+
+
+def test_a_draw_puts_one_layer_per_turn_and_the_window_repaints_them_at_once(viewer_widget, qtbot):
+    from qtpy.QtCore import QTimer
+
+    viewer, widget = viewer_widget
+    controller, window = widget.controller, viewer.window._qt_window
+    turns = QTimer()  # a zero-interval timer ticks once per event-loop turn
+    turns.setInterval(0)
+    ticks = []
+    turns.timeout.connect(lambda: ticks.append(1))
+    inserted = []  # (name, event-loop turn, window repainting?, busy?) as each layer goes in
+
+    def on_inserted(event):
+        inserted.append((event.value.name, len(ticks), window.updatesEnabled(), controller.busy))
+        turns.start()  # from the first layer on
+
+    viewer.layers.events.inserted.connect(on_inserted)
+    widget.scope.value = "whole slide"
+    controller.run()
+    qtbot.waitUntil(lambda: not controller.busy, timeout=RUN_TIMEOUT_MS)
+    turns.stop()
+    viewer.layers.events.inserted.disconnect(on_inserted)  # it holds the window: the viewer could not go
+    assert [name for name, *_ in inserted] == [REGIONS, ATTENTION, ROI]
+    assert all(not repainting and busy for _, _, repainting, busy in inserted)  # window held, still busy
+    turn_of_layer = [turn for _, turn, _, _ in inserted]
+    assert turn_of_layer == sorted(set(turn_of_layer))  # each layer in a turn of its own
+    assert window.updatesEnabled() and "regions over" in widget.status.value
+    assert viewer.layers.selection.active is slide_layer(viewer)  # the new layers did not take it
+    assert_layers_show_the_last_result(viewer, widget)
+    regions, image = viewer.layers[REGIONS], slide_layer(viewer)
+    result = controller.result
+    (x, y), (gx, gy) = result.features.coords[0], result.features.grid[0]
+    np.testing.assert_array_equal(np.round(regions.world_to_data(image.data_to_world((y, x)))).astype(int), (gy, gx))
+
+    # in place (the layers exist): one layer per turn again, the canvas held, not the whole window
+    canvas, updated = viewer.window._qt_viewer.canvas.native, []
+
+    def on_data(_event):
+        updated.append((canvas.updatesEnabled(), window.updatesEnabled()))
+
+    viewer.layers[REGIONS].events.data.connect(on_data)
+    widget.k.value = 4
+    run_and_wait(widget, qtbot)
+    viewer.layers[REGIONS].events.data.disconnect(on_data)
+    assert updated == [(False, True)] and canvas.updatesEnabled()
+    assert_layers_show_the_last_result(viewer, widget)
+
+
+def test_cancel_a_new_run_or_a_redraw_during_a_draw_leave_one_results_layers(viewer_widget, qtbot):
+    viewer, widget = viewer_widget
+    controller = widget.controller
+    widget.scope.value = "whole slide"
+    run_and_wait(widget, qtbot)
+
+    # Cancel while the layers go in: the run is over, the draw completes and says so
+    widget.k.value = 4
+    controller.run()
+    controller.worker.returned.connect(lambda _out: widget.cancel_button.changed.emit(True))
+    qtbot.waitUntil(lambda: not controller.busy, timeout=RUN_TIMEOUT_MS)
+    assert controller.result.care.k == 4 and "regions over" in widget.status.value
+    assert not widget.cancel_button.enabled
+    assert_layers_show_the_last_result(viewer, widget)
+
+    # a new run while the layers of the last go in: they complete, then the new run's replace them
+    widget.k.value = 2
+    controller.run()
+
+    def rerun(_out):
+        widget.k.value = 6
+        controller.run()
+
+    controller.worker.returned.connect(rerun)
+    qtbot.waitUntil(lambda: controller.result.care.k == 6 and not controller.busy, timeout=RUN_TIMEOUT_MS)
+    assert_layers_show_the_last_result(viewer, widget)
+    assert viewer.window._qt_window.updatesEnabled()
+
+    # a display option changed while the layers go in: a new draw replaces the rest of the stale one
+    widget.k.value = 3
+    controller.run()
+    controller.worker.returned.connect(lambda _out: setattr(widget.opacity, "value", 0.25))
+    qtbot.waitUntil(lambda: controller.result.care.k == 3 and not controller.busy, timeout=RUN_TIMEOUT_MS)
+    assert viewer.layers[ATTENTION].opacity == pytest.approx(0.25)
+    assert_layers_show_the_last_result(viewer, widget)
+    assert len(viewer.layers) == 4
 
 
 def _roi_boxes(result):
