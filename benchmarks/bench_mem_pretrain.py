@@ -1,11 +1,14 @@
 """MEM / CMEM pretraining speed: optimiser steps per second of ``train_mem``.
 
 Runs the real training loop (batch sampling, masking, forward, backward, AdamW) on random
-region tokens with the default encoder sizes (dim 256, depth 2, 4 heads) for D = 96 and
-768 and prints steps per second and regions per second (checkpoint writing excluded).
+region tokens with the default encoder sizes (dim 256, depth 2, 4 heads; ``--dim`` sets the
+width) for D = 96 and 768 and prints steps per second and regions per second (checkpoint
+writing excluded). Then the inference side: regions per second of
+``MixMagEncoder.mil_instances`` with the ``cls`` and ``cls+tile`` readouts (one token per
+region; ``cls+tile`` also picks each region's most salient 20x tile).
 
-    python benchmarks/bench_mem_pretrain.py [--dims 96 768] [--steps 30] [--batch 64]
-                                            [--threads 1] [--device cpu]
+    python benchmarks/bench_mem_pretrain.py [--dims 96 768] [--dim 256] [--steps 30]
+                                            [--batch 64] [--threads 1] [--device cpu]
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import time
 import numpy as np
 import torch
 
-from napari_care.core.models.mixmag import N_TOKENS, MixMagConfig, RegionTokens
+from napari_care.core.models.mixmag import N_TOKENS, MixMagConfig, MixMagEncoder, RegionTokens
 from napari_care.core.progress import Progress
 from napari_care.core.train.mem import MEMTrainConfig, train_mem
 
@@ -34,12 +37,12 @@ def random_slides(feature_dim: int, n_slides: int = 4, regions: int = 256) -> li
     return slides
 
 
-def steps_per_second(feature_dim: int, objective: str, steps: int, batch: int, device: str) -> float:
+def steps_per_second(feature_dim: int, objective: str, steps: int, batch: int, device: str, dim: int) -> float:
     """Steps per second after two warm-up steps, from the progress reports' timestamps."""
     stamps: list[float] = []
     config = MEMTrainConfig(steps=steps, batch_size=batch, warmup_steps=2, log_every=1, device=device)
     with tempfile.TemporaryDirectory() as out_dir:
-        work = train_mem(random_slides(feature_dim), MixMagConfig(in_dim=feature_dim, objective=objective),
+        work = train_mem(random_slides(feature_dim), MixMagConfig(in_dim=feature_dim, dim=dim, objective=objective),
                          out_dir, config)
         for report in work:
             if isinstance(report, Progress) and report.message.startswith("step"):
@@ -50,9 +53,25 @@ def steps_per_second(feature_dim: int, objective: str, steps: int, batch: int, d
     return (len(measured) - 1) / (measured[-1] - measured[0])
 
 
+def readout_regions_per_second(feature_dim: int, readout: str, dim: int, device: str, repeats: int = 3) -> float:
+    """Regions per second of ``mil_instances`` over one slide's 256 regions (best of ``repeats``)."""
+    slide = random_slides(feature_dim, n_slides=1)[0]
+    model = MixMagEncoder(MixMagConfig(in_dim=feature_dim, dim=dim, readout=readout)).to(device).eval()
+    tokens, present = torch.from_numpy(slide.tokens).to(device), torch.from_numpy(slide.token_present).to(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model.mil_instances(tokens, present)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return len(tokens) / best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[96, 768])
+    parser.add_argument("--dim", type=int, default=256, help="encoder width")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -61,12 +80,17 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU threads, "
-          f"batch {args.batch} regions x {N_TOKENS} tokens, encoder dim 256 depth 2 heads 4")
+          f"batch {args.batch} regions x {N_TOKENS} tokens, encoder dim {args.dim} depth 2 heads 4")
     print(f"{'D':>5} {'objective':>9} {'steps/s':>9} {'regions/s':>10}")
     for feature_dim in args.dims:
         for objective in ("mem", "cmem"):
-            rate = steps_per_second(feature_dim, objective, args.steps, args.batch, args.device)
+            rate = steps_per_second(feature_dim, objective, args.steps, args.batch, args.device, args.dim)
             print(f"{feature_dim:>5} {objective:>9} {rate:>9.2f} {rate * args.batch:>10.0f}")
+    print(f"\nregion tokens for AB-MIL (inference, one token per region)\n{'D':>5} {'readout':>9} {'regions/s':>10}")
+    for feature_dim in args.dims:
+        for readout in ("cls", "cls+tile"):
+            rate = readout_regions_per_second(feature_dim, readout, args.dim, args.device)
+            print(f"{feature_dim:>5} {readout:>9} {rate:>10.0f}")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
     python benchmarks/mixmag_experiment.py [--workdir /tmp/napari_care_mixmag] [--slides 32]
                                            [--size-px 3072] [--folds 4] [--repeats 2]
-                                           [--mem-steps 1000] [--seed 0]
+                                           [--mem-steps 1000] [--seed 0] [--readout cls+tile]
 
 Two generated cohorts (:mod:`napari_care.core.synthetic_cohort`), half positive each:
 "architecture" (rings against straight cords of the same tumour bands: the label is in an
@@ -13,16 +13,23 @@ on tissue (896 px at 20x) are encoded with the built-in ``default`` encoder
 
 Rows, all with the same AB-MIL head and training loop (:func:`~napari_care.core.train.mil.train_mil`):
 
-* MEM mixing: the mixing encoder pretrained by masked embedding modeling (compressed CLS,
-  one token per region), frozen, then AB-MIL on the region tokens;
+* MEM mixing: the mixing encoder pretrained by masked embedding modeling (compressed CLS),
+  frozen, then AB-MIL on one token per region with the ``--readout`` of
+  :class:`~napari_care.core.models.mixmag.MixMagConfig` (default ``cls+tile``: the CLS and
+  the region's most salient 20x tile; ``cls``: the CLS alone);
 * 20x only: AB-MIL on the 20x tile features (the 20x tiles of the same regions);
-* random mixing: the same encoder with its random initial weights, then AB-MIL;
+* random mixing: the same encoder with its random initial weights and the same readout;
+* MEM CLS: the same pretrained encoder with the ``cls`` readout (CLS alone);
 * MEM 20x tokens: MEM with the ``tokens`` readout (the 16 contextualised 20x tokens of
   each region, no compression), then AB-MIL.
 
+``cls`` and ``cls+tile`` pretrain identically (the masked tokens are predicted from the CLS),
+so one pretrained encoder serves both.
+
 The mixing encoder is pretrained once, without labels, on the regions of both cohorts; it
-standardises the tile embeddings per dimension with the statistics of those regions
-(``MEMTrainConfig.standardise_tokens``), and its random twin uses the same statistics.
+standardises the tile embeddings per dimension with the statistics of those regions and
+whitens 20x tiles for ``cls+tile`` with their covariance (``MEMTrainConfig.standardise_tokens``);
+its random twin uses the same statistics.
 The AB-MIL head standardises its instance features itself (per dimension, statistics of
 the training folds' instances); the region tokens enter MEM as extracted, as with
 ``napari-care pretrain``.
@@ -37,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -55,7 +63,9 @@ from napari_care.core.synthetic_cohort import COHORT_VERSION, KINDS, build_cohor
 from napari_care.core.train.mem import MEMTrainConfig, region_bags, train_mem
 from napari_care.core.train.mil import MILTrainConfig, train_mil
 
-ROWS = ("MEM mixing + AB-MIL", "20x only AB-MIL", "random mixing + AB-MIL", "MEM 20x tokens + AB-MIL")
+MEM_RECIPE = "2"  # bump when the MEM pretraining recipe changes (2: tile whitening in the checkpoint)
+ROWS = ("MEM mixing + AB-MIL", "20x only AB-MIL", "random mixing + AB-MIL", "MEM CLS + AB-MIL",
+        "MEM 20x tokens + AB-MIL")
 
 
 def log(message: str, start: float) -> None:
@@ -91,7 +101,15 @@ def mixing_encoders(slides: list, out_dir: Path, steps: int, seed: int, start: f
         torch.manual_seed(seed)  # train_mem draws the initial weights the same way
         random_model = MixMagEncoder(config).eval()
     random_model.set_feature_stats(model.feature_mean, model.feature_std)  # same input scaling, untrained weights
+    random_model.set_tile_whitening(model.tile_whitening)
     return model, random_model
+
+
+def with_readout(model: MixMagEncoder, readout: str) -> MixMagEncoder:
+    """The same encoder (weights and input statistics) with another compressed readout."""
+    twin = MixMagEncoder(dataclasses.replace(model.config, readout=readout))
+    twin.load_state_dict(model.state_dict())
+    return twin.eval()
 
 
 def write_split(path: Path, slide_ids, labels, split_of) -> Path:
@@ -125,12 +143,12 @@ def cross_validated_auroc(bags: dict, slide_ids: list, labels: np.ndarray, out_d
 
 def print_table(results: dict, folds: int, repeats: int) -> None:
     print(f"\nTest AUROC (k={folds} folds pooled, mean +- sd over {repeats} repeats); tokens per slide")
-    print(f"{'set':13} {'row':24} {'AUROC':>15} {'tokens/slide':>13} {'reduction':>10}")
+    print(f"{'set':13} {'row':24} {'AUROC':>15} {'tokens/slide':>13} {'reduction':>10} {'token dim':>10}")
     for kind, rows in results.items():
         base = rows[ROWS[1]]["tokens"]
         for row, values in rows.items():
             print(f"{kind:13} {row:24} {values['auroc']:7.3f} +- {values['auroc_sd']:.3f} {values['tokens']:13.1f} "
-                  f"{base / values['tokens']:9.1f}x")
+                  f"{base / values['tokens']:9.1f}x {values['token_dim']:10d}")
 
 
 def main() -> None:
@@ -142,6 +160,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="cross-validation repeats (fold and head seeds)")
     parser.add_argument("--mem-steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="seed of the slides and of MEM")
+    parser.add_argument("--readout", choices=("cls+tile", "cls"), default="cls+tile",
+                        help="region token of the MEM and random mixing rows")
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny models: more threads only add overhead on a shared CPU
     start = time.perf_counter()
@@ -156,24 +176,26 @@ def main() -> None:
         log(f"{kind}: {len(cohort.slide_ids)} slides built and encoded at 5x/10x/20x", start)
     tokens = {kind: [features[s].to_region_tokens() for s in cohort.slide_ids]
               for kind, (cohort, features) in data.items()}
-    mem_dir = args.workdir / f"mem_v{COHORT_VERSION}_n{args.slides}_px{args.size_px}_seed{args.seed}_steps{args.mem_steps}"
+    mem_dir = args.workdir / f"mem{MEM_RECIPE}_v{COHORT_VERSION}_n{args.slides}_px{args.size_px}_seed{args.seed}_steps{args.mem_steps}"
     all_tokens = [t for slides in tokens.values() for t in slides]
     mem_model, random_model = mixing_encoders(all_tokens, mem_dir, args.mem_steps, args.seed, start)
     mem_tokens_model, _ = mixing_encoders(all_tokens, mem_dir.with_name(mem_dir.name + "_tokens"), args.mem_steps,
                                           args.seed, start, readout="tokens")
     results = {}
     for kind, (cohort, features) in data.items():
-        bags = {ROWS[0]: region_bags(mem_model, tokens[kind]),
+        bags = {ROWS[0]: region_bags(with_readout(mem_model, args.readout), tokens[kind]),
                 ROWS[1]: {s: features[s].levels[2].features for s in cohort.slide_ids},
-                ROWS[2]: region_bags(random_model, tokens[kind]),
-                ROWS[3]: region_bags(mem_tokens_model, tokens[kind])}
+                ROWS[2]: region_bags(with_readout(random_model, args.readout), tokens[kind]),
+                ROWS[3]: region_bags(with_readout(mem_model, "cls"), tokens[kind]),
+                ROWS[4]: region_bags(mem_tokens_model, tokens[kind])}
         results[kind] = {}
         for index, (row, row_bags) in enumerate(bags.items()):
             out_dir = args.workdir / "mil" / f"{kind}_seed{args.seed}" / f"row{index}"
             aurocs = cross_validated_auroc(row_bags, list(cohort.slide_ids), np.array(cohort.labels), out_dir,
                                            args.folds, args.repeats)
             results[kind][row] = {"auroc": float(np.mean(aurocs)), "auroc_sd": float(np.std(aurocs)),
-                                  "aurocs": aurocs, "tokens": float(np.mean([len(b) for b in row_bags.values()]))}
+                                  "aurocs": aurocs, "tokens": float(np.mean([len(b) for b in row_bags.values()])),
+                                  "token_dim": int(next(iter(row_bags.values())).shape[1])}
             log(f"{kind} {row}: AUROC {np.round(aurocs, 3).tolist()}", start)
     print_table(results, args.folds, args.repeats)
     with open(args.workdir / "results.json", "w", encoding="utf-8") as handle:

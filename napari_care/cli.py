@@ -233,9 +233,10 @@ if __name__ == "__main__":  # pragma: no cover
 
 def _register_subcommands() -> None:
     """Attach the training, evaluation and review commands, kept in their own modules for size."""
-    from napari_care import _cli_review, _cli_train
+    from napari_care import _cli_evaluate, _cli_review, _cli_train
 
     _cli_train.register(main)
+    _cli_evaluate.register(main)
     _cli_review.register(main)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from napari_care._cli_train import register
+from napari_care import _cli_evaluate, _cli_train
 from napari_care.core.features import PatchFeatures, save_features
 from napari_care.core.models.mixmag import N_TOKENS
 
@@ -27,7 +27,8 @@ def cli() -> click.Group:
     def group() -> None:
         """Stand-in for napari_care.cli.main."""
 
-    register(group)
+    _cli_train.register(group)
+    _cli_evaluate.register(group)
     return group
 
 
@@ -77,6 +78,18 @@ def test_every_command_has_help(cli):
                     ["train-mil"], ["evaluate"]):
         result = invoke(cli, *command, "--help")
         assert result.exit_code == 0 and "Usage" in result.output, command
+
+
+def test_stage1_recipe_options_reach_the_model_and_the_loss(cli, data, tmp_path):
+    result = invoke(cli, "pretrain", "care-stage1", data / "features", "--out", tmp_path, "--steps", 2,
+                    "--batch-size", 2, "--affinity-prior", "input", "--consistency-weight", 1, *TINY_CARE)
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "care_stage1_final.json").read_text())
+    assert '"affinity_prior": "input"' in json.dumps(saved)
+    assert '"consistency_weight": 1.0' in json.dumps(saved)
+    wrong = invoke(cli, "pretrain", "care-stage1", data / "features", "--out", tmp_path / "x",
+                   "--affinity-prior", "learned", *TINY_CARE)
+    assert wrong.exit_code == 2 and "learned" in wrong.output
 
 
 def test_stage1_runs_resumes_and_refuses_other_features(cli, data, tmp_path):
@@ -136,6 +149,23 @@ def test_mixmag_and_mil_on_features_and_region_bags(cli, data, tmp_path):
                   tmp_path / "mem" / "mem_final.json", "--max-epochs", 1, "--quiet")
     assert bags.exit_code == 0, bags.output
     assert (tmp_path / "mil_mem" / "attention.npz").exists()
+
+
+def test_pretrain_mixmag_standardise_tokens_flag(cli, data, tmp_path):
+    from napari_care.core.checkpoint import load_checkpoint
+    from napari_care.core.models.mixmag import MixMagEncoder
+
+    stats = {}
+    for flag in ("--standardise-tokens", "--no-standardise-tokens"):
+        result = invoke(cli, "pretrain", "mixmag", data / "tokens", "--out", tmp_path / flag, "--steps", 1,
+                        "--batch-size", 4, "--dim", 8, "--depth", 1, "--quiet", "--readout", "cls+tile", flag)
+        assert result.exit_code == 0, result.output
+        model, config, extra = load_checkpoint(tmp_path / flag / "mem_final.json", MixMagEncoder)
+        assert extra["train_config"]["standardise_tokens"] is (flag == "--standardise-tokens")
+        assert config.readout == "cls+tile" and model.instance_dim == 8 + DIM
+        stats[flag] = model.feature_mean.abs().sum().item(), model.feature_std.numpy()
+    assert stats["--standardise-tokens"][0] > 0 and not np.allclose(stats["--standardise-tokens"][1], 1.0)
+    assert stats["--no-standardise-tokens"][0] == 0 and np.all(stats["--no-standardise-tokens"][1] == 1.0)
 
 
 def test_evaluate_reads_features_npz_and_csv(cli, data, tmp_path):

@@ -34,7 +34,7 @@ def test_layout_constants():
     assert tiny().token_magnification.tolist() == [0] + [1] * 4 + [2] * 16
 
 
-@pytest.mark.parametrize("readout", ["cls", "tokens"])
+@pytest.mark.parametrize("readout", ["cls", "cls+tile", "tokens"])
 def test_forward_shapes_and_readout(readout):
     model = tiny(readout=readout).eval()
     tokens = torch.randn(6, N_TOKENS, D)
@@ -43,8 +43,36 @@ def test_forward_shapes_and_readout(readout):
     out = model(tokens, present)
     assert out.cls.shape == (6, 32) and out.tokens.shape == (6, N_TOKENS, 32)
     instances = model.mil_instances(tokens, present, batch_size=4)
-    expected = 6 if readout == "cls" else int(present[:, FIRST_20X_TOKEN:].sum())
-    assert instances.shape == (expected, 32)
+    expected = int(present[:, FIRST_20X_TOKEN:].sum()) if readout == "tokens" else 6
+    assert instances.shape == (expected, model.instance_dim)
+    assert model.instance_dim == (32 + D if readout == "cls+tile" else 32)
+
+
+def test_cls_tile_readout_keeps_the_most_salient_20x_tile():
+    model = tiny(readout="cls+tile").eval()
+    model.set_feature_stats(torch.full((D,), 1.0), torch.full((D,), 2.0))
+    tokens = torch.ones(3, N_TOKENS, D)  # standardised: all zeros
+    tokens[0, FIRST_20X_TOKEN + 7] += 6.0  # the outlier 20x tile of region 0: standardised 3
+    tokens[0, 0] += 20.0                   # a larger outlier at 5x is not a 20x tile
+    tokens[1, FIRST_20X_TOKEN + 2, :4] -= 4.0
+    tokens[1, FIRST_20X_TOKEN + 3] += 8.0  # the largest, but missing
+    present = torch.ones(3, N_TOKENS, dtype=torch.bool)
+    present[1, FIRST_20X_TOKEN + 3] = False
+    present[2, FIRST_20X_TOKEN:] = False   # no 20x tile at all
+    instances = model.mil_instances(tokens, present)
+    torch.testing.assert_close(instances[:, :32], model(tokens, present).cls)
+    expected_tiles = torch.zeros(3, D)
+    expected_tiles[0] = 3.0
+    expected_tiles[1, :4] = -2.0
+    torch.testing.assert_close(instances[:, 32:], expected_tiles)
+    # pretrained exactly as the CLS readout: same weights, same loss
+    cls_model = tiny(readout="cls")
+    cls_model.set_feature_stats(model.feature_mean, model.feature_std)
+    cls_state, tile_state = cls_model.state_dict(), model.state_dict()
+    assert cls_state.keys() == tile_state.keys() and all(torch.equal(cls_state[k], tile_state[k]) for k in cls_state)
+    losses = [m.pretraining_loss(tokens, present, generator=torch.Generator().manual_seed(0))[0]
+              for m in (cls_model, model)]
+    torch.testing.assert_close(losses[0], losses[1])
 
 
 def test_missing_tokens_do_not_leak():
@@ -74,7 +102,7 @@ def test_sample_mask_respects_presence_and_ratio():
 
 
 @pytest.mark.parametrize("objective", ["mem", "cmem"])
-@pytest.mark.parametrize("readout", ["cls", "tokens"])
+@pytest.mark.parametrize("readout", ["cls", "cls+tile", "tokens"])
 @pytest.mark.parametrize("loss", ["cosine", "mse"])
 def test_pretraining_loss_variants(objective, readout, loss):
     model = tiny(objective=objective, readout=readout, loss=loss, feature_noise=0.1)
@@ -192,6 +220,7 @@ def test_mem_resume_errors(tmp_path):
 
 
 @pytest.mark.parametrize(("readout", "per_slide"), [("cls", lambda s: len(s.tokens)),
+                                                    ("cls+tile", lambda s: len(s.tokens)),
                                                     ("tokens", lambda s: int(s.token_present[:, 5:].sum()))])
 def test_region_bags(readout, per_slide):
     slides = _structured_slides(regions=10)
@@ -199,7 +228,7 @@ def test_region_bags(readout, per_slide):
     bags = region_bags(model, slides, batch_size=4)
     assert list(bags) == ["s0", "s1"]
     for slide in slides:
-        assert bags[slide.slide_id].shape == (per_slide(slide), 32)
+        assert bags[slide.slide_id].shape == (per_slide(slide), model.instance_dim)
         assert bags[slide.slide_id].dtype == np.float32
     unnamed = [RegionTokens(s.tokens, s.token_present, s.region_coords, 896.0) for s in slides]
     with pytest.raises(ValueError, match="unique, non-empty slide_id"):
@@ -227,16 +256,27 @@ def test_mem_standardises_tokens_with_the_pool_statistics(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(model(tokens, token_present).cls,
                                    twin((tokens - model.feature_mean) / model.feature_std, token_present).cls)
+    # the 20x tiles' ZCA whitening (cls+tile readout): W (C + shrinkage) W = I, W symmetric
+    tiles = np.concatenate([s.tokens[:, FIRST_20X_TOKEN:][s.token_present[:, FIRST_20X_TOKEN:]] for s in slides])
+    tiles = (tiles - present.mean(0)) / present.std(0)
+    covariance = np.cov(tiles.T, bias=True)
+    whitening = model.tile_whitening.double().numpy()
+    shrunk = covariance + 1e-3 * np.linalg.eigvalsh(covariance).max() * np.eye(D)
+    np.testing.assert_allclose(whitening @ shrunk @ whitening, np.eye(D), atol=2e-3)
+    np.testing.assert_allclose(whitening, whitening.T, atol=1e-5)
+    with pytest.raises(ValueError, match="finite"):
+        model.set_tile_whitening(torch.eye(D - 1))
     # the statistics travel in the checkpoint
     loaded = load_checkpoint(tmp_path / "mem_final", MixMagEncoder)[0]
     np.testing.assert_allclose(region_bags(loaded, slides[:1])["s0"], region_bags(model, slides[:1])["s0"],
                                rtol=1e-5, atol=1e-6)
     # a checkpoint from before the statistics loads as the identity
     old = save_checkpoint(tmp_path / "old", twin, model_config)
-    save_file({k: v for k, v in twin.state_dict().items() if not k.startswith("feature_")},
+    save_file({k: v for k, v in twin.state_dict().items() if k not in ("feature_mean", "feature_std", "tile_whitening")},
               str(tmp_path / "old.safetensors"), metadata={"format": "napari_care.checkpoint"})
     loaded = load_checkpoint(old, MixMagEncoder)[0]
     assert torch.equal(loaded.feature_mean, torch.zeros(D)) and torch.equal(loaded.feature_std, torch.ones(D))
+    assert torch.equal(loaded.tile_whitening, torch.eye(D))
     raw = run_to_end(train_mem(slides, model_config, tmp_path / "raw",
                                MEMTrainConfig(steps=1, batch_size=4, warmup_steps=0, standardise_tokens=False))).model
-    assert torch.equal(raw.feature_std, torch.ones(D))
+    assert torch.equal(raw.feature_std, torch.ones(D)) and torch.equal(raw.tile_whitening, torch.eye(D))

@@ -4,30 +4,20 @@ After "Mixed Magnification Aggregation for Generalizable Region-Level Representa
 Computational Pathology" (arXiv 2602.22176). The paper published no code; the layout below
 is this project's reconstruction (see ``docs/method.md``, section 2).
 
-A region is the footprint of one 5x tile. Its 21 tokens, in this order:
+A region is the footprint of one 5x tile. Its 21 tokens, in this order: index 0 the 5x
+tile (the whole region), 1-4 the 2 x 2 tiles at 10x, 5-20 the 4 x 4 tiles at 20x (each grid
+row-major, top-left first).
 
-====== ============ ========================================
-index  magnification position within the region
-====== ============ ========================================
-0      5x           the whole region
-1-4    10x          2 x 2 tiles, row-major (top-left first)
-5-20   20x          4 x 4 tiles, row-major
-====== ============ ========================================
+Tile embeddings are first standardised per dimension (``feature_mean``/``feature_std``
+buffers set by :func:`~napari_care.core.train.mem.train_mem` from the pretraining tokens,
+kept in the checkpoint; identity in older checkpoints). Inputs and MEM targets both use
+them: otherwise the loss and the input LayerNorm weigh each dimension by its raw scale, and
+small informative dimensions (nuclear detail in the built-in descriptor) are compressed away.
 
-Tile embeddings are first standardised per dimension with the ``feature_mean`` and
-``feature_std`` buffers (set by :func:`~napari_care.core.train.mem.train_mem` from the
-pretraining tokens, kept in the checkpoint; identity in checkpoints from before they
-existed). Inputs and MEM targets both use the standardised embeddings: otherwise the
-reconstruction loss, and the per-token LayerNorm at the input, weigh each dimension by its
-raw scale, and a patch encoder whose informative dimensions are small (the built-in
-descriptor: several dimensions that carry nuclear detail hold < 0.2% of its variance each)
-gets an encoder that compresses them away.
-
-Each token is a (standardised) tile embedding plus a learned
-magnification embedding and a learned position embedding within the region (one table
-per magnification: 1, 4 and 16 positions). A small transformer with a CLS token mixes
-them. Tokens missing from the data (a 20x tile outside tissue) are left out of attention
-with a key padding mask and are never masked or predicted.
+Each token is a (standardised) tile embedding plus a learned magnification embedding and
+a learned position embedding within the region (one table per magnification: 1, 4, 16).
+A small transformer with a CLS token mixes them. Tokens missing from the data (a 20x tile
+outside tissue) are left out of attention with a key padding mask, never masked or predicted.
 
 Pretraining objectives (``MixMagConfig.objective``):
 
@@ -38,11 +28,18 @@ Pretraining objectives (``MixMagConfig.objective``):
 
 Readouts (``MixMagConfig.readout``), i.e. what goes to the AB-MIL head downstream:
 
-``"cls"``    compressed CLS: one token per region. The masked tokens are then predicted
-             from the CLS output alone (plus the query's magnification and position), so
-             the CLS is trained to summarise the region (this project's choice).
-``"tokens"`` the 16 contextualised 20x tokens of each region (as many instances as 20x
-             tiling); masked tokens are predicted from their own output tokens.
+``"cls"``      compressed CLS: one token per region. The masked tokens are then predicted
+               from the CLS output alone (plus the query's magnification and position), so
+               the CLS is trained to summarise the region (this project's choice).
+``"cls+tile"`` one token per region too: the CLS (pretrained as with ``"cls"``) and the
+               whitened embedding of the region's most salient 20x tile (the one farthest
+               from the pretraining tiles in Mahalanobis distance), concatenated, width
+               ``dim + in_dim``. Why: a cue in a few 20x tiles is diluted in any one-vector
+               summary of 21 tokens; the tile that stands out most is kept. Whitening
+               (``tile_whitening``, ZCA of the pretraining 20x tiles) lets a cue in
+               low-variance directions count (this project's option; the paper is silent).
+``"tokens"``   the 16 contextualised 20x tokens of each region (as many instances as 20x
+               tiling); masked tokens are predicted from their own output tokens.
 """
 
 from __future__ import annotations
@@ -74,16 +71,15 @@ class MixMagConfig:
     objective
         ``"mem"`` or ``"cmem"`` (see the module docstring).
     readout
-        ``"cls"`` (compressed, one token per region) or ``"tokens"`` (16 per region).
+        ``"cls"`` or ``"cls+tile"`` (compressed, one token per region) or ``"tokens"``
+        (16 per region).
     mask_ratio
-        Share of a region's present tokens masked in pretraining (at least one masked and
-        one left visible when the region has two or more tokens).
+        Share of a region's present tokens masked in pretraining (at least one masked, one
+        visible, in regions of two or more tokens).
     loss
         ``"cosine"`` (1 - cosine similarity) or ``"mse"`` on the masked tokens.
-    temperature
-        InfoNCE temperature (CMEM).
-    contrastive_weight
-        Weight of the InfoNCE term against the MEM term (CMEM).
+    temperature, contrastive_weight
+        InfoNCE temperature, and weight of the InfoNCE term against the MEM term (CMEM).
     feature_noise
         Std of Gaussian noise added to each input token of a view, relative to the
         standardised token's root mean square (0 = none).
@@ -107,7 +103,7 @@ class MixMagConfig:
     proj_dim: int = 128
 
     def __post_init__(self) -> None:
-        choices = {"objective": ("mem", "cmem"), "readout": ("cls", "tokens"), "loss": ("cosine", "mse")}
+        choices = {"objective": ("mem", "cmem"), "readout": ("cls", "cls+tile", "tokens"), "loss": ("cosine", "mse")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"MixMagConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -133,16 +129,14 @@ def _token_magnification() -> torch.Tensor:
 
 
 class MixMagEncoder(nn.Module):
-    """Transformer over the 21 mixed-magnification tokens of a region, with pretraining heads.
-
-    Parameters
-    ----------
-    config
-        Options; see :class:`MixMagConfig`.
-    """
+    """Transformer over the 21 mixed-magnification tokens of a region, with pretraining heads;
+    ``config``: the options (:class:`MixMagConfig`)."""
 
     config_cls = MixMagConfig
-    token_magnification: torch.Tensor  # [21] magnification index (0, 1, 2) of each token slot
+    token_magnification: torch.Tensor  # buffers: [21] magnification index (0, 1, 2) of each token slot,
+    feature_mean: torch.Tensor         # [D] and [D]: standardisation of tile embeddings,
+    feature_std: torch.Tensor
+    tile_whitening: torch.Tensor       # [D, D]: whitening of standardised 20x tiles (cls+tile readout)
 
     def __init__(self, config: MixMagConfig) -> None:
         super().__init__()
@@ -161,7 +155,7 @@ class MixMagEncoder(nn.Module):
         self.transformer = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.predictor: nn.Module
-        if config.readout == "cls":
+        if config.readout != "tokens":  # compressed: masked tokens predicted from the CLS alone
             self.predictor = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, config.in_dim))
         else:
             self.predictor = nn.Linear(dim, config.in_dim)
@@ -170,22 +164,41 @@ class MixMagEncoder(nn.Module):
         self.register_buffer("token_magnification", _token_magnification(), persistent=False)
         self.register_buffer("feature_mean", torch.zeros(config.in_dim))
         self.register_buffer("feature_std", torch.ones(config.in_dim))
+        self.register_buffer("tile_whitening", torch.eye(config.in_dim))  # [D, D], applied to standardised tiles
+
+    @property
+    def instance_dim(self) -> int:
+        """Width of one AB-MIL instance of :meth:`mil_instances`."""
+        return self.config.dim + (self.config.in_dim if self.config.readout == "cls+tile" else 0)
+
+    def salient_tile(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Whitened embedding of each region's present 20x tile of largest whitened norm
+        (label-free: farthest from the pretraining tiles), ``[B, D]``; zeros if none."""
+        tiles = self.standardise(tokens, present)[:, FIRST_20X_TOKEN:] @ self.tile_whitening
+        score = tiles.pow(2).sum(dim=-1).masked_fill(~present[:, FIRST_20X_TOKEN:], -1.0)
+        return tiles[torch.arange(len(tiles), device=tiles.device), score.argmax(dim=1)]
 
     @torch.no_grad()
     def set_feature_stats(self, mean: torch.Tensor, std: torch.Tensor, min_std: float = 1e-6) -> None:
-        """Standardise tile embeddings with per-dimension ``mean`` and ``std`` (``[D]`` each).
-
-        A dimension whose std is below ``min_std`` (constant in the data) is only centred.
-        """
+        """Standardise tile embeddings with per-dimension ``mean`` and ``std`` (``[D]`` each); a
+        dimension whose std is below ``min_std`` (constant in the data) is only centred."""
         if mean.shape != (self.config.in_dim,) or std.shape != (self.config.in_dim,):
             raise ValueError(f"MixMagEncoder.set_feature_stats needs mean and std of shape [{self.config.in_dim}], "
                              f"got {tuple(mean.shape)} and {tuple(std.shape)}")
         self.feature_mean.copy_(mean)
         self.feature_std.copy_(torch.where(std < min_std, torch.ones_like(std), std))
 
+    @torch.no_grad()
+    def set_tile_whitening(self, whitening: torch.Tensor) -> None:
+        """Whiten standardised 20x tiles with ``whitening`` ``[D, D]`` in the ``cls+tile`` readout."""
+        if whitening.shape != (self.config.in_dim, self.config.in_dim) or not bool(torch.isfinite(whitening).all()):
+            raise ValueError(f"MixMagEncoder.set_tile_whitening needs a finite [{self.config.in_dim}, "
+                             f"{self.config.in_dim}] matrix, got {tuple(whitening.shape)}")
+        self.tile_whitening.copy_(whitening)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # Checkpoints from before input standardisation have no statistics: keep the identity.
-        for name in ("feature_mean", "feature_std"):
+        # Checkpoints from before input standardisation / whitening lack them: keep the identity.
+        for name in ("feature_mean", "feature_std", "tile_whitening"):
             state_dict.setdefault(prefix + name, getattr(self, name).clone())
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -212,21 +225,16 @@ class MixMagEncoder(nn.Module):
 
     def forward(self, tokens: torch.Tensor, token_present: torch.Tensor | None = None,
                 token_masked: torch.Tensor | None = None) -> MixMagOutput:
-        """Encode regions.
+        """Encode regions into a :class:`MixMagOutput`.
 
         Parameters
         ----------
         tokens
-            ``[B, 21, D]`` raw tile embeddings in the layout of the module docstring
-            (standardised inside).
+            ``[B, 21, D]`` raw tile embeddings in the module docstring's layout (standardised inside).
         token_present
             ``[B, 21]`` bool, False for missing tiles (default: all present).
         token_masked
             ``[B, 21]`` bool, True where the input is replaced by the mask token.
-
-        Returns
-        -------
-        MixMagOutput
         """
         present = self._check(tokens, token_present)
         x = self.input_proj(self.standardise(tokens, present))
@@ -241,20 +249,24 @@ class MixMagEncoder(nn.Module):
     @torch.no_grad()
     def mil_instances(self, tokens: torch.Tensor, token_present: torch.Tensor | None = None, *,
                       batch_size: int = 256) -> torch.Tensor:
-        """The AB-MIL bag of one slide: its regions' readout, ``[instances, dim]``.
+        """The AB-MIL bag of one slide: its regions' readout, ``[instances, instance_dim]``.
 
-        With ``readout="cls"`` one instance per region (``[R, dim]``); with ``"tokens"`` the
-        contextualised 20x tokens that are present, region by region.
+        With ``readout="cls"`` one instance per region (``[R, dim]``), with ``"cls+tile"``
+        one per region with its salient 20x tile appended (``[R, dim + D]``); with
+        ``"tokens"`` the contextualised 20x tokens that are present, region by region.
         """
         present = self._check(tokens, token_present)
         parts = []
         for start in range(0, len(tokens), batch_size):
-            out = self(tokens[start:start + batch_size], present[start:start + batch_size])
-            if self.config.readout == "cls":
-                parts.append(out.cls)
+            batch, batch_present = tokens[start:start + batch_size], present[start:start + batch_size]
+            out = self(batch, batch_present)
+            if self.config.readout == "tokens":
+                parts.append(out.tokens[:, FIRST_20X_TOKEN:][batch_present[:, FIRST_20X_TOKEN:]])
+            elif self.config.readout == "cls+tile":
+                parts.append(torch.cat([out.cls, self.salient_tile(batch, batch_present)], dim=1))
             else:
-                parts.append(out.tokens[:, FIRST_20X_TOKEN:][present[start:start + batch_size, FIRST_20X_TOKEN:]])
-        return torch.cat(parts) if parts else tokens.new_zeros((0, self.config.dim))
+                parts.append(out.cls)
+        return torch.cat(parts) if parts else tokens.new_zeros((0, self.instance_dim))
 
     def sample_mask(self, token_present: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """Draw which present tokens to mask, ``[B, 21]`` bool (``mask_ratio`` of each region)."""
@@ -267,7 +279,7 @@ class MixMagEncoder(nn.Module):
         return rank < n_masked.unsqueeze(1)
 
     def _predict(self, out: MixMagOutput) -> torch.Tensor:
-        if self.config.readout == "cls":
+        if self.config.readout != "tokens":
             return self.predictor(out.cls.unsqueeze(1) + self.token_queries())
         return self.predictor(out.tokens)
 
@@ -290,19 +302,11 @@ class MixMagEncoder(nn.Module):
 
     def pretraining_loss(self, tokens: torch.Tensor, token_present: torch.Tensor | None = None, *,
                          generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
-        """The MEM or CMEM loss of a batch of regions.
+        """The MEM or CMEM loss of a batch of regions: ``(loss, parts)``, the scalar to minimise
+        and its parts as floats (``"mem"``, ``"contrastive"``).
 
-        Parameters
-        ----------
-        tokens, token_present
-            As in :meth:`forward`.
-        generator
-            CPU random generator for masks and noise (for reproducible runs).
-
-        Returns
-        -------
-        (loss, parts)
-            The scalar loss to minimise and its parts as floats (``"mem"``, ``"contrastive"``).
+        ``tokens`` and ``token_present`` as in :meth:`forward`; ``generator``: CPU random
+        generator of masks and noise (for reproducible runs).
         """
         present = self._check(tokens, token_present)
         target = self.standardise(tokens, present)  # predict what the encoder sees
@@ -352,10 +356,9 @@ def assemble_region_tokens(features: tuple[np.ndarray, np.ndarray, np.ndarray],
     """Group tile embeddings at 5x, 10x and 20x into region tokens.
 
     Each 5x tile is a region; a 10x or 20x tile belongs to the region (and slot) under its
-    centre. Fine tiles under no 5x tile are dropped; slots with no tile stay missing.
-    With :class:`~napari_care.core.features.PatchFeatures` ``p5, p10, p20``:
-    ``assemble_region_tokens((p5.features, p10.features, p20.features),
-    (p5.coords, p10.coords, p20.coords), region_size_level0=p5.patch_size_level0)``.
+    centre. Fine tiles under no 5x tile are dropped; slots with no tile stay missing. With
+    :class:`~napari_care.core.features.PatchFeatures` ``p5, p10, p20``: ``assemble_region_tokens((p5.features,
+    p10.features, p20.features), (p5.coords, p10.coords, p20.coords), region_size_level0=p5.patch_size_level0)``.
 
     Parameters
     ----------

@@ -25,7 +25,13 @@ import numpy as np
 import torch
 
 from napari_care.core.checkpoint import check_feature_dim, load_checkpoint, save_checkpoint
-from napari_care.core.models.mixmag import N_TOKENS, MixMagConfig, MixMagEncoder, RegionTokens
+from napari_care.core.models.mixmag import (
+    FIRST_20X_TOKEN,
+    N_TOKENS,
+    MixMagConfig,
+    MixMagEncoder,
+    RegionTokens,
+)
 from napari_care.core.progress import Progress, ProgressGen
 
 
@@ -48,8 +54,9 @@ class MEMTrainConfig:
         enter the pool; None keeps all.
     standardise_tokens
         A new model standardises tile embeddings per dimension with the mean and std of the
-        pool's present tokens (kept in the model; a resumed run keeps its checkpoint's).
-        False: identity, i.e. the raw embeddings as before these statistics existed.
+        pool's present tokens, and gets the ZCA whitening of the pool's standardised 20x
+        tiles for the ``cls+tile`` readout (kept in the model; a resumed run keeps its
+        checkpoint's). False: identity for both, i.e. the raw embeddings.
     checkpoint_every
         Save ``mem_step<step>`` every that many steps (0: only the final ``mem_final``).
     log_every
@@ -146,6 +153,26 @@ class _RegionPool:
         mean = total / count
         return torch.from_numpy(mean), torch.from_numpy(np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0)))
 
+    def tile_whitening(self, mean: torch.Tensor, std: torch.Tensor, shrinkage: float = 1e-3) -> torch.Tensor:
+        """ZCA whitening ``[D, D]`` of the pool's present 20x tiles, standardised with ``mean``/``std``.
+
+        Eigenvalues of their covariance are raised by ``shrinkage`` times the largest, so that
+        directions without variance are not blown up. Identity with fewer than two tiles.
+        """
+        mean_np, std_np = mean.double().numpy(), std.double().numpy()
+        count, total = 0, np.zeros(self.feature_dim)
+        second_moment = np.zeros((self.feature_dim, self.feature_dim))
+        for slide, rows in zip(self.slides, self.rows, strict=True):
+            tiles = slide.tokens[rows, FIRST_20X_TOKEN:][slide.token_present[rows, FIRST_20X_TOKEN:]]
+            tiles = (tiles.astype(np.float64) - mean_np) / std_np
+            count, total, second_moment = count + len(tiles), total + tiles.sum(0), second_moment + tiles.T @ tiles
+        if count < 2:
+            return torch.eye(self.feature_dim)
+        tile_mean = total / count
+        eigenvalues, vectors = np.linalg.eigh(second_moment / count - np.outer(tile_mean, tile_mean))
+        eigenvalues = np.maximum(eigenvalues, 0.0) + shrinkage * max(float(eigenvalues.max()), 1e-12)
+        return torch.from_numpy((vectors / np.sqrt(eigenvalues)) @ vectors.T).float()
+
     def batch(self, flat_indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         slide_of = np.searchsorted(self.offsets, flat_indices, side="right") - 1
         tokens = np.empty((len(flat_indices), N_TOKENS, self.feature_dim), dtype=np.float32)
@@ -212,6 +239,8 @@ def train_mem(slides: Sequence[RegionTokens], model_config: MixMagConfig | None,
             model = MixMagEncoder(model_config)
         if config.standardise_tokens:
             model.set_feature_stats(*pool.token_statistics())
+            scaling = cast(torch.Tensor, model.feature_mean), cast(torch.Tensor, model.feature_std)
+            model.set_tile_whitening(pool.tile_whitening(*scaling))
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     if optimizer_state is not None:
@@ -262,8 +291,8 @@ def region_bags(model: MixMagEncoder, slides: Sequence[RegionTokens], *, batch_s
 
     Returns
     -------
-    slide_id -> ``[instances, dim]`` float32: one instance per region with the compressed
-    CLS readout, one per present 20x tile with the token readout.
+    slide_id -> ``[instances, model.instance_dim]`` float32: one instance per region with the
+    compressed readouts (``cls``, ``cls+tile``), one per present 20x tile with ``tokens``.
     """
     slide_ids = [slide.slide_id for slide in slides]
     if "" in slide_ids or len(set(slide_ids)) != len(slide_ids):
