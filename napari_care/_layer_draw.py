@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 from functools import partial
 from typing import Any
 
-from napari_care._layers import put_layer
+from napari_care._layers import put_layer, unproxied
 
 
 class OneCallPerTurn:
@@ -84,6 +84,7 @@ class LayerDraw(OneCallPerTurn):
     """
 
     def __init__(self, viewer, on_done: Callable[[bool], None] | None = None, also_held: Iterable = ()) -> None:
+        viewer = unproxied(viewer)
         super().__init__(on_done, parent=qt_window(viewer))
         self.viewer = viewer
         self.also_held = list(also_held)
@@ -150,10 +151,10 @@ def warm_up_line_visuals() -> None:
 
 def qt_window(viewer) -> Any:
     """The viewer's Qt main window, or None for a viewer without one."""
-    return getattr(getattr(viewer, "window", None), "_qt_window", None)
+    return getattr(getattr(unproxied(viewer), "window", None), "_qt_window", None)
 
 
 def _qt_viewer_part(viewer, name: str) -> Any:
     """``viewer.window._qt_viewer.<name>``, or None for a viewer without a Qt window."""
-    qt_viewer = getattr(getattr(viewer, "window", None), "_qt_viewer", None)
+    qt_viewer = getattr(getattr(unproxied(viewer), "window", None), "_qt_viewer", None)
     return getattr(qt_viewer, name, None)

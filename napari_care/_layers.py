@@ -98,6 +98,16 @@ def visible_box_level0(layer) -> tuple[float, float, float, float]:
     )
 
 
+def unproxied(viewer):
+    """The viewer itself when napari hands a plugin a ``PublicOnlyProxy`` of it.
+
+    The proxy warns on (and will one day refuse) private attributes; the few this plugin
+    reaches for on purpose (:func:`put_layer`, :mod:`napari_care._layer_draw`) are read from
+    the viewer itself, each guarded so that a napari without one only loses a speed-up.
+    """
+    return getattr(viewer, "__wrapped__", viewer)
+
+
 _UPDATABLE = ("scale", "translate", "features", "colormap", "contrast_limits")
 _UPDATABLE_BY_TYPE = {
     "image": ("opacity",),  # the heatmap's opacity is a widget option; the other layers keep the user's
@@ -118,6 +128,7 @@ def put_layer(viewer, data: Any, kwargs: dict, layer_type: str, *, activate: boo
     napari setter refreshes the layer.
     """
     name = kwargs["name"]
+    viewer = unproxied(viewer)
     existing = viewer.layers[name] if name in viewer.layers else None
     if existing is None or type(existing).__name__.lower() != layer_type:
         from napari.layers import Layer

@@ -438,3 +438,24 @@ def test_the_review_panel_is_a_section_of_the_widget(make_napari_viewer):
     widget = CareSegmentWidget(make_napari_viewer())
     assert isinstance(widget.review, ReviewPanel)
     assert widget.review.viewer is widget.viewer
+
+
+def test_the_widget_from_the_plugin_menu_runs_through_naparis_proxy(make_napari_viewer, slide_path, qtbot):
+    """napari hands plugin widgets a PublicOnlyProxy of the viewer: a run must draw through it
+    without touching private attributes via the proxy (which warns, and once crashed the draw)."""
+    import warnings
+
+    from napari_care._reader import read_slide
+
+    viewer = make_napari_viewer(show=True)
+    data, kwargs, kind = read_slide(str(slide_path))[0]
+    viewer.add_image(data, **kwargs)
+    _, widget = viewer.window.add_plugin_dock_widget("napari-care", "CARE: segment regions")
+    assert type(widget.viewer).__name__ == "PublicOnlyProxy"
+    qtbot.waitUntil(lambda: not widget.controller.warming_up, timeout=RUN_TIMEOUT_MS)
+    widget.scope.value = "whole slide"
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*[Pp]rivate attribute.*")
+        run_and_wait(widget, qtbot)
+    assert [layer.name for layer in viewer.layers[1:]] == [REGIONS, ATTENTION, ROI]
+    assert "regions over" in widget.status.value
