@@ -3,6 +3,7 @@
     python benchmarks/mixmag_experiment.py [--workdir /tmp/napari_care_mixmag] [--slides 32]
                                            [--size-px 3072] [--folds 4] [--repeats 2]
                                            [--mem-steps 1000] [--seed 0] [--readout cls+tile]
+                                           [--rows mem 20x random cls tokens]
 
 Two generated cohorts (:mod:`napari_care.core.synthetic_cohort`), half positive each:
 "architecture" (rings against straight cords of the same tumour bands: the label is in an
@@ -16,14 +17,15 @@ Rows, all with the same AB-MIL head and training loop (:func:`~napari_care.core.
 * MEM mixing: the mixing encoder pretrained by masked embedding modeling (compressed CLS),
   frozen, then AB-MIL on one token per region with the ``--readout`` of
   :class:`~napari_care.core.models.mixmag.MixMagConfig` (default ``cls+tile``: the CLS and
-  the region's most salient 20x tile; ``cls``: the CLS alone);
+  the region's most salient 20x tile; ``cls|tile``: the same two as two instances per
+  region; ``cls``: the CLS alone);
 * 20x only: AB-MIL on the 20x tile features (the 20x tiles of the same regions);
 * random mixing: the same encoder with its random initial weights and the same readout;
 * MEM CLS: the same pretrained encoder with the ``cls`` readout (CLS alone);
 * MEM 20x tokens: MEM with the ``tokens`` readout (the 16 contextualised 20x tokens of
   each region, no compression), then AB-MIL.
 
-``cls`` and ``cls+tile`` pretrain identically (the masked tokens are predicted from the CLS),
+``cls``, ``cls+tile`` and ``cls|tile`` pretrain identically (the masked tokens are predicted from the CLS),
 so one pretrained encoder serves both.
 
 The mixing encoder is pretrained once, without labels, on the regions of both cohorts; it
@@ -37,7 +39,8 @@ Evaluation: stratified k-fold cross-validation (test fold i, validation fold i+1
 training), repeated with other fold and head seeds; the test predictions of a repeat's
 folds are pooled into one AUROC. Printed: mean +- sd over repeats, tokens per slide and the
 reduction against 20x. Everything is seeded; a second run reuses slides, features and the
-pretrained encoder.
+pretrained encoder. ``--rows`` runs a subset of the rows (the reduction is always against
+the 20x tiles).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ from napari_care.core.train.mil import MILTrainConfig, train_mil
 MEM_RECIPE = "2"  # bump when the MEM pretraining recipe changes (2: tile whitening in the checkpoint)
 ROWS = ("MEM mixing + AB-MIL", "20x only AB-MIL", "random mixing + AB-MIL", "MEM CLS + AB-MIL",
         "MEM 20x tokens + AB-MIL")
+ROW_KEYS = dict(zip(("mem", "20x", "random", "cls", "tokens"), ROWS, strict=True))  # --rows names
 
 
 def log(message: str, start: float) -> None:
@@ -141,11 +145,11 @@ def cross_validated_auroc(bags: dict, slide_ids: list, labels: np.ndarray, out_d
     return aurocs
 
 
-def print_table(results: dict, folds: int, repeats: int) -> None:
+def print_table(results: dict, tiles_20x: dict, folds: int, repeats: int) -> None:
     print(f"\nTest AUROC (k={folds} folds pooled, mean +- sd over {repeats} repeats); tokens per slide")
     print(f"{'set':13} {'row':24} {'AUROC':>15} {'tokens/slide':>13} {'reduction':>10} {'token dim':>10}")
     for kind, rows in results.items():
-        base = rows[ROWS[1]]["tokens"]
+        base = tiles_20x[kind]  # mean 20x tiles per slide
         for row, values in rows.items():
             print(f"{kind:13} {row:24} {values['auroc']:7.3f} +- {values['auroc_sd']:.3f} {values['tokens']:13.1f} "
                   f"{base / values['tokens']:9.1f}x {values['token_dim']:10d}")
@@ -160,8 +164,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="cross-validation repeats (fold and head seeds)")
     parser.add_argument("--mem-steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="seed of the slides and of MEM")
-    parser.add_argument("--readout", choices=("cls+tile", "cls"), default="cls+tile",
-                        help="region token of the MEM and random mixing rows")
+    parser.add_argument("--readout", choices=("cls+tile", "cls|tile", "cls"), default="cls+tile",
+                        help="region readout of the MEM and random mixing rows")
+    parser.add_argument("--rows", nargs="+", choices=tuple(ROW_KEYS), default=list(ROW_KEYS),
+                        help="rows to run: " + ", ".join(f"{key} = {row}" for key, row in ROW_KEYS.items()))
     args = parser.parse_args()
     torch.set_num_threads(1)  # tiny models: more threads only add overhead on a shared CPU
     start = time.perf_counter()
@@ -179,17 +185,19 @@ def main() -> None:
     mem_dir = args.workdir / f"mem{MEM_RECIPE}_v{COHORT_VERSION}_n{args.slides}_px{args.size_px}_seed{args.seed}_steps{args.mem_steps}"
     all_tokens = [t for slides in tokens.values() for t in slides]
     mem_model, random_model = mixing_encoders(all_tokens, mem_dir, args.mem_steps, args.seed, start)
-    mem_tokens_model, _ = mixing_encoders(all_tokens, mem_dir.with_name(mem_dir.name + "_tokens"), args.mem_steps,
-                                          args.seed, start, readout="tokens")
-    results = {}
+    encoders = {ROWS[0]: with_readout(mem_model, args.readout), ROWS[2]: with_readout(random_model, args.readout),
+                ROWS[3]: with_readout(mem_model, "cls")}
+    if "tokens" in args.rows:
+        encoders[ROWS[4]], _ = mixing_encoders(all_tokens, mem_dir.with_name(mem_dir.name + "_tokens"),
+                                               args.mem_steps, args.seed, start, readout="tokens")
+    results, tiles_20x = {}, {}
     for kind, (cohort, features) in data.items():
-        bags = {ROWS[0]: region_bags(with_readout(mem_model, args.readout), tokens[kind]),
-                ROWS[1]: {s: features[s].levels[2].features for s in cohort.slide_ids},
-                ROWS[2]: region_bags(with_readout(random_model, args.readout), tokens[kind]),
-                ROWS[3]: region_bags(with_readout(mem_model, "cls"), tokens[kind]),
-                ROWS[4]: region_bags(mem_tokens_model, tokens[kind])}
+        tiles_20x[kind] = float(np.mean([len(features[s].levels[2].features) for s in cohort.slide_ids]))
         results[kind] = {}
-        for index, (row, row_bags) in enumerate(bags.items()):
+        for key in args.rows:
+            row, index = ROW_KEYS[key], ROWS.index(ROW_KEYS[key])
+            row_bags = ({s: features[s].levels[2].features for s in cohort.slide_ids} if row == ROWS[1]
+                        else region_bags(encoders[row], tokens[kind]))
             out_dir = args.workdir / "mil" / f"{kind}_seed{args.seed}" / f"row{index}"
             aurocs = cross_validated_auroc(row_bags, list(cohort.slide_ids), np.array(cohort.labels), out_dir,
                                            args.folds, args.repeats)
@@ -197,7 +205,7 @@ def main() -> None:
                                   "aurocs": aurocs, "tokens": float(np.mean([len(b) for b in row_bags.values()])),
                                   "token_dim": int(next(iter(row_bags.values())).shape[1])}
             log(f"{kind} {row}: AUROC {np.round(aurocs, 3).tolist()}", start)
-    print_table(results, args.folds, args.repeats)
+    print_table(results, tiles_20x, args.folds, args.repeats)
     with open(args.workdir / "results.json", "w", encoding="utf-8") as handle:
         json.dump({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
                    "seconds": time.perf_counter() - start}, handle, indent=1)
