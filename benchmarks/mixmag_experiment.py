@@ -17,15 +17,14 @@ Rows, all with the same AB-MIL head and training loop (:func:`~napari_care.core.
 * MEM mixing: the mixing encoder pretrained by masked embedding modeling (compressed CLS),
   frozen, then AB-MIL on one token per region with the ``--readout`` of
   :class:`~napari_care.core.models.mixmag.MixMagConfig` (default ``cls+tile``: the CLS and
-  the region's most salient 20x tile; ``cls|tile``: the same two as two instances per
-  region; ``cls``: the CLS alone);
+  the region's most salient 20x tile; ``cls``: the CLS alone);
 * 20x only: AB-MIL on the 20x tile features (the 20x tiles of the same regions);
 * random mixing: the same encoder with its random initial weights and the same readout;
 * MEM CLS: the same pretrained encoder with the ``cls`` readout (CLS alone);
 * MEM 20x tokens: MEM with the ``tokens`` readout (the 16 contextualised 20x tokens of
   each region, no compression), then AB-MIL.
 
-``cls``, ``cls+tile`` and ``cls|tile`` pretrain identically (the masked tokens are predicted from the CLS),
+``cls`` and ``cls+tile`` pretrain identically (the masked tokens are predicted from the CLS),
 so one pretrained encoder serves both.
 
 The mixing encoder is pretrained once, without labels, on the regions of both cohorts; it
@@ -164,7 +163,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="cross-validation repeats (fold and head seeds)")
     parser.add_argument("--mem-steps", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=0, help="seed of the slides and of MEM")
-    parser.add_argument("--readout", choices=("cls+tile", "cls|tile", "cls"), default="cls+tile",
+    parser.add_argument("--readout", choices=("cls+tile", "cls"), default="cls+tile",
                         help="region readout of the MEM and random mixing rows")
     parser.add_argument("--rows", nargs="+", choices=tuple(ROW_KEYS), default=list(ROW_KEYS),
                         help="rows to run: " + ", ".join(f"{key} = {row}" for key, row in ROW_KEYS.items()))

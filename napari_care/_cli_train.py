@@ -171,18 +171,16 @@ def register(main: click.Group) -> None:
     @click.option("--batch-size", type=int, default=64, show_default=True, help="Regions per step.")
     @click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate (AdamW).")
     @click.option("--objective", type=click.Choice(["mem", "cmem"]), default="mem", show_default=True)
-    @click.option("--readout", type=click.Choice(["cls", "cls+tile", "cls|tile", "tokens"]), default="cls",
-                  show_default=True,
+    @click.option("--readout", type=click.Choice(["cls", "cls+tile", "tokens"]), default="cls", show_default=True,
                   help="Region output for AB-MIL: cls (one token per region), cls+tile (the CLS and the region's "
-                       "most salient 20x tile, one token per region), cls|tile (the same two as two tokens per "
-                       "region), tokens (the 16 20x tokens).")
+                       "most salient 20x tile, one token per region), tokens (the 16 20x tokens).")
     @click.option("--mask-ratio", type=float, default=0.5, show_default=True)
     @click.option("--dim", type=int, default=256, show_default=True, help="Transformer width.")
     @click.option("--depth", type=int, default=2, show_default=True, help="Transformer layers.")
     @click.option("--regions-per-slide", type=int, default=None, help="Region subsampling per slide.")
     @click.option("--standardise-tokens/--no-standardise-tokens", default=True, show_default=True,
                   help="Standardise tile embeddings per dimension with the pretraining regions' mean and std, "
-                       "and whiten 20x tiles for cls+tile and cls|tile with their covariance (kept in the checkpoint; a "
+                       "and whiten 20x tiles for cls+tile with their covariance (kept in the checkpoint; a "
                        "resumed run keeps its own). Off: raw embeddings.")
     def mixmag(tokens, out_dir, resume, checkpoint_every, seed, device, quiet, steps, batch_size, lr, objective,
                readout, mask_ratio, dim, depth, regions_per_slide, standardise_tokens) -> None:

@@ -15,7 +15,7 @@ from napari_care.core.models.mixmag import (
     RegionTokens,
     assemble_region_tokens,
 )
-from napari_care.core.models.mixmag_readout import readout_instances, salient_tile
+from napari_care.core.models.mixmag_readout import salient_tile
 from napari_care.core.progress import run_to_end
 from napari_care.core.train.mem import MEMTrainConfig, learning_rate, region_bags, train_mem
 
@@ -35,7 +35,7 @@ def test_layout_constants():
     assert tiny().token_magnification.tolist() == [0] + [1] * 4 + [2] * 16
 
 
-@pytest.mark.parametrize("readout", ["cls", "cls+tile", "cls|tile", "tokens"])
+@pytest.mark.parametrize("readout", ["cls", "cls+tile", "tokens"])
 def test_forward_shapes_and_readout(readout):
     model = tiny(readout=readout).eval()
     tokens = torch.randn(6, N_TOKENS, D)
@@ -44,9 +44,9 @@ def test_forward_shapes_and_readout(readout):
     out = model(tokens, present)
     assert out.cls.shape == (6, 32) and out.tokens.shape == (6, N_TOKENS, 32)
     instances = model.mil_instances(tokens, present, batch_size=4)
-    expected = {"tokens": int(present[:, FIRST_20X_TOKEN:].sum()), "cls|tile": 12}.get(readout, 6)
+    expected = int(present[:, FIRST_20X_TOKEN:].sum()) if readout == "tokens" else 6
     assert instances.shape == (expected, model.instance_dim)
-    assert model.instance_dim == (32 + D if readout in ("cls+tile", "cls|tile") else 32)
+    assert model.instance_dim == (32 + D if readout == "cls+tile" else 32)
 
 
 def test_cls_tile_readout_keeps_the_most_salient_20x_tile():
@@ -76,27 +76,6 @@ def test_cls_tile_readout_keeps_the_most_salient_20x_tile():
     torch.testing.assert_close(losses[0], losses[1])
 
 
-def test_cls_or_tile_readout_gives_the_cls_and_the_tile_as_two_instances():
-    tokens = torch.randn(5, N_TOKENS, D, generator=torch.Generator().manual_seed(2))
-    present = torch.ones(5, N_TOKENS, dtype=torch.bool)
-    present[3, FIRST_20X_TOKEN:] = False  # no 20x tile: a zero tile instance
-    joint = tiny(readout="cls+tile").eval().mil_instances(tokens, present)
-    model = tiny(readout="cls|tile").eval()
-    split = model.mil_instances(tokens, present, batch_size=2)  # region order survives batching
-    assert split.shape == (10, 32 + D) and model.instance_dim == 32 + D
-    torch.testing.assert_close(split[0::2, :32], joint[:, :32])  # instance 2r: region r's CLS ...
-    torch.testing.assert_close(split[1::2, 32:], joint[:, 32:])  # ... 2r + 1: its salient tile
-    assert not split[0::2, 32:].any() and not split[1::2, :32].any()
-    assert not split[7].any() and split[6].abs().sum() > 0
-    # the same pretraining as the CLS readout
-    cls_model = tiny(readout="cls")
-    losses = [m.pretraining_loss(tokens, present, generator=torch.Generator().manual_seed(0))[0]
-              for m in (cls_model, model)]
-    torch.testing.assert_close(losses[0], losses[1])
-    with pytest.raises(ValueError, match="readout must be one of"):
-        readout_instances(joint[:, :32], joint[:, 32:], "cls")
-
-
 def test_salient_tile_follows_the_whitening():
     tiles = torch.zeros(1, 16, 2)
     tiles[0, 3] = torch.tensor([2.0, 0.0])  # large along a high-variance direction
@@ -107,30 +86,6 @@ def test_salient_tile_follows_the_whitening():
     torch.testing.assert_close(salient_tile(tiles, present, whitening), torch.tensor([[0.0, 4.0]]))
     present[0, 9] = False
     torch.testing.assert_close(salient_tile(tiles, present, whitening), torch.tensor([[1.0, 0.0]]))
-
-
-def test_pretrain_mixmag_cli_accepts_the_cls_or_tile_readout(tmp_path):
-    import click
-    from click.testing import CliRunner
-
-    from napari_care import _cli_train
-    from napari_care.core.checkpoint import load_checkpoint
-
-    @click.group()
-    def group() -> None:
-        """Stand-in for napari_care.cli.main."""
-
-    _cli_train.register(group)
-    slide = _structured_slides(n_slides=1, regions=8)[0]
-    np.savez(tmp_path / "s0.npz", tokens=slide.tokens, token_present=slide.token_present,
-             region_coords=slide.region_coords, region_size_level0=896.0, slide_id="s0")
-    result = CliRunner().invoke(group, ["pretrain", "mixmag", str(tmp_path / "s0.npz"), "--out", str(tmp_path / "mem"),
-                                        "--steps", "1", "--batch-size", "4", "--dim", "8", "--depth", "1",
-                                        "--readout", "cls|tile", "--quiet"])
-    assert result.exit_code == 0, result.output
-    model, config, _ = load_checkpoint(tmp_path / "mem" / "mem_final.json", MixMagEncoder)
-    assert config.readout == "cls|tile"
-    assert region_bags(model, [slide])["s0"].shape == (16, 8 + D)
 
 
 def test_missing_tokens_do_not_leak():
@@ -160,7 +115,7 @@ def test_sample_mask_respects_presence_and_ratio():
 
 
 @pytest.mark.parametrize("objective", ["mem", "cmem"])
-@pytest.mark.parametrize("readout", ["cls", "cls+tile", "cls|tile", "tokens"])
+@pytest.mark.parametrize("readout", ["cls", "cls+tile", "tokens"])
 @pytest.mark.parametrize("loss", ["cosine", "mse"])
 def test_pretraining_loss_variants(objective, readout, loss):
     model = tiny(objective=objective, readout=readout, loss=loss, feature_noise=0.1)
@@ -279,7 +234,6 @@ def test_mem_resume_errors(tmp_path):
 
 @pytest.mark.parametrize(("readout", "per_slide"), [("cls", lambda s: len(s.tokens)),
                                                     ("cls+tile", lambda s: len(s.tokens)),
-                                                    ("cls|tile", lambda s: 2 * len(s.tokens)),
                                                     ("tokens", lambda s: int(s.token_present[:, 5:].sum()))])
 def test_region_bags(readout, per_slide):
     slides = _structured_slides(regions=10)

@@ -31,9 +31,9 @@ Readouts (``MixMagConfig.readout``), i.e. what goes to the AB-MIL head downstrea
 ``"cls"``      compressed CLS: one token per region. The masked tokens are then predicted
                from the CLS output alone (plus the query's magnification and position), so
                the CLS is trained to summarise the region (this project's choice).
-``"cls+tile"`` the CLS and the region's most salient (whitened) 20x tile in one token;
-``"cls|tile"`` the same two as two instances per region (see :mod:`.mixmag_readout`). Both
-               pretrain exactly as ``"cls"``.
+``"cls+tile"`` one token per region too: the CLS (pretrained as with ``"cls"``) and the
+               whitened embedding of the region's most salient 20x tile (see
+               :mod:`.mixmag_readout`), concatenated, width ``dim + in_dim``.
 ``"tokens"``   the 16 contextualised 20x tokens of each region (as many instances as 20x
                tiling); masked tokens are predicted from their own output tokens.
 """
@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_care.core.models.mixmag_readout import READOUTS, TILE_READOUTS, readout_instances, salient_tile
+from napari_care.core.models.mixmag_readout import salient_tile
 
 MAGNIFICATIONS = (5, 10, 20)
 TILES_PER_SIDE = (1, 2, 4)
@@ -69,8 +69,8 @@ class MixMagConfig:
     objective
         ``"mem"`` or ``"cmem"`` (see the module docstring).
     readout
-        ``"cls"`` or ``"cls+tile"`` (one token per region), ``"cls|tile"`` (two per region)
-        or ``"tokens"`` (16 per region).
+        ``"cls"`` or ``"cls+tile"`` (compressed, one token per region) or ``"tokens"``
+        (16 per region).
     mask_ratio
         Share of a region's present tokens masked in pretraining (at least one masked, one
         visible, in regions of two or more tokens).
@@ -101,7 +101,7 @@ class MixMagConfig:
     proj_dim: int = 128
 
     def __post_init__(self) -> None:
-        choices = {"objective": ("mem", "cmem"), "readout": READOUTS, "loss": ("cosine", "mse")}
+        choices = {"objective": ("mem", "cmem"), "readout": ("cls", "cls+tile", "tokens"), "loss": ("cosine", "mse")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"MixMagConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
@@ -134,7 +134,7 @@ class MixMagEncoder(nn.Module):
     token_magnification: torch.Tensor  # buffers: [21] magnification index (0, 1, 2) of each token slot,
     feature_mean: torch.Tensor         # [D] and [D]: standardisation of tile embeddings,
     feature_std: torch.Tensor
-    tile_whitening: torch.Tensor       # [D, D]: whitening of standardised 20x tiles (tile readouts)
+    tile_whitening: torch.Tensor       # [D, D]: whitening of standardised 20x tiles (cls+tile readout)
 
     def __init__(self, config: MixMagConfig) -> None:
         super().__init__()
@@ -167,7 +167,7 @@ class MixMagEncoder(nn.Module):
     @property
     def instance_dim(self) -> int:
         """Width of one AB-MIL instance of :meth:`mil_instances`."""
-        return self.config.dim + (self.config.in_dim if self.config.readout in TILE_READOUTS else 0)
+        return self.config.dim + (self.config.in_dim if self.config.readout == "cls+tile" else 0)
 
     def salient_tile(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Whitened embedding of each region's most salient present 20x tile, ``[B, D]``; zeros if none
@@ -187,7 +187,7 @@ class MixMagEncoder(nn.Module):
 
     @torch.no_grad()
     def set_tile_whitening(self, whitening: torch.Tensor) -> None:
-        """Whiten standardised 20x tiles with ``whitening`` ``[D, D]`` in the tile readouts."""
+        """Whiten standardised 20x tiles with ``whitening`` ``[D, D]`` in the ``cls+tile`` readout."""
         if whitening.shape != (self.config.in_dim, self.config.in_dim) or not bool(torch.isfinite(whitening).all()):
             raise ValueError(f"MixMagEncoder.set_tile_whitening needs a finite [{self.config.in_dim}, "
                              f"{self.config.in_dim}] matrix, got {tuple(whitening.shape)}")
@@ -249,9 +249,8 @@ class MixMagEncoder(nn.Module):
         """The AB-MIL bag of one slide: its regions' readout, ``[instances, instance_dim]``.
 
         With ``readout="cls"`` one instance per region (``[R, dim]``), with ``"cls+tile"``
-        one per region with its salient 20x tile appended (``[R, dim + D]``), with
-        ``"cls|tile"`` two per region (``[2 R, dim + D]``, CLS then tile, region by region);
-        with ``"tokens"`` the contextualised 20x tokens that are present, region by region.
+        one per region with its salient 20x tile appended (``[R, dim + D]``); with
+        ``"tokens"`` the contextualised 20x tokens that are present, region by region.
         """
         present = self._check(tokens, token_present)
         parts = []
@@ -260,9 +259,8 @@ class MixMagEncoder(nn.Module):
             out = self(batch, batch_present)
             if self.config.readout == "tokens":
                 parts.append(out.tokens[:, FIRST_20X_TOKEN:][batch_present[:, FIRST_20X_TOKEN:]])
-            elif self.config.readout in TILE_READOUTS:
-                tile = self.salient_tile(batch, batch_present)
-                parts.append(readout_instances(out.cls, tile, self.config.readout))
+            elif self.config.readout == "cls+tile":
+                parts.append(torch.cat([out.cls, self.salient_tile(batch, batch_present)], dim=1))
             else:
                 parts.append(out.cls)
         return torch.cat(parts) if parts else tokens.new_zeros((0, self.instance_dim))

@@ -55,7 +55,7 @@ class MEMTrainConfig:
     standardise_tokens
         A new model standardises tile embeddings per dimension with the mean and std of the
         pool's present tokens, and gets the ZCA whitening of the pool's standardised 20x
-        tiles for the ``cls+tile``/``cls|tile`` readouts (kept in the model; a resumed run keeps its
+        tiles for the ``cls+tile`` readout (kept in the model; a resumed run keeps its
         checkpoint's). False: identity for both, i.e. the raw embeddings.
     checkpoint_every
         Save ``mem_step<step>`` every that many steps (0: only the final ``mem_final``).
@@ -292,8 +292,7 @@ def region_bags(model: MixMagEncoder, slides: Sequence[RegionTokens], *, batch_s
     Returns
     -------
     slide_id -> ``[instances, model.instance_dim]`` float32: one instance per region with the
-    compressed readouts (``cls``, ``cls+tile``), two per region with ``cls|tile`` (the CLS
-    instance, then the tile instance), one per present 20x tile with ``tokens``.
+    compressed readouts (``cls``, ``cls+tile``), one per present 20x tile with ``tokens``.
     """
     slide_ids = [slide.slide_id for slide in slides]
     if "" in slide_ids or len(set(slide_ids)) != len(slide_ids):
