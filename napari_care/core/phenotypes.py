@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from napari_care.core.care_result import CareResult
-from napari_care.core.models.care_blocks import check_grid
+from napari_care.core.models.care_blocks import check_grid, feature_moments, group_mean
 
 DESCRIPTORS = ("median", "mean", "embedding")
 WEIGHTINGS = ("patches", "uniform")
@@ -79,6 +79,12 @@ def region_descriptors(result: CareResult, patch_features: np.ndarray | None = N
     standardize
         Standardise each dimension first (over the patches, or over the regions for
         ``"embedding"``), so that no single dimension dominates the distances.
+
+    Returns
+    -------
+    np.ndarray
+        ``[R, F]`` float64, one row per region (F = D for ``"median"`` and ``"mean"``, E for
+        ``"embedding"``).
     """
     if descriptor not in DESCRIPTORS:
         raise ValueError(f"descriptor must be one of {DESCRIPTORS}, got {descriptor!r}")
@@ -87,21 +93,26 @@ def region_descriptors(result: CareResult, patch_features: np.ndarray | None = N
         return _standardized(features) if standardize else features
     if patch_features is None:
         raise ValueError(f"descriptor={descriptor!r} needs patch_features (or use descriptor='embedding')")
-    features = np.asarray(patch_features, np.float64)
+    features = np.asarray(patch_features)
+    if features.dtype not in (np.float32, np.float64):
+        features = features.astype(np.float32)
     if features.ndim != 2 or len(features) != result.n_patches:
         raise ValueError(f"patch_features must have shape [{result.n_patches}, D] (one row per patch of the "
                          f"result), got {features.shape}")
-    if standardize:
-        features = _standardized(features)
+    # Medians and means commute with a per-dimension standardisation (a positive scale and a
+    # shift), so they are taken on the features as they are and only the [R, D] result is
+    # standardised: no N x D copy.
     if descriptor == "mean":
-        sizes = np.maximum(result.region_sizes, 1)[:, None]
-        sums = np.zeros((result.n_regions, features.shape[1]))
-        np.add.at(sums, result.region_of_patch, features)
-        return sums / sizes
-    order = np.argsort(result.region_of_patch, kind="stable")
-    ends = np.cumsum(np.bincount(result.region_of_patch, minlength=result.n_regions))
-    return np.stack([np.median(features[order[start:end]], axis=0)
-                     for start, end in zip(np.r_[0, ends[:-1]], ends, strict=True)])
+        described = group_mean(features, result.region_of_patch, result.n_regions).astype(np.float64)
+    else:
+        order = np.argsort(result.region_of_patch, kind="stable")
+        ends = np.cumsum(np.bincount(result.region_of_patch, minlength=result.n_regions))
+        described = np.stack([np.median(features[order[start:end]], axis=0)
+                              for start, end in zip(np.r_[0, ends[:-1]], ends, strict=True)]).astype(np.float64)
+    if not standardize:
+        return described
+    mean, std = feature_moments(features, eps=1e-12)
+    return (described - mean) / std
 
 
 def _standardized(features: np.ndarray) -> np.ndarray:

@@ -252,6 +252,23 @@ def group_sum_matrix(group: np.ndarray, n_groups: int) -> scipy.sparse.csr_matri
     return scipy.sparse.csr_matrix((ones, (group, np.arange(len(group)))), shape=(n_groups, len(group)))
 
 
+def feature_moments(features: np.ndarray, *, eps: float = 1e-6, chunk_rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Per-dimension mean and standard deviation of ``features`` ``[N, D]``, without an N x D copy.
+
+    Chunks of ``chunk_rows`` rows are summed in their own dtype, totals in float64; the
+    standard deviation is at least ``eps``, so it can divide.
+    """
+    total = np.zeros(features.shape[1])
+    total_sq = np.zeros(features.shape[1])
+    for start in range(0, len(features), chunk_rows):
+        chunk = features[start:start + chunk_rows]
+        total += chunk.sum(axis=0, dtype=np.float64)
+        total_sq += np.einsum("nd,nd->d", chunk, chunk)
+    mean = total / len(features)
+    std = np.sqrt(np.maximum(total_sq / len(features) - mean**2, 0.0))
+    return mean, np.maximum(std, eps)
+
+
 def group_mean(values: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarray:
     """Mean of ``values`` ``[N, D]`` over each group 0..n_groups-1 (0 for an empty group)."""
     counts = np.bincount(group, minlength=n_groups).astype(np.float64)

@@ -50,6 +50,7 @@ from napari_care.core.models.care_blocks import (
     candidate_blocks,
     check_grid,
     dense_labels,
+    feature_moments,
     grid_neighbourhood,
     group_mean,
     neighbour_blocks,
@@ -118,19 +119,6 @@ class CareFreeConfig:
             raise ValueError(f"CareFreeConfig.refine_iterations must be >= 0, got {self.refine_iterations}")
         if not 1 <= self.n_candidates <= 9:
             raise ValueError(f"CareFreeConfig.n_candidates must be in 1..9, got {self.n_candidates}")
-
-
-def _feature_moments(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-dimension mean and standard deviation (float32 chunks, float64 totals)."""
-    total = np.zeros(features.shape[1])
-    total_sq = np.zeros(features.shape[1])
-    for start in range(0, len(features), _CHUNK_ROWS):
-        chunk = features[start:start + _CHUNK_ROWS]
-        total += chunk.sum(axis=0, dtype=np.float64)
-        total_sq += np.einsum("nd,nd->d", chunk, chunk)
-    mean = total / len(features)
-    std = np.sqrt(np.maximum(total_sq / len(features) - mean**2, 0.0))
-    return mean, np.maximum(std, _EPS)
 
 
 def _block_scores(features: np.ndarray, mean: np.ndarray, std: np.ndarray, unit_blocks: np.ndarray,
@@ -261,7 +249,7 @@ def input_log_affinity(features: np.ndarray, grid: np.ndarray, slide_of_patch: n
     standardised = np.empty_like(features)
     for slide in np.unique(slide_of_patch):
         rows = slide_of_patch == slide
-        mean, std = _feature_moments(features[rows])
+        mean, std = feature_moments(features[rows])
         standardised[rows] = (features[rows] - mean) / std
     smoothing = None
     if config.augmented_view == "smooth":
@@ -298,7 +286,7 @@ def segment_free(features: np.ndarray, grid: np.ndarray, config: CareFreeConfig 
     if features.dtype not in (np.float32, np.float64):
         features = features.astype(np.float32)
     grid = check_grid(grid, len(features))
-    mean, std = _feature_moments(features)
+    mean, std = feature_moments(features)
     if not (np.all(np.isfinite(mean)) and np.all(np.isfinite(std))):
         raise ValueError("features contain NaN or infinite values")
 
