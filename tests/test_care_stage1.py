@@ -101,6 +101,22 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
         assert torch.equal(resumed.model.state_dict()[name], value), name
 
 
+def test_runs_saved_with_one_optimizer_group_still_resume(tmp_path):
+    """Stage I states written before the generator's gain group existed (one group) resume."""
+    slides = [structured_slide(seed) for seed in range(3)]
+    config = tiny_config(steps=4, batch_size=2, checkpoint_every=2)
+    straight = run_to_end(train_care_stage1(slides, CARE_CONFIG, tmp_path / "a", config))
+    state_path = tmp_path / "a" / "care_stage1_step000002.state.pt"
+    state = torch.load(state_path, weights_only=False)
+    groups = state["optimizer"]["param_groups"]
+    assert len(groups) == 2 and not groups[1]["params"]   # the paper's generator has no gains
+    state["optimizer"]["param_groups"] = [{k: v for k, v in groups[0].items() if k != "lr_factor"}]
+    torch.save(state, state_path)
+    resumed = run_to_end(train_care_stage1(slides, None, tmp_path / "b", config,
+                                           resume_from=tmp_path / "a" / "care_stage1_step000002.json"))
+    assert resumed.losses == straight.losses
+
+
 def test_resume_with_other_features_names_both_dimensions(tmp_path):
     slides = [structured_slide(seed) for seed in range(2)]
     run_to_end(train_care_stage1(slides, CARE_CONFIG, tmp_path, tiny_config(steps=1, batch_size=1)))

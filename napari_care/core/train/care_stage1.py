@@ -58,6 +58,7 @@ from napari_care.core.train.feature_views import (
     random_crop,
     subslide_pool,
 )
+from napari_care.core.train.schedule import cosine_schedule, step_seed
 
 
 @dataclass(frozen=True)
@@ -155,19 +156,6 @@ class Stage1Result:
     losses: list[float]
     components: dict[str, list[float]]
     checkpoint: Path
-
-
-def cosine_schedule(step: int, steps: int, warmup_steps: int, peak: float) -> float:
-    """Learning rate of a 0-based step: linear warmup to ``peak``, then cosine decay to 0."""
-    if step < warmup_steps:
-        return peak * (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, steps - warmup_steps))
-    return peak * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def step_seed(seed: int, step: int) -> int:
-    """The seed of one step's randomness."""
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
 
 
 class ProjectionHead(nn.Module):
@@ -285,6 +273,15 @@ def _update_teacher(student: nn.Module, teacher: nn.Module, momentum: float) -> 
         teacher_param.mul_(momentum).add_(student_param.detach(), alpha=1.0 - momentum)
 
 
+def _with_gain_group(saved: dict, optimizer) -> dict:
+    """A saved optimizer state with the (empty) gain group runs from before it existed can lack."""
+    groups = saved["param_groups"]
+    if len(groups) != 1 or len(optimizer.param_groups) != 2 or optimizer.param_groups[1]["params"]:
+        return saved
+    weights, gains = optimizer.state_dict()["param_groups"]
+    return {**saved, "param_groups": [{**weights, **groups[0], "lr_factor": 1.0}, gains]}
+
+
 def _training_state(step, student, teacher, centers, optimizer, config, losses, components) -> dict:
     return {"kind": "care_stage1", "step": step, "train_config": config.to_dict(), "losses": losses,
             "components": components, "student": student.state_dict(), "teacher": teacher.state_dict(),
@@ -357,7 +354,7 @@ def train_care_stage1(slides: Sequence[SlideFeatures], model_config: CareConfig 
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
         centers = {name: value.to(device) for name, value in state["centers"].items()}
-        optimizer.load_state_dict(state["optimizer"])
+        optimizer.load_state_dict(_with_gain_group(state["optimizer"], optimizer))
     student.train()
     teacher.eval()
     devices = [device] if device.type != "cpu" else []

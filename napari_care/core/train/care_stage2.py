@@ -49,7 +49,6 @@ from napari_care.core.molecular import (
     molecular_inputs,
 )
 from napari_care.core.progress import Progress, ProgressGen
-from napari_care.core.train.care_stage1 import cosine_schedule, step_seed
 from napari_care.core.train.feature_views import (
     Augmentation,
     SlideFeatures,
@@ -57,6 +56,7 @@ from napari_care.core.train.feature_views import (
     check_same_dim,
     random_crop,
 )
+from napari_care.core.train.schedule import cosine_schedule, step_seed
 
 MODALITIES = {"rna": (RNAEncoder, RNAEncoderConfig), "protein": (ProteinEncoder, ProteinEncoderConfig)}
 _MAX_LOGIT_SCALE = math.log(100.0)

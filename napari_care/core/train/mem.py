@@ -15,7 +15,6 @@ comes from a generator seeded with ``(seed, t)``, so a run resumed from a checkp
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from napari_care.core.models.mixmag import (
     RegionTokens,
 )
 from napari_care.core.progress import Progress, ProgressGen
+from napari_care.core.train.schedule import cosine_schedule, step_seed
 
 
 @dataclass(frozen=True)
@@ -101,15 +101,7 @@ class MEMTrainResult:
 
 def learning_rate(step: int, config: MEMTrainConfig) -> float:
     """Learning rate of a step (0-based): linear warmup, then cosine decay to 0."""
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    decay_steps = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / decay_steps)
-    return config.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def _step_seed(seed: int, step: int) -> int:
-    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+    return cosine_schedule(step, config.steps, config.warmup_steps, config.lr)
 
 
 class _RegionPool:
@@ -247,14 +239,14 @@ def train_mem(slides: Sequence[RegionTokens], model_config: MixMagConfig | None,
         optimizer.load_state_dict(optimizer_state)
     devices = [device] if device.type != "cpu" else []
     for step in range(start_step, config.steps):
-        step_seed = _step_seed(config.seed, step)
-        generator = torch.Generator().manual_seed(step_seed)
+        seed = step_seed(config.seed, step)
+        generator = torch.Generator().manual_seed(seed)
         flat = torch.randint(len(pool), (config.batch_size,), generator=generator).numpy()
         tokens, present = pool.batch(flat)
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, config)
         with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(step_seed)  # dropout draws from the global generator
+            torch.manual_seed(seed)  # dropout draws from the global generator
             loss, _ = model.pretraining_loss(tokens.to(device), present.to(device), generator=generator)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
