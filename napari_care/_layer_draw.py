@@ -52,6 +52,13 @@ class OneCallPerTurn:
         else:
             self._finished(True)
 
+    def stop(self) -> None:
+        """Drop the calls still waiting (``on_done`` gets False when there were any)."""
+        if self._calls:
+            self._calls.clear()
+            self._timer.stop()
+            self._finished(False)
+
     def _next(self) -> None:
         if not self._calls:
             return
@@ -121,8 +128,11 @@ def hold_repaints(widgets: Iterable, held: bool) -> None:
     ``setUpdatesEnabled``, made for this; re-enabling schedules the repaint.
     """
     for widget in widgets:
-        if widget is not None and widget.updatesEnabled() == held:
-            widget.setUpdatesEnabled(not held)
+        try:
+            if widget is not None and widget.updatesEnabled() == held:
+                widget.setUpdatesEnabled(not held)
+        except RuntimeError:  # its C++ side is gone (a closed dock): nothing to hold, go on with the rest
+            continue
 
 
 def glyph_loaders(viewer, characters: str) -> list[Callable[[], Any]]:

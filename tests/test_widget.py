@@ -7,6 +7,7 @@ they encode, so "only the tiles in view" is a number, not a timing.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from pathlib import Path
 
@@ -46,7 +47,8 @@ def viewer_widget(make_napari_viewer, slide_path, qtbot):
     viewer.window.add_dock_widget(widget, name="CARE")
     qtbot.waitUntil(lambda: not widget.controller.warming_up, timeout=RUN_TIMEOUT_MS)
     yield viewer, widget
-    widget.controller.cancel()
+    with contextlib.suppress(RuntimeError):  # a test may have deleted the widget
+        widget.controller.cancel()
 
 
 def run_and_wait(widget, qtbot) -> None:
@@ -308,27 +310,27 @@ def test_visible_field_encodes_only_the_tiles_in_view_then_only_new_ones_after_a
 
 
 def test_follow_view_reruns_once_after_the_camera_settles(viewer_widget, qtbot, monkeypatch):
-    import napari_care._widget as widget_module
+    import napari_care._segment_controller as controller_module
 
     viewer, widget = viewer_widget
     jobs = []
-    job = widget_module.segment_job
+    job = controller_module.segment_job
 
     def counting_job(*args):
         jobs.append(args[2])  # the box
         return (yield from job(*args))
 
-    monkeypatch.setattr(widget_module, "segment_job", counting_job)
+    monkeypatch.setattr(controller_module, "segment_job", counting_job)
     widget.scope.value = "visible field"
     widget.follow_view.value = True
     for x in (1500, 1600, 1700):  # three quick moves: one run, on the last view
         box = show_view(viewer, qtbot, center_level0=(x, 1300), zoom=1.0)
     qtbot.waitUntil(lambda: bool(jobs) and not widget.controller.busy, timeout=RUN_TIMEOUT_MS)
-    qtbot.wait(2 * widget_module.FOLLOW_DELAY_MS)
+    qtbot.wait(2 * controller_module.FOLLOW_DELAY_MS)
     assert jobs == [box]
     widget.follow_view.value = False
     show_view(viewer, qtbot, center_level0=(1900, 1300), zoom=1.0)
-    qtbot.wait(2 * widget_module.FOLLOW_DELAY_MS)
+    qtbot.wait(2 * controller_module.FOLLOW_DELAY_MS)
     assert len(jobs) == 1
 
 
@@ -448,7 +450,7 @@ def test_the_widget_from_the_plugin_menu_runs_through_naparis_proxy(make_napari_
     from napari_care._reader import read_slide
 
     viewer = make_napari_viewer(show=True)
-    data, kwargs, kind = read_slide(str(slide_path))[0]
+    data, kwargs, _ = read_slide(str(slide_path))[0]
     viewer.add_image(data, **kwargs)
     _, widget = viewer.window.add_plugin_dock_widget("napari-care", "CARE: segment regions")
     assert type(widget.viewer).__name__ == "PublicOnlyProxy"
@@ -459,3 +461,18 @@ def test_the_widget_from_the_plugin_menu_runs_through_naparis_proxy(make_napari_
         run_and_wait(widget, qtbot)
     assert [layer.name for layer in viewer.layers[1:]] == [REGIONS, ATTENTION, ROI]
     assert "regions over" in widget.status.value
+
+
+def test_closing_the_widget_mid_draw_stops_it_and_the_window_repaints_again(viewer_widget, qtbot):
+    from napari_care._layer_draw import repainted_widgets
+
+    viewer, widget = viewer_widget
+    widget.scope.value = "whole slide"
+    run_and_wait(widget, qtbot)
+    controller = widget.controller
+    controller.redraw()  # a draw of three layers over three turns, repaints held meanwhile
+    window, canvas, docks = repainted_widgets(viewer)
+    assert controller._drawing.pending and not canvas.updatesEnabled()
+    widget.native.deleteLater()
+    qtbot.waitUntil(lambda: not controller._drawing.pending, timeout=RUN_TIMEOUT_MS)
+    assert window.updatesEnabled() and canvas.updatesEnabled() and all(dock.updatesEnabled() for dock in docks)
