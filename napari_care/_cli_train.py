@@ -68,7 +68,8 @@ def care_model_options(function):
         click.option("--heads", type=int, default=8, show_default=True, help="Attention heads."),
         click.option("--affinity-prior", type=click.Choice(["none", "input"]), default="none", show_default=True,
                      help="none: the paper's generator; input: start from the training-free affinity "
-                          "(a new model cuts slides as training-free CARE; see docs/care.md)."),
+                          "(a new model cuts slides as training-free CARE; see docs/care.md). New models only: "
+                          "with --resume or --init the checkpoint's model config is used."),
     ]
     for option in reversed(options):
         function = option(function)

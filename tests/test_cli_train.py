@@ -87,6 +87,8 @@ def test_stage1_recipe_options_reach_the_model_and_the_loss(cli, data, tmp_path)
     saved = json.loads((tmp_path / "care_stage1_final.json").read_text())
     assert '"affinity_prior": "input"' in json.dumps(saved)
     assert '"consistency_weight": 1.0' in json.dumps(saved)
+    consistency = saved["extra"]["components"]["consistency"]
+    assert len(consistency) == 2 and all(value > 0 for value in consistency)   # the term was trained on
     wrong = invoke(cli, "pretrain", "care-stage1", data / "features", "--out", tmp_path / "x",
                    "--affinity-prior", "learned", *TINY_CARE)
     assert wrong.exit_code == 2 and "learned" in wrong.output

@@ -71,3 +71,16 @@ def test_weighting_seeds_and_bad_options(strip_slide):
         phenotype_groups(result, 2, descriptor="median")
     with pytest.raises(ValueError, match=r"patch_features must have shape \[70, D\]"):
         phenotype_groups(result, 2, patch_features=features[:5])
+
+
+def test_patch_weighting_lets_a_large_region_pull_the_groups():
+    """Regions at x = 0, 7, 10, 17; the one at 10 has 100 patches, the others one each. One
+    weight per region splits {0, 7} | {10, 17}; weights by patch count split {0} | {7, 10, 17}."""
+    region_of_patch = np.repeat(np.arange(4), [1, 1, 100, 1])
+    x = np.repeat([0.0, 7.0, 10.0, 17.0], [1, 1, 100, 1])
+    features = np.stack([x, np.zeros_like(x)], axis=1).astype(np.float32)
+    result = result_of(region_of_patch, features)
+    uniform = phenotype_groups(result, 2, patch_features=features, weighting="uniform").group_of_region
+    weighted = phenotype_groups(result, 2, patch_features=features).group_of_region
+    assert uniform[0] == uniform[1] != uniform[2] == uniform[3]
+    assert weighted[0] != weighted[1] == weighted[2] == weighted[3]

@@ -20,7 +20,7 @@ every learned part replaced by a fixed one (this project's choices):
   among the same candidates (a k-means-like refinement, as SLIC superpixels do). The
   candidates and containment do not change, so a region stays a re-cut of its block; the
   block features lose the other tissue they mixed in, so more patches find their tissue's
-  region (generated slides of the offline sample's size, k = 8: purity 0.834 -> 0.864,
+  region (generated slides of the offline sample's size, k = 8: purity 0.834 -> 0.863,
   boundary recall 0.43 -> 0.48, coherence 0.956 -> 0.959). ``0`` is the single pass;
 - a region's feature is the mean (raw, not standardised) feature of its patches (E = D);
 - ``beta`` is ``"novelty"`` (default: proportional to the distance of the region's mean
@@ -28,7 +28,8 @@ every learned part replaced by a fixed one (this project's choices):
   or ``"uniform"``.
 
 Pure numpy, a few passes over the features, memory and time linear in N (100k x 768
-features: about 1.1 s for the single pass, 2.1 s with the 2 refinements, on 2 CPU cores).
+random features: 0.7 s for the single pass, 1.9 s with the 2 refinements, on 2 quiet CPU
+cores; ``benchmarks/bench_care_scaling.py`` prints the figures).
 """
 
 from __future__ import annotations

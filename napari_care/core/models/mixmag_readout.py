@@ -2,10 +2,13 @@
 
 A cue in a few 20x tiles of a region is diluted in any one-vector summary of its 21 tokens
 (the compressed CLS). The ``cls+tile`` readout keeps, next to the CLS, the region's most
-salient 20x tile, chosen without labels as the present 20x tile farthest from the
-pretraining tiles: the largest norm after whitening (``MixMagEncoder.tile_whitening``, the
-ZCA of the pretraining regions' standardised 20x tiles), so that a cue in low-variance
-directions counts. The tile is given whitened. (This project's option; the paper is silent.)
+salient 20x tile, chosen without labels as the present 20x tile of largest norm after
+whitening: tiles are standardised with the statistics of all pretraining tokens (5x, 10x and
+20x) and whitened with ``MixMagEncoder.tile_whitening`` (the ZCA of the pretraining regions'
+20x tiles, covariance about their own mean), so that a cue in low-variance directions counts.
+The norm is taken about the all-token mean, not re-centred on the 20x tiles' mean (that
+variant was not measured). The tile is given whitened. (This project's option; the paper is
+silent.)
 """
 
 from __future__ import annotations
