@@ -2,7 +2,7 @@
 
     python benchmarks/mixmag_experiment.py [--workdir /tmp/napari_care_mixmag] [--slides 32]
                                            [--size-px 3072] [--folds 4] [--repeats 2]
-                                           [--mem-steps 1000] [--seed 0] [--readout cls+tile]
+                                           [--mem-steps 1000] [--seed 0] [--readout cls+tile] [--pools one]
                                            [--rows mem 20x random cls tokens]
 
 Two generated cohorts (:mod:`napari_care.core.synthetic_cohort`), half positive each:
@@ -23,6 +23,10 @@ Rows, all with the same AB-MIL head and training loop (:func:`~napari_care.core.
 * MEM CLS: the same pretrained encoder with the ``cls`` readout (CLS alone);
 * MEM 20x tokens: MEM with the ``tokens`` readout (the 16 contextualised 20x tokens of
   each region, no compression), then AB-MIL.
+
+``--pools two`` (with ``cls+tile``): the MEM and random mixing rows use the two-pool AB-MIL
+(``ABMILConfig.split_at`` at the CLS width: one gated-attention head over the CLS columns,
+one over the tile columns, the pooled features concatenated).
 
 ``cls`` and ``cls+tile`` pretrain identically (the masked tokens are predicted from the CLS),
 so one pretrained encoder serves both.
@@ -125,7 +129,7 @@ def write_split(path: Path, slide_ids, labels, split_of) -> Path:
 
 
 def cross_validated_auroc(bags: dict, slide_ids: list, labels: np.ndarray, out_dir: Path, folds: int,
-                          repeats: int) -> list[float]:
+                          repeats: int, split_at: int = 0) -> list[float]:
     """Test AUROC of each repeat of k-fold CV, the folds' test predictions pooled."""
     aurocs = []
     for repeat in range(repeats):
@@ -134,7 +138,8 @@ def cross_validated_auroc(bags: dict, slide_ids: list, labels: np.ndarray, out_d
             split_of = np.full(len(labels), "train", dtype=object)
             split_of[val], split_of[test] = "val", "test"
             csv_path = write_split(out_dir / f"r{repeat}_f{fold}" / "labels.csv", slide_ids, labels, split_of)
-            config = MILTrainConfig(max_epochs=60, patience=15, lr=1e-3, seed=1000 * repeat + fold)
+            config = MILTrainConfig(max_epochs=60, patience=15, lr=1e-3, seed=1000 * repeat + fold,
+                                    split_at=split_at)
             model = run_to_end(train_mil(csv_path, bags, csv_path.parent, config)).model
             with torch.no_grad():
                 for index in test:
@@ -165,9 +170,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the slides and of MEM")
     parser.add_argument("--readout", choices=("cls+tile", "cls"), default="cls+tile",
                         help="region readout of the MEM and random mixing rows")
+    parser.add_argument("--pools", choices=("one", "two"), default="one",
+                        help="AB-MIL pools of the MEM and random mixing rows (two: CLS and tile pooled apart; cls+tile)")
     parser.add_argument("--rows", nargs="+", choices=tuple(ROW_KEYS), default=list(ROW_KEYS),
                         help="rows to run: " + ", ".join(f"{key} = {row}" for key, row in ROW_KEYS.items()))
     args = parser.parse_args()
+    if args.pools == "two" and args.readout != "cls+tile":
+        parser.error("--pools two needs --readout cls+tile (the CLS and tile column blocks)")
     torch.set_num_threads(1)  # tiny models: more threads only add overhead on a shared CPU
     start = time.perf_counter()
     encoder = create_encoder("default")
@@ -198,8 +207,9 @@ def main() -> None:
             row_bags = ({s: features[s].levels[2].features for s in cohort.slide_ids} if row == ROWS[1]
                         else region_bags(encoders[row], tokens[kind]))
             out_dir = args.workdir / "mil" / f"{kind}_seed{args.seed}" / f"row{index}"
+            split_at = mem_model.config.dim if args.pools == "two" and row in (ROWS[0], ROWS[2]) else 0
             aurocs = cross_validated_auroc(row_bags, list(cohort.slide_ids), np.array(cohort.labels), out_dir,
-                                           args.folds, args.repeats)
+                                           args.folds, args.repeats, split_at)
             results[kind][row] = {"auroc": float(np.mean(aurocs)), "auroc_sd": float(np.std(aurocs)),
                                   "aurocs": aurocs, "tokens": float(np.mean([len(b) for b in row_bags.values()])),
                                   "token_dim": int(next(iter(row_bags.values())).shape[1])}

@@ -220,9 +220,12 @@ def register(main: click.Group) -> None:
     @click.option("--max-instances", type=int, default=None, help="Instances drawn per training bag and step.")
     @click.option("--seed", type=int, default=0, show_default=True)
     @click.option("--device", default="cpu", show_default=True)
+    @click.option("--two-pools", is_flag=True,
+                  help="With --mem and a cls+tile checkpoint: one attention pool over the CLS, one over the tile "
+                       "(docs/mixmag.md).")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
     def train_mil_command(labels_csv, bags_dir, out_dir, mem_checkpoint, max_epochs, patience, lr, max_instances,
-                          seed, device, quiet) -> None:
+                          seed, device, two_pools, quiet) -> None:
         """Train an AB-MIL head on slide labels (CSV: slide_id, label[, split]).
 
         BAGS_DIR holds one feature file per slide (<slide_id>.h5 or <slide_id>.features.h5),
@@ -231,9 +234,12 @@ def register(main: click.Group) -> None:
         """
         from napari_care.core.train.mil import MILTrainConfig, train_mil
 
+        bags, encoder, cls_width = or_fail(read_bags, bags_dir, mem_checkpoint, device)
+        if two_pools and not cls_width:
+            fail("--two-pools needs --mem with a checkpoint of the cls+tile readout")
         config = or_fail(MILTrainConfig, max_epochs=max_epochs, patience=patience, lr=lr,
-                         max_instances=max_instances, seed=seed, device=device)
-        bags, encoder = or_fail(read_bags, bags_dir, mem_checkpoint, device)
+                         max_instances=max_instances, seed=seed, device=device,
+                         split_at=cls_width if two_pools else 0)
         result = run_or_fail(train_mil(labels_csv, bags, out_dir, config, encoder=encoder), quiet)
         metrics = result.metrics
         click.echo(f"test AUROC {metrics['test_auroc']}, balanced accuracy {metrics['test_balanced_accuracy']}, "
@@ -276,13 +282,14 @@ def load_region_tokens(path: Path) -> list:
     return slides
 
 
-def read_bags(bags_dir: Path, mem_checkpoint: Path | None, device: str) -> tuple[dict, str]:
-    """slide_id -> instance features for AB-MIL, and the encoder name."""
+def read_bags(bags_dir: Path, mem_checkpoint: Path | None, device: str) -> tuple[dict, str, int]:
+    """slide_id -> instance features for AB-MIL, the encoder name, and the CLS width of a
+    ``cls+tile`` region token (0 for other bags)."""
     from napari_care.core.train.feature_views import encoder_name, load_feature_folder
 
     if mem_checkpoint is None:
         slides = load_feature_folder(bags_dir)
-        return {slide.slide_id: slide.features for slide in slides}, encoder_name(slides)
+        return {slide.slide_id: slide.features for slide in slides}, encoder_name(slides), 0
     from napari_care.core.checkpoint import check_feature_dim, load_checkpoint
     from napari_care.core.models.mixmag import MixMagEncoder
     from napari_care.core.train.mem import region_bags
@@ -290,4 +297,5 @@ def read_bags(bags_dir: Path, mem_checkpoint: Path | None, device: str) -> tuple
     slides = load_region_tokens(bags_dir)
     model, config, _ = load_checkpoint(mem_checkpoint, MixMagEncoder)
     check_feature_dim(config, slides[0].tokens.shape[-1], checkpoint=mem_checkpoint, encoder="of the tokens")
-    return region_bags(model, slides, device=device), "mixmag"
+    cls_width = config.dim if config.readout == "cls+tile" else 0
+    return region_bags(model, slides, device=device), "mixmag", cls_width

@@ -202,3 +202,58 @@ def test_feature_stats_merged_bag_by_bag_equal_those_of_all_instances():
     torch.testing.assert_close(model.feature_std.double(), every.std(0, unbiased=False), rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="at least one"):
         model.set_feature_stats([torch.zeros(0, 5)])
+
+
+def test_two_pools_over_column_blocks():
+    torch.manual_seed(0)
+    head = ABMIL(ABMILConfig(in_dim=8, hidden=16, attn_dim=8, dropout=0.0, split_at=3)).eval()
+    head.set_feature_stats(torch.randn(50, 8) * 3 + 1)
+    assert [pool.embed[0].in_features for pool in head.pools] == [3, 5] and head.classifier.in_features == 32
+    bag = torch.randn(12, 8)
+    logits, attention = head(bag)
+    assert logits.shape == (2,) and attention.shape == (12,)
+    assert float(attention.detach().sum()) == pytest.approx(1.0, abs=1e-6)
+    standardised = ((bag - head.feature_mean) / head.feature_std).unsqueeze(0)
+    (first, first_attention), (second, second_attention) = (
+        pool(block, None) for pool, block in zip(head.pools, (standardised[..., :3], standardised[..., 3:]), strict=True))
+    torch.testing.assert_close(logits, head.classifier(torch.cat([first, second], dim=-1))[0])
+    torch.testing.assert_close(attention, (first_attention[0] + second_attention[0]) / 2)
+    # the first pool's attention depends on its own columns only
+    changed = bag.clone()
+    changed[:, 3:] = torch.randn(12, 5)
+    changed_standardised = ((changed - head.feature_mean) / head.feature_std).unsqueeze(0)
+    torch.testing.assert_close(head.pools[0](changed_standardised[..., :3], None)[1], first_attention)
+    assert not torch.allclose(head(changed).attention, attention)
+    batch, mask = pad_bags([bag, bag[:5]])
+    torch.testing.assert_close(head(batch, mask).logits[1], head(bag[:5]).logits)
+    for split_at in (-1, 8, 9):
+        with pytest.raises(ValueError, match="split_at"):
+            ABMILConfig(in_dim=8, split_at=split_at)
+
+
+def test_checkpoint_with_the_one_pool_at_the_top_level_loads(model, tmp_path):
+    renamed = {key.replace("pools.0.", ""): value for key, value in model.state_dict().items()}
+    assert "embed.0.weight" in renamed and "attention_w.weight" in renamed  # the layout before the pools
+    twin = ABMIL(model.config).eval()
+    twin.load_state_dict(renamed)
+    bag = torch.randn(7, 8)
+    torch.testing.assert_close(twin(bag).logits, model(bag).logits)
+
+
+def test_train_mil_with_two_pools_round_trips_to_the_viewer(tmp_path):
+    from napari_care.core.mil_heatmap import load_mil_head
+
+    csv_path, bags = _toy_cohort(tmp_path)
+    config = MILTrainConfig(max_epochs=25, patience=6, lr=2e-3, hidden=32, attn_dim=16, dropout=0.0, split_at=4)
+    result = run_to_end(train_mil(csv_path, bags, tmp_path / "out", config))
+    assert result.metrics["test_auroc"] >= 0.9  # the signal sits in column 0, the first pool
+    head, model_config, _ = load_checkpoint(result.checkpoint)
+    assert model_config.split_at == 4
+    bag = bags["slide01"]
+    torch.testing.assert_close(head(torch.as_tensor(bag)).logits, result.model(torch.as_tensor(bag)).logits)
+    viewer_head = load_mil_head(tmp_path / "out")
+    output = viewer_head.apply(bag)
+    assert output.attention.shape == (len(bag),) and output.attention.sum() == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(output.probabilities,
+                               torch.softmax(result.model(torch.as_tensor(bag)).logits, -1).detach().numpy(),
+                               rtol=1e-5, atol=1e-6)

@@ -151,6 +151,24 @@ def test_mixmag_and_mil_on_features_and_region_bags(cli, data, tmp_path):
                   tmp_path / "mem" / "mem_final.json", "--max-epochs", 1, "--quiet")
     assert bags.exit_code == 0, bags.output
     assert (tmp_path / "mil_mem" / "attention.npz").exists()
+    refused = invoke(cli, "train-mil", labels, data / "tokens", "--out", tmp_path / "mil_two", "--mem",
+                     tmp_path / "mem" / "mem_final.json", "--two-pools", "--quiet")
+    assert refused.exit_code == 2 and "cls+tile" in refused.stderr   # a cls checkpoint has no tile columns
+
+
+def test_train_mil_two_pools_on_cls_plus_tile_tokens(cli, data, tmp_path):
+    mem = invoke(cli, "pretrain", "mixmag", data / "tokens", "--out", tmp_path / "mem", "--steps", 1,
+                 "--batch-size", 4, "--dim", 8, "--depth", 1, "--readout", "cls+tile", "--quiet")
+    assert mem.exit_code == 0, mem.output
+    labels = write_csv(tmp_path / "four.csv", ["slide_id", "label", "split"],
+                       [["s0", "a", "train"], ["s1", "b", "train"], ["s2", "a", "val"], ["s3", "b", "test"]])
+    mil = invoke(cli, "train-mil", labels, data / "tokens", "--out", tmp_path / "mil", "--mem",
+                 tmp_path / "mem" / "mem_final.json", "--two-pools", "--max-epochs", 1, "--quiet")
+    assert mil.exit_code == 0, mil.output
+    from napari_care.core.mil_heatmap import load_mil_head
+
+    head = load_mil_head(tmp_path / "mil")
+    assert head.model.config.split_at == 8 and len(head.model.pools) == 2
 
 
 def test_pretrain_mixmag_standardise_tokens_flag(cli, data, tmp_path):

@@ -9,6 +9,13 @@ buffers (set from the training instances by :meth:`ABMIL.set_feature_stats`) tra
 checkpoint, so every caller (training, ``predictions.csv``, the viewer) feeds raw features.
 Patch-encoder dimensions differ widely in scale, and AB-MIL on unscaled features barely
 learns. Checkpoints written before the buffers existed load with the identity (mean 0, std 1).
+
+With ``ABMILConfig.split_at`` the instance features are two blocks of columns (e.g. a
+region's CLS and its salient 20x tile, the ``cls+tile`` readout): each block gets its own
+embedding and gated-attention pool, and the two pooled features, concatenated, go through
+the classifier; the attention reported is the mean of the two. Why: one attention over the
+joined vector must weigh a region by architecture and by detail at once; two pools weigh
+them separately. (This project's option; averaging two heads' logits instead did worse.)
 """
 
 from __future__ import annotations
@@ -37,6 +44,9 @@ class ABMILConfig:
         Number of classes of the slide label.
     dropout
         Dropout after the instance embedding and in the attention branches.
+    split_at
+        0: one pool over whole instances. ``k`` in ``(0, in_dim)``: two pools, over columns
+        ``[:k]`` and ``[k:]``, their features concatenated, their attentions averaged.
     """
 
     in_dim: int
@@ -44,6 +54,7 @@ class ABMILConfig:
     attn_dim: int = 128
     n_classes: int = 2
     dropout: float = 0.25
+    split_at: int = 0
 
     def __post_init__(self) -> None:
         for name in ("in_dim", "hidden", "attn_dim"):
@@ -53,6 +64,8 @@ class ABMILConfig:
             raise ValueError(f"ABMILConfig.n_classes must be at least 2, got {self.n_classes}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ABMILConfig.dropout must be in [0, 1), got {self.dropout}")
+        if self.split_at and not 0 < self.split_at < self.in_dim:
+            raise ValueError(f"ABMILConfig.split_at must be 0 or in (0, in_dim={self.in_dim}), got {self.split_at}")
 
 
 class ABMILOutput(NamedTuple):
@@ -69,12 +82,34 @@ class ABMILOutput(NamedTuple):
     attention: torch.Tensor
 
 
+class GatedAttentionPool(nn.Module):
+    """Instance embedding and gated attention pool of :class:`ABMIL` over ``in_dim`` columns."""
+
+    def __init__(self, in_dim: int, config: ABMILConfig) -> None:
+        super().__init__()
+        self.embed = nn.Sequential(nn.Linear(in_dim, config.hidden), nn.ReLU(), nn.Dropout(config.dropout))
+        self.attention_v = nn.Sequential(nn.Linear(config.hidden, config.attn_dim), nn.Tanh(), nn.Dropout(config.dropout))
+        self.attention_u = nn.Sequential(nn.Linear(config.hidden, config.attn_dim), nn.Sigmoid(),
+                                         nn.Dropout(config.dropout))
+        self.attention_w = nn.Linear(config.attn_dim, 1)
+
+    def forward(self, standardised: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bag features ``[B, H]`` and attention ``[B, N]`` of standardised bags ``[B, N, in_dim]``."""
+        hidden = self.embed(standardised)  # [B, N, H]
+        scores = self.attention_w(self.attention_v(hidden) * self.attention_u(hidden)).squeeze(-1)  # [B, N]
+        if mask is not None:
+            scores = scores.masked_fill(~mask.bool(), float("-inf"))
+        attention = torch.softmax(scores, dim=1)
+        return torch.bmm(attention.unsqueeze(1), hidden).squeeze(1), attention
+
+
 class ABMIL(nn.Module):
     """Gated attention MIL head.
 
     ``a_i = softmax_i(w^T (tanh(V h_i) * sigmoid(U h_i)))`` with ``h_i`` the embedded
     instance (after standardising it with the ``feature_mean``/``feature_std`` buffers); the
-    bag feature ``sum_i a_i h_i`` goes through a linear classifier.
+    bag feature ``sum_i a_i h_i`` goes through a linear classifier. With ``split_at``, two
+    such pools over two column blocks (see the module docstring).
 
     Parameters
     ----------
@@ -87,12 +122,9 @@ class ABMIL(nn.Module):
     def __init__(self, config: ABMILConfig) -> None:
         super().__init__()
         self.config = config
-        self.embed = nn.Sequential(nn.Linear(config.in_dim, config.hidden), nn.ReLU(), nn.Dropout(config.dropout))
-        self.attention_v = nn.Sequential(nn.Linear(config.hidden, config.attn_dim), nn.Tanh(), nn.Dropout(config.dropout))
-        self.attention_u = nn.Sequential(nn.Linear(config.hidden, config.attn_dim), nn.Sigmoid(),
-                                         nn.Dropout(config.dropout))
-        self.attention_w = nn.Linear(config.attn_dim, 1)
-        self.classifier = nn.Linear(config.hidden, config.n_classes)
+        widths = (config.split_at, config.in_dim - config.split_at) if config.split_at else (config.in_dim,)
+        self.pools = nn.ModuleList(GatedAttentionPool(width, config) for width in widths)
+        self.classifier = nn.Linear(len(widths) * config.hidden, config.n_classes)
         self.register_buffer("feature_mean", torch.zeros(config.in_dim))
         self.register_buffer("feature_std", torch.ones(config.in_dim))
 
@@ -130,6 +162,10 @@ class ABMIL(nn.Module):
         # Checkpoints from before input standardisation have no statistics: keep the identity.
         for name in ("feature_mean", "feature_std"):
             state_dict.setdefault(prefix + name, getattr(self, name).clone())
+        # Checkpoints from before the pools kept the one pool's layers at the top level.
+        for key in [key for key in state_dict if key.startswith(prefix) and key[len(prefix):].split(".")[0]
+                    in ("embed", "attention_v", "attention_u", "attention_w")]:
+            state_dict[prefix + "pools.0." + key[len(prefix):]] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, bag: torch.Tensor, mask: torch.Tensor | None = None) -> ABMILOutput:
@@ -162,13 +198,13 @@ class ABMIL(nn.Module):
                 raise ValueError(f"ABMIL mask shape {tuple(mask.shape)} does not match bag {tuple(bag.shape[:2])}")
             if not bool(mask.any(dim=1).all()):
                 raise ValueError("ABMIL got a bag whose instances are all masked out")
-        hidden = self.embed((bag - self.feature_mean) / self.feature_std)  # [B, N, H]
-        scores = self.attention_w(self.attention_v(hidden) * self.attention_u(hidden)).squeeze(-1)  # [B, N]
-        if mask is not None:
-            scores = scores.masked_fill(~mask.bool(), float("-inf"))
-        attention = torch.softmax(scores, dim=1)
-        bag_feature = torch.bmm(attention.unsqueeze(1), hidden).squeeze(1)  # [B, H]
-        logits = self.classifier(bag_feature)
+        standardised = (bag - self.feature_mean) / self.feature_std
+        blocks = ((standardised[..., :self.config.split_at], standardised[..., self.config.split_at:])
+                  if self.config.split_at else (standardised,))
+        bag_features, attentions = zip(*(pool(block, mask) for pool, block in zip(self.pools, blocks, strict=True)),
+                                       strict=True)
+        logits = self.classifier(torch.cat(bag_features, dim=-1))
+        attention = torch.stack(attentions).mean(dim=0)
         if single:
             return ABMILOutput(logits[0], attention[0])
         return ABMILOutput(logits, attention)

@@ -50,8 +50,8 @@ class MILTrainConfig:
         Epoch limit; stop after ``patience`` epochs without a lower validation loss.
     lr, weight_decay
         Adam learning rate and weight decay.
-    hidden, attn_dim, dropout
-        Head sizes (see :class:`~napari_care.core.models.abmil.ABMILConfig`).
+    hidden, attn_dim, dropout, split_at
+        Head sizes and pools (see :class:`~napari_care.core.models.abmil.ABMILConfig`).
     val_fraction, test_fraction
         Shares of each class for validation and test when the CSV has no split column.
     balance_classes
@@ -71,6 +71,7 @@ class MILTrainConfig:
     hidden: int = 256
     attn_dim: int = 128
     dropout: float = 0.25
+    split_at: int = 0
     val_fraction: float = 0.2
     test_fraction: float = 0.2
     balance_classes: bool = True
@@ -244,7 +245,8 @@ def train_mil(labels_csv: str | Path, bags: Mapping[str, object], out_dir: str |
     all_bags = _prepare_bags(slide_ids, bags, labels_csv)
     index = {split: np.flatnonzero(split_of == split) for split in SPLITS}
     device = torch.device(config.device)
-    model_config = ABMILConfig(all_bags[0].shape[1], config.hidden, config.attn_dim, len(class_names), config.dropout)
+    model_config = ABMILConfig(all_bags[0].shape[1], config.hidden, config.attn_dim, len(class_names), config.dropout,
+                               config.split_at)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # initial weights from the run's seed, caller's RNG untouched
         model = ABMIL(model_config).to(device)
