@@ -181,6 +181,17 @@ def write_bench_slide(path: Path, seed: int = 0) -> None:
     os.replace(tmp, path)
 
 
+def bench_slide(workdir: Path) -> Path:
+    """The generated benchmark slide in ``workdir``, written the first time it is asked for."""
+    path = workdir / f"bench_{SIZE_XY[0]}x{SIZE_XY[1]}_jpeg.tif"
+    if not path.exists():
+        workdir.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        write_bench_slide(path)
+        print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - start:.0f} s")
+    return path
+
+
 def decode_ceiling(path: Path, grid, workers: int) -> tuple[Timing, int]:
     """Timing of decoding, once each in ``workers`` threads, the file tiles the grid covers (TIFF only)."""
     import tifffile
@@ -316,15 +327,7 @@ def main() -> None:
                         help="Python of a venv with tiatoolbox")
     args = parser.parse_args()
 
-    path = args.slide
-    if path is None:
-        path = args.workdir / f"bench_{SIZE_XY[0]}x{SIZE_XY[1]}_jpeg.tif"
-        if not path.exists():
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            write_bench_slide(path)
-            size_mib = path.stat().st_size / 2**20
-            print(f"wrote {path} ({size_mib:.0f} MiB) in {time.perf_counter() - start:.0f} s")
+    path = args.slide or bench_slide(args.workdir)
     workers = args.workers or min(16, os.cpu_count() or 1)
     encoder = create_encoder(args.encoder, weights=args.weights)
     print(f"machine: {os.cpu_count()} cores; reader threads {workers}; encoder {encoder.cfg.name!r}; "

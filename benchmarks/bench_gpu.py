@@ -132,16 +132,9 @@ def main() -> int:
             file=sys.stderr,
         )
         return 2
-    from bench_extract import SIZE_XY, write_bench_slide
+    from bench_extract import bench_slide
 
-    slide_path = args.slide
-    if slide_path is None:
-        slide_path = args.workdir / f"bench_{SIZE_XY[0]}x{SIZE_XY[1]}_jpeg.tif"
-        if not slide_path.exists():
-            args.workdir.mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            write_bench_slide(slide_path)
-            print(f"wrote {slide_path} in {time.perf_counter() - start:.0f} s")
+    slide_path = args.slide or bench_slide(args.workdir)
     workers = args.workers or min(16, os.cpu_count() or 1)
     print(f"device: {describe_device(args.device)}; host: {os.cpu_count()} cores, reader threads {workers}; "
           f"load average {os.getloadavg()[0]:.2f}")
