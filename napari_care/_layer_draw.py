@@ -91,7 +91,6 @@ class LayerDraw(OneCallPerTurn):
     """
 
     def __init__(self, viewer, on_done: Callable[[bool], None] | None = None, also_held: Iterable = ()) -> None:
-        viewer = unproxied(viewer)
         super().__init__(on_done, parent=qt_window(viewer))
         self.viewer = viewer
         self.also_held = list(also_held)
