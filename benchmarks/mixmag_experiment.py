@@ -2,7 +2,7 @@
 
     python benchmarks/mixmag_experiment.py [--workdir /tmp/napari_care_mixmag] [--slides 32]
                                            [--size-px 3072] [--folds 4] [--repeats 2]
-                                           [--mem-steps 1000] [--seed 0] [--readout cls+tile] [--pools one]
+                                           [--mem-steps 1000] [--seed 0 [1 ...]] [--readout cls+tile] [--pools one]
                                            [--rows mem 20x random cls tokens]
 
 Two generated cohorts (:mod:`napari_care.core.synthetic_cohort`), half positive each:
@@ -43,7 +43,9 @@ training), repeated with other fold and head seeds; the test predictions of a re
 folds are pooled into one AUROC. Printed: mean +- sd over repeats, tokens per slide and the
 reduction against 20x. Everything is seeded; a second run reuses slides, features and the
 pretrained encoder. ``--rows`` runs a subset of the rows (the reduction is always against
-the 20x tiles).
+the 20x tiles). Several ``--seed`` values run the whole experiment once per seed (fresh
+slides, features and MEM encoder: a held-out check of a recipe chosen on
+another seed) and then print each row's mean and sd over the seeds.
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from napari_care.core.atomic import atomic_open
 from napari_care.core.checkpoint import load_checkpoint
 from napari_care.core.encoders import create_encoder
 from napari_care.core.evaluate import classification_metrics, fold_indices
@@ -129,7 +132,7 @@ def write_split(path: Path, slide_ids, labels, split_of) -> Path:
 
 
 def cross_validated_auroc(bags: dict, slide_ids: list, labels: np.ndarray, out_dir: Path, folds: int,
-                          repeats: int, split_at: int = 0) -> list[float]:
+                          repeats: int, split_at: int = 0, encoder: str = "default") -> list[float]:
     """Test AUROC of each repeat of k-fold CV, the folds' test predictions pooled."""
     aurocs = []
     for repeat in range(repeats):
@@ -140,7 +143,7 @@ def cross_validated_auroc(bags: dict, slide_ids: list, labels: np.ndarray, out_d
             csv_path = write_split(out_dir / f"r{repeat}_f{fold}" / "labels.csv", slide_ids, labels, split_of)
             config = MILTrainConfig(max_epochs=60, patience=15, lr=1e-3, seed=1000 * repeat + fold,
                                     split_at=split_at)
-            model = run_to_end(train_mil(csv_path, bags, csv_path.parent, config)).model
+            model = run_to_end(train_mil(csv_path, bags, csv_path.parent, config, encoder=encoder)).model
             with torch.no_grad():
                 for index in test:
                     logits, _ = model(torch.as_tensor(bags[slide_ids[index]]))
@@ -159,6 +162,59 @@ def print_table(results: dict, tiles_20x: dict, folds: int, repeats: int) -> Non
                   f"{base / values['tokens']:9.1f}x {values['token_dim']:10d}")
 
 
+def run_seed(args, seed: int, encoder, start: float) -> tuple[dict, dict]:
+    """Build, encode and evaluate the two cohorts of one seed: results and 20x tiles per slide, per set."""
+    data = {}
+    for kind in KINDS:
+        tag = f"{kind}_n{args.slides}_px{args.size_px}_seed{seed}"
+        cohort = build_cohort(args.workdir / "slides" / tag, kind, n_slides=args.slides, size_px=args.size_px,
+                              seed=seed, workers=2)
+        features = cohort_features(cohort, args.workdir / "features" / tag, encoder)
+        data[kind] = (cohort, features)
+        log(f"seed {seed} {kind}: {len(cohort.slide_ids)} slides built and encoded at 5x/10x/20x", start)
+    tokens = {kind: [features[s].to_region_tokens() for s in cohort.slide_ids]
+              for kind, (cohort, features) in data.items()}
+    mem_dir = args.workdir / f"mem{MEM_RECIPE}_v{COHORT_VERSION}_n{args.slides}_px{args.size_px}_seed{seed}_steps{args.mem_steps}"
+    all_tokens = [t for slides in tokens.values() for t in slides]
+    mem_model, random_model = mixing_encoders(all_tokens, mem_dir, args.mem_steps, seed, start)
+    encoders = {ROWS[0]: with_readout(mem_model, args.readout), ROWS[2]: with_readout(random_model, args.readout),
+                ROWS[3]: with_readout(mem_model, "cls")}
+    if "tokens" in args.rows:
+        encoders[ROWS[4]], _ = mixing_encoders(all_tokens, mem_dir.with_name(mem_dir.name + "_tokens"),
+                                               args.mem_steps, seed, start, readout="tokens")
+    results, tiles_20x = {}, {}
+    for kind, (cohort, features) in data.items():
+        tiles_20x[kind] = float(np.mean([len(features[s].levels[2].features) for s in cohort.slide_ids]))
+        results[kind] = {}
+        for key in args.rows:
+            row, index = ROW_KEYS[key], ROWS.index(ROW_KEYS[key])
+            row_bags = ({s: features[s].levels[2].features for s in cohort.slide_ids} if row == ROWS[1]
+                        else region_bags(encoders[row], tokens[kind]))
+            out_dir = args.workdir / "mil" / f"{kind}_seed{seed}" / f"row{index}"
+            split_at = mem_model.config.dim if args.pools == "two" and row in (ROWS[0], ROWS[2]) else 0
+            aurocs = cross_validated_auroc(row_bags, list(cohort.slide_ids), np.array(cohort.labels), out_dir,
+                                           args.folds, args.repeats, split_at,
+                                           encoder="default" if row == ROWS[1] else "mixmag")
+            results[kind][row] = {"auroc": float(np.mean(aurocs)), "auroc_sd": float(np.std(aurocs)),
+                                  "aurocs": aurocs, "tokens": float(np.mean([len(b) for b in row_bags.values()])),
+                                  "token_dim": int(next(iter(row_bags.values())).shape[1])}
+            log(f"seed {seed} {kind} {row}: AUROC {np.round(aurocs, 3).tolist()}", start)
+    return results, tiles_20x
+
+
+def print_seed_summary(results_of_seed: dict) -> None:
+    """Mean test AUROC over seeds (each seed: fresh slides and MEM), and per seed."""
+    seeds = list(results_of_seed)
+    print(f"\nOver seeds {seeds} (each seed's AUROC is the mean over its repeats)")
+    print(f"{'set':13} {'row':24} {'mean':>6} {'sd':>6}  per seed")
+    first = results_of_seed[seeds[0]]
+    for kind, rows in first.items():
+        for row in rows:
+            per_seed = [results_of_seed[seed][kind][row]["auroc"] for seed in seeds]
+            print(f"{kind:13} {row:24} {np.mean(per_seed):6.3f} {np.std(per_seed):6.3f}  "
+                  + " ".join(f"{value:.3f}" for value in per_seed))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/napari_care_mixmag"))
@@ -167,7 +223,8 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=2, help="cross-validation repeats (fold and head seeds)")
     parser.add_argument("--mem-steps", type=int, default=1000)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the slides and of MEM")
+    parser.add_argument("--seed", type=int, nargs="+", default=[0],
+                        help="seeds of the slides and of MEM; several: each is a fresh pair of sets, then a summary")
     parser.add_argument("--readout", choices=("cls+tile", "cls"), default="cls+tile",
                         help="region readout of the MEM and random mixing rows")
     parser.add_argument("--pools", choices=("one", "two"), default="one",
@@ -180,43 +237,16 @@ def main() -> None:
     torch.set_num_threads(1)  # tiny models: more threads only add overhead on a shared CPU
     start = time.perf_counter()
     encoder = create_encoder("default")
-    data = {}
-    for kind in KINDS:
-        tag = f"{kind}_n{args.slides}_px{args.size_px}_seed{args.seed}"
-        cohort = build_cohort(args.workdir / "slides" / tag, kind, n_slides=args.slides, size_px=args.size_px,
-                              seed=args.seed, workers=2)
-        features = cohort_features(cohort, args.workdir / "features" / tag, encoder)
-        data[kind] = (cohort, features)
-        log(f"{kind}: {len(cohort.slide_ids)} slides built and encoded at 5x/10x/20x", start)
-    tokens = {kind: [features[s].to_region_tokens() for s in cohort.slide_ids]
-              for kind, (cohort, features) in data.items()}
-    mem_dir = args.workdir / f"mem{MEM_RECIPE}_v{COHORT_VERSION}_n{args.slides}_px{args.size_px}_seed{args.seed}_steps{args.mem_steps}"
-    all_tokens = [t for slides in tokens.values() for t in slides]
-    mem_model, random_model = mixing_encoders(all_tokens, mem_dir, args.mem_steps, args.seed, start)
-    encoders = {ROWS[0]: with_readout(mem_model, args.readout), ROWS[2]: with_readout(random_model, args.readout),
-                ROWS[3]: with_readout(mem_model, "cls")}
-    if "tokens" in args.rows:
-        encoders[ROWS[4]], _ = mixing_encoders(all_tokens, mem_dir.with_name(mem_dir.name + "_tokens"),
-                                               args.mem_steps, args.seed, start, readout="tokens")
-    results, tiles_20x = {}, {}
-    for kind, (cohort, features) in data.items():
-        tiles_20x[kind] = float(np.mean([len(features[s].levels[2].features) for s in cohort.slide_ids]))
-        results[kind] = {}
-        for key in args.rows:
-            row, index = ROW_KEYS[key], ROWS.index(ROW_KEYS[key])
-            row_bags = ({s: features[s].levels[2].features for s in cohort.slide_ids} if row == ROWS[1]
-                        else region_bags(encoders[row], tokens[kind]))
-            out_dir = args.workdir / "mil" / f"{kind}_seed{args.seed}" / f"row{index}"
-            split_at = mem_model.config.dim if args.pools == "two" and row in (ROWS[0], ROWS[2]) else 0
-            aurocs = cross_validated_auroc(row_bags, list(cohort.slide_ids), np.array(cohort.labels), out_dir,
-                                           args.folds, args.repeats, split_at)
-            results[kind][row] = {"auroc": float(np.mean(aurocs)), "auroc_sd": float(np.std(aurocs)),
-                                  "aurocs": aurocs, "tokens": float(np.mean([len(b) for b in row_bags.values()])),
-                                  "token_dim": int(next(iter(row_bags.values())).shape[1])}
-            log(f"{kind} {row}: AUROC {np.round(aurocs, 3).tolist()}", start)
-    print_table(results, tiles_20x, args.folds, args.repeats)
-    with open(args.workdir / "results.json", "w", encoding="utf-8") as handle:
-        json.dump({"args": {k: str(v) for k, v in vars(args).items()}, "results": results,
+    results_of_seed = {}
+    for seed in args.seed:
+        results, tiles_20x = run_seed(args, seed, encoder, start)
+        results_of_seed[seed] = results
+        print(f"\nseed {seed}", end="")
+        print_table(results, tiles_20x, args.folds, args.repeats)
+    if len(args.seed) > 1:
+        print_seed_summary(results_of_seed)
+    with atomic_open(args.workdir / "results.json", "w") as handle:
+        json.dump({"args": {k: str(v) for k, v in vars(args).items()}, "results": results_of_seed,
                    "seconds": time.perf_counter() - start}, handle, indent=1)
     print(f"\ntotal {time.perf_counter() - start:.0f} s; results in {args.workdir / 'results.json'}")
 

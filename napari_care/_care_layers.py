@@ -158,12 +158,14 @@ def attention_layer(result: SegmentResult, slide: Slide, display: DisplayOptions
     """Image: normalised per-patch attention, transparent off tissue and below the threshold.
 
     The attention is CARE's patch attention, or the MIL head's when ``mil`` is given (one
-    weight per patch of ``result``, in the same order).
+    weight per patch of ``result``, in the same order; NaN for a patch the head did not see,
+    outside every region of a region head: drawn as off tissue).
     """
     attention = result.care.patch_attention if mil is None else np.asarray(mil.attention, dtype=np.float32)
     if len(attention) != len(result.features):
         raise ValueError(f"attention has {len(attention)} values for {len(result.features)} patches")
-    raster = slide_grid(heatmap_raster(result.features.grid, attention, result.grid.stride_level0,
+    seen = np.isfinite(attention)
+    raster = slide_grid(heatmap_raster(result.features.grid[seen], attention[seen], result.grid.stride_level0,
                                        mode=display.normalisation, blur_patches=display.blur_patches),
                         slide, fill=np.nan)
     values = raster.values

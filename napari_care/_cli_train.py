@@ -234,13 +234,20 @@ def register(main: click.Group) -> None:
         """
         from napari_care.core.train.mil import MILTrainConfig, train_mil
 
-        bags, encoder, cls_width = or_fail(read_bags, bags_dir, mem_checkpoint, device)
+        bags, encoder, cls_width, region_encoder = or_fail(read_bags, bags_dir, mem_checkpoint, device)
         if two_pools and not cls_width:
             fail("--two-pools needs --mem with a checkpoint of the cls+tile readout")
         config = or_fail(MILTrainConfig, max_epochs=max_epochs, patience=patience, lr=lr,
                          max_instances=max_instances, seed=seed, device=device,
                          split_at=cls_width if two_pools else 0)
         result = run_or_fail(train_mil(labels_csv, bags, out_dir, config, encoder=encoder), quiet)
+        if region_encoder is not None:  # the viewer rebuilds region tokens with it
+            from napari_care.core.mil_regions import save_region_encoder
+
+            save_region_encoder(out_dir, region_encoder)
+        elif mem_checkpoint is not None:
+            click.echo("note: region tokens from .npz files do not name their patch encoder; the viewer cannot "
+                       "apply this head (train from .mixmag.h5 files for that)")
         metrics = result.metrics
         click.echo(f"test AUROC {metrics['test_auroc']}, balanced accuracy {metrics['test_balanced_accuracy']}, "
                    f"best epoch {metrics['best_epoch']}")
@@ -282,15 +289,19 @@ def load_region_tokens(path: Path) -> list:
     return slides
 
 
-def read_bags(bags_dir: Path, mem_checkpoint: Path | None, device: str) -> tuple[dict, str, int]:
-    """slide_id -> instance features for AB-MIL, the encoder name, and the CLS width of a
-    ``cls+tile`` region token (0 for other bags)."""
+def read_bags(bags_dir: Path, mem_checkpoint: Path | None, device: str) -> tuple[dict, str, int, object]:
+    """slide_id -> instance features for AB-MIL, the encoder name, the CLS width of a
+    ``cls+tile`` region token (0 for other bags), and the
+    :class:`~napari_care.core.mil_regions.RegionEncoder` that made region bags from
+    ``.mixmag.h5`` files (None for patch features and ``.npz`` region tokens)."""
     from napari_care.core.train.feature_views import encoder_name, load_feature_folder
 
     if mem_checkpoint is None:
         slides = load_feature_folder(bags_dir)
-        return {slide.slide_id: slide.features for slide in slides}, encoder_name(slides), 0
+        return {slide.slide_id: slide.features for slide in slides}, encoder_name(slides), 0, None
     from napari_care.core.checkpoint import check_feature_dim, load_checkpoint
+    from napari_care.core.mil_regions import RegionEncoder
+    from napari_care.core.mixmag_features import SUFFIX, load_mixmag
     from napari_care.core.models.mixmag import MixMagEncoder
     from napari_care.core.train.mem import region_bags
 
@@ -298,4 +309,6 @@ def read_bags(bags_dir: Path, mem_checkpoint: Path | None, device: str) -> tuple
     model, config, _ = load_checkpoint(mem_checkpoint, MixMagEncoder)
     check_feature_dim(config, slides[0].tokens.shape[-1], checkpoint=mem_checkpoint, encoder="of the tokens")
     cls_width = config.dim if config.readout == "cls+tile" else 0
-    return region_bags(model, slides, device=device), "mixmag", cls_width
+    feature_files = sorted(bags_dir.glob(f"*{SUFFIX}")) if bags_dir.is_dir() else []
+    region_encoder = RegionEncoder.of_features(model, load_mixmag(feature_files[0])) if feature_files else None
+    return region_bags(model, slides, device=device), "mixmag", cls_width, region_encoder

@@ -34,7 +34,9 @@ def segment_job(session: SegmentSession, options: SegmentOptions, box, cancel: t
     """One widget run: segment, apply the MIL head (if any), build the layers' data (numpy work
     kept off the GUI thread) when ``display`` is given.
 
-    ``mil_head`` is a loaded head or the path of its checkpoint (loaded here, in the worker).
+    ``mil_head`` is a loaded head or the path of its checkpoint (loaded here, in the worker). A
+    head trained on region tokens (``train-mil --mem``) encodes the regions of the slide (or
+    field) and gives each patch its region's attention.
     Returns the result, the MIL output and loaded head (None, None without a head), the layers' data.
     """
     result = yield from session.run(options, box, cancel)
@@ -44,7 +46,13 @@ def segment_job(session: SegmentSession, options: SegmentOptions, box, cancel: t
 
         yield Progress("mil", 0, 1, f"loading the MIL head {Path(mil_head).name}")
         mil_head = load_mil_head(mil_head)
-    if mil_head is not None:
+    if mil_head is not None and mil_head.encoder == "mixmag":  # a head on region tokens: regions, then patches
+        from napari_care.core.mil_regions import patch_output
+
+        regions = yield from session.region_attention(options, mil_head, box, cancel)
+        output = patch_output(regions, result.features.coords, result.features.patch_size_level0)
+        yield Progress("mil", 1, 1, f"MIL predicts {output.predicted} from {len(regions.region_coords)} regions")
+    elif mil_head is not None:
         yield Progress("mil", 0, 1, f"MIL attention over {len(result.features)} patches")
         output = mil_head.apply(result.features.features, encoder=result.features.encoder)
         yield Progress("mil", 1, 1, f"MIL predicts {output.predicted}")

@@ -433,6 +433,42 @@ def test_mil_checkpoint_from_train_mil_runs_in_the_widget(viewer_widget, qtbot, 
     assert widget.status.value.startswith("failed:") and "wrong" in widget.status.value
 
 
+def test_a_region_head_draws_its_region_attention_over_the_patches(viewer_widget, qtbot, tmp_path):
+    import torch
+
+    from napari_care.core.checkpoint import save_checkpoint
+    from napari_care.core.mil_heatmap import load_mil_head
+    from napari_care.core.mil_regions import RegionEncoder, patch_output, save_region_encoder
+    from napari_care.core.models.abmil import ABMIL, ABMILConfig
+    from napari_care.core.models.mixmag import MixMagConfig, MixMagEncoder
+    from napari_care.core.progress import run_to_end
+
+    viewer, widget = viewer_widget
+    torch.manual_seed(0)
+    session = widget.controller.session(widget.slide_layer.value)
+    in_dim = session.encoder(widget.segment_options()).embed_dim
+    mixer = MixMagEncoder(MixMagConfig(in_dim=in_dim, dim=16, depth=1, heads=2)).eval()
+    config = ABMILConfig(in_dim=mixer.instance_dim, hidden=16, attn_dim=8, n_classes=2)
+    head_path = save_checkpoint(tmp_path / "mil" / "abmil", ABMIL(config).eval(), config,
+                                extra_state={"class_names": ["benign", "tumour"], "encoder": "mixmag"})
+    save_region_encoder(tmp_path / "mil", RegionEncoder(mixer, "default", 896, 0.5))
+    widget.mil_head.value = head_path
+    widget.normalisation.value = "raw"
+    widget.scope.value = "whole slide"
+    run_and_wait(widget, qtbot)
+    result = widget.controller.result
+    regions = run_to_end(session.region_attention(widget.segment_options(), load_mil_head(head_path)))
+    expected = patch_output(regions, result.features.coords, result.features.patch_size_level0)
+    assert widget.status.value.endswith(
+        f"MIL predicts {expected.predicted} (p={expected.probabilities.max():.2f})")
+    heatmap = viewer.layers[ATTENTION]
+    shown = heatmap.data[result.features.grid[:, 1], result.features.grid[:, 0]]
+    inside = np.isfinite(expected.attention)
+    assert 0.5 < inside.mean() < 1 and len(np.unique(expected.attention[inside])) == len(regions.output.attention)
+    np.testing.assert_allclose(shown[inside], expected.attention[inside], rtol=1e-5)
+    assert (shown[~inside] == heatmap.metadata["off_tissue"]).all()  # patches of no region: drawn as off tissue
+
+
 def test_the_review_panel_is_a_section_of_the_widget(make_napari_viewer):
     from napari_care._review_panel import ReviewPanel
     from napari_care._widget import CareSegmentWidget

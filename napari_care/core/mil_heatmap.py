@@ -53,6 +53,9 @@ class MilHead:
         embeddings of a mixed-magnification encoder.
     model
         The :class:`~napari_care.core.models.abmil.ABMIL` module (eval mode).
+    region_encoder
+        For ``"mixmag"`` heads, the :class:`~napari_care.core.mil_regions.RegionEncoder`
+        saved beside the head (None when it is absent, and for heads on patch features).
     """
 
     path: Path
@@ -60,6 +63,7 @@ class MilHead:
     class_names: list[str]
     encoder: str
     model: object
+    region_encoder: object = None
 
     def apply(self, features: np.ndarray, *, encoder: str | None = None) -> MilOutput:
         """Attention and prediction of the head for one bag of instance features.
@@ -125,6 +129,7 @@ def load_mil_head(path: str | os.PathLike[str]) -> MilHead:
         head, or its weights do not fit its description.
     """
     from napari_care.core.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_description
+    from napari_care.core.mil_regions import REGION_ENCODER_FILE, load_region_encoder
     from napari_care.core.models.abmil import ABMIL
 
     json_path = _description_path(Path(path))
@@ -145,4 +150,11 @@ def load_mil_head(path: str | os.PathLike[str]) -> MilHead:
     class_names = [str(name) for name in extra.get("class_names", range(config.n_classes))]
     if len(class_names) != config.n_classes:
         raise ValueError(f"{json_path}: {len(class_names)} class names for {config.n_classes} classes")
-    return MilHead(json_path, int(config.in_dim), class_names, str(extra.get("encoder", "")), model)
+    encoder = str(extra.get("encoder", ""))
+    region_encoder = None
+    if encoder == "mixmag" and checkpoint_paths(json_path.parent / REGION_ENCODER_FILE)[1].is_file():
+        region_encoder = load_region_encoder(json_path.parent)
+        if region_encoder.model.instance_dim != config.in_dim:
+            raise ValueError(f"{json_path}: its mixing encoder gives {region_encoder.model.instance_dim} values per "
+                             f"region, the head expects {config.in_dim}")
+    return MilHead(json_path, int(config.in_dim), class_names, encoder, model, region_encoder)

@@ -156,7 +156,8 @@ def _regions_of(coarse: TileGrid, fine_grid_xy: np.ndarray, side: int) -> np.nda
 
 
 def mixmag_grids(slide, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, min_tissue: float = 0.25,
-                 tissue: TissueMask | None = None) -> tuple[TileGrid, TileGrid, TileGrid]:
+                 tissue: TissueMask | None = None, box: tuple[float, float, float, float] | None = None,
+                 ) -> tuple[TileGrid, TileGrid, TileGrid]:
     """The tile grids at 5x, 10x and 20x of a slide's regions on tissue.
 
     Parameters
@@ -172,6 +173,9 @@ def mixmag_grids(slide, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, 
     tissue
         A tissue mask; computed once with :func:`~napari_care.core.tissue.tissue_mask` when
         needed and not given.
+    box
+        Level-0 (x0, y0, x1, y1): only the regions that meet it (e.g. the visible field),
+        whole; None for the slide.
 
     Returns
     -------
@@ -189,6 +193,8 @@ def mixmag_grids(slide, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, 
     grids = []
     for side in TILES_PER_SIDE:
         grid = tile_grid(slide, mpp=mpp * 4 / side, tile_size_px=tile_size_px, min_tissue=min_tissue, tissue=tissue)
+        if side == 1 and box is not None:
+            grid = grid.subset(box)
         grids.append(grid if side == 1 else grid.take(_regions_of(grids[0], grid.grid, side) >= 0))
     return grids[0], grids[1], grids[2]
 
@@ -205,8 +211,8 @@ def _relabel(work: Generator[Progress, None, PatchFeatures], offset: int, total:
 
 
 def extract_mixmag(slide, encoder, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, min_tissue: float = 0.25,
-                   tissue: TissueMask | None = None, cache: FeatureCache | None = None, batch_size: int = 64,
-                   num_workers: int | None = None,
+                   tissue: TissueMask | None = None, box: tuple[float, float, float, float] | None = None,
+                   cache: FeatureCache | None = None, batch_size: int = 64, num_workers: int | None = None,
                    cancel: CancelSignal = None) -> Generator[Progress, None, MixMagFeatures]:
     """Encode every region on tissue at 5x, 10x and 20x.
 
@@ -217,8 +223,8 @@ def extract_mixmag(slide, encoder, *, region_size_px: int = 896, mpp: float = DE
     encoder
         A patch encoder (``encode``, ``cfg.name``, ``embed_dim``), the same at all three
         magnifications.
-    region_size_px, mpp, min_tissue, tissue
-        The geometry and tissue rule (see :func:`mixmag_grids`).
+    region_size_px, mpp, min_tissue, tissue, box
+        The geometry, tissue rule and the part of the slide (see :func:`mixmag_grids`).
     cache
         A :class:`~napari_care.core.feature_cache.FeatureCache`; each magnification has its
         own key, so one cache serves all three and a second run encodes nothing.
@@ -237,7 +243,7 @@ def extract_mixmag(slide, encoder, *, region_size_px: int = 896, mpp: float = DE
     -------
     MixMagFeatures
     """
-    grids = mixmag_grids(slide, region_size_px=region_size_px, mpp=mpp, min_tissue=min_tissue, tissue=tissue)
+    grids = mixmag_grids(slide, region_size_px=region_size_px, mpp=mpp, min_tissue=min_tissue, tissue=tissue, box=box)
     total, done = sum(len(grid) for grid in grids), 0
     levels, regions, positions = [], [], []
     for name, grid, side in zip(MAGNIFICATION_NAMES, grids, TILES_PER_SIDE, strict=True):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Generator
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from napari_care.core.feature_cache import FeatureCache
 from napari_care.core.progress import Progress
@@ -22,6 +24,10 @@ from napari_care.core.segment import (
 )
 from napari_care.core.slide import Slide
 from napari_care.core.tissue import TissueMask, tissue_mask
+
+if TYPE_CHECKING:
+    from napari_care.core.mil_heatmap import MilHead
+    from napari_care.core.mil_regions import RegionAttention
 
 
 class SegmentSession:
@@ -82,3 +88,35 @@ class SegmentSession:
         model = self.model(options, encoder.embed_dim)
         return (yield from segment(self.slide, options, box=box, tissue=tissue, cache=self.cache,
                                    encoder=encoder, model=model, cancel=cancel))
+
+    def region_attention(
+        self,
+        options: SegmentOptions,
+        head: MilHead,
+        box: Box | None = None,
+        cancel: threading.Event | Callable[[], bool] | None = None,
+    ) -> Generator[Progress, None, RegionAttention]:
+        """Apply a MIL head trained on region tokens (``train-mil --mem``) to the slide or ``box``.
+
+        The regions' tiles are encoded with the patch encoder the head's tokens came from
+        (with ``options``' weights when it is the same encoder) and kept in this session's
+        cache; regions and tiles follow ``options``' tissue threshold and minimum tissue, as
+        ``napari-care extract --mixmag`` does.
+
+        Raises
+        ------
+        ValueError
+            When the head has no mixing encoder beside it, or no region on tissue meets the box.
+        """
+        from napari_care.core.mil_regions import region_attention
+
+        if head.region_encoder is None:
+            raise ValueError(f"MIL head {head.path} was trained on region tokens, but its mixing encoder "
+                             "(mem_encoder.json beside it, written by train-mil --mem from .mixmag.h5 files) is missing")
+        name = head.region_encoder.patch_encoder
+        weights = options.encoder_weights if options.encoder == name else None
+        yield Progress("encoder", 0, 1, f"loading encoder {name} for the head's regions")
+        encoder = self.encoder(replace(options, encoder=name, encoder_weights=weights))
+        tissue = self.tissue(options.tissue_threshold)
+        return (yield from region_attention(self.slide, head, head.region_encoder, encoder, box=box, tissue=tissue,
+                                            cache=self.cache, min_tissue=options.min_tissue, cancel=cancel))

@@ -1,0 +1,200 @@
+"""AB-MIL heads over mixed-magnification region tokens, applied to a slide on screen.
+
+A head trained with ``napari-care train-mil --mem`` weighs *regions* (896 px squares at 20x,
+each encoded from its tiles at 5x, 10x and 20x by a MEM mixing encoder), not patches.
+Training keeps a copy of that mixing encoder beside the head (``mem_encoder.json`` /
+``.safetensors``) with what is needed to rebuild the region tokens of any slide: the patch
+encoder's name, the region side and the finest grid's pixel size. Here, for the slide (or
+the visible field) in the viewer: extract the regions' tiles, encode them, apply the head,
+and spread each region's attention over the 20x patches inside it, so that the attention
+heatmap layer draws it like any other per-patch attention.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Generator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+import numpy as np
+
+from napari_care.core.progress import Progress
+
+if TYPE_CHECKING:
+    from napari_care.core.feature_cache import FeatureCache
+    from napari_care.core.mil_heatmap import MilHead, MilOutput
+    from napari_care.core.mixmag_features import MixMagFeatures
+    from napari_care.core.models.mixmag import MixMagEncoder
+    from napari_care.core.tissue import TissueMask
+
+REGION_ENCODER_FILE = "mem_encoder"  # checkpoint prefix beside abmil.json
+KIND = "mil_region_encoder"
+
+
+@dataclass
+class RegionEncoder:
+    """What turns a slide into the region instances of a head trained on region tokens.
+
+    Attributes
+    ----------
+    model
+        The mixing encoder (eval mode), with its readout.
+    patch_encoder
+        Name of the patch encoder of its tile embeddings (:func:`~napari_care.core.encoders.create_encoder`).
+    region_size_px
+        Region side in pixels at the finest magnification.
+    mpp
+        Micrometres per pixel of the finest (20x) grid.
+    """
+
+    model: MixMagEncoder
+    patch_encoder: str
+    region_size_px: int
+    mpp: float
+
+    @classmethod
+    def of_features(cls, model: MixMagEncoder, features: MixMagFeatures) -> RegionEncoder:
+        """The region encoder of ``model`` applied to features extracted like ``features``."""
+        finest = features.levels[2]
+        if finest.mpp is None:
+            raise ValueError(f"mixed-magnification features of {features.slide_id!r} have no pixel size (mpp)")
+        return cls(model.eval(), features.encoder, int(4 * finest.patch_size_px), float(finest.mpp))
+
+
+def save_region_encoder(out_dir: str | os.PathLike[str], region_encoder: RegionEncoder) -> Path:
+    """Write ``mem_encoder.json`` / ``.safetensors`` into ``out_dir`` (atomically); returns the JSON path."""
+    from napari_care.core.checkpoint import save_checkpoint
+
+    model = region_encoder.model
+    return save_checkpoint(Path(out_dir) / REGION_ENCODER_FILE, model, model.config,
+                           extra_state={"kind": KIND, "patch_encoder": region_encoder.patch_encoder,
+                                        "region_size_px": region_encoder.region_size_px, "mpp": region_encoder.mpp})
+
+
+def load_region_encoder(path: str | os.PathLike[str]) -> RegionEncoder:
+    """Read what :func:`save_region_encoder` wrote (its folder or either file).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the checkpoint is missing.
+    ValueError
+        When it is not a region encoder saved with an AB-MIL head.
+    """
+    from napari_care.core.checkpoint import checkpoint_paths, load_checkpoint
+    from napari_care.core.models.mixmag import MixMagEncoder
+
+    path = Path(path)
+    json_path = checkpoint_paths(path / REGION_ENCODER_FILE if path.is_dir() else path)[1]
+    if not json_path.is_file():
+        raise FileNotFoundError(f"{json_path}: the mixing encoder of this region head is missing "
+                                "(train-mil --mem writes it beside abmil.json)")
+    model, _, extra = load_checkpoint(json_path, MixMagEncoder)
+    if extra.get("kind") != KIND or not extra.get("patch_encoder"):
+        raise ValueError(f"{json_path}: not a region encoder written by train-mil --mem "
+                         "(it does not say which patch encoder made its tile embeddings)")
+    return RegionEncoder(model.eval(), str(extra["patch_encoder"]), int(extra["region_size_px"]), float(extra["mpp"]))
+
+
+class RegionAttention(NamedTuple):
+    """What :func:`region_attention` returns.
+
+    output
+        The head's :class:`~napari_care.core.mil_heatmap.MilOutput` over the regions
+        (attention ``[R]`` summing to 1, probabilities, predicted class).
+    region_coords
+        ``[R, 2]`` level-0 (x, y) of each region's top-left corner.
+    region_size_level0
+        Region side in level-0 pixels.
+    """
+
+    output: MilOutput
+    region_coords: np.ndarray
+    region_size_level0: float
+
+
+def region_attention(slide, head: MilHead, region_encoder: RegionEncoder, patch_encoder, *,
+                     box: tuple[float, float, float, float] | None = None, tissue: TissueMask | None = None,
+                     cache: FeatureCache | None = None, min_tissue: float = 0.25,
+                     cancel=None) -> Generator[Progress, None, RegionAttention]:
+    """Apply a region head to a slide, or to the regions that meet ``box`` (level-0 x0, y0, x1, y1).
+
+    ``patch_encoder`` is the built encoder named by ``region_encoder.patch_encoder``.
+
+    Raises
+    ------
+    ValueError
+        When no region on tissue meets the box (or the slide), or the encoders do not match.
+    """
+    import torch
+
+    from napari_care.core.mixmag_features import extract_mixmag
+
+    if patch_encoder.cfg.name != region_encoder.patch_encoder:
+        raise ValueError(f"MIL head {head.path}: its regions were encoded with '{region_encoder.patch_encoder}', "
+                         f"not '{patch_encoder.cfg.name}'")
+    features = yield from extract_mixmag(slide, patch_encoder, region_size_px=region_encoder.region_size_px,
+                                         mpp=region_encoder.mpp, min_tissue=min_tissue, tissue=tissue,
+                                         cache=cache, box=box, cancel=cancel)
+    where = "the visible field" if box is not None else "the slide"
+    if features.n_regions == 0:
+        raise ValueError(f"MIL head {head.path}: no region of {region_encoder.region_size_px} px on tissue "
+                         f"in {where} of {Path(slide.path).name}")
+    yield Progress("mil", 0, 1, f"mixing {features.n_regions} regions")
+    tokens = features.to_region_tokens()
+    with torch.no_grad():
+        instances = region_encoder.model.mil_instances(torch.from_numpy(tokens.tokens),
+                                                       torch.from_numpy(tokens.token_present)).numpy()
+    return RegionAttention(head.apply(instances, encoder="mixmag"), tokens.region_coords, tokens.region_size_level0)
+
+
+def attention_of_patches(patch_coords: np.ndarray, patch_size_level0: float, region_coords: np.ndarray,
+                         region_size_level0: float, attention: np.ndarray) -> np.ndarray:
+    """Each patch takes the attention of the region that holds its centre; NaN outside every region.
+
+    Parameters
+    ----------
+    patch_coords
+        ``[N, 2]`` level-0 (x, y) top-left corners of the patches.
+    patch_size_level0
+        Patch side in level-0 pixels.
+    region_coords, region_size_level0
+        ``[R, 2]`` top-left corners and side of the regions (a grid anchored at the origin).
+    attention
+        ``[R]`` attention per region.
+
+    Returns
+    -------
+    ``[N]`` float32.
+    """
+    attention = np.asarray(attention, dtype=np.float32)
+    region_coords = np.asarray(region_coords, dtype=np.float64).reshape(-1, 2)
+    if len(attention) != len(region_coords):
+        raise ValueError(f"{len(attention)} attention values for {len(region_coords)} regions")
+    centres = np.asarray(patch_coords, dtype=np.float64).reshape(-1, 2) + patch_size_level0 / 2
+    region_keys = _cell_keys(np.floor(region_coords / region_size_level0 + 0.5))  # corners sit on the grid
+    patch_keys = _cell_keys(np.floor(centres / region_size_level0))
+    order = np.argsort(region_keys)
+    pos = np.searchsorted(region_keys[order], patch_keys).clip(0, max(len(order) - 1, 0))
+    rows = np.where(region_keys[order][pos] == patch_keys, order[pos], -1) if len(order) else np.full(len(centres), -1)
+    return np.where(rows >= 0, attention[rows.clip(0)], np.nan).astype(np.float32)
+
+
+def _cell_keys(cells: np.ndarray) -> np.ndarray:
+    """Grid cells (x, y) as one sortable int64 each (cells left of or above the origin never match)."""
+    cells = cells.astype(np.int64)
+    return np.where((cells >= 0).all(axis=1), (cells[:, 1] << 32) | cells[:, 0], -1)
+
+
+def patch_output(regions: RegionAttention, patch_coords: np.ndarray, patch_size_level0: float) -> MilOutput:
+    """The head's output with its attention spread over patches, for the per-patch heatmap layer.
+
+    Each patch carries its region's weight (so the values do not sum to 1), NaN outside every region.
+    """
+    from napari_care.core.mil_heatmap import MilOutput
+
+    attention = attention_of_patches(patch_coords, patch_size_level0, regions.region_coords,
+                                     regions.region_size_level0, regions.output.attention)
+    return MilOutput(attention, regions.output.probabilities, regions.output.predicted)
