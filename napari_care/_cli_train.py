@@ -9,10 +9,14 @@ failed, 2 bad input (unreadable file, wrong option, features that do not fit a c
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from napari_care._cli_common import EXIT_FAILED, drive, fail
+
+if TYPE_CHECKING:
+    from napari_care.core.mil_regions import RegionEncoder
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -241,13 +245,16 @@ def register(main: click.Group) -> None:
                          max_instances=max_instances, seed=seed, device=device,
                          split_at=cls_width if two_pools else 0)
         result = run_or_fail(train_mil(labels_csv, bags, out_dir, config, encoder=encoder), quiet)
-        if region_encoder is not None:  # the viewer rebuilds region tokens with it
-            from napari_care.core.mil_regions import save_region_encoder
+        if mem_checkpoint is not None:  # the viewer rebuilds region tokens with the mixing encoder kept beside the head
+            from napari_care.core.mil_regions import REGION_ENCODER_FILE, save_region_encoder
 
-            save_region_encoder(out_dir, region_encoder)
-        elif mem_checkpoint is not None:
-            click.echo("note: region tokens from .npz files do not name their patch encoder; the viewer cannot "
-                       "apply this head (train from .mixmag.h5 files for that)")
+            for stale in out_dir.glob(f"{REGION_ENCODER_FILE}.*"):  # never pair this head with an older encoder
+                stale.unlink()
+            if region_encoder is not None:
+                save_region_encoder(out_dir, region_encoder)
+            else:
+                click.echo("note: region tokens from .npz files do not name their patch encoder; the viewer cannot "
+                           "apply this head (train from .mixmag.h5 files for that)")
         metrics = result.metrics
         click.echo(f"test AUROC {metrics['test_auroc']}, balanced accuracy {metrics['test_balanced_accuracy']}, "
                    f"best epoch {metrics['best_epoch']}")
@@ -289,7 +296,7 @@ def load_region_tokens(path: Path) -> list:
     return slides
 
 
-def read_bags(bags_dir: Path, mem_checkpoint: Path | None, device: str) -> tuple[dict, str, int, object]:
+def read_bags(bags_dir: Path, mem_checkpoint: Path | None, device: str) -> tuple[dict, str, int, RegionEncoder | None]:
     """slide_id -> instance features for AB-MIL, the encoder name, the CLS width of a
     ``cls+tile`` region token (0 for other bags), and the
     :class:`~napari_care.core.mil_regions.RegionEncoder` that made region bags from
@@ -310,5 +317,6 @@ def read_bags(bags_dir: Path, mem_checkpoint: Path | None, device: str) -> tuple
     check_feature_dim(config, slides[0].tokens.shape[-1], checkpoint=mem_checkpoint, encoder="of the tokens")
     cls_width = config.dim if config.readout == "cls+tile" else 0
     feature_files = sorted(bags_dir.glob(f"*{SUFFIX}")) if bags_dir.is_dir() else []
-    region_encoder = RegionEncoder.of_features(model, load_mixmag(feature_files[0])) if feature_files else None
+    region_encoder = (RegionEncoder.of_features(model, load_mixmag(feature_files[0]), feature_files[0])
+                      if feature_files else None)
     return region_bags(model, slides, device=device), "mixmag", cls_width, region_encoder

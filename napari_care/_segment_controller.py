@@ -10,6 +10,7 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
 from qtpy.QtCore import QTimer
 
 from napari_care._care_layers import DisplayOptions, care_layers, warm_up_roi_text, with_hover
@@ -47,11 +48,15 @@ def segment_job(session: SegmentSession, options: SegmentOptions, box, cancel: t
         yield Progress("mil", 0, 1, f"loading the MIL head {Path(mil_head).name}")
         mil_head = load_mil_head(mil_head)
     if mil_head is not None and mil_head.encoder == "mixmag":  # a head on region tokens: regions, then patches
+        from napari_care.core.mil_heatmap import MilOutput
         from napari_care.core.mil_regions import patch_output
 
         regions = yield from session.region_attention(options, mil_head, box, cancel)
-        output = patch_output(regions, result.features.coords, result.features.patch_size_level0)
-        yield Progress("mil", 1, 1, f"MIL predicts {output.predicted} from {len(regions.region_coords)} regions")
+        if regions is None:  # zoomed in where no region has enough tissue: the segmentation still shows
+            output = MilOutput(np.full(len(result.features), np.nan, np.float32), np.zeros(0, np.float32), "")
+        else:
+            output = patch_output(regions, result.features.coords, result.features.patch_size_level0)
+            yield Progress("mil", 1, 1, f"MIL predicts {output.predicted} from {regions.n_regions} regions")
     elif mil_head is not None:
         yield Progress("mil", 0, 1, f"MIL attention over {len(result.features)} patches")
         output = mil_head.apply(result.features.features, encoder=result.features.encoder)
@@ -252,7 +257,8 @@ class SegmentController:
                 f"({result.encoded_tiles} encoded, {cached} from cache); ROI = region {result.care.roi}")
         if mil_output is not None:
             self._mil_heads = {mil_key: mil_head}  # the next run with this file skips loading it
-            text += f"; MIL predicts {mil_output.predicted} (p={float(max(mil_output.probabilities)):.2f})"
+            text += (f"; MIL predicts {mil_output.predicted} (p={float(max(mil_output.probabilities)):.2f})"
+                     if len(mil_output.probabilities) else "; MIL: no region of the head on tissue here")
         self._say(text)
 
     def _on_error(self, worker, error: Exception) -> None:

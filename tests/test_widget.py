@@ -433,7 +433,7 @@ def test_mil_checkpoint_from_train_mil_runs_in_the_widget(viewer_widget, qtbot, 
     assert widget.status.value.startswith("failed:") and "wrong" in widget.status.value
 
 
-def test_a_region_head_draws_its_region_attention_over_the_patches(viewer_widget, qtbot, tmp_path):
+def test_a_region_head_draws_its_region_attention_over_the_patches(viewer_widget, qtbot, tmp_path, monkeypatch):
     import torch
 
     from napari_care.core.checkpoint import save_checkpoint
@@ -467,6 +467,16 @@ def test_a_region_head_draws_its_region_attention_over_the_patches(viewer_widget
     assert 0.5 < inside.mean() < 1 and len(np.unique(expected.attention[inside])) == len(regions.output.attention)
     np.testing.assert_allclose(shown[inside], expected.attention[inside], rtol=1e-5)
     assert (shown[~inside] == heatmap.metadata["off_tissue"]).all()  # patches of no region: drawn as off tissue
+
+    def no_region(*args, **kwargs):  # e.g. zoomed in at a tissue edge: no region has enough tissue
+        return None
+        yield
+
+    monkeypatch.setattr(type(session), "region_attention", no_region)
+    run_and_wait(widget, qtbot)
+    assert widget.status.value.endswith("MIL: no region of the head on tissue here")
+    assert widget.status.value.startswith(f"{widget.controller.result.care.n_regions} regions over")  # still drawn
+    assert (viewer.layers[ATTENTION].data == viewer.layers[ATTENTION].metadata["off_tissue"]).all()
 
 
 def test_the_review_panel_is_a_section_of_the_widget(make_napari_viewer):

@@ -13,9 +13,12 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from napari_care.core.mil_regions import RegionEncoder
 
 ABMIL_CLASS = "napari_care.core.models.abmil.ABMIL"
 
@@ -63,7 +66,7 @@ class MilHead:
     class_names: list[str]
     encoder: str
     model: object
-    region_encoder: object = None
+    region_encoder: RegionEncoder | None = None
 
     def apply(self, features: np.ndarray, *, encoder: str | None = None) -> MilOutput:
         """Attention and prediction of the head for one bag of instance features.

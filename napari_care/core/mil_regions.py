@@ -6,8 +6,9 @@ Training keeps a copy of that mixing encoder beside the head (``mem_encoder.json
 ``.safetensors``) with what is needed to rebuild the region tokens of any slide: the patch
 encoder's name, the region side and the finest grid's pixel size. Here, for the slide (or
 the visible field) in the viewer: extract the regions' tiles, encode them, apply the head,
-and spread each region's attention over the 20x patches inside it, so that the attention
-heatmap layer draws it like any other per-patch attention.
+and spread each instance's attention (a region's, or with the ``tokens`` readout a 20x
+tile's) over the patches of the run whose centre it holds, so that the attention heatmap
+layer draws it like any other per-patch attention.
 """
 
 from __future__ import annotations
@@ -16,13 +17,14 @@ import os
 from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from napari_care.core.progress import Progress
+from napari_care.core.progress import Progress, as_stage
 
 if TYPE_CHECKING:
+    from napari_care.core.extract import CancelSignal
     from napari_care.core.feature_cache import FeatureCache
     from napari_care.core.mil_heatmap import MilHead, MilOutput
     from napari_care.core.mixmag_features import MixMagFeatures
@@ -47,20 +49,25 @@ class RegionEncoder:
         Region side in pixels at the finest magnification.
     mpp
         Micrometres per pixel of the finest (20x) grid.
+    min_tissue
+        The tissue share a region and its tiles needed in training (None: not recorded).
     """
 
     model: MixMagEncoder
     patch_encoder: str
     region_size_px: int
     mpp: float
+    min_tissue: float | None = None
 
     @classmethod
-    def of_features(cls, model: MixMagEncoder, features: MixMagFeatures) -> RegionEncoder:
-        """The region encoder of ``model`` applied to features extracted like ``features``."""
+    def of_features(cls, model: MixMagEncoder, features: MixMagFeatures, source: str | os.PathLike[str] = "",
+                    ) -> RegionEncoder:
+        """The region encoder of ``model`` applied to features extracted like ``features`` (read from ``source``)."""
         finest = features.levels[2]
         if finest.mpp is None:
-            raise ValueError(f"mixed-magnification features of {features.slide_id!r} have no pixel size (mpp)")
-        return cls(model.eval(), features.encoder, int(4 * finest.patch_size_px), float(finest.mpp))
+            raise ValueError(f"{source or features.slide_id}: mixed-magnification features without a pixel size (mpp)")
+        min_tissue = float(features.min_tissue) if np.isfinite(features.min_tissue) else None
+        return cls(model.eval(), features.encoder, int(4 * finest.patch_size_px), float(finest.mpp), min_tissue)
 
 
 def save_region_encoder(out_dir: str | os.PathLike[str], region_encoder: RegionEncoder) -> Path:
@@ -70,7 +77,8 @@ def save_region_encoder(out_dir: str | os.PathLike[str], region_encoder: RegionE
     model = region_encoder.model
     return save_checkpoint(Path(out_dir) / REGION_ENCODER_FILE, model, model.config,
                            extra_state={"kind": KIND, "patch_encoder": region_encoder.patch_encoder,
-                                        "region_size_px": region_encoder.region_size_px, "mpp": region_encoder.mpp})
+                                        "region_size_px": region_encoder.region_size_px, "mpp": region_encoder.mpp,
+                                        "min_tissue": region_encoder.min_tissue})
 
 
 def load_region_encoder(path: str | os.PathLike[str]) -> RegionEncoder:
@@ -92,67 +100,92 @@ def load_region_encoder(path: str | os.PathLike[str]) -> RegionEncoder:
         raise FileNotFoundError(f"{json_path}: the mixing encoder of this region head is missing "
                                 "(train-mil --mem writes it beside abmil.json)")
     model, _, extra = load_checkpoint(json_path, MixMagEncoder)
-    if extra.get("kind") != KIND or not extra.get("patch_encoder"):
+    missing = sorted({"patch_encoder", "region_size_px", "mpp"} - set(extra))
+    if extra.get("kind") != KIND or missing:
         raise ValueError(f"{json_path}: not a region encoder written by train-mil --mem "
-                         "(it does not say which patch encoder made its tile embeddings)")
-    return RegionEncoder(model.eval(), str(extra["patch_encoder"]), int(extra["region_size_px"]), float(extra["mpp"]))
+                         f"(missing {missing or 'its kind'}: which patch encoder and geometry made its tokens)")
+    min_tissue = extra.get("min_tissue")
+    return RegionEncoder(model.eval(), str(extra["patch_encoder"]), int(extra["region_size_px"]), float(extra["mpp"]),
+                         None if min_tissue is None else float(min_tissue))
 
 
 class RegionAttention(NamedTuple):
     """What :func:`region_attention` returns.
 
+    Attributes
+    ----------
     output
-        The head's :class:`~napari_care.core.mil_heatmap.MilOutput` over the regions
-        (attention ``[R]`` summing to 1, probabilities, predicted class).
-    region_coords
-        ``[R, 2]`` level-0 (x, y) of each region's top-left corner.
-    region_size_level0
-        Region side in level-0 pixels.
+        The head's :class:`~napari_care.core.mil_heatmap.MilOutput` over its instances
+        (attention ``[N]`` summing to 1, probabilities, predicted class).
+    instance_coords
+        ``[N, 2]`` level-0 (x, y) top-left corner of each instance: its region, or its 20x
+        tile with the ``tokens`` readout.
+    instance_size_level0
+        Side of an instance's square in level-0 pixels.
+    n_regions
+        Regions the head saw.
     """
 
     output: MilOutput
-    region_coords: np.ndarray
-    region_size_level0: float
+    instance_coords: np.ndarray
+    instance_size_level0: float
+    n_regions: int
 
 
-def region_attention(slide, head: MilHead, region_encoder: RegionEncoder, patch_encoder, *,
+def region_attention(slide: Any, head: MilHead, region_encoder: RegionEncoder, patch_encoder: Any, *,
                      box: tuple[float, float, float, float] | None = None, tissue: TissueMask | None = None,
-                     cache: FeatureCache | None = None, min_tissue: float = 0.25,
-                     cancel=None) -> Generator[Progress, None, RegionAttention]:
+                     cache: FeatureCache | None = None, min_tissue: float = 0.25, batch_size: int = 64,
+                     cancel: CancelSignal = None) -> Generator[Progress, None, RegionAttention | None]:
     """Apply a region head to a slide, or to the regions that meet ``box`` (level-0 x0, y0, x1, y1).
 
     ``patch_encoder`` is the built encoder named by ``region_encoder.patch_encoder``.
+    Returns None when no region on tissue meets the box (or the slide).
 
     Raises
     ------
     ValueError
-        When no region on tissue meets the box (or the slide), or the encoders do not match.
+        When the patch encoder is not the one (or not as wide as the one) the head's tokens came from.
     """
     import torch
 
     from napari_care.core.mixmag_features import extract_mixmag
 
-    if patch_encoder.cfg.name != region_encoder.patch_encoder:
-        raise ValueError(f"MIL head {head.path}: its regions were encoded with '{region_encoder.patch_encoder}', "
-                         f"not '{patch_encoder.cfg.name}'")
-    features = yield from extract_mixmag(slide, patch_encoder, region_size_px=region_encoder.region_size_px,
-                                         mpp=region_encoder.mpp, min_tissue=min_tissue, tissue=tissue,
-                                         cache=cache, box=box, cancel=cancel)
-    where = "the visible field" if box is not None else "the slide"
+    if (patch_encoder.cfg.name, patch_encoder.embed_dim) != (region_encoder.patch_encoder,
+                                                             region_encoder.model.config.in_dim):
+        raise ValueError(f"MIL head {head.path}: its regions were encoded with '{region_encoder.patch_encoder}' "
+                         f"(D={region_encoder.model.config.in_dim}), not '{patch_encoder.cfg.name}' "
+                         f"(D={patch_encoder.embed_dim})")
+    work = extract_mixmag(slide, patch_encoder, region_size_px=region_encoder.region_size_px, mpp=region_encoder.mpp,
+                          min_tissue=min_tissue, tissue=tissue, cache=cache, box=box, batch_size=batch_size,
+                          cancel=cancel)
+    features = yield from as_stage(work, "regions")  # not "extract": the widget's time-left estimate is per stage
     if features.n_regions == 0:
-        raise ValueError(f"MIL head {head.path}: no region of {region_encoder.region_size_px} px on tissue "
-                         f"in {where} of {Path(slide.path).name}")
+        return None
     yield Progress("mil", 0, 1, f"mixing {features.n_regions} regions")
     tokens = features.to_region_tokens()
     with torch.no_grad():
         instances = region_encoder.model.mil_instances(torch.from_numpy(tokens.tokens),
                                                        torch.from_numpy(tokens.token_present)).numpy()
-    return RegionAttention(head.apply(instances, encoder="mixmag"), tokens.region_coords, tokens.region_size_level0)
+    coords, size = _instance_squares(region_encoder.model.config.readout, tokens)
+    return RegionAttention(head.apply(instances, encoder="mixmag"), coords, size, features.n_regions)
+
+
+def _instance_squares(readout: str, tokens) -> tuple[np.ndarray, float]:
+    """Top-left corners and side of the instances of ``mil_instances``: regions, or present 20x tiles in order."""
+    from napari_care.core.models.mixmag import FIRST_20X_TOKEN
+
+    if readout != "tokens":
+        return tokens.region_coords, float(tokens.region_size_level0)
+    side = 4  # 20x tiles along a region's side, slots row-major
+    tile_level0 = tokens.region_size_level0 / side
+    region, slot = np.nonzero(tokens.token_present[:, FIRST_20X_TOKEN:])  # region by region, slot order
+    offsets = np.stack([slot % side, slot // side], axis=1) * tile_level0
+    return tokens.region_coords[region] + offsets, float(tile_level0)
 
 
 def attention_of_patches(patch_coords: np.ndarray, patch_size_level0: float, region_coords: np.ndarray,
                          region_size_level0: float, attention: np.ndarray) -> np.ndarray:
-    """Each patch takes the attention of the region that holds its centre; NaN outside every region.
+    """Each patch takes the attention of the square (region or tile) that holds its centre; NaN outside all.
 
     Parameters
     ----------
@@ -161,9 +194,9 @@ def attention_of_patches(patch_coords: np.ndarray, patch_size_level0: float, reg
     patch_size_level0
         Patch side in level-0 pixels.
     region_coords, region_size_level0
-        ``[R, 2]`` top-left corners and side of the regions (a grid anchored at the origin).
+        ``[R, 2]`` top-left corners and side of the squares (a grid anchored at the origin).
     attention
-        ``[R]`` attention per region.
+        ``[R]`` attention per square.
 
     Returns
     -------
@@ -172,7 +205,7 @@ def attention_of_patches(patch_coords: np.ndarray, patch_size_level0: float, reg
     attention = np.asarray(attention, dtype=np.float32)
     region_coords = np.asarray(region_coords, dtype=np.float64).reshape(-1, 2)
     if len(attention) != len(region_coords):
-        raise ValueError(f"{len(attention)} attention values for {len(region_coords)} regions")
+        raise ValueError(f"{len(attention)} attention values for {len(region_coords)} squares")
     centres = np.asarray(patch_coords, dtype=np.float64).reshape(-1, 2) + patch_size_level0 / 2
     region_keys = _cell_keys(np.floor(region_coords / region_size_level0 + 0.5))  # corners sit on the grid
     patch_keys = _cell_keys(np.floor(centres / region_size_level0))
@@ -191,10 +224,11 @@ def _cell_keys(cells: np.ndarray) -> np.ndarray:
 def patch_output(regions: RegionAttention, patch_coords: np.ndarray, patch_size_level0: float) -> MilOutput:
     """The head's output with its attention spread over patches, for the per-patch heatmap layer.
 
-    Each patch carries its region's weight (so the values do not sum to 1), NaN outside every region.
+    Each patch carries the weight of the instance (region or tile) under its centre, so the
+    values do not sum to 1; NaN outside every instance.
     """
     from napari_care.core.mil_heatmap import MilOutput
 
-    attention = attention_of_patches(patch_coords, patch_size_level0, regions.region_coords,
-                                     regions.region_size_level0, regions.output.attention)
+    attention = attention_of_patches(patch_coords, patch_size_level0, regions.instance_coords,
+                                     regions.instance_size_level0, regions.output.attention)
     return MilOutput(attention, regions.output.probabilities, regions.output.predicted)

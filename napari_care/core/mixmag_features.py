@@ -28,7 +28,8 @@ dataset            shape, type   content
 
 Attributes of ``features_<m>``: ``mpp``, ``magnification``, ``patch_size_px``,
 ``patch_size_level0``. File attributes: ``format = "napari_care.mixmag"``,
-``format_version``, ``encoder``, ``slide_id``, ``region_size_level0``, ``magnifications``.
+``format_version``, ``encoder``, ``slide_id``, ``region_size_level0``, ``magnifications``,
+``min_tissue`` (absent in files written before it was recorded).
 """
 
 from __future__ import annotations
@@ -70,11 +71,14 @@ class MixMagFeatures:
     position_in_region
         Per magnification, ``[N_m]`` int64 slot within the region, row-major (see the module
         docstring); always 0 at 5x.
+    min_tissue
+        The tissue share each kept tile needed (NaN where not recorded).
     """
 
     levels: tuple[PatchFeatures, PatchFeatures, PatchFeatures]
     region_of_tile: tuple[np.ndarray, np.ndarray, np.ndarray]
     position_in_region: tuple[np.ndarray, np.ndarray, np.ndarray]
+    min_tissue: float = float("nan")
 
     def __post_init__(self) -> None:
         if not len(self.levels) == len(self.region_of_tile) == len(self.position_in_region) == 3:
@@ -255,7 +259,7 @@ def extract_mixmag(slide, encoder, *, region_size_px: int = 896, mpp: float = DE
         done += len(grid)
     yield Progress(STAGE, total, total, f"{Path(slide.path).name}: {len(grids[0])} regions, "
                                         f"{total} tiles at 3 magnifications")
-    return MixMagFeatures(tuple(levels), tuple(regions), tuple(positions))  # type: ignore[arg-type]
+    return MixMagFeatures(tuple(levels), tuple(regions), tuple(positions), float(min_tissue))  # type: ignore[arg-type]
 
 
 def save_mixmag(path: str | os.PathLike[str], mf: MixMagFeatures) -> Path:
@@ -271,7 +275,7 @@ def save_mixmag(path: str | os.PathLike[str], mf: MixMagFeatures) -> Path:
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
         f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "encoder": mf.encoder,
                         "slide_id": mf.slide_id, "region_size_level0": mf.region_size_level0,
-                        "magnifications": list(MAGNIFICATION_NAMES)})
+                        "magnifications": list(MAGNIFICATION_NAMES), "min_tissue": mf.min_tissue})
         for name, pf, regions, positions in zip(MAGNIFICATION_NAMES, mf.levels, mf.region_of_tile,
                                                 mf.position_in_region, strict=True):
             features = f.create_dataset(f"features_{name}", data=pf.features)
@@ -319,6 +323,7 @@ def load_mixmag(path: str | os.PathLike[str]) -> MixMagFeatures:
         if missing:
             raise ValueError(f"{path}: missing dataset(s) {missing}")
         encoder, slide_id = _text(f.attrs.get("encoder", "")), _text(f.attrs.get("slide_id", "")) or path.name
+        min_tissue = float(f.attrs.get("min_tissue", np.nan))  # files before it was recorded: unknown
         levels, regions, positions = [], [], []
         for name in MAGNIFICATION_NAMES:
             attrs = f[f"features_{name}"].attrs
@@ -330,7 +335,7 @@ def load_mixmag(path: str | os.PathLike[str]) -> MixMagFeatures:
             regions.append(f[f"region_{name}"][()])
             positions.append(f[f"position_{name}"][()])
     try:
-        return MixMagFeatures(tuple(levels), tuple(regions), tuple(positions))  # type: ignore[arg-type]
+        return MixMagFeatures(tuple(levels), tuple(regions), tuple(positions), min_tissue)  # type: ignore[arg-type]
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from error
 

@@ -65,3 +65,13 @@ def run_to_end(work: Generator[Progress, None, T], on_progress: Callable[[Progre
             return stop.value
         if on_progress is not None:
             on_progress(report)
+
+
+def as_stage(work: Generator[Progress, None, T], stage: str) -> Generator[Progress, None, T]:
+    """Pass on ``work``'s reports under another stage name (e.g. for its own time-left estimate)."""
+    while True:
+        try:
+            report = next(work)
+        except StopIteration as stop:
+            return stop.value
+        yield Progress(stage, report.done, report.total, report.message)

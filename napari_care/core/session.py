@@ -95,28 +95,31 @@ class SegmentSession:
         head: MilHead,
         box: Box | None = None,
         cancel: threading.Event | Callable[[], bool] | None = None,
-    ) -> Generator[Progress, None, RegionAttention]:
+    ) -> Generator[Progress, None, RegionAttention | None]:
         """Apply a MIL head trained on region tokens (``train-mil --mem``) to the slide or ``box``.
 
         The regions' tiles are encoded with the patch encoder the head's tokens came from
         (with ``options``' weights when it is the same encoder) and kept in this session's
-        cache; regions and tiles follow ``options``' tissue threshold and minimum tissue, as
-        ``napari-care extract --mixmag`` does.
+        cache. Regions and tiles follow the minimum tissue recorded with the head (else
+        ``options``') and ``options``' tissue threshold. Returns None when no region on
+        tissue meets the box.
 
         Raises
         ------
         ValueError
-            When the head has no mixing encoder beside it, or no region on tissue meets the box.
+            When the head has no mixing encoder beside it, or another patch encoder is given.
         """
         from napari_care.core.mil_regions import region_attention
 
-        if head.region_encoder is None:
+        region_encoder = head.region_encoder
+        if region_encoder is None:
             raise ValueError(f"MIL head {head.path} was trained on region tokens, but its mixing encoder "
                              "(mem_encoder.json beside it, written by train-mil --mem from .mixmag.h5 files) is missing")
-        name = head.region_encoder.patch_encoder
+        name = region_encoder.patch_encoder
         weights = options.encoder_weights if options.encoder == name else None
         yield Progress("encoder", 0, 1, f"loading encoder {name} for the head's regions")
         encoder = self.encoder(replace(options, encoder=name, encoder_weights=weights))
-        tissue = self.tissue(options.tissue_threshold)
-        return (yield from region_attention(self.slide, head, head.region_encoder, encoder, box=box, tissue=tissue,
-                                            cache=self.cache, min_tissue=options.min_tissue, cancel=cancel))
+        min_tissue = options.min_tissue if region_encoder.min_tissue is None else region_encoder.min_tissue
+        return (yield from region_attention(self.slide, head, region_encoder, encoder, box=box,
+                                            tissue=self.tissue(options.tissue_threshold), cache=self.cache,
+                                            min_tissue=min_tissue, batch_size=options.batch_size, cancel=cancel))
