@@ -177,8 +177,10 @@ def register(main: click.Group) -> None:
     @click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate (AdamW).")
     @click.option("--objective", type=click.Choice(["mem", "cmem"]), default="mem", show_default=True)
     @click.option("--readout", type=click.Choice(["cls", "cls+tile", "tokens"]), default="cls", show_default=True,
-                  help="Region output for AB-MIL: cls (one token per region), cls+tile (the CLS and the region's "
-                       "most salient 20x tile, one token per region), tokens (the 16 20x tokens).")
+                  help="Region output for AB-MIL: cls (one token per region, the paper's), cls+tile (the CLS and "
+                       "the region's most salient 20x tile, one token per region; with train-mil --two-pools it "
+                       "kept 20x detail that cls lost in the generated sets, docs/mixmag.md), tokens (the 16 20x "
+                       "tokens).")
     @click.option("--mask-ratio", type=float, default=0.5, show_default=True)
     @click.option("--dim", type=int, default=256, show_default=True, help="Transformer width.")
     @click.option("--depth", type=int, default=2, show_default=True, help="Transformer layers.")

@@ -4,11 +4,11 @@ A head trained with ``napari-care train-mil --mem`` weighs *regions* (896 px squ
 each encoded from its tiles at 5x, 10x and 20x by a MEM mixing encoder), not patches.
 Training keeps a copy of that mixing encoder beside the head (``mem_encoder.json`` /
 ``.safetensors``) with what is needed to rebuild the region tokens of any slide: the patch
-encoder's name, the region side and the finest grid's pixel size. Here, for the slide (or
-the visible field) in the viewer: extract the regions' tiles, encode them, apply the head,
-and spread each instance's attention (a region's, or with the ``tokens`` readout a 20x
-tile's) over the patches of the run whose centre it holds, so that the attention heatmap
-layer draws it like any other per-patch attention.
+encoder's name, the region side, the finest grid's pixel size and the minimum tissue.
+Here, for the slide (or the visible field) in the viewer: extract the regions' tiles,
+encode them, apply the head, and spread each instance's attention (a region's, or with the
+``tokens`` readout a 20x tile's) over the patches of the run whose centre it holds, so that
+the attention heatmap layer draws it like any other per-patch attention.
 """
 
 from __future__ import annotations
