@@ -9,6 +9,7 @@ with or without resolution tags.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+
+# torch imports triton when an optimiser is made; triton's bundled LLVM segfaults in its static
+# initialisers when Mesa's software OpenGL (which links its own LLVM) is already loaded, i.e. in a
+# test that trains after a viewer test. Loaded first, the two coexist.
+with contextlib.suppress(ImportError):
+    import triton  # noqa: F401
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 WHITE = 255
