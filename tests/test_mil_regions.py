@@ -101,6 +101,7 @@ def test_patches_map_to_the_region_under_their_centre():
     attention = attention_of_patches(patches, 32.0, region_coords, 896.0, np.array([0.2, 0.3, 0.5]))
     np.testing.assert_array_equal(attention[:3], np.float32([0.2, 0.3, 0.5]))  # centres 16, 896, 906
     assert np.isnan(attention[3:]).all()  # left of the slide, a region not kept, past the last region
+    assert np.isnan(attention_of_patches(patches, 32.0, np.zeros((0, 2)), 896.0, np.zeros(0))).all()
     with pytest.raises(ValueError, match="2 attention values for 3 squares"):
         attention_of_patches(patches, 32.0, region_coords, 896.0, np.array([0.5, 0.5]))
 

@@ -172,11 +172,11 @@ def region_attention(slide: Any, head: MilHead, region_encoder: RegionEncoder, p
 
 def _instance_squares(readout: str, tokens) -> tuple[np.ndarray, float]:
     """Top-left corners and side of the instances of ``mil_instances``: regions, or present 20x tiles in order."""
-    from napari_care.core.models.mixmag import FIRST_20X_TOKEN
+    from napari_care.core.models.mixmag import FIRST_20X_TOKEN, TILES_PER_SIDE
 
     if readout != "tokens":
         return tokens.region_coords, float(tokens.region_size_level0)
-    side = 4  # 20x tiles along a region's side, slots row-major
+    side = TILES_PER_SIDE[-1]  # 20x tiles along a region's side, slots row-major
     tile_level0 = tokens.region_size_level0 / side
     region, slot = np.nonzero(tokens.token_present[:, FIRST_20X_TOKEN:])  # region by region, slot order
     offsets = np.stack([slot % side, slot // side], axis=1) * tile_level0
@@ -207,16 +207,20 @@ def attention_of_patches(patch_coords: np.ndarray, patch_size_level0: float, reg
     if len(attention) != len(region_coords):
         raise ValueError(f"{len(attention)} attention values for {len(region_coords)} squares")
     centres = np.asarray(patch_coords, dtype=np.float64).reshape(-1, 2) + patch_size_level0 / 2
+    result = np.full(len(centres), np.nan, dtype=np.float32)
+    if not len(region_coords):
+        return result
     region_keys = _cell_keys(np.floor(region_coords / region_size_level0 + 0.5))  # corners sit on the grid
     patch_keys = _cell_keys(np.floor(centres / region_size_level0))
     order = np.argsort(region_keys)
-    pos = np.searchsorted(region_keys[order], patch_keys).clip(0, max(len(order) - 1, 0))
-    rows = np.where(region_keys[order][pos] == patch_keys, order[pos], -1) if len(order) else np.full(len(centres), -1)
-    return np.where(rows >= 0, attention[rows.clip(0)], np.nan).astype(np.float32)
+    pos = np.searchsorted(region_keys[order], patch_keys).clip(0, len(order) - 1)
+    hit = (region_keys[order][pos] == patch_keys) & (patch_keys >= 0)
+    result[hit] = attention[order[pos[hit]]]
+    return result
 
 
 def _cell_keys(cells: np.ndarray) -> np.ndarray:
-    """Grid cells (x, y) as one sortable int64 each (cells left of or above the origin never match)."""
+    """Grid cells (x, y) as one sortable int64 each; -1 for cells left of or above the origin."""
     cells = cells.astype(np.int64)
     return np.where((cells >= 0).all(axis=1), (cells[:, 1] << 32) | cells[:, 0], -1)
 
