@@ -206,3 +206,33 @@ def make_pyramid(tmp_path: Path) -> Callable[..., Pyramid]:
         return write_pyramid(tmp_path / name, **options)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def widget_slide_path(tmp_path_factory) -> Path:
+    """A small generated H&E slide (4096 x 3072 px at 0.5 um/px, about a hundred tissue tiles at 20x)."""
+    from napari_care.core.synthetic import build_synthetic_slide
+
+    path = tmp_path_factory.mktemp("widget") / "small.ome.tif"
+    build_synthetic_slide(path, width=4096, height=3072, seed=0, swatch_px=512, tile_size=256)
+    return path
+
+
+@pytest.fixture
+def viewer_widget(make_napari_viewer, widget_slide_path, qtbot):
+    """A shown viewer with the small slide and the docked CARE widget, its warm-up finished."""
+    from gui_helpers import RUN_TIMEOUT_MS
+    from napari.layers import Layer
+
+    from napari_care._reader import read_slide
+    from napari_care._widget import CareSegmentWidget
+
+    viewer = make_napari_viewer(show=True)
+    data, kwargs, kind = read_slide(str(widget_slide_path))[0]
+    viewer.add_layer(Layer.create(data, kwargs, kind))
+    widget = CareSegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget, name="CARE")
+    qtbot.waitUntil(lambda: not widget.controller.warming_up, timeout=RUN_TIMEOUT_MS)
+    yield viewer, widget
+    with contextlib.suppress(RuntimeError):  # a test may have deleted the widget
+        widget.controller.cancel()
