@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_care.core.atomic import atomic_path
-from napari_care.core.tiling import TileGrid
+from napari_care.core.tiling import TileGrid, pack_grid
 
 RANDOM_WEIGHTS = "random"
 
@@ -104,12 +104,6 @@ def cache_key(slide, grid: TileGrid, encoder) -> CacheKey:
     )
 
 
-def _pack(grid_xy: np.ndarray) -> np.ndarray:
-    """(gx, gy) pairs as one sortable int64 each (indices are non-negative and < 2**31)."""
-    grid_xy = np.asarray(grid_xy, dtype=np.int64).reshape(-1, 2)
-    return (grid_xy[:, 1] << 32) | grid_xy[:, 0]
-
-
 class _Entry:
     """Features of one key, sorted by packed grid index."""
 
@@ -192,7 +186,7 @@ class FeatureCache:
             entry = self._entry(key)
         if entry is None:
             return np.zeros(len(grid_xy), dtype=bool), None
-        rows = entry.find(_pack(grid_xy))
+        rows = entry.find(pack_grid(grid_xy))
         found = rows >= 0
         return found, entry.features[rows[found]]
 
@@ -205,7 +199,7 @@ class FeatureCache:
             raise ValueError(f"{len(features)} feature rows for {len(grid_xy)} grid indices")
         with self._lock:
             entry = self._entry(key)
-            packed = _pack(grid_xy)
+            packed = pack_grid(grid_xy)
             entry = _Entry(packed, features) if entry is None else entry.merged(packed, features)
             self._remember(key, entry)
             path = self.path_for(key)
@@ -229,7 +223,7 @@ class FeatureCache:
                 features = np.asarray(f["features"][()], dtype=np.float32)
         except (OSError, KeyError):  # a damaged cache file is only a miss
             return None
-        return _Entry(_pack(grid_xy), features)
+        return _Entry(pack_grid(grid_xy), features)
 
     def _write_file(self, path: Path, key: CacheKey, entry: _Entry) -> None:
         import h5py

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 
 from napari_care.core.progress import Progress, as_stage
+from napari_care.core.tiling import grid_rows
 
 if TYPE_CHECKING:
     from napari_care.core.extract import CancelSignal
@@ -207,22 +208,11 @@ def attention_of_patches(patch_coords: np.ndarray, patch_size_level0: float, reg
     if len(attention) != len(region_coords):
         raise ValueError(f"{len(attention)} attention values for {len(region_coords)} squares")
     centres = np.asarray(patch_coords, dtype=np.float64).reshape(-1, 2) + patch_size_level0 / 2
-    result = np.full(len(centres), np.nan, dtype=np.float32)
-    if not len(region_coords):
-        return result
-    region_keys = _cell_keys(np.floor(region_coords / region_size_level0 + 0.5))  # corners sit on the grid
-    patch_keys = _cell_keys(np.floor(centres / region_size_level0))
-    order = np.argsort(region_keys)
-    pos = np.searchsorted(region_keys[order], patch_keys).clip(0, len(order) - 1)
-    hit = (region_keys[order][pos] == patch_keys) & (patch_keys >= 0)
-    result[hit] = attention[order[pos[hit]]]
+    rows = grid_rows(np.floor(region_coords / region_size_level0 + 0.5),  # corners sit on the grid
+                     np.floor(centres / region_size_level0))
+    result = np.full(len(rows), np.nan, dtype=np.float32)
+    result[rows >= 0] = attention[rows[rows >= 0]]
     return result
-
-
-def _cell_keys(cells: np.ndarray) -> np.ndarray:
-    """Grid cells (x, y) as one sortable int64 each; -1 for cells left of or above the origin."""
-    cells = cells.astype(np.int64)
-    return np.where((cells >= 0).all(axis=1), (cells[:, 1] << 32) | cells[:, 0], -1)
 
 
 def patch_output(regions: RegionAttention, patch_coords: np.ndarray, patch_size_level0: float) -> MilOutput:

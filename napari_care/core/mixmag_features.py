@@ -47,7 +47,7 @@ from napari_care.core.extract import STAGE, CancelSignal, extract_features
 from napari_care.core.feature_cache import FeatureCache
 from napari_care.core.features import PatchFeatures, open_hdf5
 from napari_care.core.progress import Progress, run_to_end
-from napari_care.core.tiling import DEFAULT_MPP, TileGrid, tile_grid
+from napari_care.core.tiling import DEFAULT_MPP, TileGrid, grid_rows, tile_grid
 from napari_care.core.tissue import TissueMask, tissue_mask
 
 MAGNIFICATION_NAMES = ("5x", "10x", "20x")
@@ -142,21 +142,9 @@ class MixMagFeatures:
         return RegionTokens(tokens, present, self.levels[0].coords.copy(), self.region_size_level0, self.slide_id)
 
 
-def _pack(grid_xy: np.ndarray) -> np.ndarray:
-    """Grid indices (gx, gy) >= 0 as one sortable int64 each."""
-    grid_xy = np.asarray(grid_xy, dtype=np.int64).reshape(-1, 2)
-    return (grid_xy[:, 1] << 32) | grid_xy[:, 0]
-
-
 def _regions_of(coarse: TileGrid, fine_grid_xy: np.ndarray, side: int) -> np.ndarray:
     """Row in ``coarse`` of the region under each fine grid index, -1 where there is none."""
-    wanted = _pack(fine_grid_xy // side)
-    if len(coarse) == 0:
-        return np.full(len(wanted), -1, dtype=np.int64)
-    keys = _pack(coarse.grid)
-    order = np.argsort(keys)
-    pos = np.searchsorted(keys[order], wanted).clip(0, len(keys) - 1)
-    return np.where(keys[order][pos] == wanted, order[pos], -1)
+    return grid_rows(coarse.grid, np.asarray(fine_grid_xy) // side)
 
 
 def mixmag_grids(slide, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, min_tissue: float = 0.25,

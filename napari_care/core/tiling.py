@@ -86,6 +86,22 @@ class TileGrid:
         return self.take(hit)
 
 
+def pack_grid(grid_xy: np.ndarray) -> np.ndarray:
+    """Grid indices (gx, gy) as one sortable int64 each (indices < 2**31); -1 where one is negative."""
+    grid_xy = np.asarray(grid_xy, dtype=np.int64).reshape(-1, 2)
+    return np.where((grid_xy >= 0).all(axis=1), (grid_xy[:, 1] << 32) | grid_xy[:, 0], -1)
+
+
+def grid_rows(table_xy: np.ndarray, wanted_xy: np.ndarray) -> np.ndarray:
+    """Row in ``table_xy`` [R, 2] of each grid index of ``wanted_xy`` [N, 2]; -1 where absent or negative."""
+    keys, wanted = pack_grid(table_xy), pack_grid(wanted_xy)
+    if len(keys) == 0:
+        return np.full(len(wanted), -1, dtype=np.int64)
+    order = np.argsort(keys)
+    pos = np.searchsorted(keys[order], wanted).clip(0, len(keys) - 1)
+    return np.where((keys[order][pos] == wanted) & (wanted >= 0), order[pos], -1)
+
+
 def _check_box(box_level0) -> tuple[float, float, float, float]:
     try:
         x0, y0, x1, y1 = (float(v) for v in box_level0)
