@@ -66,6 +66,15 @@ def test_region_size_option_and_tissue_rule(slide):
         mixmag_grids(slide)
 
 
+def test_a_box_keeps_the_regions_it_meets_whole(slide):
+    whole = mixmag_grids(slide, region_size_px=448, min_tissue=0.5)
+    boxed = mixmag_grids(slide, region_size_px=448, min_tissue=0.5, box=(500, 100, 1000, 200))
+    assert boxed[0].coords.tolist() == [[448, 0], [896, 0]]  # the two regions the box meets
+    for part, full, side in zip(boxed, whole, (1, 2, 4), strict=True):
+        inside = np.isin(full.grid[:, 0] // side, (1, 2)) & (full.grid[:, 1] // side == 0)
+        np.testing.assert_array_equal(part.coords, full.coords[inside])  # every tile of those regions, no other
+
+
 def test_fine_tiles_off_tissue_are_missing(tmp_path):
     # tissue covers the left region and the top half of the right one
     blocks = [(0, 0, REGION, REGION, PINK), (REGION, 0, 2 * REGION, REGION // 2, PINK)]

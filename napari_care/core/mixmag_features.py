@@ -182,11 +182,12 @@ def mixmag_grids(slide, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, 
     if tissue is None and min_tissue > 0:
         tissue = tissue_mask(slide)
     tile_size_px = int(region_size_px) // 4
-    grids = []
+    grids, where = [], box
     for side in TILES_PER_SIDE:
-        grid = tile_grid(slide, mpp=mpp * 4 / side, tile_size_px=tile_size_px, min_tissue=min_tissue, tissue=tissue)
-        if side == 1 and box is not None:
-            grid = grid.subset(box)
+        grid = tile_grid(slide, mpp=mpp * 4 / side, tile_size_px=tile_size_px, min_tissue=min_tissue, tissue=tissue,
+                         box=where)
+        if side == 1 and box is not None and len(grid):  # finer tiles only over the chosen regions
+            where = (*grid.coords.min(axis=0), *(grid.coords.max(axis=0) + grid.tile_size_level0))
         grids.append(grid if side == 1 else grid.take(_regions_of(grids[0], grid.grid, side) >= 0))
     return grids[0], grids[1], grids[2]
 
