@@ -17,7 +17,8 @@ from napari_care.core.models.mixmag import (
 )
 from napari_care.core.models.mixmag_readout import salient_tile
 from napari_care.core.progress import run_to_end
-from napari_care.core.train.mem import MEMTrainConfig, learning_rate, region_bags, train_mem
+from napari_care.core.train.mem import MEMTrainConfig, region_bags, train_mem
+from napari_care.core.train.schedule import cosine_schedule
 
 D = 16
 
@@ -179,10 +180,10 @@ def _structured_slides(n_slides=2, regions=48, dim=D, seed=0) -> list[RegionToke
 
 def test_learning_rate_schedule():
     config = MEMTrainConfig(steps=100, lr=1.0, warmup_steps=10)
-    assert learning_rate(0, config) == pytest.approx(0.1)
-    assert learning_rate(9, config) == pytest.approx(1.0)
-    assert learning_rate(55, config) == pytest.approx(0.5)
-    assert learning_rate(99, config) < 0.01
+    assert cosine_schedule(0, config.steps, config.warmup_steps, config.lr) == pytest.approx(0.1)
+    assert cosine_schedule(9, config.steps, config.warmup_steps, config.lr) == pytest.approx(1.0)
+    assert cosine_schedule(55, config.steps, config.warmup_steps, config.lr) == pytest.approx(0.5)
+    assert cosine_schedule(99, config.steps, config.warmup_steps, config.lr) < 0.01
 
 
 def test_mem_pretraining_learns(tmp_path):

@@ -89,8 +89,18 @@ def region_descriptors(result: CareResult, patch_features: np.ndarray | None = N
     if descriptor not in DESCRIPTORS:
         raise ValueError(f"descriptor must be one of {DESCRIPTORS}, got {descriptor!r}")
     if descriptor == "embedding":
-        features = np.asarray(result.region_features, np.float64)
-        return _standardized(features) if standardize else features
+        features = described = np.asarray(result.region_features, np.float64)
+    else:
+        features, described = _patch_descriptors(result, descriptor, patch_features)
+    if not standardize:
+        return described
+    mean, std = feature_moments(features, eps=1e-12)
+    return (described - mean) / std
+
+
+def _patch_descriptors(result: CareResult, descriptor: str, patch_features: np.ndarray | None,
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """The patch features (float32 or float64) and each region's median or mean of them, ``[R, D]`` float64."""
     if patch_features is None:
         raise ValueError(f"descriptor={descriptor!r} needs patch_features (or use descriptor='embedding')")
     features = np.asarray(patch_features)
@@ -109,14 +119,7 @@ def region_descriptors(result: CareResult, patch_features: np.ndarray | None = N
         ends = np.cumsum(np.bincount(result.region_of_patch, minlength=result.n_regions))
         described = np.stack([np.median(features[order[start:end]], axis=0)
                               for start, end in zip(np.r_[0, ends[:-1]], ends, strict=True)]).astype(np.float64)
-    if not standardize:
-        return described
-    mean, std = feature_moments(features, eps=1e-12)
-    return (described - mean) / std
-
-
-def _standardized(features: np.ndarray) -> np.ndarray:
-    return (features - features.mean(axis=0)) / np.maximum(features.std(axis=0), 1e-12)
+    return features, described
 
 
 def phenotype_groups(result: CareResult, n_groups: int = 4, *, patch_features: np.ndarray | None = None,

@@ -99,11 +99,6 @@ class MEMTrainResult:
     checkpoint: Path
 
 
-def learning_rate(step: int, config: MEMTrainConfig) -> float:
-    """Learning rate of a step (0-based): linear warmup, then cosine decay to 0."""
-    return cosine_schedule(step, config.steps, config.warmup_steps, config.lr)
-
-
 class _RegionPool:
     """All usable regions of all slides, addressed by one flat index (no concatenated copy)."""
 
@@ -244,7 +239,7 @@ def train_mem(slides: Sequence[RegionTokens], model_config: MixMagConfig | None,
         flat = torch.randint(len(pool), (config.batch_size,), generator=generator).numpy()
         tokens, present = pool.batch(flat)
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(step, config)
+            group["lr"] = cosine_schedule(step, config.steps, config.warmup_steps, config.lr)
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # dropout draws from the global generator
             loss, _ = model.pretraining_loss(tokens.to(device), present.to(device), generator=generator)
