@@ -155,3 +155,16 @@ def test_tissue_map_places_values_by_grid():
     np.testing.assert_array_equal(raster, [[7, 8], [9, -1]])
     with pytest.raises(ValueError, match="value_of_patch"):
         tissue_map(grid, np.array([1, 2]))
+
+
+def test_grid_neighbourhood_stays_within_each_slide():
+    from napari_care.core.models.care_blocks import grid_neighbourhood
+
+    grid = np.array([[0, 0], [1, 0], [0, 1], [0, 0], [1, 0], [0, 1]])  # the same three cells on two slides
+    slide = np.array([0, 0, 0, 1, 1, 1])
+    neighbours = grid_neighbourhood(grid, slide)
+    assert neighbours[:3, 4].tolist() == [0, 1, 2] and neighbours[3:, 4].tolist() == [3, 4, 5]
+    assert neighbours[0, 5] == 1 and neighbours[0, 7] == 2 and neighbours[3, 5] == 4 and neighbours[3, 7] == 5
+    assert set(neighbours[:3].ravel()) <= {-1, 0, 1, 2} and set(neighbours[3:].ravel()) <= {-1, 3, 4, 5}
+    vertical = np.array([[0, 0], [0, 1], [0, 0], [0, 1]])  # stacked slides: row 1 of slide 0 is not above slide 1
+    assert grid_neighbourhood(vertical, np.array([0, 0, 1, 1]))[1, 7] == -1

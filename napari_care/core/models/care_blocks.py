@@ -288,16 +288,19 @@ def dense_labels(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return dense.reshape(-1).astype(np.int64), original
 
 
-def grid_neighbourhood(grid: np.ndarray) -> np.ndarray:
+def grid_neighbourhood(grid: np.ndarray, slide_of_patch: np.ndarray | None = None) -> np.ndarray:
     """``[N, 9]`` int64 index of the patch at each of the 3 x 3 grid offsets (-1 where none).
 
     Row-major offsets (dy outer, dx inner); column 4 is the patch itself. Duplicated grid
-    cells resolve to one of the duplicates.
+    cells resolve to one of the duplicates. With ``slide_of_patch``, neighbours are found
+    within each patch's own slide only.
     """
     grid = check_grid(grid)
+    slide = np.zeros(len(grid), np.int64) if slide_of_patch is None else np.asarray(slide_of_patch, np.int64)
     low = grid.min(axis=0) - 1
     width = int(grid[:, 0].max() - low[0]) + 2
-    key = (grid[:, 1] - low[1]) * width + (grid[:, 0] - low[0])
+    height = int(grid[:, 1].max() - low[1]) + 2  # a margin row: a neighbour never reaches the next slide
+    key = (slide * height + grid[:, 1] - low[1]) * width + (grid[:, 0] - low[0])
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
     wanted = key[:, None] + _NEIGHBOUR_OFFSETS[:, 1] * width + _NEIGHBOUR_OFFSETS[:, 0]

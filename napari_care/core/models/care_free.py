@@ -254,9 +254,7 @@ def input_log_affinity(features: np.ndarray, grid: np.ndarray, slide_of_patch: n
         standardised[rows] = (features[rows] - mean) / std
     smoothing = None
     if config.augmented_view == "smooth":
-        # Slides side by side on one grid, 2 cells apart, so that no 3 x 3 neighbourhood spans two.
-        width = int(np.ptp(grid[:, 0])) + 3
-        smoothing = grid_neighbourhood(grid + np.stack([slide_of_patch * width, 0 * slide_of_patch], axis=1))
+        smoothing = grid_neighbourhood(grid, slide_of_patch)
     dim = features.shape[1]
     log_w = _refined_log_w(standardised, np.zeros(dim), np.ones(dim), partition, candidates, smoothing, config)
     with np.errstate(divide="ignore", invalid="ignore"):
