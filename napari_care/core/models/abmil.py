@@ -27,6 +27,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from napari_care.core.models.care_spf import GatedAttention
+
 
 @dataclass(frozen=True)
 class ABMILConfig:
@@ -82,21 +84,21 @@ class ABMILOutput(NamedTuple):
     attention: torch.Tensor
 
 
+_OLD_GATE_NAMES = {"attention_v": "value", "attention_u": "gate", "attention_w": "score"}
+
+
 class GatedAttentionPool(nn.Module):
     """Instance embedding and gated attention pool of :class:`ABMIL` over ``in_dim`` columns."""
 
     def __init__(self, in_dim: int, config: ABMILConfig) -> None:
         super().__init__()
         self.embed = nn.Sequential(nn.Linear(in_dim, config.hidden), nn.ReLU(), nn.Dropout(config.dropout))
-        self.attention_v = nn.Sequential(nn.Linear(config.hidden, config.attn_dim), nn.Tanh(), nn.Dropout(config.dropout))
-        self.attention_u = nn.Sequential(nn.Linear(config.hidden, config.attn_dim), nn.Sigmoid(),
-                                         nn.Dropout(config.dropout))
-        self.attention_w = nn.Linear(config.attn_dim, 1)
+        self.attention = GatedAttention(config.hidden, config.attn_dim, config.dropout)
 
     def forward(self, standardised: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Bag features ``[B, H]`` and attention ``[B, N]`` of standardised bags ``[B, N, in_dim]``."""
         hidden = self.embed(standardised)  # [B, N, H]
-        scores = self.attention_w(self.attention_v(hidden) * self.attention_u(hidden)).squeeze(-1)  # [B, N]
+        scores = self.attention(hidden)  # [B, N]
         if mask is not None:
             scores = scores.masked_fill(~mask.bool(), float("-inf"))
         attention = torch.softmax(scores, dim=1)
@@ -162,10 +164,17 @@ class ABMIL(nn.Module):
         # Checkpoints from before input standardisation have no statistics: keep the identity.
         for name in ("feature_mean", "feature_std"):
             state_dict.setdefault(prefix + name, getattr(self, name).clone())
-        # Checkpoints from before the pools kept the one pool's layers at the top level.
-        for key in [key for key in state_dict if key.startswith(prefix) and key[len(prefix):].split(".")[0]
-                    in ("embed", "attention_v", "attention_u", "attention_w")]:
-            state_dict[prefix + "pools.0." + key[len(prefix):]] = state_dict.pop(key)
+        # Older checkpoints: the one pool's layers at the top level (before the pools), and the
+        # gate branches as attention_v/u/w (before the pools used care_spf.GatedAttention).
+        for key in [key for key in state_dict if key.startswith(prefix)]:
+            name = key[len(prefix):]
+            if name.split(".")[0] in ("embed", *_OLD_GATE_NAMES):
+                name = "pools.0." + name
+            parts = name.split(".")
+            if len(parts) > 2 and parts[2] in _OLD_GATE_NAMES:
+                parts[2:3] = ["attention", _OLD_GATE_NAMES[parts[2]]]
+            if prefix + ".".join(parts) != key:
+                state_dict[prefix + ".".join(parts)] = state_dict.pop(key)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, bag: torch.Tensor, mask: torch.Tensor | None = None) -> ABMILOutput:
