@@ -35,6 +35,7 @@ cores; ``benchmarks/bench_care_scaling.py`` prints the figures).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -122,8 +123,23 @@ class CareFreeConfig:
             raise ValueError(f"CareFreeConfig.n_candidates must be in 1..9, got {self.n_candidates}")
 
 
+class _BlockRows(NamedTuple):
+    """Patches grouped by block (``order[start:end]`` per block) and each block's 5 x 5 neighbourhood."""
+
+    order: np.ndarray
+    ends: np.ndarray
+    neighbourhood: np.ndarray
+
+
+def _block_rows(partition: BlockPartition) -> _BlockRows:
+    """The block grouping of :func:`_block_scores`, the same for every refinement pass."""
+    return _BlockRows(np.argsort(partition.block_of_patch, kind="stable"),
+                      np.cumsum(np.bincount(partition.block_of_patch, minlength=partition.n_blocks)),
+                      neighbour_blocks(partition.block_xy, partition.slide_of_block, radius=2))
+
+
 def _block_scores(features: np.ndarray, mean: np.ndarray, std: np.ndarray, unit_blocks: np.ndarray,
-                  partition: BlockPartition) -> np.ndarray:
+                  blocks: _BlockRows) -> np.ndarray:
     """``[N, 25]`` cosine of each standardised patch feature with the blocks of its 5 x 5 block neighbourhood.
 
     Block by block: the patches of one block share one neighbourhood, so one small matrix
@@ -131,21 +147,18 @@ def _block_scores(features: np.ndarray, mean: np.ndarray, std: np.ndarray, unit_
     The 5 x 5 (not 3 x 3) table also serves the smoothed view, whose grid neighbours may
     sit one block further away.
     """
-    neighbourhood = neighbour_blocks(partition.block_xy, partition.slide_of_block, radius=2)
     scale = (1.0 / std).astype(np.float32)
     shift = (mean / std).astype(np.float32)
-    order = np.argsort(partition.block_of_patch, kind="stable")
-    ends = np.cumsum(np.bincount(partition.block_of_patch, minlength=partition.n_blocks))
-    scores = np.zeros((len(order), neighbourhood.shape[1]), np.float32)
+    scores = np.zeros((len(blocks.order), blocks.neighbourhood.shape[1]), np.float32)
     # Thousands of tiny products: BLAS threads only add hand-off cost (10x slower on a busy machine).
     with threadpool_limits(limits=1, user_api="blas"):
-        for block, (start, end) in enumerate(zip(np.r_[0, ends[:-1]], ends, strict=True)):
-            rows = order[start:end]
+        for block, (start, end) in enumerate(zip(np.r_[0, blocks.ends[:-1]], blocks.ends, strict=True)):
+            rows = blocks.order[start:end]
             standardised = features[rows]
             standardised *= scale
             standardised -= shift
             norms = np.maximum(np.linalg.norm(standardised, axis=1), _EPS)
-            scores[rows] = (standardised @ unit_blocks[np.maximum(neighbourhood[block], 0)].T) / norms[:, None]
+            scores[rows] = (standardised @ unit_blocks[np.maximum(blocks.neighbourhood[block], 0)].T) / norms[:, None]
     return scores
 
 
@@ -184,25 +197,31 @@ def _masked_softmax(logits: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return weight / weight.sum(axis=1, keepdims=True)
 
 
-def _log_scores(features: np.ndarray, mean: np.ndarray, std: np.ndarray, raw_block_features: np.ndarray,
-                partition: BlockPartition, candidates: Candidates, smoothing: np.ndarray | None,
-                config: CareFreeConfig) -> np.ndarray:
-    """``[N, c]`` ``log w = log rho + log C`` of each patch's candidates (``-inf`` on missing slots)."""
+def _log_rho(features: np.ndarray, mean: np.ndarray, std: np.ndarray, raw_block_features: np.ndarray,
+             blocks: _BlockRows, partition: BlockPartition, candidates: Candidates, smoothing: np.ndarray | None,
+             config: CareFreeConfig) -> np.ndarray:
+    """``[N, c]`` ``log rho`` of each patch's candidates (``-inf`` on missing slots)."""
     block_features = ((raw_block_features - mean) / std).astype(np.float32)
     unit_blocks = block_features / np.maximum(np.linalg.norm(block_features, axis=1, keepdims=True), _EPS)
-    scores = _block_scores(features, mean, std, unit_blocks, partition)
+    scores = _block_scores(features, mean, std, unit_blocks, blocks)
     cosines = _candidate_cosines(scores, partition, candidates, smoothing)
     # The mean of the views' softmaxes (g_cls = g_q, so the paper's four reduce to one or two).
     rho = np.mean([_masked_softmax(cosine / config.similarity_temperature, candidates.valid) for cosine in cosines],
                   axis=0)
-    # argmax w is the hard choice, softmax(log w / t) the soft one.
     with np.errstate(divide="ignore"):
-        return np.where(candidates.valid, np.log(rho) + np.log(candidates.containment), -np.inf)
+        return np.where(candidates.valid, np.log(rho), -np.inf)
 
 
-def _refined_log_w(features: np.ndarray, mean: np.ndarray, std: np.ndarray, partition: BlockPartition,
-                   candidates: Candidates, smoothing: np.ndarray | None, config: CareFreeConfig) -> np.ndarray:
-    """``[N, c]`` ``log w`` after the single pass and ``config.refine_iterations`` refinements."""
+def _log_containment(candidates: Candidates) -> np.ndarray:
+    """``[N, c]`` ``log C`` (``-inf`` on missing slots): ``argmax (log rho + log C)`` is the hard choice."""
+    with np.errstate(divide="ignore"):
+        return np.where(candidates.valid, np.log(candidates.containment), -np.inf)
+
+
+def _refined_log_rho(features: np.ndarray, mean: np.ndarray, std: np.ndarray, partition: BlockPartition,
+                     candidates: Candidates, smoothing: np.ndarray | None, config: CareFreeConfig) -> np.ndarray:
+    """``[N, c]`` ``log rho`` after the single pass and ``config.refine_iterations`` refinements."""
+    blocks, log_containment = _block_rows(partition), _log_containment(candidates)
     raw_block_features = group_mean(features, partition.block_of_patch, partition.n_blocks)
     chosen_block = partition.block_of_patch
     for iteration in range(1 + config.refine_iterations):
@@ -212,10 +231,10 @@ def _refined_log_w(features: np.ndarray, mean: np.ndarray, std: np.ndarray, part
             members = np.bincount(chosen_block, minlength=partition.n_blocks) > 0
             raw_block_features = np.where(members[:, None],
                                           group_mean(features, chosen_block, partition.n_blocks), raw_block_features)
-        log_w = _log_scores(features, mean, std, raw_block_features, partition, candidates, smoothing, config)
-        choice = np.argmax(log_w, axis=1)
+        log_rho = _log_rho(features, mean, std, raw_block_features, blocks, partition, candidates, smoothing, config)
+        choice = np.argmax(log_rho + log_containment, axis=1)
         chosen_block = np.take_along_axis(candidates.blocks, choice[:, None], axis=1)[:, 0]
-    return log_w
+    return log_rho
 
 
 def input_log_affinity(features: np.ndarray, grid: np.ndarray, slide_of_patch: np.ndarray,
@@ -256,9 +275,8 @@ def input_log_affinity(features: np.ndarray, grid: np.ndarray, slide_of_patch: n
     if config.augmented_view == "smooth":
         smoothing = grid_neighbourhood(grid, slide_of_patch)
     dim = features.shape[1]
-    log_w = _refined_log_w(standardised, np.zeros(dim), np.ones(dim), partition, candidates, smoothing, config)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(candidates.valid, log_w - np.log(candidates.containment), -np.inf).astype(np.float32)
+    return _refined_log_rho(standardised, np.zeros(dim), np.ones(dim), partition, candidates, smoothing,
+                            config).astype(np.float32)
 
 
 def segment_free(features: np.ndarray, grid: np.ndarray, config: CareFreeConfig | None = None) -> CareResult:
@@ -293,7 +311,8 @@ def segment_free(features: np.ndarray, grid: np.ndarray, config: CareFreeConfig 
     candidates = candidate_blocks(grid, partition, config.n_candidates, config.containment_temperature)
     valid = candidates.valid
     smoothing = grid_neighbourhood(grid) if config.augmented_view == "smooth" else None
-    log_w = _refined_log_w(features, mean, std, partition, candidates, smoothing, config)
+    # w = rho * C: argmax w is the hard choice, softmax(log w / t) the soft one.
+    log_w = _refined_log_rho(features, mean, std, partition, candidates, smoothing, config) + _log_containment(candidates)
     candidate_rank = np.argmax(log_w, axis=1).astype(np.int64)
     chosen_block = np.take_along_axis(candidates.blocks, candidate_rank[:, None], axis=1)[:, 0]
     soft = _masked_softmax(log_w / config.assignment_temperature, valid)
