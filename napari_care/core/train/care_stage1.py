@@ -183,11 +183,23 @@ class Stage1Network(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(care_config.in_dim))
 
 
+def _teacher_target(teacher_logits: torch.Tensor, center: torch.Tensor, config: Stage1Config) -> torch.Tensor:
+    """Centred, sharpened teacher distributions ``[M, prototypes]``."""
+    return torch.softmax((teacher_logits - center) / config.teacher_temperature, dim=-1)
+
+
 def _soft_cross_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, student_logits: torch.Tensor,
                         config: Stage1Config) -> torch.Tensor:
     """``[M]`` cross-entropy of centred, sharpened teacher targets against student outputs."""
-    target = torch.softmax((teacher_logits - center) / config.teacher_temperature, dim=-1)
+    target = _teacher_target(teacher_logits, center, config)
     return -(target * torch.log_softmax(student_logits / config.student_temperature, dim=-1)).sum(-1)
+
+
+def _mean_per_view(per_patch: torch.Tensor, rows: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+    """Mean over each view's patches (view of each value: ``rows``; patches per view), then over views:
+    a large view does not outweigh a small one."""
+    per_view = per_patch.new_zeros(len(patches)).index_add(0, rows, per_patch)
+    return (per_view / patches.clamp_min(1)).mean()
 
 
 @dataclass
@@ -229,7 +241,10 @@ def stage1_losses(student: Stage1Network, teacher: Stage1Network, views: _Views,
     with torch.no_grad():
         teacher_out = teacher.care.forward_batch(views.features, views.grid, views.valid)
         teacher_slide = teacher.slide_head(teacher_out.slide_embedding)
-        teacher_patch = teacher.patch_head(teacher.care.embed(views.features[views.masked]))
+        # Patch tokens of the masked patches (L_mim), or of every real patch when L_cons needs them too.
+        tokens_of = views.valid if config.consistency_weight > 0 else views.masked
+        teacher_tokens = teacher.patch_head(teacher.care.embed(views.features[tokens_of]))
+        teacher_patch = teacher_tokens[views.masked[tokens_of]]
     batch = config.batch_size
     other_view = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(teacher_slide.device)
     slide_loss = _soft_cross_entropy(teacher_slide[other_view], centers["slide"],
@@ -237,34 +252,30 @@ def stage1_losses(student: Stage1Network, teacher: Stage1Network, views: _Views,
     rows, cols = views.masked.nonzero(as_tuple=True)
     region_token = out.region_features[rows, out.region_of_patch[rows, cols]]
     per_patch = _soft_cross_entropy(teacher_patch, centers["patch"], student.patch_head(region_token), config)
-    # Mean per view, then over views: a large view does not outweigh a small one.
-    per_view = per_patch.new_zeros(len(views.masked)).index_add(0, rows, per_patch)
-    mim_loss = (per_view / views.masked.sum(1).clamp_min(1)).mean()
+    mim_loss = _mean_per_view(per_patch, rows, views.masked.sum(1))
     rsl = out.rsl.mean()
     total = slide_loss + config.mim_weight * mim_loss + student.care.config.lambda_rsl * rsl
     parts = {"slide": float(slide_loss.detach()), "mim": float(mim_loss.detach()), "rsl": float(rsl.detach())}
     if config.consistency_weight > 0:
-        consistency = _consistency_loss(student, teacher, views, out, centers["patch"], config)
+        consistency = _consistency_loss(student, views, out, _teacher_target(teacher_tokens, centers["patch"], config),
+                                        config)
         total = total + config.consistency_weight * consistency
         parts["consistency"] = float(consistency.detach())
     return total, parts, {"slide": teacher_slide, "patch": teacher_patch}
 
 
-def _consistency_loss(student: Stage1Network, teacher: Stage1Network, views: _Views, out, center: torch.Tensor,
+def _consistency_loss(student: Stage1Network, views: _Views, out, target: torch.Tensor,
                       config: Stage1Config) -> torch.Tensor:
-    """``L_cons``: expected cross-entropy of each real patch's teacher token under ``p`` over its candidate regions."""
+    """``L_cons``: expected cross-entropy of each real patch's teacher ``target`` (``[real patches, prototypes]``,
+    row-major over ``views.valid``) under ``p`` over its candidate regions."""
     rows, cols = views.valid.nonzero(as_tuple=True)
-    with torch.no_grad():
-        target = torch.softmax((teacher.patch_head(teacher.care.embed(views.features[rows, cols])) - center)
-                               / config.teacher_temperature, dim=-1)
     # Log-probabilities once per region, then gathered per (patch, candidate); -1: no region.
     region_log_prob = torch.log_softmax(student.patch_head(out.region_features) / config.student_temperature, dim=-1)
     candidate_region = out.candidate_region[rows, cols]
     weight = out.assignment[rows, cols] * (candidate_region >= 0)
     cross_entropy = -(target[:, None, :] * region_log_prob[rows[:, None], candidate_region.clamp_min(0)]).sum(-1)
     per_patch = (weight * cross_entropy).sum(1) / weight.sum(1).clamp_min(1e-12)
-    per_view = per_patch.new_zeros(len(views.valid)).index_add(0, rows, per_patch)
-    return (per_view / views.valid.sum(1).clamp_min(1)).mean()
+    return _mean_per_view(per_patch, rows, views.valid.sum(1))
 
 
 @torch.no_grad()
