@@ -295,9 +295,11 @@ class CareModel(nn.Module):
         blocks = block_partition(patch_grid, cfg.k, slide_of_patch)
         candidates = candidate_blocks(patch_grid, blocks, cfg.n_candidates, cfg.containment_temperature)
         candidate_ids = torch.as_tensor(candidates.blocks, device=device)
+        flat = torch.as_tensor(flat_index, device=device)
+        real = features.reshape(n_slides * n_max, -1)[flat]  # [P, D], the real patches
 
         # Sub-region encoder and adaptive region generator.
-        hidden = self.embed(features.reshape(n_slides * n_max, -1)[torch.as_tensor(flat_index, device=device)])
+        hidden = self.embed(real)
         position = self.block_position(torch.as_tensor(offset_in_block(patch_grid, cfg.k), device=device))
         g_cls, g_q = self.block_encoder(hidden + position, blocks.block_of_patch, blocks.n_blocks,
                                         cfg.max_tokens_per_chunk)
@@ -306,7 +308,6 @@ class CareModel(nn.Module):
             views.append(hidden + cfg.aug_noise_std * torch.randn_like(hidden))
         rho = candidate_affinity(views, [g_cls, g_q], candidate_ids, cfg.similarity_temperature)
         if cfg.affinity_prior == "input":
-            real = features.reshape(n_slides * n_max, -1)[torch.as_tensor(flat_index, device=device)]
             rho = self._with_input_prior(rho, real, patch_grid, slide_of_patch, blocks, candidates)
         containment = torch.as_tensor(candidates.containment, dtype=hidden.dtype, device=device)
         log_w, p = soft_assignment(rho, containment, candidate_ids, cfg.assignment_temperature)
@@ -340,22 +341,16 @@ class CareModel(nn.Module):
         patch_attention = (a[slot] / region_sizes)[region_ids]
         expected_rank, rsl = region_structuring_loss(p, slide_ids, n_slides, cfg.e_star)
 
-        flat = torch.as_tensor(flat_index, device=device)
-
         def padded(values: torch.Tensor | np.ndarray, fill: float) -> torch.Tensor:
+            """``[P, ...]`` values of the real patches as ``[S, N_max, ...]``, ``fill`` at padding."""
             values = torch.as_tensor(values, device=device)
-            out = torch.full((n_slides * n_max,), fill, dtype=values.dtype, device=device)
-            return out.index_put((flat,), values).reshape(n_slides, n_max)
+            out = torch.full((n_slides * n_max, *values.shape[1:]), fill, dtype=values.dtype, device=device)
+            return out.index_put((flat,), values).reshape(n_slides, n_max, *values.shape[1:])
 
         first_block = np.searchsorted(blocks.slide_of_block, np.arange(n_slides))
         region_of_block = np.full(blocks.n_blocks, -1, np.int64)
         region_of_block[region_block] = local_region
         candidate_region = np.where(candidates.valid, region_of_block[np.maximum(candidates.blocks, 0)], -1)
-        n_slots = candidate_region.shape[1]
-        slot_index = torch.as_tensor(flat_index, device=device)
-        assignment = p.new_zeros(n_slides * n_max, n_slots).index_put((slot_index,), p)
-        candidate_regions = torch.full((n_slides * n_max, n_slots), -1, dtype=torch.long, device=device).index_put(
-            (slot_index,), torch.as_tensor(candidate_region, device=device))
         return CareBatchOutput(
             patch_mask=mask, region_of_patch=padded(local_region[region_of_patch], -1),
             block_of_patch=padded(blocks.block_of_patch - first_block[slide_of_patch], -1),
@@ -363,5 +358,4 @@ class CareModel(nn.Module):
             region_mask=region_mask, region_features=region_features, alpha=alpha, beta=beta, a=a, roi=roi,
             roi_feature=roi_feature, slide_embedding=slide_embedding, expected_rank=expected_rank, rsl=rsl,
             grid=torch.as_tensor(grid_array, dtype=torch.long, device=device), k=cfg.k,
-            assignment=assignment.reshape(n_slides, n_max, n_slots),
-            candidate_region=candidate_regions.reshape(n_slides, n_max, n_slots))
+            assignment=padded(p, 0.0), candidate_region=padded(candidate_region, -1))

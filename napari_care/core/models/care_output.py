@@ -107,8 +107,8 @@ class CareBatchOutput:
     rsl: torch.Tensor
     grid: torch.Tensor
     k: int
-    assignment: torch.Tensor | None = None
-    candidate_region: torch.Tensor | None = None
+    assignment: torch.Tensor
+    candidate_region: torch.Tensor
 
     @property
     def n_slides(self) -> int:
