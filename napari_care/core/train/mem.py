@@ -226,7 +226,7 @@ def train_mem(slides: Sequence[RegionTokens], model_config: MixMagConfig | None,
             model = MixMagEncoder(model_config)
         if config.standardise_tokens:
             model.set_feature_stats(*pool.token_statistics())
-            scaling = cast(torch.Tensor, model.feature_mean), cast(torch.Tensor, model.feature_std)
+            scaling = model.feature_mean, model.feature_std
             model.set_tile_whitening(pool.tile_whitening(*scaling))
     model.to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
