@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Generator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
-from napari_care.core.progress import Progress, as_stage
+from napari_care.core.progress import Progress, map_progress
 from napari_care.core.tiling import grid_rows
 
 if TYPE_CHECKING:
@@ -159,7 +159,8 @@ def region_attention(slide: Any, head: MilHead, region_encoder: RegionEncoder, p
     work = extract_mixmag(slide, patch_encoder, region_size_px=region_encoder.region_size_px, mpp=region_encoder.mpp,
                           min_tissue=min_tissue, tissue=tissue, cache=cache, box=box, batch_size=batch_size,
                           cancel=cancel)
-    features = yield from as_stage(work, "regions")  # not "extract": the widget's time-left estimate is per stage
+    # Its own stage, not "extract": the widget's time-left estimate is per stage.
+    features = yield from map_progress(work, lambda report: replace(report, stage="regions"))
     if features.n_regions == 0:
         return None
     yield Progress("mil", 0, 1, f"mixing {features.n_regions} regions")

@@ -46,7 +46,7 @@ from napari_care.core.atomic import atomic_path
 from napari_care.core.extract import STAGE, CancelSignal, extract_features
 from napari_care.core.feature_cache import FeatureCache
 from napari_care.core.features import PatchFeatures, open_hdf5
-from napari_care.core.progress import Progress, run_to_end
+from napari_care.core.progress import Progress, map_progress, run_to_end
 from napari_care.core.tiling import DEFAULT_MPP, TileGrid, grid_rows, tile_grid
 from napari_care.core.tissue import TissueMask, tissue_mask
 
@@ -192,17 +192,6 @@ def mixmag_grids(slide, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, 
     return grids[0], grids[1], grids[2]
 
 
-def _relabel(work: Generator[Progress, None, PatchFeatures], offset: int, total: int,
-             name: str) -> Generator[Progress, None, PatchFeatures]:
-    """Pass on one grid's progress as part of the whole run."""
-    while True:
-        try:
-            report = next(work)
-        except StopIteration as stop:
-            return stop.value
-        yield Progress(report.stage, offset + report.done, total, f"{name}: {report.message}")
-
-
 def extract_mixmag(slide, encoder, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, min_tissue: float = 0.25,
                    tissue: TissueMask | None = None, box: tuple[float, float, float, float] | None = None,
                    cache: FeatureCache | None = None, batch_size: int = 64, num_workers: int | None = None,
@@ -242,7 +231,8 @@ def extract_mixmag(slide, encoder, *, region_size_px: int = 896, mpp: float = DE
     for name, grid, side in zip(MAGNIFICATION_NAMES, grids, TILES_PER_SIDE, strict=True):
         work = extract_features(slide, grid, encoder, batch_size=batch_size, num_workers=num_workers,
                                 cache=cache, cancel=cancel)
-        levels.append((yield from _relabel(work, done, total, name)))
+        levels.append((yield from map_progress(work, lambda report, offset=done, name=name: Progress(
+            report.stage, offset + report.done, total, f"{name}: {report.message}"))))
         regions.append(_regions_of(grids[0], grid.grid, side))
         positions.append((grid.grid[:, 1] % side) * side + grid.grid[:, 0] % side)
         done += len(grid)

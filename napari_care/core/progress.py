@@ -67,11 +67,12 @@ def run_to_end(work: Generator[Progress, None, T], on_progress: Callable[[Progre
             on_progress(report)
 
 
-def as_stage(work: Generator[Progress, None, T], stage: str) -> Generator[Progress, None, T]:
-    """Pass on ``work``'s reports under another stage name (e.g. for its own time-left estimate)."""
+def map_progress(work: Generator[Progress, None, T], change: Callable[[Progress], Progress]) -> Generator[Progress, None, T]:
+    """Pass on ``work``'s reports changed by ``change`` (another stage name, an offset in a larger
+    run...) and return its result."""
     while True:
         try:
             report = next(work)
         except StopIteration as stop:
             return stop.value
-        yield Progress(stage, report.done, report.total, report.message)
+        yield change(report)
