@@ -40,7 +40,7 @@ import psutil
 from napari_care.core.encoders import create_encoder
 from napari_care.core.extract import extract_features
 from napari_care.core.progress import run_to_end
-from napari_care.core.slide import open_slide
+from napari_care.core.slide.handle import open_slide
 from napari_care.core.tile_reader import iter_tile_batches
 from napari_care.core.tiling import tile_grid
 
@@ -132,7 +132,7 @@ def write_bench_slide(path: Path, seed: int = 0) -> None:
     """Write the synthetic pyramid (level 0 tile by tile; reduced levels as whole arrays)."""
     import tifffile
 
-    from napari_care.core.synthetic_textures import make_swatch
+    from napari_care.core.synthetic.textures import make_swatch
 
     width, height = SIZE_XY
     tiles_y, tiles_x = height // FILE_TILE, width // FILE_TILE
@@ -196,7 +196,7 @@ def decode_ceiling(path: Path, grid, workers: int) -> tuple[Timing, int]:
     """Timing of decoding, once each in ``workers`` threads, the file tiles the grid covers (TIFF only)."""
     import tifffile
 
-    from napari_care.core import slide_tiff
+    from napari_care.core.slide import tifffile_backend as slide_tiff
 
     with tifffile.TiffFile(path) as tif:
         fd = slide_tiff.open_fd(path)

@@ -26,17 +26,17 @@ import pandas as pd
 import shapely
 from scipy import ndimage
 
-from napari_care._geojson_io import Level0Frame, annotation_layers
+from napari_care._geojson_reader import Level0Frame, annotation_layers
 from napari_care._writer import shapes_annotations
-from napari_care.core.geojson_read import read_geojson
-from napari_care.core.geojson_write import (
+from napari_care.core.qupath.polygons import label_grid_polygons
+from napari_care.core.qupath.read import read_geojson
+from napari_care.core.qupath.write import (
     RegionTable,
     care_metadata,
     region_features,
     tile_features,
     write_geojson,
 )
-from napari_care.core.polygons import label_grid_polygons
 
 T = TypeVar("T")
 PATCH_PX = 448.0  # 224 px tiles at 10x on a 20x slide

@@ -81,7 +81,7 @@ def pipeline_rate(encoder, slide_path: Path, n_tiles: int, batch_size: int, work
 
     from napari_care.core.extract import extract_features
     from napari_care.core.progress import run_to_end
-    from napari_care.core.slide import open_slide
+    from napari_care.core.slide.handle import open_slide
     from napari_care.core.tiling import tile_grid
 
     with open_slide(slide_path) as slide:

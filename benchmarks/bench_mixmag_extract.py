@@ -25,7 +25,7 @@ from napari_care.core.encoders import create_encoder
 from napari_care.core.extract import extract_features
 from napari_care.core.mixmag_features import extract_mixmag
 from napari_care.core.progress import run_to_end
-from napari_care.core.slide import open_slide
+from napari_care.core.slide.handle import open_slide
 from napari_care.core.tiling import tile_grid
 from napari_care.core.tissue import tissue_mask
 

@@ -24,7 +24,7 @@ import dask
 import numpy as np
 import openslide
 
-from napari_care.core.slide import open_slide
+from napari_care.core.slide.handle import open_slide
 
 DEFAULT_SLIDE = Path(__file__).resolve().parents[2] / "shared" / "data" / "slides" / "CMU-1-Small-Region.svs"
 Region = tuple[int, int]

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
-from napari_care.core.synthetic import TISSUE_TYPES, build_synthetic_slide
+from napari_care.core.synthetic.slides import TISSUE_TYPES, build_synthetic_slide
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """CARE on generated slides with planted tissue types: do the regions, groups and training work?
 
-Slides come from :func:`napari_care.core.synthetic.build_synthetic_slide`: the offline
+Slides come from :func:`napari_care.core.synthetic.slides.build_synthetic_slide`: the offline
 sample and held-out slides of its size (16384 x 12288 px at 0.5 um/px; layouts default,
 islands, bands; seeds 11-13), and 36 small training slides (6144 x 4608 px, seeds
 100-111). Features come from the real pipeline (tissue mask, 224 px tiles at 20x, the
@@ -78,7 +78,7 @@ def _features_of(slide_path: Path, synthetic, features_path: Path, truth_path: P
     from napari_care.core.encoders import create_encoder
     from napari_care.core.extract import extract_features
     from napari_care.core.features import save_features
-    from napari_care.core.slide import open_slide
+    from napari_care.core.slide.handle import open_slide
     from napari_care.core.tiling import tile_grid
     from napari_care.core.tissue import tissue_mask
 
@@ -99,7 +99,7 @@ def _load(stem: str, group: str) -> Generated:
 
 def generated(layout: str, seed: int, width: int, height: int) -> Generated:
     """Build (once) a synthetic slide, extract its features (once) and read the truth."""
-    from napari_care.core.synthetic import build_synthetic_slide
+    from napari_care.core.synthetic.slides import build_synthetic_slide
 
     stem = f"{layout}_s{seed}_{width}x{height}"
     features_path = cache_root() / "features" / f"{stem}.features.h5"
@@ -115,7 +115,7 @@ def generated(layout: str, seed: int, width: int, height: int) -> Generated:
 def offline_sample() -> Generated:
     """The offline sample (built once in the sample cache), its features and truth."""
     from napari_care.core.samples import offline_sample_path
-    from napari_care.core.synthetic import load_synthetic_slide
+    from napari_care.core.synthetic.slides import load_synthetic_slide
 
     path = offline_sample_path()
     stem = path.name.removesuffix(".ome.tif")
@@ -168,7 +168,7 @@ def by_group(items: list[Generated], scores: list[list[float]]) -> list[list]:
 
 def experiment_regions(items: list[Generated]) -> None:
     """(a) training-free adaptive regions vs fixed blocks, same k."""
-    from napari_care.core.care_result import segment_features
+    from napari_care.core.care_run import segment_features
 
     for k in (8, 4):
         scores = []
@@ -211,7 +211,7 @@ def experiment_groups(items: list[Generated]) -> None:
     """(b) phenotype groups vs planted types; the regions' ceiling and patch-level k-means as references."""
     from sklearn.cluster import KMeans
 
-    from napari_care.core.care_result import segment_features
+    from napari_care.core.care_run import segment_features
 
     scores, per_seed = [], []
     for item in items:
@@ -269,7 +269,7 @@ def stage1(small: list[Generated], steps: int, k: int, affinity_prior: str = "in
 
 def experiment_stage1_regions(held_out: list[Generated], small: list[Generated], result, care_config) -> None:
     """(c) regions of the Stage I model (its checkpoints; step 0 = random init) vs training-free and fixed blocks."""
-    from napari_care.core.care_result import segment_features
+    from napari_care.core.care_run import segment_features
     from napari_care.core.checkpoint import load_checkpoint
     from napari_care.core.models.care import CareModel
 

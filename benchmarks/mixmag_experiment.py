@@ -5,7 +5,7 @@
                                            [--mem-steps 1000] [--seed 0 [1 ...]] [--readout cls+tile] [--pools one]
                                            [--rows mem 20x random cls tokens]
 
-Two generated cohorts (:mod:`napari_care.core.synthetic_cohort`), half positive each:
+Two generated cohorts (:mod:`napari_care.core.synthetic.cohort`), half positive each:
 "architecture" (rings against straight cords of the same tumour bands: the label is in an
 arrangement larger than a 20x tile) and "detail" (atypical nuclei in some tumour patches:
 the label is in 20x detail). For every slide, the tiles at 5x, 10x and 20x of every region
@@ -67,8 +67,8 @@ from napari_care.core.evaluate import classification_metrics, fold_indices
 from napari_care.core.mixmag_features import SUFFIX, extract_mixmag, load_mixmag, save_mixmag
 from napari_care.core.models.mixmag import MixMagConfig, MixMagEncoder
 from napari_care.core.progress import run_to_end
-from napari_care.core.slide import open_slide
-from napari_care.core.synthetic_cohort import COHORT_VERSION, KINDS, build_cohort
+from napari_care.core.slide.handle import open_slide
+from napari_care.core.synthetic.cohort import COHORT_VERSION, KINDS, build_cohort
 from napari_care.core.train.mem import MEMTrainConfig, region_bags, train_mem
 from napari_care.core.train.mil import MILTrainConfig, train_mil
 

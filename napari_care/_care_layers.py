@@ -16,10 +16,10 @@ from napari_care.core.heatmap import heatmap_raster
 from napari_care.core.raster import GridRaster
 from napari_care.core.regions import region_raster, region_table, roi_boxes
 from napari_care.core.segment import SegmentResult
-from napari_care.core.slide import Slide
+from napari_care.core.slide.handle import Slide
 
 if TYPE_CHECKING:
-    from napari_care.core.mil_heatmap import MilOutput
+    from napari_care.core.mil.heads import MilOutput
 
 REGIONS = "CARE regions"
 ROI = "CARE ROI"

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_care.core.slide import Slide
+from napari_care.core.slide.handle import Slide
 
 MICROMETRE = "micrometer"
 

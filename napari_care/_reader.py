@@ -65,7 +65,7 @@ def slide_stem(path: Path) -> str:
 def read_slide(path: str | list[str]) -> list[tuple[Any, dict, str]]:
     """Open a slide as one multiscale RGB image layer (data, kwargs, "image")."""
     from napari_care._layers import slide_layer_data
-    from napari_care.core.slide import open_slide
+    from napari_care.core.slide.handle import open_slide
 
     if isinstance(path, list):
         path = path[0]

@@ -1,12 +1,12 @@
 """The "CARE: review annotations" panel: QuPath GeoJSON in and out, agreement metrics as a table.
 
-- **Import annotations...** reads a GeoJSON file (:mod:`napari_care._geojson_io`) and places it
+- **Import annotations...** reads a GeoJSON file (:mod:`napari_care._geojson_reader`) and places it
   over the selected slide layer: level-0 pixels through the slide's mpp (and its bounds offset,
   when "relative to slide bounds" is on, as QuPath exports by default).
 - **Export regions/ROI...** writes the "CARE regions" layer as ``napari-care segment`` does
   (regions, ROI outline, optionally per-patch tiles) through :mod:`napari_care._writer`.
 - **Compute agreement** compares the chosen annotation layer with the CARE regions, ROI and
-  attention (:func:`napari_care.core.review.review_agreement`) and fills the table;
+  attention (:func:`napari_care.core.review.metrics.review_agreement`) and fills the table;
   **Save table...** writes it as CSV.
 
 No numerics here; the panel gathers layer data and calls the core. It is its own dock
@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, Table
 
-from napari_care._geojson_io import ROLE_KEY, Level0Frame, annotation_layers
+from napari_care._geojson_reader import ROLE_KEY, Level0Frame, annotation_layers
 from napari_care._layers import slide_layers
 from napari_care._writer import care_region_annotations, labels_origin, shapes_annotations, write_annotations
-from napari_care.core.review import RegionGrid, review_agreement, write_review_csv
-from napari_care.core.review_run import region_attention
+from napari_care.core.review.metrics import RegionGrid, review_agreement, write_review_csv
+from napari_care.core.review.run import attention_from_region_weights
 
 if TYPE_CHECKING:
     import napari
@@ -81,7 +81,7 @@ class ReviewPanel(Container):
         """Add the file's annotations as layers over the selected slide; returns the new layers."""
         from napari.layers import Layer
 
-        from napari_care.core.geojson_read import read_geojson
+        from napari_care.core.qupath.read import read_geojson
 
         path = path or _ask_path("open", "Import annotations (QuPath GeoJSON)")
         if not path:
@@ -142,7 +142,7 @@ class ReviewPanel(Container):
             table = regions.features
             table = table[table["region"] >= 0]
             roi_ids = table["region"][table["is_roi"].astype(bool)].astype(int).tolist()
-            attention = region_attention(grid, dict(zip(table["region"].astype(int), table["a"], strict=True)))
+            attention = attention_from_region_weights(grid, dict(zip(table["region"].astype(int), table["a"], strict=True)))
             annotations = shapes_annotations(shapes.data, shape_attributes, frame)
             self.rows = review_agreement(annotations, grid, roi_ids=roi_ids, attention=attention)
         except (KeyError, ValueError) as error:

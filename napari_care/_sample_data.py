@@ -14,7 +14,7 @@ LayerData = tuple[Any, dict, str]
 def offline_sample() -> list[LayerData]:
     """The offline sample slide (built once into the user's cache) and its planted tissue map."""
     from napari_care.core.samples import offline_sample_path
-    from napari_care.core.synthetic import load_synthetic_slide
+    from napari_care.core.synthetic.slides import load_synthetic_slide
 
     path = offline_sample_path()
     layers = read_slide(str(path))

@@ -6,71 +6,70 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+from psygnal import Signal
 from qtpy.QtCore import QTimer
+from superqt.utils import create_worker
 
 from napari_care._care_layers import DisplayOptions, care_layers, warm_up_roi_text, with_hover
 from napari_care._layer_draw import LayerDraw, warm_up_line_visuals
 from napari_care._layers import visible_box_level0
 from napari_care.core.progress import Progress
-from napari_care.core.segment import SegmentOptions, SegmentResult
+from napari_care.core.segment import NoTissueError, SegmentOptions, SegmentResult
+from napari_care.core.session import MilRun, SegmentSession
 
 if TYPE_CHECKING:
+    from qtpy.QtWidgets import QWidget
+
     from napari_care._care_layers import LayerData
-    from napari_care._widget import CareSegmentWidget
-    from napari_care.core.mil_heatmap import MilHead, MilOutput
-    from napari_care.core.session import SegmentSession
+    from napari_care.core.mil.heads import MilHead, MilOutput
 
 FOLLOW_DELAY_MS = 400
 PROGRESS_INTERVAL_MS = 250  # each progress change repaints the window: a few a second keep the loop free
 
 
-def segment_job(session: SegmentSession, options: SegmentOptions, box, cancel: threading.Event,
-                mil_head: MilHead | str | None = None, display: DisplayOptions | None = None,
-                ) -> Generator[Progress, None, tuple[SegmentResult, MilOutput | None, MilHead | None, list | None]]:
-    """One widget run: segment, apply the MIL head (if any), build the layers' data (numpy work
-    kept off the GUI thread) when ``display`` is given.
+@dataclass(frozen=True)
+class RunRequest:
+    """What the widget asks a run for, read from its fields when Run is pressed.
 
-    ``mil_head`` is a loaded head or the path of its checkpoint (loaded here, in the worker). A
-    head trained on region tokens (``train-mil --mem``) encodes the regions of the slide (or
-    field) and gives each patch its region's attention.
-    Returns the result, the MIL output and loaded head (None, None without a head), the layers' data.
+    Attributes
+    ----------
+    layer
+        The slide layer to segment (None when no slide is open).
+    visible_field
+        True for the tiles in view, False for the whole slide.
+    options
+        The core options of the run.
+    display
+        How the layers should look.
+    mil_head_path
+        The AB-MIL checkpoint whose attention becomes the heatmap, or None for CARE's.
     """
-    result = yield from session.run(options, box, cancel)
-    output = None
-    if isinstance(mil_head, str):
-        from napari_care.core.mil_heatmap import load_mil_head
 
-        yield Progress("mil", 0, 1, f"loading the MIL head {Path(mil_head).name}")
-        mil_head = load_mil_head(mil_head)
-    if mil_head is not None and mil_head.encoder == "mixmag":  # a head on region tokens: regions, then patches
-        from napari_care.core.mil_heatmap import MilOutput
-        from napari_care.core.mil_regions import patch_output
+    layer: Any
+    visible_field: bool
+    options: SegmentOptions
+    display: DisplayOptions
+    mil_head_path: str | None = None
 
-        regions = yield from session.region_attention(options, mil_head, box, cancel)
-        if regions is None:  # zoomed in where no region has enough tissue: the segmentation still shows
-            output = MilOutput(np.full(len(result.features), np.nan, np.float32), np.zeros(0, np.float32), "")
-        else:
-            output = patch_output(regions, result.features.coords, result.features.patch_size_level0)
-            yield Progress("mil", 1, 1, f"MIL predicts {output.predicted} from {regions.n_regions} regions")
-    elif mil_head is not None:
-        yield Progress("mil", 0, 1, f"MIL attention over {len(result.features)} patches")
-        output = mil_head.apply(result.features.features, encoder=result.features.encoder)
-        yield Progress("mil", 1, 1, f"MIL predicts {output.predicted}")
-    layers = None if display is None else care_layers(result, session.slide, display, output)
-    return result, output, mil_head, layers
+
+def viewer_job(session: SegmentSession, options: SegmentOptions, box, cancel: threading.Event,
+               mil_head: MilHead | str | None = None, display: DisplayOptions | None = None,
+               ) -> Generator[Progress, None, tuple[MilRun, list | None]]:
+    """One widget run: the core's :meth:`~napari_care.core.session.SegmentSession.run_with_mil`,
+    then the layers' data (numpy work kept off the GUI thread) when ``display`` is given."""
+    run = yield from session.run_with_mil(options, box, cancel, mil_head)
+    layers = None if display is None else care_layers(run.result, session.slide, display, run.mil_output)
+    return run, layers
 
 
 def warm_up_job(session: SegmentSession, options: SegmentOptions) -> None:
     """Load what a first run needs: the heavy imports, the tissue mask, the encoder, vispy's lines."""
     import sklearn.cluster  # noqa: F401  (phenotype groups; seconds to import the first time)
-
-    import napari_care.core.extract
-    import napari_care.core.models.care_free  # noqa: F401
 
     warm_up_line_visuals()  # the regions layer's polygon overlay draws lines
     session.tissue(options.tissue_threshold)
@@ -78,11 +77,36 @@ def warm_up_job(session: SegmentSession, options: SegmentOptions) -> None:
 
 
 class SegmentController:
-    """Runs, cancels and draws for the widget; one worker at a time, stale ones cancelled."""
+    """Runs, cancels and draws for the widget; one worker at a time, stale ones cancelled.
 
-    def __init__(self, widget: CareSegmentWidget) -> None:
-        self.widget = widget
-        self.viewer = widget.viewer
+    It reads what to run through ``request`` and reports back through its signals, never by
+    touching the widget's children.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer the layers go into.
+    request
+        Called when a run (or the warm-up) starts: what the widget's fields ask for.
+    display
+        Called when the layers are (re)drawn: how they should look now.
+    held
+        The widget, repainted with the layers at once (its bar and status: one repaint).
+    """
+
+    status_changed = Signal(str)
+    """A line for the status field."""
+    progress_changed = Signal(int, int)
+    """(done, total) for the progress bar."""
+    cancellable_changed = Signal(bool)
+    """Whether there is a run to cancel."""
+
+    def __init__(self, viewer, request: Callable[[], RunRequest], display: Callable[[], DisplayOptions],
+                 held: QWidget) -> None:
+        self.viewer = viewer
+        self._request = request
+        self._display = display
+        self._visible_field = False
         self.sessions: dict[int, SegmentSession] = {}
         self.worker = None
         self.warm_worker = None
@@ -90,8 +114,8 @@ class SegmentController:
         self.result: SegmentResult | None = None
         self.mil_output: MilOutput | None = None
         self.result_layer = None
-        self._drawing = LayerDraw(self.viewer, also_held=[widget.native])  # its bar and status: one repaint
-        widget.native.destroyed.connect(self._closed)
+        self._drawing = LayerDraw(self.viewer, also_held=[held])  # its bar and status: one repaint
+        held.destroyed.connect(self._closed)
         self._glyphs = warm_up_roi_text(self.viewer)  # on the GUI thread, while the user looks around
         self._mil_heads: dict[tuple[str, int], MilHead] = {}
         self._stage_started: dict[str, tuple[float, int]] = {}
@@ -107,8 +131,6 @@ class SegmentController:
 
     def session(self, layer) -> SegmentSession:
         """The :class:`SegmentSession` of a slide layer (one per slide, kept between runs)."""
-        from napari_care.core.session import SegmentSession
-
         slide = layer.metadata["slide"]
         if id(slide) not in self.sessions:
             self.sessions[id(slide)] = SegmentSession(slide)
@@ -116,21 +138,21 @@ class SegmentController:
 
     def run(self, *_args) -> None:
         """Start a run with the widget's options, cancelling a stale one."""
-        from superqt.utils import create_worker
-
-        layer = self.widget.slide_layer.value
+        request = self._request()
+        layer = request.layer
         if layer is None:
             self._say("open a slide first")
             return
         self.cancel()
-        box = visible_box_level0(layer) if self.widget.scope.value == "visible field" else None
+        self._visible_field = request.visible_field
+        box = visible_box_level0(layer) if request.visible_field else None
         self.cancel_event = cancel_event = threading.Event()
-        mil_path = self.widget.mil_head_path()
+        mil_path = request.mil_head_path
         mil_key = None if mil_path is None else (mil_path, Path(mil_path).stat().st_mtime_ns)
         mil_head = None if mil_key is None else self._mil_heads.get(mil_key, mil_path)
         # superqt's worker, not napari's: errors come to _on_error only (no pop-up for "no tissue")
-        display = self.widget.display_options()
-        worker = create_worker(segment_job, self.session(layer), self.widget.segment_options(), box, cancel_event,
+        display = request.display
+        worker = create_worker(viewer_job, self.session(layer), request.options, box, cancel_event,
                                mil_head, display, _start_thread=False, _ignore_errors=True)
         worker.yielded.connect(lambda report, w=worker: self._on_progress(w, report))
         worker.returned.connect(lambda out, w=worker, lyr=layer, key=mil_key: self._on_result(w, lyr, key, display, *out))
@@ -138,7 +160,7 @@ class SegmentController:
         worker.finished.connect(lambda w=worker: self._on_finished(w))
         self.worker = worker
         self._stage_started = {}
-        self.widget.cancel_button.enabled = True
+        self.cancellable_changed.emit(True)
         self._say(f"running on {'the visible field' if box else 'the whole slide'}")
         worker.start()
 
@@ -153,24 +175,27 @@ class SegmentController:
             self.worker = None
             self._drop_progress()
             self._say("cancelled")
-        self.widget.cancel_button.enabled = False
+        self.cancellable_changed.emit(False)
 
     def _closed(self, *_args) -> None:
-        """The widget is gone: stop its run, and its draw (what that held repaints again)."""
+        """The widget is gone: stop its run, and its draw (what that held repaints again); nobody
+        is left to report to."""
         if self.cancel_event is not None:
             self.cancel_event.set()
         self.worker = None
         self._drawing.stop()
+        for signal in (self.status_changed, self.progress_changed, self.cancellable_changed):
+            signal.disconnect()
 
     def warm_up(self, *_args) -> None:
         """Load the selected slide's tissue mask and the encoder in the background (once each)."""
-        from superqt.utils import create_worker
-
-        layer = self.widget.slide_layer.value
-        if layer is None or self.worker is not None or self.warm_worker is not None:
+        if self.worker is not None or self.warm_worker is not None:
+            return
+        request = self._request()
+        if request.layer is None:
             return
         # errors are ignored here: a Run meets the same error and reports it
-        worker = create_worker(warm_up_job, self.session(layer), self.widget.segment_options(),
+        worker = create_worker(warm_up_job, self.session(request.layer), request.options,
                                _start_thread=False, _ignore_errors=True)
         worker.finished.connect(lambda: setattr(self, "warm_worker", None))
         self.warm_worker = worker
@@ -208,7 +233,7 @@ class SegmentController:
                 event.disconnect(self._camera_moved)
 
     def _camera_moved(self, _event=None) -> None:
-        if self.widget.scope.value == "visible field":
+        if self._request().visible_field:
             self._follow_timer.start()  # restarts: the run starts FOLLOW_DELAY_MS after the last move
 
     def _on_progress(self, worker, report: Progress) -> None:
@@ -233,8 +258,8 @@ class SegmentController:
         if report is None or self.worker is None:
             return
         self._progress_shown_at = time.monotonic()
-        bar = self.widget.progress
-        bar.max, bar.value = max(report.total, 1), min(report.done, max(report.total, 1))
+        total = max(report.total, 1)
+        self.progress_changed.emit(min(report.done, total), total)
         text = report.message or report.stage
         started, done_then = self._stage_started[report.stage]
         if report.total > 1 and done_then < report.done < report.total:
@@ -242,16 +267,18 @@ class SegmentController:
             text = f"{report.stage}: {report.done}/{report.total}, about {(report.total - report.done) / rate:.0f} s left"
         self._say(text)
 
-    def _on_result(self, worker, layer, mil_key, display: DisplayOptions, result: SegmentResult,
-                   mil_output: MilOutput | None, mil_head: MilHead | None, layers: list[LayerData]) -> None:
+    def _on_result(self, worker, layer, mil_key, display: DisplayOptions, run: MilRun,
+                   layers: list[LayerData]) -> None:
         if worker is not self.worker:
             return  # a stale run finished after a newer one started
         self._drop_progress()
-        self.worker, self.widget.cancel_button.enabled = None, False  # nothing left to cancel: the draw completes
+        self.worker = None  # nothing left to cancel: the draw completes
+        self.cancellable_changed.emit(False)
+        result, mil_output, mil_head = run
         self.result, self.mil_output, self.result_layer = result, mil_output, layer
         # first, as it holds repaints: the bar and the status below join the layers' repaint
-        self._draw(layers if display == self.widget.display_options() else None)  # else built for other options
-        self.widget.progress.value = self.widget.progress.max  # a throttled last report may not have shown
+        self._draw(layers if display == self._display() else None)  # else built for other options
+        self.progress_changed.emit(1, 1)  # a throttled last report may not have shown
         cached = len(result.features) - result.encoded_tiles
         text = (f"{result.care.n_regions} regions over {len(result.features)} patches "
                 f"({result.encoded_tiles} encoded, {cached} from cache); ROI = region {result.care.roi}")
@@ -262,30 +289,29 @@ class SegmentController:
         self._say(text)
 
     def _on_error(self, worker, error: Exception) -> None:
-        from napari.utils.notifications import show_error
-
-        from napari_care.core.segment import NoTissueError
+        from napari.utils.notifications import show_error  # napari's GUI parts load with the viewer
 
         if worker is not self.worker:
             return
         self._drop_progress()
         if isinstance(error, NoTissueError):
-            self._say("no tissue in view" if self.widget.scope.value == "visible field" else "no tissue on the slide")
+            self._say("no tissue in view" if self._visible_field else "no tissue on the slide")
             return
         self._say(f"failed: {error}")
         show_error(f"CARE: {error}")
 
     def _on_finished(self, worker) -> None:
         if worker is self.worker:
-            self.worker, self.widget.cancel_button.enabled = None, False
+            self.worker = None
+            self.cancellable_changed.emit(False)
 
     def _draw(self, layers: list[LayerData] | None = None) -> None:
         """Put the result's layers in, one per event-loop turn, in place of a draw still under way
         (this one puts all three); the canvas is held until the last, then paints them at once."""
         if layers is None:
             slide = self.result_layer.metadata["slide"]
-            layers = care_layers(self.result, slide, self.widget.display_options(), self.mil_output)
+            layers = care_layers(self.result, slide, self._display(), self.mil_output)
         self._drawing.start(layers)
 
     def _say(self, text: str) -> None:
-        self.widget.status.value = text
+        self.status_changed.emit(text)

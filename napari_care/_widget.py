@@ -16,7 +16,7 @@ import magicgui.widgets as mg
 from napari_care._care_layers import COLOUR_BY, DisplayOptions
 from napari_care._layers import slide_layers
 from napari_care._review_panel import ReviewPanel
-from napari_care._segment_controller import SegmentController
+from napari_care._segment_controller import RunRequest, SegmentController
 from napari_care.core.heatmap import NORMALISATIONS
 from napari_care.core.segment import SegmentOptions
 
@@ -85,7 +85,10 @@ class CareSegmentWidget(mg.Container):
         # QuPath exchange and agreement with annotations, also a dock widget of its own
         self.review = ReviewPanel(napari_viewer)
         self._add_section("Review and export (QuPath)", [self.review])
-        self.controller = SegmentController(self)
+        self.controller = SegmentController(napari_viewer, self.run_request, self.display_options, self.native)
+        self.controller.status_changed.connect(self._show_status)
+        self.controller.progress_changed.connect(self._show_progress)
+        self.controller.cancellable_changed.connect(self._set_cancellable)
         self.run_button.changed.connect(self.controller.run)
         self.cancel_button.changed.connect(self.controller.cancel)
         for widget in (self.colour_by, self.roi_threshold, self.heatmap_threshold, self.normalisation,
@@ -127,6 +130,20 @@ class CareSegmentWidget(mg.Container):
             lambda_spf=float(self.lambda_spf.value),
             n_groups=int(self.n_groups.value),
         )
+
+    def run_request(self) -> RunRequest:
+        """What a run should do, from the widget's fields."""
+        return RunRequest(self.slide_layer.value, self.scope.value == "visible field", self.segment_options(),
+                          self.display_options(), self.mil_head_path())
+
+    def _show_status(self, text: str) -> None:
+        self.status.value = text
+
+    def _show_progress(self, done: int, total: int) -> None:
+        self.progress.max, self.progress.value = total, done
+
+    def _set_cancellable(self, on: bool) -> None:
+        self.cancel_button.enabled = on
 
     def mil_head_path(self) -> str | None:
         """The chosen AB-MIL checkpoint, or None for CARE's own attention."""

@@ -2,9 +2,9 @@
 
 ``.geojson``, or ``.geojson.gz`` compressed; one FeatureCollection for all the layers saved
 together, snapped to the file's 0.01-pixel grid (so rounding never makes a polygon invalid) and
-written atomically by :func:`napari_care.core.geojson_write.write_geojson`.
+written atomically by :func:`napari_care.core.qupath.write.write_geojson`.
 
-- **Shapes**: one object per ``id`` in the layer's features (as :mod:`napari_care._geojson_io`
+- **Shapes**: one object per ``id`` in the layer's features (as :mod:`napari_care._geojson_reader`
   makes them: exterior rings, holes and parts put back together), else one per shape.
   Polygons, rectangles and ellipses (as 64-gons) become Polygons, paths and lines LineStrings.
   Class, name, object type and the numeric feature columns (measurements, NaN left out) come
@@ -17,7 +17,7 @@ written atomically by :func:`napari_care.core.geojson_write.write_geojson`.
 - **Points**: one Point object per point.
 
 Coordinates go from the layer's data through its ``scale``/``translate`` to the world, then to
-level-0 pixels with the :class:`~napari_care._geojson_io.Level0Frame` stored in the layer
+level-0 pixels with the :class:`~napari_care._geojson_reader.Level0Frame` stored in the layer
 (layers this plugin made) or of the viewer's slide layer, minus the slide's bounds offset.
 """
 
@@ -34,17 +34,17 @@ import numpy as np
 import shapely
 from shapely.geometry import LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon
 
-from napari_care._geojson_io import FRAME_KEY, RESERVED, ROLE_KEY, Level0Frame, viewer_frame
-from napari_care.core.geojson import ROI_CLASS, Annotation
-from napari_care.core.geojson_read import _PolygonBatch  # the reader's batch polygon builder, reused
-from napari_care.core.geojson_write import (
+from napari_care._geojson_reader import FRAME_KEY, RESERVED, ROLE_KEY, Level0Frame, viewer_frame
+from napari_care.core.qupath.objects import ROI_CLASS, Annotation
+from napari_care.core.qupath.polygons import label_grid_polygons
+from napari_care.core.qupath.read import _PolygonBatch  # the reader's batch polygon builder, reused
+from napari_care.core.qupath.write import (
     RegionTable,
     care_metadata,
     region_features,
     roi_features,
     tile_features,
 )
-from napari_care.core.polygons import label_grid_polygons
 
 ELLIPSE_VERTICES = 64
 POLYGONAL_TYPES = ("polygon", "rectangle", "ellipse")
@@ -67,7 +67,7 @@ def write_geojson_layers(path: str, layer_data: list[tuple[Any, dict, str]]) -> 
 def write_annotations(path: str | os.PathLike[str], annotations: list[Annotation], *,
                       bounds_offset: tuple[float, float] = (0.0, 0.0)) -> int:
     """Write objects as QuPath GeoJSON (snapped to the file's 0.01-pixel grid); returns the count."""
-    from napari_care.core.geojson_write import write_geojson
+    from napari_care.core.qupath.write import write_geojson
 
     return write_geojson(path, annotations, bounds_offset=bounds_offset)
 

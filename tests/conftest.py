@@ -211,7 +211,7 @@ def make_pyramid(tmp_path: Path) -> Callable[..., Pyramid]:
 @pytest.fixture(scope="session")
 def widget_slide_path(tmp_path_factory) -> Path:
     """A small generated H&E slide (4096 x 3072 px at 0.5 um/px, about a hundred tissue tiles at 20x)."""
-    from napari_care.core.synthetic import build_synthetic_slide
+    from napari_care.core.synthetic.slides import build_synthetic_slide
 
     path = tmp_path_factory.mktemp("widget") / "small.ome.tif"
     build_synthetic_slide(path, width=4096, height=3072, seed=0, swatch_px=512, tile_size=256)

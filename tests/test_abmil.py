@@ -250,7 +250,7 @@ def test_checkpoint_with_the_one_pool_at_the_top_level_loads(model, tmp_path):
 
 
 def test_train_mil_with_two_pools_round_trips_to_the_viewer(tmp_path):
-    from napari_care.core.mil_heatmap import load_mil_head
+    from napari_care.core.mil.heads import load_mil_head
 
     csv_path, bags = _toy_cohort(tmp_path)
     config = MILTrainConfig(max_epochs=25, patience=6, lr=2e-3, hidden=32, attn_dim=16, dropout=0.0, split_at=4)

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from napari_care.core.care_result import CareResult, segment_features
+from napari_care.core.care_result import CareResult
+from napari_care.core.care_run import segment_features
 from napari_care.core.models.care_free import CareFreeConfig, segment_free
 from napari_care.core.partition_metrics import (
     adjusted_rand_index,

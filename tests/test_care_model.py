@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_care.core.care_result import segment_features
+from napari_care.core.care_run import segment_features
 from napari_care.core.models.care import CareConfig, CareModel, pad_slides
 from napari_care.core.models.care_attention import group_batches
 from napari_care.core.models.care_blocks import block_partition, candidate_blocks

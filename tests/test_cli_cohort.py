@@ -10,8 +10,8 @@ import pytest
 from click.testing import CliRunner
 from test_cohort import worker_processes, write_cohort_slides
 
-from napari_care import cohort
-from napari_care.cli import main
+from napari_care.cli.app import main
+from napari_care.core import cohort
 from napari_care.core.features import load_features
 
 

@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from napari_care.cli import main
+from napari_care.cli.app import main
 
 
 @pytest.fixture

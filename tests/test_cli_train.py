@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from napari_care import _cli_evaluate, _cli_train
+from napari_care.cli import evaluate as _cli_evaluate
+from napari_care.cli import train as _cli_train
 from napari_care.core.features import PatchFeatures, save_features
 from napari_care.core.models.mixmag import N_TOKENS
 
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def cli() -> click.Group:
     @click.group()
     def group() -> None:
-        """Stand-in for napari_care.cli.main."""
+        """Stand-in for napari_care.cli.app.main."""
 
     _cli_train.register(group)
     _cli_evaluate.register(group)
@@ -136,7 +137,7 @@ def test_mixmag_and_mil_on_features_and_region_bags(cli, data, tmp_path):
     assert metrics["n_slides"] == {"train": 10, "val": 4, "test": 4} and metrics["encoder"] == "default"
     # the head standardises with the training slides' instances (kept in its checkpoint)
     from napari_care.core.features import load_features
-    from napari_care.core.mil_heatmap import load_mil_head
+    from napari_care.core.mil.heads import load_mil_head
 
     with open(tmp_path / "mil" / "predictions.csv", newline="") as handle:
         train_ids = [row["slide_id"] for row in csv.DictReader(handle) if row["split"] == "train"]
@@ -165,7 +166,7 @@ def test_train_mil_two_pools_on_cls_plus_tile_tokens(cli, data, tmp_path):
     mil = invoke(cli, "train-mil", labels, data / "tokens", "--out", tmp_path / "mil", "--mem",
                  tmp_path / "mem" / "mem_final.json", "--two-pools", "--max-epochs", 1, "--quiet")
     assert mil.exit_code == 0, mil.output
-    from napari_care.core.mil_heatmap import load_mil_head
+    from napari_care.core.mil.heads import load_mil_head
 
     head = load_mil_head(tmp_path / "mil")
     assert head.model.config.split_at == 8 and len(head.model.pools) == 2

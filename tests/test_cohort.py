@@ -19,9 +19,9 @@ import pytest
 import tifffile
 from click.testing import CliRunner
 
-from napari_care.cli import main
-from napari_care.cohort import cohort_client, dashboard_link, run_cohort
+from napari_care.cli.app import main
 from napari_care.core.atomic import atomic_path
+from napari_care.core.cohort import cohort_client, dashboard_link, run_cohort
 from napari_care.core.features import load_features
 from napari_care.core.jobs import (
     SlideJob,
@@ -32,7 +32,7 @@ from napari_care.core.jobs import (
 )
 from napari_care.core.progress import run_to_end
 from napari_care.core.segment import SegmentOptions
-from napari_care.core.synthetic import build_synthetic_slide
+from napari_care.core.synthetic.slides import build_synthetic_slide
 
 GOOD = ("good1", "good2")
 _ABANDONED = []  # unfinished atomic writes, kept alive: closing one cleans up as a living process would
@@ -134,7 +134,7 @@ def test_a_worker_killed_while_writing_leaves_no_half_output(slides, client, tmp
     def die_while_writing_regions(job, **kwargs):  # pickled by value: the workers cannot import tests
         import os
 
-        from napari_care.core import geojson_write
+        from napari_care.core.qupath import write as geojson_write
 
         def write_half_and_die(path, *args, **kw):
             with atomic_path(path) as tmp:

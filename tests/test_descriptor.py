@@ -103,7 +103,7 @@ def test_euler_number_counts_blobs():
 
 
 def test_synthetic_tissue_types_cluster_by_type(tmp_path):
-    synthetic = pytest.importorskip("napari_care.core.synthetic")
+    synthetic = pytest.importorskip("napari_care.core.synthetic.slides")
     tifffile = pytest.importorskip("tifffile")
     from scipy.cluster.vq import kmeans2
 

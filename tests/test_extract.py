@@ -164,7 +164,7 @@ def test_empty_grid_encodes_nothing(slide):
 
 
 def test_real_slide_end_to_end(make_pyramid):
-    from napari_care.core.slide import open_slide
+    from napari_care.core.slide.handle import open_slide
 
     pyramid = make_pyramid(
         "real.tif", shape=(600, 800), tile_shape=(128, 128), compression="jpeg", level_count=3
@@ -196,7 +196,7 @@ def test_fractional_level_downsample_resamples_exactly(tmp_path):
 
 
 def test_real_svs_box_extraction(shared_slide):
-    from napari_care.core.slide import open_slide
+    from napari_care.core.slide.handle import open_slide
 
     with open_slide(shared_slide("CMU-1-Small-Region.svs")) as real:
         whole = tile_grid(real, mpp=1.0, tile_size_px=112)

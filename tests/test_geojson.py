@@ -19,9 +19,10 @@ from hypothesis.extra.numpy import arrays
 from shapely.geometry import LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon
 
 from napari_care import __version__
-from napari_care.core.geojson import Annotation, argb_to_rgb, group_color, rgb_to_argb
-from napari_care.core.geojson_read import read_geojson
-from napari_care.core.geojson_write import (
+from napari_care.core.qupath.objects import Annotation, argb_to_rgb, group_color, rgb_to_argb
+from napari_care.core.qupath.polygons import label_grid_polygons
+from napari_care.core.qupath.read import read_geojson
+from napari_care.core.qupath.write import (
     RegionTable,
     care_metadata,
     region_features,
@@ -29,7 +30,6 @@ from napari_care.core.geojson_write import (
     tile_features,
     write_geojson,
 )
-from napari_care.core.polygons import label_grid_polygons
 
 ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotations"
 SQUARE = [[0, 0], [10, 0], [10, 10], [0, 10], [0, 0]]

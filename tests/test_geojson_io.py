@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from shapely.geometry import LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon
 
-from napari_care._geojson_io import (
+from napari_care._geojson_reader import (
     Level0Frame,
     annotation_layers,
     is_geojson_path,
@@ -28,10 +28,10 @@ from napari_care._geojson_io import (
 )
 from napari_care._layers import level0_to_world, placement
 from napari_care._writer import layer_annotations, write_geojson_layers
-from napari_care.core.geojson import ROI_CLASS, Annotation
-from napari_care.core.geojson_read import read_geojson
-from napari_care.core.geojson_write import write_geojson
-from napari_care.core.polygons import label_grid_polygons
+from napari_care.core.qupath.objects import ROI_CLASS, Annotation
+from napari_care.core.qupath.polygons import label_grid_polygons
+from napari_care.core.qupath.read import read_geojson
+from napari_care.core.qupath.write import write_geojson
 
 layers_module = pytest.importorskip("napari.layers")
 ANNOTATIONS = Path(__file__).resolve().parents[2] / "shared" / "data" / "annotations"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from napari_care.core.checkpoint import FeatureDimMismatch, save_checkpoint
-from napari_care.core.mil_heatmap import MilOutput, load_mil_head
+from napari_care.core.mil.heads import MilOutput, load_mil_head
 from napari_care.core.models.mixmag import MixMagConfig, MixMagEncoder
 from napari_care.core.progress import run_to_end
 from napari_care.core.train.mil import MILTrainConfig, train_mil

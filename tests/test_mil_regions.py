@@ -9,25 +9,20 @@ import pytest
 from click.testing import CliRunner
 
 from napari_care.core.jobs import SlideJob
-from napari_care.core.mil_heatmap import load_mil_head
-from napari_care.core.mil_regions import (
-    REGION_ENCODER_FILE,
-    attention_of_patches,
-    load_region_encoder,
-    patch_output,
-)
+from napari_care.core.mil.heads import REGION_ENCODER_FILE, load_mil_head, load_region_encoder
+from napari_care.core.mil.regions import attention_of_patches, patch_output
 from napari_care.core.mixmag_features import SUFFIX, mixmag_job
 from napari_care.core.progress import run_to_end
 from napari_care.core.segment import SegmentOptions
 from napari_care.core.session import SegmentSession
-from napari_care.core.slide import open_slide
+from napari_care.core.slide.handle import open_slide
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 OPTIONS = SegmentOptions(min_tissue=0.0)
 
 
 def invoke(*args):
-    from napari_care.cli import main
+    from napari_care.cli.app import main
 
     result = CliRunner().invoke(main, [str(arg) for arg in args])
     assert result.exit_code == 0, result.output
@@ -37,7 +32,7 @@ def invoke(*args):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A generated slide, its mixed-magnification features as 6 labelled slides, MEM and a region head."""
-    from napari_care.core.synthetic import build_synthetic_slide
+    from napari_care.core.synthetic.slides import build_synthetic_slide
 
     root = tmp_path_factory.mktemp("regions")
     slide_path = root / "slide.ome.tif"
@@ -71,7 +66,7 @@ def test_the_slide_gets_the_attention_it_got_in_training(trained):
     root, slide_path = trained
     head = load_mil_head(root / "mil")
     with open_slide(slide_path, mpp=0.5) as slide:  # the head's recorded min_tissue (0), not the widget's
-        regions = run_to_end(SegmentSession(slide).region_attention(SegmentOptions(min_tissue=0.9), head))
+        regions = run_to_end(SegmentSession(slide).attend_regions(SegmentOptions(min_tissue=0.9), head))
     with np.load(root / "mil" / "attention.npz") as saved:
         first = slice(saved["offsets"][0], saved["offsets"][1])  # every slide is a copy of this one
         np.testing.assert_allclose(regions.output.attention, saved["attention"][first], rtol=1e-4, atol=1e-6)
@@ -84,8 +79,8 @@ def test_a_box_takes_the_regions_it_meets_and_patches_take_their_region(trained)
     head = load_mil_head(root / "mil")
     with open_slide(slide_path, mpp=0.5) as slide:
         session = SegmentSession(slide)
-        regions = run_to_end(session.region_attention(OPTIONS, head, box=(100, 100, 1000, 500)))
-        assert run_to_end(session.region_attention(OPTIONS, head, box=(5000, 0, 6000, 100))) is None  # past the edge
+        regions = run_to_end(session.attend_regions(OPTIONS, head, box=(100, 100, 1000, 500)))
+        assert run_to_end(session.attend_regions(OPTIONS, head, box=(5000, 0, 6000, 100))) is None  # past the edge
     assert sorted(map(tuple, regions.instance_coords.tolist())) == [(0, 0), (896, 0)]
     assert regions.output.attention.sum() == pytest.approx(1.0, abs=1e-6)
     patches = np.array([[0, 0], [672, 672], [900, 0], [1800, 0]])  # 224 px patches; the last outside the box
@@ -115,7 +110,7 @@ def test_a_region_head_without_its_encoder_is_refused_by_name(trained, tmp_path)
     head = load_mil_head(copy)
     assert head.encoder == "mixmag" and head.region_encoder is None
     with open_slide(slide_path, mpp=0.5) as slide, pytest.raises(ValueError, match=r"mixing encoder .* is missing"):
-        run_to_end(SegmentSession(slide).region_attention(OPTIONS, head))
+        run_to_end(SegmentSession(slide).attend_regions(OPTIONS, head))
     with pytest.raises(ValueError, match="not a region encoder"):
         load_region_encoder(root / "mem" / "mem_final.json")  # a MEM training checkpoint is not one
     with pytest.raises(FileNotFoundError, match="mixing encoder of this region head is missing"):
@@ -132,7 +127,7 @@ def test_a_tokens_head_weighs_each_20x_tile(trained, tmp_path):
            "--out", tmp_path / "mil", "--max-epochs", 2, "--quiet")
     head = load_mil_head(tmp_path / "mil")
     with open_slide(slide_path, mpp=0.5) as slide:
-        tiles = run_to_end(SegmentSession(slide).region_attention(OPTIONS, head))
+        tiles = run_to_end(SegmentSession(slide).attend_regions(OPTIONS, head))
     with np.load(tmp_path / "mil" / "attention.npz") as saved:
         first = slice(saved["offsets"][0], saved["offsets"][1])
         np.testing.assert_allclose(tiles.output.attention, saved["attention"][first], rtol=1e-4, atol=1e-6)

@@ -157,7 +157,7 @@ def test_mixmag_job_writes_one_file_and_the_cli_trains_on_it(make_pyramid, tmp_p
     assert mixmag_job(SlideJob(pyramid.path, 0.5), tmp_path / "out", options)["status"] == "skipped"
     assert mixmag_job(SlideJob(tmp_path / "missing.tif"), tmp_path / "out", options)["status"] == "failed"
 
-    from napari_care.cli import main
+    from napari_care.cli.app import main
 
     runner = CliRunner()
     result = runner.invoke(main, ["pretrain", "mixmag", str(target), "--out", str(tmp_path / "mem"), "--steps", "2",

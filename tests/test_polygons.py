@@ -11,7 +11,7 @@ from hypothesis.extra.numpy import arrays
 from shapely.geometry import MultiPolygon, Polygon
 from skimage.measure import label as label_components
 
-from napari_care.core.polygons import label_grid_polygons
+from napari_care.core.qupath.polygons import label_grid_polygons
 
 
 def cells_union(labels: np.ndarray, region: int, origin=(0.0, 0.0), size=1.0):

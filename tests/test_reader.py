@@ -15,7 +15,7 @@ import pytest
 import tifffile
 
 from napari_care._reader import napari_get_reader, slide_stem
-from napari_care.core.slide import Slide
+from napari_care.core.slide.handle import Slide
 
 SCREENSHOT = Path("/tmp/reader_screenshot.png")
 

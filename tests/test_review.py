@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from shapely import affinity
 
-from napari_care.core.geojson import Annotation
-from napari_care.core.review import (
+from napari_care.core.qupath.objects import Annotation
+from napari_care.core.review.metrics import (
     PatchAttention,
     RegionGrid,
     class_geometries,

@@ -12,17 +12,17 @@ import pytest
 import shapely
 from click.testing import CliRunner
 
-from napari_care._cli_review import register
-from napari_care.core.geojson import Annotation
-from napari_care.core.geojson_write import (
+from napari_care.cli.review import register
+from napari_care.core.qupath.objects import Annotation
+from napari_care.core.qupath.polygons import label_grid_polygons
+from napari_care.core.qupath.write import (
     RegionTable,
     region_features,
     roi_features,
     tile_features,
     write_geojson,
 )
-from napari_care.core.polygons import label_grid_polygons
-from napari_care.core.review_run import load_output, locate_output, region_grid, review_files
+from napari_care.core.review.run import load_output, locate_output, region_grid, review_files
 
 CELL = 10.0
 ORIGIN = (100.0, 50.0)

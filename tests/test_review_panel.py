@@ -10,10 +10,10 @@ import pytest
 import shapely
 
 from napari_care._layers import level0_to_world, placement
-from napari_care.core.geojson import ROI_CLASS, Annotation
-from napari_care.core.geojson_read import read_geojson
-from napari_care.core.geojson_write import write_geojson
-from napari_care.core.polygons import label_grid_polygons
+from napari_care.core.qupath.objects import ROI_CLASS, Annotation
+from napari_care.core.qupath.polygons import label_grid_polygons
+from napari_care.core.qupath.read import read_geojson
+from napari_care.core.qupath.write import write_geojson
 
 pytestmark = pytest.mark.gui
 

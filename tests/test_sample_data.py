@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_care.core.slide import open_slide
-from napari_care.core.synthetic import build_synthetic_slide
+from napari_care.core.slide.handle import open_slide
+from napari_care.core.synthetic.slides import build_synthetic_slide
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ from napari_care.core.samples import (
     load_sample_spec,
     spec_key,
 )
-from napari_care.core.synthetic import load_synthetic_slide
+from napari_care.core.synthetic.slides import load_synthetic_slide
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 UNREACHABLE = "http://127.0.0.1:9/CMU-1-Small-Region.svs"  # the discard port: refused at once

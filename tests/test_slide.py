@@ -18,9 +18,9 @@ import tifffile
 from conftest import expected_region
 from dask.array.core import normalize_chunks
 
-from napari_care.core.slide import SlideReadError, _open_openslide, open_slide
-from napari_care.core.slide_openslide import composite_on_white
-from napari_care.core.tile_cache import TileCache
+from napari_care.core.slide.handle import SlideReadError, _open_openslide, open_slide
+from napari_care.core.slide.openslide_backend import composite_on_white
+from napari_care.core.slide.tile_cache import TileCache
 
 
 def quiet_open(path: Path, **kwargs):

@@ -6,8 +6,8 @@ import warnings
 
 import pytest
 
-from napari_care.core import slide_meta
-from napari_care.core.slide import open_slide
+from napari_care.core.slide import meta as slide_meta
+from napari_care.core.slide.handle import open_slide
 
 UM_PER_INCH = 25400.0
 

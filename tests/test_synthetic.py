@@ -12,7 +12,8 @@ import tifffile
 from scipy import ndimage
 
 from napari_care.core.progress import Progress
-from napari_care.core.synthetic import (
+from napari_care.core.synthetic.layouts import LAYOUTS, LayoutCanvas
+from napari_care.core.synthetic.slides import (
     TISSUE_TYPES,
     build_synthetic_slide,
     iter_build_synthetic_slide,
@@ -20,8 +21,7 @@ from napari_care.core.synthetic import (
     truth_fractions,
     truth_path_for,
 )
-from napari_care.core.synthetic_layouts import LAYOUTS, LayoutCanvas
-from napari_care.core.synthetic_textures import TYPE_OF_RENDER_CLASS
+from napari_care.core.synthetic.textures import TYPE_OF_RENDER_CLASS
 
 SMALL = dict(width=4096, height=3072, swatch_px=512)  # three levels, about a second to build
 

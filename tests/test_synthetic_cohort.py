@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_care.core.synthetic_cohort import (
+from napari_care.core.synthetic.cohort import (
     ATYPICAL,
     GLASS,
     TUMOUR,

@@ -110,7 +110,7 @@ def test_fixed_threshold_and_bad_arguments(tissue_slide):
 
 @pytest.mark.skipif(not (DATA / "slides" / "CMU-1-Small-Region.svs").exists(), reason="shared data absent")
 def test_real_svs_tissue_is_a_plausible_share():
-    from napari_care.core.slide import open_slide
+    from napari_care.core.slide.handle import open_slide
 
     with open_slide(DATA / "slides" / "CMU-1-Small-Region.svs") as slide:
         with warnings.catch_warnings():

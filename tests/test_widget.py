@@ -279,13 +279,13 @@ def test_follow_view_reruns_once_after_the_camera_settles(viewer_widget, qtbot, 
 
     viewer, widget = viewer_widget
     jobs = []
-    job = controller_module.segment_job
+    job = controller_module.viewer_job
 
     def counting_job(*args):
         jobs.append(args[2])  # the box
         return (yield from job(*args))
 
-    monkeypatch.setattr(controller_module, "segment_job", counting_job)
+    monkeypatch.setattr(controller_module, "viewer_job", counting_job)
     widget.scope.value = "visible field"
     widget.follow_view.value = True
     for x in (1500, 1600, 1700):  # three quick moves: one run, on the last view

@@ -15,7 +15,7 @@ def test_mil_checkpoint_from_train_mil_runs_in_the_widget(viewer_widget, qtbot, 
     import torch
 
     from napari_care.core.checkpoint import save_checkpoint
-    from napari_care.core.mil_heatmap import load_mil_head
+    from napari_care.core.mil.heads import load_mil_head
     from napari_care.core.models.abmil import ABMIL, ABMILConfig
 
     viewer, widget = viewer_widget
@@ -49,8 +49,8 @@ def test_a_region_head_draws_its_region_attention_over_the_patches(viewer_widget
     import torch
 
     from napari_care.core.checkpoint import save_checkpoint
-    from napari_care.core.mil_heatmap import load_mil_head
-    from napari_care.core.mil_regions import RegionEncoder, patch_output, save_region_encoder
+    from napari_care.core.mil.heads import RegionEncoder, load_mil_head, save_region_encoder
+    from napari_care.core.mil.regions import patch_output
     from napari_care.core.models.abmil import ABMIL, ABMILConfig
     from napari_care.core.models.mixmag import MixMagConfig, MixMagEncoder
     from napari_care.core.progress import run_to_end
@@ -69,7 +69,7 @@ def test_a_region_head_draws_its_region_attention_over_the_patches(viewer_widget
     widget.scope.value = "whole slide"
     run_and_wait(widget, qtbot)
     result = widget.controller.result
-    regions = run_to_end(session.region_attention(widget.segment_options(), load_mil_head(head_path)))
+    regions = run_to_end(session.attend_regions(widget.segment_options(), load_mil_head(head_path)))
     expected = patch_output(regions, result.features.coords, result.features.patch_size_level0)
     assert widget.status.value.endswith(
         f"MIL predicts {expected.predicted} (p={expected.probabilities.max():.2f})")
@@ -84,7 +84,7 @@ def test_a_region_head_draws_its_region_attention_over_the_patches(viewer_widget
         return None
         yield
 
-    monkeypatch.setattr(type(session), "region_attention", no_region)
+    monkeypatch.setattr(type(session), "attend_regions", no_region)
     run_and_wait(widget, qtbot)
     assert widget.status.value.endswith("MIL: no region of the head on tissue here")
     assert widget.status.value.startswith(f"{widget.controller.result.care.n_regions} regions over")  # still drawn

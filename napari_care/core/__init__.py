@@ -5,6 +5,6 @@ the functions that need them are called.
 """
 
 from napari_care.core.progress import Progress, run_to_end
-from napari_care.core.slide import Slide, SlideReadError, open_slide
+from napari_care.core.slide.handle import Slide, SlideReadError, open_slide
 
 __all__ = ["Progress", "Slide", "SlideReadError", "open_slide", "run_to_end"]

@@ -1,23 +1,19 @@
-"""CareResult: what CARE says about one slide, as numpy arrays, and the one call that makes it.
+"""CareResult: what CARE says about one slide, as numpy arrays (a plain value: no model here).
 
 Both modes produce it: the training-free generator (:mod:`napari_care.core.models.care_free`)
-and a trained :class:`napari_care.core.models.care.CareModel`. The GUI, the CLI, the GeoJSON
-export and the review metrics read only this.
+and a trained :class:`napari_care.core.models.care.CareModel`; :mod:`napari_care.core.care_run`
+chooses between them. The GUI, the CLI, the GeoJSON export and the review metrics read only this.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from napari_care.core.atomic import atomic_open
-
-if TYPE_CHECKING:  # torch stays unimported until a model is used
-    from napari_care.core.models.care import CareModel
-    from napari_care.core.models.care_free import CareFreeConfig
 
 
 @dataclass(frozen=True)
@@ -134,43 +130,3 @@ class CareResult:
             values[name] = float(values[name])
         values["mode"] = str(values["mode"])
         return cls(**values)
-
-
-def segment_features(features: np.ndarray, grid: np.ndarray, *, config: CareFreeConfig | None = None,
-                     model: CareModel | None = None) -> CareResult:
-    """Adaptive regions, weights and embeddings of one slide from its patch features.
-
-    Parameters
-    ----------
-    features
-        ``[N, D]`` patch features.
-    grid
-        ``[N, 2]`` integer (gx, gy) patch-grid indices.
-    config
-        Options of the training-free mode (default :class:`CareFreeConfig`); only valid
-        without ``model`` (a model carries its own config).
-    model
-        A trained (or random-init) :class:`CareModel`; None runs the training-free
-        generator. The model runs in eval mode on its own device, without gradients.
-
-    Returns
-    -------
-    CareResult
-    """
-    if model is None:
-        from napari_care.core.models.care_free import segment_free
-
-        return segment_free(features, grid, config)
-    if config is not None:
-        raise ValueError("segment_features: pass either config (training-free mode) or model, not both")
-    import torch
-
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            output = model(torch.as_tensor(np.asarray(features), dtype=torch.float32, device=device), grid)
-    finally:
-        model.train(was_training)
-    return output.to_result()

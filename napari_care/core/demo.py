@@ -54,8 +54,8 @@ def run_demo(out_dir: str | Path, *, k: int = 8) -> Generator[Progress, None, De
     )
     from napari_care.core.samples import iter_offline_sample
     from napari_care.core.segment import SegmentOptions, segment
-    from napari_care.core.slide import open_slide
-    from napari_care.core.synthetic import load_synthetic_slide
+    from napari_care.core.slide.handle import open_slide
+    from napari_care.core.synthetic.slides import load_synthetic_slide
 
     started = time.perf_counter()
     path = yield from iter_offline_sample()  # built once, then cached

@@ -161,7 +161,7 @@ def run_job(job: SlideJob, marker: Path, work: Callable[[Any], str], *, overwrit
     -------
     The slide's status row; any exception of the slide becomes a ``failed`` row.
     """
-    from napari_care.core.slide import open_slide
+    from napari_care.core.slide.handle import open_slide
 
     remove_partial_files(marker.parent, job.stem, (*SUFFIXES.values(), marker.name.removeprefix(job.stem)))
     if marker.exists() and not overwrite:

@@ -155,7 +155,7 @@ def mixmag_grids(slide, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, 
     Parameters
     ----------
     slide
-        A calibrated :class:`~napari_care.core.slide.Slide` (the grids are set in micrometres).
+        A calibrated :class:`~napari_care.core.slide.handle.Slide` (the grids are set in micrometres).
     region_size_px
         Region side in pixels at 20x, a multiple of 4; every tile is a quarter of it.
     mpp
@@ -201,7 +201,7 @@ def extract_mixmag(slide, encoder, *, region_size_px: int = 896, mpp: float = DE
     Parameters
     ----------
     slide
-        A calibrated :class:`~napari_care.core.slide.Slide`.
+        A calibrated :class:`~napari_care.core.slide.handle.Slide`.
     encoder
         A patch encoder (``encode``, ``cfg.name``, ``embed_dim``), the same at all three
         magnifications.

@@ -12,18 +12,18 @@ import numpy as np
 from napari_care import __version__
 from napari_care.core.atomic import atomic_open
 from napari_care.core.features import save_features
-from napari_care.core.geojson import Annotation
-from napari_care.core.geojson_write import (
+from napari_care.core.qupath.objects import Annotation
+from napari_care.core.qupath.polygons import label_grid_polygons
+from napari_care.core.qupath.write import (
     RegionTable,
     care_metadata,
     region_features,
     roi_features,
     tile_features,
 )
-from napari_care.core.polygons import label_grid_polygons
 from napari_care.core.regions import region_raster, region_table, roi_regions
 from napari_care.core.segment import SegmentResult
-from napari_care.core.slide import Slide
+from napari_care.core.slide.handle import Slide
 
 SUFFIXES = {"features": ".features.h5", "geojson": ".regions.geojson", "summary": ".care.json"}
 
@@ -95,7 +95,7 @@ def write_outputs(result: SegmentResult, slide: Slide, out_dir: str | Path, stem
 
     The summary is written last: its presence marks a finished slide (cohort runs skip it).
     """
-    from napari_care.core.geojson_write import write_geojson
+    from napari_care.core.qupath.write import write_geojson
 
     paths = output_paths(out_dir, stem)
     save_features(paths["features"], result.features)

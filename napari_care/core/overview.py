@@ -10,7 +10,7 @@ from napari_care.core.atomic import atomic_path
 from napari_care.core.heatmap import heatmap_raster
 from napari_care.core.regions import region_raster, roi_boxes
 from napari_care.core.segment import SegmentResult
-from napari_care.core.slide import Slide
+from napari_care.core.slide.handle import Slide
 
 GROUP_COLOURS = np.array([
     (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),

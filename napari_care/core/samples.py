@@ -1,7 +1,7 @@
 """Sample slides: the offline synthetic sample (built once, cached) and CMU-1-Small-Region.
 
 The offline sample is built from ``sample_data/offline_sample.json`` (the arguments of
-:func:`~napari_care.core.synthetic.build_synthetic_slide`) into the user's cache folder.
+:func:`~napari_care.core.synthetic.slides.build_synthetic_slide`) into the user's cache folder.
 Its file name carries a hash of the generator version and the spec, so a changed
 generator or spec builds a new sample instead of reusing a stale one. Set the environment
 variable ``NAPARI_CARE_CACHE`` to use another cache folder.
@@ -20,13 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from napari_care.core.progress import Progress, run_to_end
-from napari_care.core.synthetic import (
+from napari_care.core.synthetic.slides import (
     GENERATOR_VERSION,
     build_synthetic_slide,
     iter_build_synthetic_slide,
     truth_path_for,
 )
-from napari_care.core.synthetic_textures import StainPalette
+from napari_care.core.synthetic.textures import StainPalette
 
 CACHE_ENV = "NAPARI_CARE_CACHE"
 # The spec lives beside the package in a source checkout; an installed package without it
@@ -129,7 +129,7 @@ def offline_sample_path(*, rebuild: bool = False) -> Path:
     Returns
     -------
     Path of the ``.ome.tif``; its ground truth is the ``.truth.npz`` beside it (see
-    :func:`~napari_care.core.synthetic.load_synthetic_slide`).
+    :func:`~napari_care.core.synthetic.slides.load_synthetic_slide`).
     """
     return run_to_end(iter_offline_sample(rebuild=rebuild))
 

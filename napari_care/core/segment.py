@@ -12,15 +12,19 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from napari_care.core.care_result import CareResult
+from napari_care.core.care_run import load_care_model, segment_features
+from napari_care.core.encoders import create_encoder
+from napari_care.core.extract import extract_features
 from napari_care.core.features import PatchFeatures
+from napari_care.core.models.care_free import CareFreeConfig
+from napari_care.core.phenotypes import phenotype_groups
 from napari_care.core.progress import Progress
-from napari_care.core.slide import Slide
+from napari_care.core.slide.handle import Slide
 from napari_care.core.tiling import TileGrid, tile_grid
 from napari_care.core.tissue import TissueMask, tissue_mask
 
@@ -172,9 +176,6 @@ def segment(
     napari_care.core.extract.Cancelled
         When ``cancel`` was set.
     """
-    from napari_care.core.extract import extract_features
-    from napari_care.core.phenotypes import phenotype_groups
-
     options = options or SegmentOptions()
     where = "the view" if box is not None else "the slide"
     if tissue is None:
@@ -218,28 +219,10 @@ def segment(
 
 def build_encoder(options: SegmentOptions):
     """The patch encoder ``options`` name."""
-    from napari_care.core.encoders import create_encoder
-
     return create_encoder(options.encoder, weights=options.encoder_weights, device=options.device)
 
 
-def load_care_model(checkpoint: str | Path, *, in_dim: int):
-    """A trained CARE model from a checkpoint, checked against the features' dimension."""
-    from napari_care.core.checkpoint import load_checkpoint
-    from napari_care.core.models.care import CareModel
-
-    model, config, _ = load_checkpoint(checkpoint, CareModel)
-    if config.in_dim != in_dim:
-        raise ValueError(
-            f"CARE checkpoint {checkpoint} expects D={config.in_dim} features but the encoder gives {in_dim}"
-        )
-    return model
-
-
 def _run_care(features: PatchFeatures, options: SegmentOptions, model) -> CareResult:
-    from napari_care.core.care_result import segment_features
-    from napari_care.core.models.care_free import CareFreeConfig
-
     if model is not None:
         return segment_features(features.features, features.grid, model=model)
     config = CareFreeConfig(k=options.k, e_star=options.e_star, lambda_spf=options.lambda_spf)

@@ -10,24 +10,43 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
+
+from napari_care.core.care_run import load_care_model
 from napari_care.core.feature_cache import FeatureCache
+from napari_care.core.mil.heads import MilHead, MilOutput, load_mil_head
+from napari_care.core.mil.regions import RegionAttention, attend_regions, patch_output
 from napari_care.core.progress import Progress
 from napari_care.core.segment import (
     Box,
     SegmentOptions,
     SegmentResult,
     build_encoder,
-    load_care_model,
     segment,
 )
-from napari_care.core.slide import Slide
+from napari_care.core.slide.handle import Slide
 from napari_care.core.tissue import TissueMask, tissue_mask
 
-if TYPE_CHECKING:
-    from napari_care.core.mil_heatmap import MilHead
-    from napari_care.core.mil_regions import RegionAttention
+
+class MilRun(NamedTuple):
+    """What :meth:`SegmentSession.run_with_mil` returns.
+
+    Attributes
+    ----------
+    result
+        The segmentation.
+    mil_output
+        The head's attention over the run's patches and its prediction (None without a head).
+    mil_head
+        The head, loaded (None without one): the caller may keep it for the next run.
+    """
+
+    result: SegmentResult
+    mil_output: MilOutput | None
+    mil_head: MilHead | None
 
 
 class SegmentSession:
@@ -89,7 +108,7 @@ class SegmentSession:
         return (yield from segment(self.slide, options, box=box, tissue=tissue, cache=self.cache,
                                    encoder=encoder, model=model, cancel=cancel))
 
-    def region_attention(
+    def attend_regions(
         self,
         options: SegmentOptions,
         head: MilHead,
@@ -109,8 +128,6 @@ class SegmentSession:
         ValueError
             When the head has no mixing encoder beside it, or another patch encoder is given.
         """
-        from napari_care.core.mil_regions import region_attention
-
         region_encoder = head.region_encoder
         if region_encoder is None:
             raise ValueError(f"MIL head {head.path} was trained on region tokens, but its mixing encoder "
@@ -120,6 +137,39 @@ class SegmentSession:
         yield Progress("encoder", 0, 1, f"loading encoder {name} for the head's regions")
         encoder = self.encoder(replace(options, encoder=name, encoder_weights=weights))
         min_tissue = options.min_tissue if region_encoder.min_tissue is None else region_encoder.min_tissue
-        return (yield from region_attention(self.slide, head, region_encoder, encoder, box=box,
+        return (yield from attend_regions(self.slide, head, region_encoder, encoder, box=box,
                                             tissue=self.tissue(options.tissue_threshold), cache=self.cache,
                                             min_tissue=min_tissue, batch_size=options.batch_size, cancel=cancel))
+
+    def run_with_mil(
+        self,
+        options: SegmentOptions,
+        box: Box | None = None,
+        cancel: threading.Event | Callable[[], bool] | None = None,
+        mil_head: MilHead | str | Path | None = None,
+    ) -> Generator[Progress, None, MilRun]:
+        """Segment, then apply an AB-MIL head (if any) to the same slide or ``box``.
+
+        ``mil_head`` is a loaded head or the path of its checkpoint (loaded here). A head on
+        patch features weighs the run's patches; a head trained on region tokens
+        (``train-mil --mem``) encodes the regions of the slide (or field) and gives each patch
+        its region's attention (all NaN, with no prediction, where no region meets the box).
+        """
+        result = yield from self.run(options, box, cancel)
+        if mil_head is None:
+            return MilRun(result, None, None)
+        if not isinstance(mil_head, MilHead):
+            yield Progress("mil", 0, 1, f"loading the MIL head {Path(mil_head).name}")
+            mil_head = load_mil_head(mil_head)
+        if mil_head.encoder == "mixmag":  # a head on region tokens: regions, then patches
+            regions = yield from self.attend_regions(options, mil_head, box, cancel)
+            if regions is None:  # zoomed in where no region has enough tissue: the segmentation still shows
+                output = MilOutput(np.full(len(result.features), np.nan, np.float32), np.zeros(0, np.float32), "")
+            else:
+                output = patch_output(regions, result.features.coords, result.features.patch_size_level0)
+                yield Progress("mil", 1, 1, f"MIL predicts {output.predicted} from {regions.n_regions} regions")
+        else:
+            yield Progress("mil", 0, 1, f"MIL attention over {len(result.features)} patches")
+            output = mil_head.apply(result.features.features, encoder=result.features.encoder)
+            yield Progress("mil", 1, 1, f"MIL predicts {output.predicted}")
+        return MilRun(result, output, mil_head)

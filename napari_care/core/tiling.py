@@ -187,7 +187,7 @@ def tile_grid(
     Parameters
     ----------
     slide
-        A :class:`~napari_care.core.slide.Slide`.
+        A :class:`~napari_care.core.slide.handle.Slide`.
     mpp, magnification, level, downsample
         The target resolution, one way: micrometres per pixel, objective magnification
         (20x = 0.5 um/px), a pyramid level, or level-0 pixels per tile pixel. None of them:

@@ -168,7 +168,7 @@ def tissue_mask(
     Parameters
     ----------
     slide
-        A :class:`~napari_care.core.slide.Slide`.
+        A :class:`~napari_care.core.slide.handle.Slide`.
     target_mpp
         Micrometres per mask pixel aimed at (8 um/px: a 20x slide becomes a 1/16 view).
     fallback_downsample

@@ -62,6 +62,7 @@ from napari_care.core.models.care_blocks import (
     dense_labels,
     offset_in_block,
 )
+from napari_care.core.models.care_free import CareFreeConfig, input_log_affinity
 from napari_care.core.models.care_output import CareBatchOutput, CareOutput, pad_slides
 from napari_care.core.models.care_spf import GatedAttention, fuse_region_weights
 
@@ -219,8 +220,6 @@ class CareModel(nn.Module):
     def _with_input_prior(self, rho: torch.Tensor, features: torch.Tensor, grid: np.ndarray,
                           slide_of_patch: np.ndarray, blocks, candidates) -> torch.Tensor:
         """``softmax_c(exp(t) * log rho_input + s * log rho)``: the training-free affinity plus the learned one."""
-        from napari_care.core.models.care_free import CareFreeConfig, input_log_affinity
-
         cfg = self.config
         free = CareFreeConfig(k=cfg.k, n_candidates=cfg.n_candidates,
                               containment_temperature=cfg.containment_temperature,

@@ -255,7 +255,7 @@ def iter_slide_embeddings(slides: Sequence[SlideFeatures], model=None, which: st
     which
         ``"slide"`` (the slide embedding) or ``"roi"`` (the feature of the ROI region).
     """
-    from napari_care.core.care_result import segment_features
+    from napari_care.core.care_run import segment_features
 
     if which not in ("slide", "roi"):
         raise ValueError(f"which must be 'slide' or 'roi', got {which!r}")

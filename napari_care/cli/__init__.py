@@ -1,0 +1,1 @@
+"""``napari-care``: the command line (thin: parse, call the core, print)."""

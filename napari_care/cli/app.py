@@ -1,0 +1,245 @@
+"""``napari-care``: the command line. Thin: parse, call the core, print.
+
+Exit codes: 0 done, 1 the work failed, 2 bad input (unreadable file, wrong option).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import click
+
+from napari_care import __version__
+from napari_care.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, StageBars, drive, fail  # noqa: F401
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="napari-care")
+def main() -> None:
+    """Whole-slide images, CARE adaptive regions, ROIs and attention, from the command line."""
+
+
+def open_or_fail(path: Path, mpp: float | None):
+    """Open a slide, or exit 2 with a one-line message."""
+    from napari_care.core.slide.handle import SlideReadError, open_slide
+
+    try:
+        return open_slide(path, mpp=mpp)
+    except (FileNotFoundError, SlideReadError, ValueError) as error:
+        fail(str(error))
+
+
+@main.command()
+@click.argument("slide", type=click.Path(path_type=Path))
+@click.option("--mpp", type=float, default=None, help="Micrometres per level-0 pixel, overriding the file.")
+def info(slide: Path, mpp: float | None) -> None:
+    """Print a slide's metadata as JSON: levels, mpp and its source, objective, vendor."""
+    from napari_care.core.slide.handle import SlideReadError, open_slide
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a missing mpp shows as null in the JSON
+            handle = open_slide(slide, mpp=mpp)
+    except (FileNotFoundError, SlideReadError, ValueError) as error:
+        fail(str(error))
+    with handle:
+        click.echo(json.dumps(handle.metadata(), indent=2))
+
+
+def segment_options(function):
+    """The options shared by ``segment`` and ``extract``: what to compute, where, and on which cluster."""
+    options = [
+        click.option("--encoder", default="default", show_default=True,
+                     help="Patch encoder: default, a preset (uni, conch_v1_5, ...) or timm:<model name>."),
+        click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
+                     help="Local weights file for the encoder."),
+        click.option("--magnification", type=float, default=20.0, show_default=True, help="Target magnification."),
+        click.option("--tile-size", "tile_size_px", type=int, default=224, show_default=True,
+                     help="Tile side in pixels at the target magnification."),
+        click.option("--min-tissue", type=float, default=0.25, show_default=True,
+                     help="Minimum tissue share of a tile."),
+        click.option("--mpp", type=float, default=None,
+                     help="Micrometres per level-0 pixel for slides without one (CSV mpp wins)."),
+        click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder."),
+        click.option("--overwrite", is_flag=True, help="Redo slides whose outputs exist (default: skip them)."),
+        click.option("--workers", type=click.IntRange(min=0), default=None,
+                     help="Worker processes of the local dask cluster [default: one per two cores, at most one "
+                          "per slide]; 0 runs in this process (the default for a single slide)."),
+        click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Slides each worker runs at once."),
+        click.option("--scheduler", default=None, metavar="ADDRESS",
+                     help="Run on an existing dask cluster (e.g. tcp://host:8786) instead of a local one."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+def run_jobs(job_function, slides: tuple[str, ...], mpp: float | None, *, out_dir: Path, workers: int | None,
+             threads_per_worker: int, scheduler: str | None, quiet: bool, **kwargs) -> None:
+    """Run a per-slide job over the slides (a dask cohort, or in this process), print and save a summary.
+
+    Exits 2 on bad arguments (no slides, colliding names, an unreachable scheduler) and 1 when
+    any slide failed or the run was interrupted.
+    """
+    from napari_care.core.cohort import default_workers, run_cohort
+    from napari_care.core.jobs import check_unique_stems, expand_slides, write_summary
+
+    if scheduler is not None and workers is not None:
+        fail("--workers sizes a local cluster; it cannot be given with --scheduler")
+    try:
+        jobs = expand_slides(list(slides), mpp)
+        check_unique_stems(jobs)
+    except (ValueError, OSError) as error:
+        fail(str(error))
+    if not jobs:
+        fail("no slides to process")
+    # One slide gains nothing from a cluster but its start-up time.
+    in_process = scheduler is None and (workers == 0 or (workers is None and len(jobs) == 1))
+    finished: list[dict] = []  # in finishing order, for a run that is interrupted
+    try:
+        with contextlib.ExitStack() as stack:
+            client = None
+            if not in_process:
+                client = start_cluster(stack, scheduler, min(workers or default_workers(), len(jobs)),
+                                       threads_per_worker, len(jobs))
+            elif "on_progress" in inspect.signature(job_function).parameters:  # a bar per stage of the slide
+                kwargs["on_progress"] = stack.enter_context(contextlib.closing(StageBars(quiet=quiet)))
+            work = run_cohort(job_function, jobs, client=client, on_row=finished.append,
+                              out_dir=Path(out_dir).absolute(), **kwargs)
+            with contextlib.closing(work):
+                rows = drive(work, quiet=quiet, unit="slide")
+    except KeyboardInterrupt:
+        print_table(finished)
+        fail(f"interrupted after {len(finished)} of {len(jobs)} slides; run the same command again to resume",
+             EXIT_FAILED)
+    print_table(rows)
+    summary = write_summary(rows, Path(out_dir) / f"{job_function.__name__.removesuffix('_job')}-summary.csv")
+    click.echo(f"summary: {summary}")
+    if any(row["status"] == "failed" for row in rows):
+        sys.exit(EXIT_FAILED)
+
+
+def start_cluster(stack: contextlib.ExitStack, scheduler: str | None, n_workers: int, threads_per_worker: int,
+                  n_slides: int):
+    """A dask client, closed with ``stack``: on a new local cluster or on ``scheduler``.
+
+    Prints the cluster's size and dashboard; exits 2 when the scheduler cannot be reached.
+    """
+    from napari_care.core.cohort import cohort_client, dashboard_link
+
+    try:
+        client = stack.enter_context(cohort_client(scheduler, n_workers=n_workers,
+                                                   threads_per_worker=threads_per_worker))
+    except (OSError, ValueError) as error:  # unreachable or malformed address
+        fail(f"cannot reach the dask scheduler at {scheduler}: {error}")
+    workers = len(client.scheduler_info(n_workers=-1)["workers"])
+    click.echo(f"{n_slides} slides on {workers} dask workers; dashboard: {dashboard_link(client) or 'none'}", err=True)
+    return client
+
+
+def print_table(rows: list[dict]) -> None:
+    """A plain summary table: slide, status, seconds, detail."""
+    width = max([len(Path(r["slide"]).name) for r in rows] + [5])
+    click.echo(f"{'slide':{width}}  {'status':8} {'seconds':>8}  detail")
+    for row in rows:
+        click.echo(f"{Path(row['slide']).name:{width}}  {row['status']:8} {row['seconds']:8.1f}  {row['detail']}")
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
+    click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
+
+
+COHORT_HELP = """
+    SLIDES are paths, glob patterns or CSV files with a 'path' column (and optional 'mpp').
+    Several slides run as a cohort on dask.distributed, one task per slide: on a local
+    cluster (--workers, --threads-per-worker) or on a running one (--scheduler). A single
+    slide, or --workers 0, runs in this process. Finished slides are skipped, so a rerun
+    resumes; a slide that fails is a row of the summary (also saved as CSV in --out) and
+    the exit code is 1.
+"""
+
+
+@main.command(help="""Segment slides into CARE regions; write <stem>.features.h5, .regions.geojson, .care.json.
+""" + COHORT_HELP)
+@click.argument("slides", nargs=-1, required=True)
+@segment_options
+@click.option("--k", type=int, default=8, show_default=True, help="Block side in patches.")
+@click.option("--care", "care_checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A trained CARE checkpoint (default: training-free).")
+@click.option("--groups", "n_groups", type=int, default=6, show_default=True, help="Phenotype groups.")
+@click.option("--tiles", is_flag=True, help="Also write per-tile attention as QuPath tile objects.")
+def segment(slides, encoder, weights, magnification, tile_size_px, min_tissue, mpp, out_dir, overwrite, workers,
+            threads_per_worker, scheduler, quiet, k, care_checkpoint, n_groups, tiles) -> None:
+    from napari_care.core.jobs import segment_job
+    from napari_care.core.segment import SegmentOptions
+
+    options = SegmentOptions(encoder=encoder, encoder_weights=weights, care_checkpoint=care_checkpoint,
+                             magnification=magnification, tile_size_px=tile_size_px, k=k, min_tissue=min_tissue,
+                             n_groups=n_groups)
+    run_jobs(segment_job, slides, mpp, out_dir=out_dir, workers=workers, threads_per_worker=threads_per_worker,
+             scheduler=scheduler, quiet=quiet, options=options, overwrite=overwrite, tiles=tiles)
+
+
+@main.command(help="""Extract patch features to <stem>.features.h5 (TRIDENT/CLAM layout).
+
+    With --mixmag: mixed-magnification features instead, each region at three
+    magnifications, the finest at --magnification, to <stem>.mixmag.h5.
+""" + COHORT_HELP)
+@click.argument("slides", nargs=-1, required=True)
+@segment_options
+@click.option("--mixmag", is_flag=True, help="Mixed-magnification features (e.g. 5x, 10x, 20x) instead.")
+def extract(slides, encoder, weights, magnification, tile_size_px, min_tissue, mpp, out_dir, overwrite, workers,
+            threads_per_worker, scheduler, quiet, mixmag) -> None:
+    from napari_care.core.jobs import extract_job
+    from napari_care.core.segment import SegmentOptions
+
+    job_function = extract_job
+    if mixmag:
+        from napari_care.core.mixmag_features import mixmag_job as job_function
+
+    options = SegmentOptions(encoder=encoder, encoder_weights=weights, magnification=magnification,
+                             tile_size_px=tile_size_px, min_tissue=min_tissue)
+    run_jobs(job_function, slides, mpp, out_dir=out_dir, workers=workers,
+             threads_per_worker=threads_per_worker, scheduler=scheduler, quiet=quiet, options=options,
+             overwrite=overwrite)
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("napari-care-demo"),
+              show_default=True, help="Folder for the results.")
+@click.option("--k", type=int, default=8, show_default=True, help="Block side in patches.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out_dir: Path, k: int, quiet: bool) -> None:
+    """Build the offline sample slide (once), segment it with the default encoder, write the results.
+
+    Writes the features (HDF5), the regions and ROI (QuPath GeoJSON), a JSON summary and a
+    PNG overview, and prints how well the regions follow the planted tissue types.
+    """
+    from napari_care.core.demo import run_demo
+
+    report = drive(run_demo(out_dir, k=k), quiet=quiet)
+    for line in report.lines():
+        click.echo(line)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+
+
+def _register_subcommands() -> None:
+    """Attach the training, evaluation and review commands, kept in their own modules for size."""
+    from napari_care.cli import evaluate as _cli_evaluate
+    from napari_care.cli import review as _cli_review
+    from napari_care.cli import train as _cli_train
+
+    _cli_train.register(main)
+    _cli_evaluate.register(main)
+    _cli_review.register(main)
+
+
+_register_subcommands()

@@ -1,0 +1,1 @@
+"""Review against annotations: agreement metrics, and a saved run reviewed against a GeoJSON file."""

@@ -1,0 +1,10 @@
+"""Slides: the :class:`Slide` handle, its lazy pyramid levels, metadata, and the file backends.
+
+>>> from napari_care.core.slide import open_slide
+>>> with open_slide("CMU-1-Small-Region.svs") as slide:  # doctest: +SKIP
+...     tile = slide.read_region((0, 0), 0, (256, 256))
+"""
+
+from napari_care.core.slide.handle import Slide, SlideReadError, open_slide
+
+__all__ = ["Slide", "SlideReadError", "open_slide"]

@@ -1,0 +1,155 @@
+"""The tifffile backend: SVS, generic and pyramidal TIFF, OME-TIFF, NDPI.
+
+Tiles are read with ``os.pread`` (no shared file position, so no lock) and decoded by
+tifffile's own per-page decoder (imagecodecs underneath: JPEG, JPEG 2000, LZW, ...), which
+releases the GIL, so several threads decode at once.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from napari_care.core.slide.levels import WHITE, to_rgb
+
+JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
+ASSOCIATED_NAMES = ("label", "macro", "thumbnail")
+STRIP_BLOCK_ROWS = 256  # strips are grouped into blocks of about this many rows
+
+
+class UnsupportedTiff(ValueError):
+    """The file is a TIFF, but not one this backend shows as an RGB slide."""
+
+
+class TiffPageSource:
+    """Tiles of one TIFF page (a pyramid level), decoded one by one.
+
+    Parameters
+    ----------
+    page
+        The level's first page (tifffile).
+    fd
+        An open read-only file descriptor of the file.
+    """
+
+    def __init__(self, page: tifffile.TiffPage, fd: int) -> None:
+        keyframe = page.keyframe
+        if keyframe.dtype != np.uint8:
+            raise UnsupportedTiff(f"pixels are {keyframe.dtype}, not 8-bit RGB")
+        if keyframe.samplesperpixel not in (1, 3, 4) or keyframe.planarconfig != 1:
+            raise UnsupportedTiff(
+                f"{keyframe.samplesperpixel} samples per pixel in planar configuration "
+                f"{keyframe.planarconfig} are not an RGB image"
+            )
+        self.fd = fd
+        self.height, self.width = int(keyframe.imagelength), int(keyframe.imagewidth)
+        self.tiled = bool(keyframe.is_tiled)
+        self.offsets = page.dataoffsets
+        self.bytecounts = page.databytecounts
+        self._decode = keyframe.decode
+        self._decode_args: dict = {}
+        if keyframe.compression in JPEG_COMPRESSIONS:
+            self._decode_args = {"jpegtables": page.jpegtables, "jpegheader": keyframe.jpegheader}
+        if self.tiled:
+            self.tile_height, self.tile_width = int(keyframe.tilelength), int(keyframe.tilewidth)
+            self._tiles_x = math.ceil(self.width / self.tile_width)
+        else:
+            self.rows_per_strip = min(int(keyframe.rowsperstrip), self.height)
+            self.strips_per_tile = max(1, STRIP_BLOCK_ROWS // self.rows_per_strip)
+            self.tile_height = min(self.rows_per_strip * self.strips_per_tile, self.height)
+            self.tile_width = self.width
+
+    def _segment(self, index: int, fullsize: bool) -> np.ndarray | None:
+        count = int(self.bytecounts[index])
+        data = read_at(self.fd, count, int(self.offsets[index])) if count else None
+        pixels, _, _ = self._decode(data, index, _fullsize=fullsize, **self._decode_args)
+        return None if pixels is None else to_rgb(pixels[0])
+
+    def decode_tile(self, ty: int, tx: int) -> np.ndarray:
+        """Decode tile (ty, tx); strips are grouped into tiles of whole strips."""
+        out = np.full((self.tile_height, self.tile_width, 3), WHITE, dtype=np.uint8)
+        if self.tiled:
+            pixels = self._segment(ty * self._tiles_x + tx, fullsize=True)
+            if pixels is not None:
+                out[...] = pixels[: self.tile_height, : self.tile_width]
+            return out
+        first = ty * self.strips_per_tile
+        last = min(first + self.strips_per_tile, len(self.offsets))
+        for strip in range(first, last):
+            pixels = self._segment(strip, fullsize=False)
+            if pixels is not None:
+                row = (strip - first) * self.rows_per_strip
+                out[row : row + pixels.shape[0], : pixels.shape[1]] = pixels
+        return out
+
+
+def _is_downsample_of(shape: tuple[int, ...], base: tuple[int, ...]) -> bool:
+    """True when ``shape`` is a smaller (h, w) with the aspect ratio of ``base`` (1% or 2 px)."""
+    h, w = shape[:2]
+    bh, bw = base[:2]
+    if h >= bh or w >= bw or h < 1 or w < 1:
+        return False
+    scale = bw / w
+    return abs(bh / scale - h) <= max(2.0, 0.01 * h)
+
+
+def _series_role(series: tifffile.TiffPageSeries) -> str | None:
+    """'label', 'macro' or 'thumbnail' when a series is an associated image."""
+    name = (series.name or "").lower()
+    for role in ASSOCIATED_NAMES:
+        if role in name:
+            return role
+    return None
+
+
+def pyramid_pages(tif: tifffile.TiffFile) -> list[tifffile.TiffPage]:
+    """The pages that make the main pyramid, largest first.
+
+    tifffile's first series with its levels (SubIFDs, SVS, NDPI, OME); for generic files
+    that store reduced levels as separate pages, those pages are collected too.
+    """
+    main = tif.series[0]
+    pages = [level.pages[0] for level in main.levels]
+    if len(pages) == 1 and not (tif.is_svs or tif.is_ndpi or tif.is_ome):
+        for series in tif.series[1:]:
+            page = series.pages[0] if series.pages else None
+            if (
+                page is not None
+                and _series_role(series) is None
+                and page.samplesperpixel == pages[0].samplesperpixel
+                and _is_downsample_of(page.shape, pages[-1].shape)
+            ):
+                pages.append(page)
+    return pages
+
+
+def associated_images(tif: tifffile.TiffFile) -> dict[str, tifffile.TiffPageSeries]:
+    """Label, macro and thumbnail series by role, where the file has them."""
+    found: dict[str, tifffile.TiffPageSeries] = {}
+    for series in tif.series[1:]:
+        role = _series_role(series)
+        if role is not None and role not in found:
+            found[role] = series
+    return found
+
+
+def open_fd(path: Path) -> int:
+    """Open ``path`` for positional reads."""
+    return os.open(path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
+
+
+_seek_lock = threading.Lock()
+
+
+def read_at(fd: int, count: int, offset: int) -> bytes:
+    """Read ``count`` bytes at ``offset`` without a shared file position where possible."""
+    if hasattr(os, "pread"):
+        return os.pread(fd, count, offset)
+    with _seek_lock:  # Windows has no pread
+        os.lseek(fd, offset, os.SEEK_SET)
+        return os.read(fd, count)
