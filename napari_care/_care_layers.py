@@ -71,7 +71,7 @@ class DisplayOptions:
 
 def group_colormap(group_of_region: np.ndarray):
     """A label colormap giving each region (label = id + 1) its phenotype group's colour."""
-    from napari.utils.colormaps import DirectLabelColormap
+    from napari.utils.colormaps import DirectLabelColormap  # napari's GUI loads with the viewer
 
     colours: dict[int | None, Any] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
     for region, group in enumerate(group_of_region):
@@ -81,7 +81,7 @@ def group_colormap(group_of_region: np.ndarray):
 
 def transparent_floor(name: str):
     """The colormap ``name`` with values at its lower contrast limit (and below) transparent."""
-    from napari.utils.colormaps import Colormap, ensure_colormap
+    from napari.utils.colormaps import Colormap, ensure_colormap  # napari's GUI loads with the viewer
 
     base = ensure_colormap(name)
     colours = np.vstack([[0.0, 0.0, 0.0, 0.0], base.colors])

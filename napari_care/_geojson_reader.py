@@ -30,6 +30,7 @@ import numpy as np
 import shapely
 from shapely.geometry import LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon
 
+from napari_care._layers import slide_layers
 from napari_care._reader import single_path
 from napari_care.core.qupath.objects import Annotation, name_color
 from napari_care.core.qupath.read import read_geojson
@@ -102,14 +103,13 @@ def viewer_frame(viewer=None, *, use_bounds: bool = True) -> Level0Frame:
     """
     if viewer is None:
         try:
-            import napari
+            import napari  # napari's GUI loads with the viewer
 
             viewer = napari.current_viewer()
         except ImportError:
             viewer = None
     if viewer is None:
         return Level0Frame()
-    from napari_care._layers import slide_layers
 
     slides = slide_layers(viewer)
     active = viewer.layers.selection.active
@@ -312,7 +312,7 @@ def _object_colours(annotations: Sequence[Annotation], objects: list[int]) -> np
 
 def _notify(message: str) -> None:
     try:
-        from napari.utils.notifications import show_info
+        from napari.utils.notifications import show_info  # napari's GUI loads with the viewer
     except ImportError:  # pragma: no cover - napari is a dependency
         return
     show_info(message)

@@ -30,7 +30,7 @@ class OneCallPerTurn:
     """
 
     def __init__(self, on_done: Callable[[bool], None] | None = None, parent=None) -> None:
-        from qtpy.QtCore import QTimer
+        from qtpy.QtCore import QTimer  # Qt loads with the viewer
 
         self.on_done = on_done
         self._calls: deque[Callable[[], Any]] = deque()
@@ -153,7 +153,7 @@ def glyph_loaders(viewer, characters: str) -> list[Callable[[], Any]]:
 
 def warm_up_line_visuals() -> None:
     """Make vispy's dash patterns (cached after the first line visual: ~0.1 s of numpy, thread-safe)."""
-    from vispy.visuals.line.dash_atlas import DashAtlas
+    from vispy.visuals.line.dash_atlas import DashAtlas  # napari's GUI loads with the viewer
 
     DashAtlas()
 

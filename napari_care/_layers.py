@@ -131,7 +131,7 @@ def put_layer(viewer, data: Any, kwargs: dict, layer_type: str, *, activate: boo
     viewer = unproxied(viewer)
     existing = viewer.layers[name] if name in viewer.layers else None
     if existing is None or type(existing).__name__.lower() != layer_type:
-        from napari.layers import Layer
+        from napari.layers import Layer  # napari's GUI loads with the viewer
 
         if existing is not None:
             viewer.layers.remove(existing)
@@ -157,7 +157,7 @@ def put_layer(viewer, data: Any, kwargs: dict, layer_type: str, *, activate: boo
             if key in kwargs and not _same(getattr(existing, key, None), kwargs[key]):
                 setattr(existing, key, kwargs[key])
     if layer_type == "labels" and "colormap" not in kwargs and existing.metadata.get("colour_by") != "region":
-        from napari.utils.colormaps import label_colormap
+        from napari.utils.colormaps import label_colormap  # napari's GUI loads with the viewer
 
         existing.colormap = label_colormap()  # back from a group colouring to napari's label colours
     existing.metadata = {**existing.metadata, **kwargs.get("metadata", {})}

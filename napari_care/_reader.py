@@ -11,6 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+from napari_care._layers import slide_layer_data
+from napari_care.core.slide.handle import open_slide
+
 SLIDE_SUFFIXES = (
     ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".dcm", ".svslide",
 )  # fmt: skip
@@ -44,7 +47,7 @@ def is_slide_path(path: Path) -> bool:
         with open(path, "rb") as handle:
             if handle.read(4) not in TIFF_MAGIC:
                 return suffix == ".svs"  # claimed by name: a broken .svs gets a clear error
-        import tifffile
+        import tifffile  # a backend loads when a slide of its kind opens
 
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
@@ -64,9 +67,6 @@ def slide_stem(path: Path) -> str:
 
 def read_slide(path: str | list[str]) -> list[tuple[Any, dict, str]]:
     """Open a slide as one multiscale RGB image layer (data, kwargs, "image")."""
-    from napari_care._layers import slide_layer_data
-    from napari_care.core.slide.handle import open_slide
-
     if isinstance(path, list):
         path = path[0]
     slide = open_slide(path)

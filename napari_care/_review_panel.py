@@ -24,6 +24,7 @@ from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, T
 from napari_care._geojson_reader import ROLE_KEY, Level0Frame, annotation_layers
 from napari_care._layers import slide_layers
 from napari_care._writer import care_region_annotations, labels_origin, shapes_annotations, write_annotations
+from napari_care.core.qupath.read import read_geojson
 from napari_care.core.review.metrics import RegionGrid, review_agreement, write_review_csv
 from napari_care.core.review.run import attention_from_region_weights
 
@@ -79,9 +80,7 @@ class ReviewPanel(Container):
 
     def import_annotations(self, path: str | Path | None = None) -> list:
         """Add the file's annotations as layers over the selected slide; returns the new layers."""
-        from napari.layers import Layer
-
-        from napari_care.core.qupath.read import read_geojson
+        from napari.layers import Layer  # napari's GUI loads with the viewer
 
         path = path or _ask_path("open", "Import annotations (QuPath GeoJSON)")
         if not path:
@@ -160,7 +159,7 @@ class ReviewPanel(Container):
             self._say(f"wrote {len(self.rows)} rows to {Path(path).name}")
 
     def _fail(self, error: Exception, value):
-        from napari.utils.notifications import show_error
+        from napari.utils.notifications import show_error  # napari's GUI loads with the viewer
 
         self._say(f"failed: {error}")
         show_error(f"CARE review: {error}")
@@ -178,8 +177,8 @@ def _cell(value: object) -> object:
 
 
 def _ask_path(mode: str, caption: str, file_filter: str = GEOJSON_FILTER) -> str | None:
-    from magicgui.application import use_app
-    from magicgui.types import FileDialogMode
+    from magicgui.application import use_app  # napari's GUI loads with the viewer
+    from magicgui.types import FileDialogMode  # napari's GUI loads with the viewer
 
     dialog_mode = FileDialogMode.EXISTING_FILE if mode == "open" else FileDialogMode.OPTIONAL_FILE
     return use_app().get_obj("show_file_dialog")(dialog_mode, caption=caption, filter=file_filter)

@@ -6,17 +6,17 @@ from typing import Any
 
 import numpy as np
 
+from napari_care._layers import placement
 from napari_care._reader import read_slide
+from napari_care.core import samples
+from napari_care.core.synthetic.slides import load_synthetic_slide
 
 LayerData = tuple[Any, dict, str]
 
 
 def offline_sample() -> list[LayerData]:
     """The offline sample slide (built once into the user's cache) and its planted tissue map."""
-    from napari_care.core.samples import offline_sample_path
-    from napari_care.core.synthetic.slides import load_synthetic_slide
-
-    path = offline_sample_path()
+    path = samples.offline_sample_path()
     layers = read_slide(str(path))
     layers[0][1]["name"] = "offline sample"
     slide = layers[0][1]["metadata"]["slide"]
@@ -26,9 +26,7 @@ def offline_sample() -> list[LayerData]:
 
 def truth_layer_data(truth, slide) -> LayerData:
     """The planted tissue types as a hidden Labels layer over the slide (glass transparent)."""
-    from napari.utils.colormaps import DirectLabelColormap
-
-    from napari_care._layers import placement
+    from napari.utils.colormaps import DirectLabelColormap  # napari's GUI loads with the viewer
 
     names = list(truth.type_names)
     colours: dict[int | None, Any] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
@@ -55,6 +53,4 @@ def _type_colours(truth) -> np.ndarray:
 
 def cmu_small_region() -> list[LayerData]:
     """CMU-1-Small-Region.svs from the OpenSlide test data (downloaded once, checksum pinned)."""
-    from napari_care.core.samples import cmu_small_region_path
-
-    return read_slide(str(cmu_small_region_path()))
+    return read_slide(str(samples.cmu_small_region_path()))

@@ -17,6 +17,7 @@ from napari_care._care_layers import COLOUR_BY, DisplayOptions
 from napari_care._layers import slide_layers
 from napari_care._review_panel import ReviewPanel
 from napari_care._segment_controller import RunRequest, SegmentController
+from napari_care.core.encoders import list_encoders
 from napari_care.core.heatmap import NORMALISATIONS
 from napari_care.core.segment import SegmentOptions
 
@@ -33,8 +34,6 @@ class CareSegmentWidget(mg.Container):
     """Segment the selected slide into CARE's adaptive regions, ROI and attention heatmap."""
 
     def __init__(self, napari_viewer: napari.Viewer) -> None:
-        from napari_care.core.encoders import list_encoders
-
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.slide_layer = mg.ComboBox(label="slide", choices=self._slide_layers)
@@ -107,7 +106,7 @@ class CareSegmentWidget(mg.Container):
 
     def _add_section(self, title: str, widgets: list) -> None:
         """A collapsible section (collapsed at first) holding ``widgets`` with their labels."""
-        from superqt import QCollapsible
+        from superqt import QCollapsible  # napari's GUI loads with the viewer
 
         section = QCollapsible(title)
         section.addWidget(mg.Container(widgets=widgets, labels=True).native)

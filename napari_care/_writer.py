@@ -44,6 +44,7 @@ from napari_care.core.qupath.write import (
     region_features,
     roi_features,
     tile_features,
+    write_geojson,
 )
 
 ELLIPSE_VERTICES = 64
@@ -67,8 +68,6 @@ def write_geojson_layers(path: str, layer_data: list[tuple[Any, dict, str]]) -> 
 def write_annotations(path: str | os.PathLike[str], annotations: list[Annotation], *,
                       bounds_offset: tuple[float, float] = (0.0, 0.0)) -> int:
     """Write objects as QuPath GeoJSON (snapped to the file's 0.01-pixel grid); returns the count."""
-    from napari_care.core.qupath.write import write_geojson
-
     return write_geojson(path, annotations, bounds_offset=bounds_offset)
 
 

@@ -134,14 +134,14 @@ def test_a_worker_killed_while_writing_leaves_no_half_output(slides, client, tmp
     def die_while_writing_regions(job, **kwargs):  # pickled by value: the workers cannot import tests
         import os
 
-        from napari_care.core.qupath import write as geojson_write
+        from napari_care.core import outputs  # the module that calls write_geojson
 
         def write_half_and_die(path, *args, **kw):
             with atomic_path(path) as tmp:
                 tmp.write_text('{"type": "FeatureCollection", "feat')
                 os._exit(1)
 
-        geojson_write.write_geojson = write_half_and_die
+        outputs.write_geojson = write_half_and_die
         return segment_job(job, **kwargs)
 
     jobs = [SlideJob(slides / "good2.ome.tif")]

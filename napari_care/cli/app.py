@@ -26,7 +26,7 @@ def main() -> None:
 
 def open_or_fail(path: Path, mpp: float | None):
     """Open a slide, or exit 2 with a one-line message."""
-    from napari_care.core.slide.handle import SlideReadError, open_slide
+    from napari_care.core.slide.handle import SlideReadError, open_slide  # lazy: CLI start-up
 
     try:
         return open_slide(path, mpp=mpp)
@@ -39,7 +39,7 @@ def open_or_fail(path: Path, mpp: float | None):
 @click.option("--mpp", type=float, default=None, help="Micrometres per level-0 pixel, overriding the file.")
 def info(slide: Path, mpp: float | None) -> None:
     """Print a slide's metadata as JSON: levels, mpp and its source, objective, vendor."""
-    from napari_care.core.slide.handle import SlideReadError, open_slide
+    from napari_care.core.slide.handle import SlideReadError, open_slide  # lazy: CLI start-up
 
     try:
         with warnings.catch_warnings():
@@ -88,8 +88,8 @@ def run_jobs(job_function, slides: tuple[str, ...], mpp: float | None, *, out_di
     Exits 2 on bad arguments (no slides, colliding names, an unreachable scheduler) and 1 when
     any slide failed or the run was interrupted.
     """
-    from napari_care.core.cohort import default_workers, run_cohort
-    from napari_care.core.jobs import check_unique_stems, expand_slides, write_summary
+    from napari_care.core.cohort import default_workers, run_cohort  # lazy: CLI start-up
+    from napari_care.core.jobs import check_unique_stems, expand_slides, write_summary  # lazy: CLI start-up
 
     if scheduler is not None and workers is not None:
         fail("--workers sizes a local cluster; it cannot be given with --scheduler")
@@ -132,7 +132,7 @@ def start_cluster(stack: contextlib.ExitStack, scheduler: str | None, n_workers:
 
     Prints the cluster's size and dashboard; exits 2 when the scheduler cannot be reached.
     """
-    from napari_care.core.cohort import cohort_client, dashboard_link
+    from napari_care.core.cohort import cohort_client, dashboard_link  # lazy: CLI start-up
 
     try:
         client = stack.enter_context(cohort_client(scheduler, n_workers=n_workers,
@@ -175,8 +175,8 @@ COHORT_HELP = """
 @click.option("--tiles", is_flag=True, help="Also write per-tile attention as QuPath tile objects.")
 def segment(slides, encoder, weights, magnification, tile_size_px, min_tissue, mpp, out_dir, overwrite, workers,
             threads_per_worker, scheduler, quiet, k, care_checkpoint, n_groups, tiles) -> None:
-    from napari_care.core.jobs import segment_job
-    from napari_care.core.segment import SegmentOptions
+    from napari_care.core.jobs import segment_job  # lazy: CLI start-up
+    from napari_care.core.segment import SegmentOptions  # lazy: CLI start-up
 
     options = SegmentOptions(encoder=encoder, encoder_weights=weights, care_checkpoint=care_checkpoint,
                              magnification=magnification, tile_size_px=tile_size_px, k=k, min_tissue=min_tissue,
@@ -195,13 +195,11 @@ def segment(slides, encoder, weights, magnification, tile_size_px, min_tissue, m
 @click.option("--mixmag", is_flag=True, help="Mixed-magnification features (e.g. 5x, 10x, 20x) instead.")
 def extract(slides, encoder, weights, magnification, tile_size_px, min_tissue, mpp, out_dir, overwrite, workers,
             threads_per_worker, scheduler, quiet, mixmag) -> None:
-    from napari_care.core.jobs import extract_job
-    from napari_care.core.segment import SegmentOptions
+    from napari_care.core.jobs import extract_job  # lazy: CLI start-up
+    from napari_care.core.mixmag_features import mixmag_job  # lazy: CLI start-up
+    from napari_care.core.segment import SegmentOptions  # lazy: CLI start-up
 
-    job_function = extract_job
-    if mixmag:
-        from napari_care.core.mixmag_features import mixmag_job as job_function
-
+    job_function = mixmag_job if mixmag else extract_job
     options = SegmentOptions(encoder=encoder, encoder_weights=weights, magnification=magnification,
                              tile_size_px=tile_size_px, min_tissue=min_tissue)
     run_jobs(job_function, slides, mpp, out_dir=out_dir, workers=workers,
@@ -220,7 +218,7 @@ def demo(out_dir: Path, k: int, quiet: bool) -> None:
     Writes the features (HDF5), the regions and ROI (QuPath GeoJSON), a JSON summary and a
     PNG overview, and prints how well the regions follow the planted tissue types.
     """
-    from napari_care.core.demo import run_demo
+    from napari_care.core.demo import run_demo  # lazy: CLI start-up
 
     report = drive(run_demo(out_dir, k=k), quiet=quiet)
     for line in report.lines():
@@ -233,9 +231,9 @@ if __name__ == "__main__":  # pragma: no cover
 
 def _register_subcommands() -> None:
     """Attach the training, evaluation and review commands, kept in their own modules for size."""
-    from napari_care.cli import evaluate as _cli_evaluate
-    from napari_care.cli import review as _cli_review
-    from napari_care.cli import train as _cli_train
+    from napari_care.cli import evaluate as _cli_evaluate  # lazy: CLI start-up
+    from napari_care.cli import review as _cli_review  # lazy: CLI start-up
+    from napari_care.cli import train as _cli_train  # lazy: CLI start-up
 
     _cli_train.register(main)
     _cli_evaluate.register(main)

@@ -28,7 +28,7 @@ class StageBars:
         self.bars: dict = {}
 
     def __call__(self, report) -> None:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: CLI start-up
 
         bar = self.bars.get(report.stage)
         if bar is None:
@@ -47,7 +47,7 @@ class StageBars:
 
 def drive(work, *, quiet: bool = False, unit: str = "it"):
     """Run a progress generator with one tqdm bar per stage (counting ``unit``); return its result."""
-    from napari_care.core.progress import run_to_end
+    from napari_care.core.progress import run_to_end  # lazy: CLI start-up
 
     bars = StageBars(quiet=quiet, unit=unit)
     try:

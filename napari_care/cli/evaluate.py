@@ -41,7 +41,7 @@ def register(main: click.Group) -> None:
         EMBEDDINGS: an .npz (arrays slide_id + embedding, or one array per slide id), a CSV
         (slide_id + numbers), or a folder of feature files (*.h5) embedded here with CARE.
         """
-        from napari_care.core.evaluate import evaluate_embeddings
+        from napari_care.core.evaluate import evaluate_embeddings  # lazy: CLI start-up
 
         slide_ids, vectors = or_fail(read_embeddings, embeddings, care_checkpoint, which, quiet)
         if save_embeddings:
@@ -62,13 +62,17 @@ def read_embeddings(path: Path, care_checkpoint: Path | None, which: str, quiet:
     """(slide ids, ``[S, E]`` embeddings) from a file, or CARE on a feature folder."""
     if not path.is_dir():
         return load_embeddings(path)
-    from napari_care.core.train.feature_views import encoder_name, iter_slide_embeddings, load_feature_folder
+    from napari_care.core.train.feature_views import (  # lazy: CLI start-up
+        encoder_name,
+        iter_slide_embeddings,
+        load_feature_folder,
+    )
 
     slides = load_feature_folder(path)
     model = None
     if care_checkpoint is not None:
-        from napari_care.core.checkpoint import check_feature_dim, load_checkpoint
-        from napari_care.core.models.care import CareModel
+        from napari_care.core.checkpoint import check_feature_dim, load_checkpoint  # lazy: CLI start-up
+        from napari_care.core.models.care import CareModel  # lazy: CLI start-up
 
         model, config, _ = load_checkpoint(care_checkpoint, CareModel)
         check_feature_dim(config, slides[0].feature_dim, checkpoint=care_checkpoint, encoder=encoder_name(slides))
@@ -78,7 +82,7 @@ def read_embeddings(path: Path, care_checkpoint: Path | None, which: str, quiet:
 
 def load_embeddings(path: Path):
     """Slide ids and ``[S, E]`` embeddings from an .npz or a CSV file."""
-    import numpy as np
+    import numpy as np  # lazy: CLI start-up
 
     suffix = path.suffix.lower()
     if suffix == ".npz":
@@ -114,9 +118,9 @@ def load_embeddings(path: Path):
 
 def write_embeddings(path: Path, slide_ids: list[str], vectors) -> None:
     """Write slide ids and embeddings to an .npz (``slide_id``, ``embedding``) atomically."""
-    import numpy as np
+    import numpy as np  # lazy: CLI start-up
 
-    from napari_care.core.atomic import atomic_open
+    from napari_care.core.atomic import atomic_open  # lazy: CLI start-up
 
     with atomic_open(path, "wb") as handle:
         np.savez(handle, slide_id=np.asarray(slide_ids, dtype=str), embedding=np.asarray(vectors, np.float32))
@@ -128,7 +132,7 @@ def evaluation_inputs(slide_ids: list[str], vectors, labels_csv: Path, task: str
     Classification labels: columns ``slide_id``, ``label``. Survival: ``slide_id``,
     ``time``, ``event`` (1 = event, 0 = censored).
     """
-    import numpy as np
+    import numpy as np  # lazy: CLI start-up
 
     with open(labels_csv, newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.DictReader(handle))

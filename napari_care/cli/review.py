@@ -41,7 +41,7 @@ def register(main: click.Group) -> None:
         the ROI inside the annotation and of the annotation covered, attention mass inside and
         outside, and the pointing game. See docs/qupath.md.
         """
-        from napari_care.core.review.run import review_files
+        from napari_care.core.review.run import review_files  # lazy: CLI start-up
 
         try:
             rows = review_files(slide_result, annotations, out_csv, stem=stem, include_disjoint=all_regions)

@@ -16,7 +16,7 @@ import click
 from napari_care.cli.common import EXIT_FAILED, drive, fail
 
 if TYPE_CHECKING:
-    from napari_care.core.mil.heads import RegionEncoder
+    from napari_care.core.mil.heads import RegionEncoder  # lazy: CLI start-up
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -43,7 +43,7 @@ def or_fail(function, *args, **kwargs):
 
 def read_features(folder: Path):
     """The slides of a feature folder, or exit 2."""
-    from napari_care.core.train.feature_views import load_feature_folder
+    from napari_care.core.train.feature_views import load_feature_folder  # lazy: CLI start-up
 
     return or_fail(load_feature_folder, folder)
 
@@ -82,7 +82,7 @@ def care_model_options(function):
 
 def care_config(in_dim: int, k: int, embed_dim: int, heads: int, affinity_prior: str = "none"):
     """A CareConfig from the command line, or exit 2."""
-    from napari_care.core.models.care import CareConfig
+    from napari_care.core.models.care import CareConfig  # lazy: CLI start-up
 
     return or_fail(CareConfig, in_dim=in_dim, embed_dim=embed_dim, heads=heads, k=k, affinity_prior=affinity_prior)
 
@@ -114,8 +114,8 @@ def register(main: click.Group) -> None:
         Writes care_stage1_final.{json,safetensors,state.pt} to --out (the teacher CareModel,
         usable with `napari-care segment --care`).
         """
-        from napari_care.core.train.care_stage1 import Stage1Config, train_care_stage1
-        from napari_care.core.train.feature_views import encoder_name
+        from napari_care.core.train.care_stage1 import Stage1Config, train_care_stage1  # lazy: CLI start-up
+        from napari_care.core.train.feature_views import encoder_name  # lazy: CLI start-up
 
         slides = read_features(features_dir)
         config = or_fail(Stage1Config, steps=steps, batch_size=batch_size, lr=lr, max_patches=max_patches,
@@ -149,9 +149,12 @@ def register(main: click.Group) -> None:
         Tables are keyed by slide_id (or their first column), matching the feature files'
         names (A.h5 or A.features.h5 is slide A). Writes care_stage2_<rna|protein>_final.*.
         """
-        from napari_care.core.molecular import load_protein_table, load_rna_table
-        from napari_care.core.train.care_stage2 import Stage2Config, pretrain_care_stage2
-        from napari_care.core.train.feature_views import encoder_name
+        from napari_care.core.molecular import load_protein_table, load_rna_table  # lazy: CLI start-up
+        from napari_care.core.train.care_stage2 import (  # lazy: CLI start-up
+            Stage2Config,
+            pretrain_care_stage2,
+        )
+        from napari_care.core.train.feature_views import encoder_name  # lazy: CLI start-up
 
         if rna is None and protein is None:
             fail("care-stage2 needs --rna, --protein or both")
@@ -197,8 +200,8 @@ def register(main: click.Group) -> None:
         --mixmag`), a region-token .npz (keys tokens, token_present, region_coords,
         region_size_level0, slide_id), or a folder of either (one per slide). Writes mem_final.*.
         """
-        from napari_care.core.models.mixmag import MixMagConfig
-        from napari_care.core.train.mem import MEMTrainConfig, train_mem
+        from napari_care.core.models.mixmag import MixMagConfig  # lazy: CLI start-up
+        from napari_care.core.train.mem import MEMTrainConfig, train_mem  # lazy: CLI start-up
 
         slides = or_fail(load_region_tokens, tokens)
         model_config = None if resume else or_fail(
@@ -238,7 +241,7 @@ def register(main: click.Group) -> None:
         or, with --mem, one <slide_id>.mixmag.h5 (or region-token .npz) per slide. Writes abmil.*, predictions.csv,
         attention.npz and metrics.json to --out.
         """
-        from napari_care.core.train.mil import MILTrainConfig, train_mil
+        from napari_care.core.train.mil import MILTrainConfig, train_mil  # lazy: CLI start-up
 
         bags, encoder, cls_width, region_encoder = or_fail(read_bags, bags_dir, mem_checkpoint, device)
         if two_pools and not cls_width:
@@ -248,7 +251,10 @@ def register(main: click.Group) -> None:
                          split_at=cls_width if two_pools else 0)
         result = run_or_fail(train_mil(labels_csv, bags, out_dir, config, encoder=encoder), quiet)
         if mem_checkpoint is not None:  # the viewer rebuilds region tokens with the mixing encoder kept beside the head
-            from napari_care.core.mil.heads import REGION_ENCODER_FILE, save_region_encoder
+            from napari_care.core.mil.heads import (  # lazy: CLI start-up
+                REGION_ENCODER_FILE,
+                save_region_encoder,
+            )
 
             for stale in out_dir.glob(f"{REGION_ENCODER_FILE}.*"):  # never pair this head with an older encoder
                 stale.unlink()
@@ -266,10 +272,10 @@ def register(main: click.Group) -> None:
 def load_region_tokens(path: Path) -> list:
     """:class:`~napari_care.core.models.mixmag.RegionTokens` from mixed-magnification feature
     files (``*.mixmag.h5``) or region-token ``.npz`` files (see ``pretrain mixmag``)."""
-    import numpy as np
+    import numpy as np  # lazy: CLI start-up
 
-    from napari_care.core.mixmag_features import SUFFIX, load_mixmag
-    from napari_care.core.models.mixmag import RegionTokens
+    from napari_care.core.mixmag_features import SUFFIX, load_mixmag  # lazy: CLI start-up
+    from napari_care.core.models.mixmag import RegionTokens  # lazy: CLI start-up
 
     files = sorted([*path.glob("*.npz"), *path.glob(f"*{SUFFIX}")]) if path.is_dir() else [path]
     if not files:
@@ -303,16 +309,16 @@ def read_bags(bags_dir: Path, mem_checkpoint: Path | None, device: str) -> tuple
     ``cls+tile`` region token (0 for other bags), and the
     :class:`~napari_care.core.mil.regions.RegionEncoder` that made region bags from
     ``.mixmag.h5`` files (None for patch features and ``.npz`` region tokens)."""
-    from napari_care.core.train.feature_views import encoder_name, load_feature_folder
+    from napari_care.core.train.feature_views import encoder_name, load_feature_folder  # lazy: CLI start-up
 
     if mem_checkpoint is None:
         slides = load_feature_folder(bags_dir)
         return {slide.slide_id: slide.features for slide in slides}, encoder_name(slides), 0, None
-    from napari_care.core.checkpoint import check_feature_dim, load_checkpoint
-    from napari_care.core.mil.heads import RegionEncoder
-    from napari_care.core.mixmag_features import SUFFIX, load_mixmag
-    from napari_care.core.models.mixmag import MixMagEncoder
-    from napari_care.core.train.mem import region_bags
+    from napari_care.core.checkpoint import check_feature_dim, load_checkpoint  # lazy: CLI start-up
+    from napari_care.core.mil.heads import RegionEncoder  # lazy: CLI start-up
+    from napari_care.core.mixmag_features import SUFFIX, load_mixmag  # lazy: CLI start-up
+    from napari_care.core.models.mixmag import MixMagEncoder  # lazy: CLI start-up
+    from napari_care.core.train.mem import region_bags  # lazy: CLI start-up
 
     slides = load_region_tokens(bags_dir)
     model, config, _ = load_checkpoint(mem_checkpoint, MixMagEncoder)

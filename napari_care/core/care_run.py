@@ -60,7 +60,7 @@ def segment_features(features: np.ndarray, grid: np.ndarray, *, config: CareFree
 def load_care_model(checkpoint: str | Path, *, in_dim: int) -> CareModel:
     """A trained CARE model from a checkpoint, checked against the features' dimension."""
     from napari_care.core.checkpoint import load_checkpoint  # torch and safetensors: only for a checkpoint
-    from napari_care.core.models.care import CareModel
+    from napari_care.core.models.care import CareModel  # torch: loaded when a model is used
 
     model, config, _ = load_checkpoint(checkpoint, CareModel)
     if config.in_dim != in_dim:

@@ -66,7 +66,7 @@ def cohort_client(scheduler: str | None = None, *, n_workers: int | None = None,
     OSError
         When the scheduler cannot be reached within ``CONNECT_TIMEOUT_S`` seconds.
     """
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster  # dask.distributed only for cohorts
 
     if scheduler is not None:
         with Client(scheduler, timeout=CONNECT_TIMEOUT_S) as client:
@@ -152,7 +152,7 @@ def run_cohort(
             yield finish(index, job_function(job, **job_kwargs))
         return rows  # type: ignore[return-value]
 
-    from distributed import as_completed
+    from distributed import as_completed  # dask.distributed only for cohorts
 
     # keys name the slide on the dashboard, and are unique per run: a shared scheduler must not hand back old results
     prefix = f"{getattr(job_function, '__name__', 'job')}-{uuid.uuid4().hex[:8]}"
@@ -169,7 +169,7 @@ def run_cohort(
 
 def _row_of(future, job: SlideJob) -> Row:
     """The task's row, or a failed row saying why the task gave none."""
-    from distributed import KilledWorker
+    from distributed import KilledWorker  # dask.distributed only for cohorts
 
     try:
         return future.result()

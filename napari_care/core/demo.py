@@ -8,7 +8,20 @@ from collections.abc import Generator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from napari_care.core.outputs import write_outputs
+from napari_care.core.overview import write_overview
+from napari_care.core.partition_metrics import (
+    adjusted_rand_index,
+    fixed_block_partition,
+    segmentation_accuracy,
+)
 from napari_care.core.progress import Progress
+from napari_care.core.samples import iter_offline_sample
+from napari_care.core.segment import SegmentOptions, segment
+from napari_care.core.slide.handle import open_slide
+from napari_care.core.synthetic.slides import load_synthetic_slide
 
 
 @dataclass(frozen=True)
@@ -43,20 +56,6 @@ class DemoReport:
 
 def run_demo(out_dir: str | Path, *, k: int = 8) -> Generator[Progress, None, DemoReport]:
     """Build (once) and segment the offline sample; write features, GeoJSON, summary and overview."""
-    import numpy as np
-
-    from napari_care.core.outputs import write_outputs
-    from napari_care.core.overview import write_overview
-    from napari_care.core.partition_metrics import (
-        adjusted_rand_index,
-        fixed_block_partition,
-        segmentation_accuracy,
-    )
-    from napari_care.core.samples import iter_offline_sample
-    from napari_care.core.segment import SegmentOptions, segment
-    from napari_care.core.slide.handle import open_slide
-    from napari_care.core.synthetic.slides import load_synthetic_slide
-
     started = time.perf_counter()
     path = yield from iter_offline_sample()  # built once, then cached
     out_dir = Path(out_dir)

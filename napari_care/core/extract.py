@@ -87,7 +87,7 @@ def _encode_ahead(encoder, batches, slide, grid: TileGrid, cancel: CancelSignal)
     (pinned upload, model, download into pinned memory, an event) before the host waits
     for batch i, so the device always has work queued.
     """
-    import torch
+    import torch  # torch loads only when a model runs
 
     pending = None
     for rows, tiles in batches:

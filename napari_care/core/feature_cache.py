@@ -215,7 +215,7 @@ class FeatureCache:
         path = self.path_for(key)
         if path is None or not path.is_file():
             return None
-        import h5py
+        import h5py  # h5py loads only for feature files
 
         try:
             with h5py.File(path, "r") as f:
@@ -226,7 +226,7 @@ class FeatureCache:
         return _Entry(pack_grid(grid_xy), features)
 
     def _write_file(self, path: Path, key: CacheKey, entry: _Entry) -> None:
-        import h5py
+        import h5py  # h5py loads only for feature files
 
         grid_xy = np.stack([entry.packed & 0xFFFFFFFF, entry.packed >> 32], axis=1)
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:

@@ -113,7 +113,7 @@ def save_features(path: str | os.PathLike[str], pf: PatchFeatures) -> Path:
     -------
     The path written.
     """
-    import h5py
+    import h5py  # h5py loads only for feature files
 
     path = Path(path)
     stride = pf.stride_level0 or pf.patch_size_level0
@@ -200,7 +200,7 @@ def _patch_size_level0(attrs: dict, coords: np.ndarray, patch_size: int, path: P
 
 def open_hdf5(path: Path, kind: str):
     """``path`` opened read-only with h5py; errors name the file and say it is not a readable ``kind``."""
-    import h5py
+    import h5py  # h5py loads only for feature files
 
     if not path.is_file():
         raise FileNotFoundError(f"{kind} not found: {path}")

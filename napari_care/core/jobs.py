@@ -23,9 +23,15 @@ from pathlib import Path
 from typing import Any
 
 from napari_care.core.atomic import atomic_open
-from napari_care.core.outputs import SUFFIXES, output_paths
+from napari_care.core.encoders import create_encoder
+from napari_care.core.extract import extract_features
+from napari_care.core.features import save_features
+from napari_care.core.outputs import SUFFIXES, output_paths, write_outputs
 from napari_care.core.progress import Progress, run_to_end
-from napari_care.core.segment import NoTissueError, SegmentOptions
+from napari_care.core.segment import NoTissueError, SegmentOptions, segment
+from napari_care.core.slide.handle import open_slide
+from napari_care.core.tiling import tile_grid
+from napari_care.core.tissue import tissue_mask
 
 Row = dict[str, Any]
 ProgressCallback = Callable[[Progress], None] | None
@@ -161,8 +167,6 @@ def run_job(job: SlideJob, marker: Path, work: Callable[[Any], str], *, overwrit
     -------
     The slide's status row; any exception of the slide becomes a ``failed`` row.
     """
-    from napari_care.core.slide.handle import open_slide
-
     remove_partial_files(marker.parent, job.stem, (*SUFFIXES.values(), marker.name.removeprefix(job.stem)))
     if marker.exists() and not overwrite:
         return _row(job, "skipped", "already done")
@@ -181,8 +185,6 @@ def run_job(job: SlideJob, marker: Path, work: Callable[[Any], str], *, overwrit
 
 @functools.lru_cache(maxsize=1)
 def _load_encoder(name: str, weights: str | None, device: str | None):
-    from napari_care.core.encoders import create_encoder
-
     return create_encoder(name, weights=weights, device=device)
 
 
@@ -202,9 +204,6 @@ def segment_job(job: SlideJob, out_dir: str | Path, options: SegmentOptions, *, 
     ``on_progress`` is called with the slide's :class:`~napari_care.core.progress.Progress`
     reports (in-process runs; a cluster shows progress over slides).
     """
-    from napari_care.core.outputs import write_outputs
-    from napari_care.core.segment import segment
-
     marker = output_paths(out_dir, job.stem)["summary"]
 
     def work(slide) -> str:
@@ -223,11 +222,6 @@ def extract_job(job: SlideJob, out_dir: str | Path, options: SegmentOptions, *, 
 
     ``on_progress`` as in :func:`segment_job`.
     """
-    from napari_care.core.extract import extract_features
-    from napari_care.core.features import save_features
-    from napari_care.core.tiling import tile_grid
-    from napari_care.core.tissue import tissue_mask
-
     target = output_paths(out_dir, job.stem)["features"]
 
     def work(slide) -> str:

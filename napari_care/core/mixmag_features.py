@@ -46,7 +46,9 @@ from napari_care.core.atomic import atomic_path
 from napari_care.core.extract import STAGE, CancelSignal, extract_features
 from napari_care.core.feature_cache import FeatureCache
 from napari_care.core.features import PatchFeatures, open_hdf5
+from napari_care.core.jobs import run_job, shared_encoder
 from napari_care.core.progress import Progress, map_progress, run_to_end
+from napari_care.core.segment import NoTissueError
 from napari_care.core.tiling import DEFAULT_MPP, TileGrid, grid_rows, tile_grid
 from napari_care.core.tissue import TissueMask, tissue_mask
 
@@ -248,7 +250,7 @@ def save_mixmag(path: str | os.PathLike[str], mf: MixMagFeatures) -> Path:
     -------
     The path written.
     """
-    import h5py
+    import h5py  # h5py loads only for feature files
 
     path = Path(path)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
@@ -273,7 +275,7 @@ def _text(value: object) -> str:
 
 def is_mixmag_file(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` is an HDF5 file written by :func:`save_mixmag` (cheap: attributes only)."""
-    import h5py
+    import h5py  # h5py loads only for feature files
 
     try:
         with h5py.File(path, "r") as f:
@@ -347,9 +349,6 @@ def mixmag_job(job, out_dir: str | os.PathLike[str], options, *, overwrite: bool
     dict
         ``slide``, ``status`` (done / skipped / failed), ``seconds``, ``detail``.
     """
-    from napari_care.core.jobs import run_job, shared_encoder
-    from napari_care.core.segment import NoTissueError
-
     target = Path(out_dir) / f"{job.stem}{SUFFIX}"
 
     def work(slide) -> str:

@@ -67,7 +67,7 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
         raise FileNotFoundError(f"molecular table not found: {path}")
     if path.suffix.lower() in (".parquet", ".pq"):
         try:
-            import pandas as pd
+            import pandas as pd  # pandas only for tables that need it
 
             frame = pd.read_parquet(path)
         except ImportError as error:

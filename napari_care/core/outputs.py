@@ -20,6 +20,7 @@ from napari_care.core.qupath.write import (
     region_features,
     roi_features,
     tile_features,
+    write_geojson,
 )
 from napari_care.core.regions import region_raster, region_table, roi_regions
 from napari_care.core.segment import SegmentResult
@@ -95,8 +96,6 @@ def write_outputs(result: SegmentResult, slide: Slide, out_dir: str | Path, stem
 
     The summary is written last: its presence marks a finished slide (cohort runs skip it).
     """
-    from napari_care.core.qupath.write import write_geojson
-
     paths = output_paths(out_dir, stem)
     save_features(paths["features"], result.features)
     write_geojson(paths["geojson"], geojson_features(result, roi_threshold=roi_threshold, tiles=tiles),

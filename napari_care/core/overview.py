@@ -47,7 +47,7 @@ def turbo(values: np.ndarray) -> np.ndarray:
 
 def render_overview(result: SegmentResult, slide: Slide, *, max_size: int = 1200) -> np.ndarray:
     """Two panels side by side: regions (phenotype colours, outlines) with ROI boxes, and the heatmap."""
-    from skimage.segmentation import find_boundaries
+    from skimage.segmentation import find_boundaries  # scikit-image submodules load on first use
 
     thumb = slide.thumbnail(max_size).astype(np.float32)
     downsample = slide.dimensions[0][0] / thumb.shape[1]
@@ -77,7 +77,7 @@ def render_overview(result: SegmentResult, slide: Slide, *, max_size: int = 1200
 
 def write_overview(result: SegmentResult, slide: Slide, path: str | Path, *, max_size: int = 1200) -> Path:
     """Render :func:`render_overview` and save it as a PNG atomically."""
-    import imageio.v3 as iio
+    import imageio.v3 as iio  # imageio only when a PNG is written
 
     path = Path(path)
     with atomic_path(path) as tmp:

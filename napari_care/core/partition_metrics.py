@@ -54,7 +54,7 @@ def segmentation_accuracy(region_of_patch: np.ndarray, truth: np.ndarray) -> flo
 
 def adjusted_rand_index(region_of_patch: np.ndarray, truth: np.ndarray) -> float:
     """Adjusted Rand index between the regions and the truth labels (scikit-learn)."""
-    from sklearn.metrics import adjusted_rand_score
+    from sklearn.metrics import adjusted_rand_score  # scikit-learn takes seconds to import
 
     region = _labels(region_of_patch, "region_of_patch")
     return float(adjusted_rand_score(_labels(truth, "truth", len(region)), region))

@@ -30,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from napari_care.core.care_result import CareResult
 from napari_care.core.models.care_blocks import check_grid, feature_moments, group_mean
@@ -152,8 +153,7 @@ def phenotype_groups(result: CareResult, n_groups: int = 4, *, patch_features: n
     -------
     Phenotypes
     """
-    from sklearn.cluster import KMeans
-    from threadpoolctl import threadpool_limits
+    from sklearn.cluster import KMeans  # scikit-learn takes seconds to import
 
     if n_groups < 1:
         raise ValueError(f"n_groups must be >= 1, got {n_groups}")

@@ -45,7 +45,7 @@ def cache_dir() -> Path:
     override = os.environ.get(CACHE_ENV)
     if override:
         return Path(override).expanduser()
-    import pooch
+    import pooch  # the download client only when a download is needed
 
     return Path(pooch.os_cache("napari_care"))
 
@@ -147,7 +147,7 @@ def cmu_small_region_path(*, url: str = CMU_SMALL_REGION_URL) -> Path:
     RuntimeError
         When the file is not cached and cannot be downloaded (no network, or a bad checksum).
     """
-    import pooch
+    import pooch  # the download client only when a download is needed
 
     folder = cache_dir() / "downloads"
     name = "CMU-1-Small-Region.svs"

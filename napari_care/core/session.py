@@ -20,13 +20,7 @@ from napari_care.core.feature_cache import FeatureCache
 from napari_care.core.mil.heads import MilHead, MilOutput, load_mil_head
 from napari_care.core.mil.regions import RegionAttention, attend_regions, patch_output
 from napari_care.core.progress import Progress
-from napari_care.core.segment import (
-    Box,
-    SegmentOptions,
-    SegmentResult,
-    build_encoder,
-    segment,
-)
+from napari_care.core.segment import Box, SegmentOptions, SegmentResult, build_encoder, segment
 from napari_care.core.slide.handle import Slide
 from napari_care.core.tissue import TissueMask, tissue_mask
 

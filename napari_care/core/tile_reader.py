@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image
 
 from napari_care.core.tiling import TileGrid
 
@@ -134,7 +135,6 @@ def cut_patches(region: np.ndarray, offsets_px: np.ndarray, patch_px: float, til
         t = tile_size_px
         blocks = crops.reshape(len(crops), t, factor, t, factor, 3).mean(axis=(2, 4), dtype=np.float32)
         return np.rint(blocks).astype(np.uint8)
-    from PIL import Image
 
     image = Image.fromarray(region)
     out = np.empty((len(offsets_px), tile_size_px, tile_size_px, 3), dtype=np.uint8)

@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
+import dask.array as da
 import numpy as np
 from scipy import ndimage
 
@@ -103,8 +104,6 @@ def read_thumbnail(slide, target_downsample: float) -> tuple[np.ndarray, float]:
     -------
     (rgb uint8 [h, w, 3], downsample of that view in level-0 pixels per pixel)
     """
-    import dask.array as da
-
     level = slide.get_best_level_for_downsample(target_downsample)
     level_downsample = float(slide.level_downsamples[level])
     factor = max(1, round(target_downsample / level_downsample))
@@ -118,7 +117,7 @@ def read_thumbnail(slide, target_downsample: float) -> tuple[np.ndarray, float]:
 
 def pen_mask(rgb: np.ndarray) -> np.ndarray:
     """True where a pixel looks like ink: blue/green hue, saturated, or very dark."""
-    from skimage.color import rgb2hsv
+    from skimage.color import rgb2hsv  # scikit-image submodules load on first use
 
     hsv = rgb2hsv(rgb)
     hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
@@ -192,8 +191,8 @@ def tissue_mask(
     TissueMask
         Empty (all False) with a warning when the slide shows no tissue.
     """
-    from skimage.filters import threshold_otsu
-    from skimage.morphology import disk
+    from skimage.filters import threshold_otsu  # scikit-image submodules load on first use
+    from skimage.morphology import disk  # scikit-image submodules load on first use
 
     if median_size < 1 or closing_radius < 0:
         raise ValueError(

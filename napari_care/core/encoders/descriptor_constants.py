@@ -31,7 +31,7 @@ REFERENCE_TILE_PX = 224
 
 def reference_tiles(slides_dir: str | Path) -> np.ndarray:
     """The reference tiles ``[N, 224, 224, 3]`` uint8 cut from the reference slides."""
-    import tifffile
+    import tifffile  # a backend loads when a slide of its kind opens
 
     tiles = []
     for name in REFERENCE_SLIDES:

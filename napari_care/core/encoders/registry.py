@@ -132,7 +132,7 @@ def create_encoder(
 
 def _timm_factory(cfg: EncoderCfg, **kwargs: Any) -> PatchEncoder:
     # Imported here so that importing the registry never imports torch.
-    from .timm_models import build_timm_encoder
+    from .timm_models import build_timm_encoder  # torch: loaded when a model is used
 
     return build_timm_encoder(cfg, **kwargs)
 

@@ -51,7 +51,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         raise ValueError(f"weights file {path}: unsupported type {path.suffix!r}; use one of {', '.join(WEIGHT_SUFFIXES)}")
     try:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
+            from safetensors.torch import load_file  # torch loads only when a model runs
 
             raw: Any = load_file(str(path), device="cpu")
         else:
@@ -140,7 +140,7 @@ def fetch_hub_state_dict(hub_id: str, filename: str | None, encoder_name: str) -
         If the download fails (offline, gated repository without access, missing file);
         the message tells the user to pass ``weights=`` with a local file.
     """
-    from timm.models import load_state_dict_from_hf
+    from timm.models import load_state_dict_from_hf  # torch loads only when a model runs
 
     hub_id = hub_id[len(HUB_PREFIX):] if hub_id.startswith(HUB_PREFIX) else hub_id
     try:

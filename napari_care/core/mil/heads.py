@@ -65,7 +65,7 @@ class RegionEncoder:
 
 def save_region_encoder(out_dir: str | os.PathLike[str], region_encoder: RegionEncoder) -> Path:
     """Write ``mem_encoder.json`` / ``.safetensors`` into ``out_dir`` (atomically); returns the JSON path."""
-    from napari_care.core.checkpoint import save_checkpoint
+    from napari_care.core.checkpoint import save_checkpoint  # torch: loaded when a model is used
 
     model = region_encoder.model
     return save_checkpoint(Path(out_dir) / REGION_ENCODER_FILE, model, model.config,
@@ -84,8 +84,11 @@ def load_region_encoder(path: str | os.PathLike[str]) -> RegionEncoder:
     ValueError
         When it is not a region encoder saved with an AB-MIL head.
     """
-    from napari_care.core.checkpoint import checkpoint_paths, load_checkpoint
-    from napari_care.core.models.mixmag import MixMagEncoder
+    from napari_care.core.checkpoint import (  # torch: loaded when a model is used
+        checkpoint_paths,
+        load_checkpoint,
+    )
+    from napari_care.core.models.mixmag import MixMagEncoder  # torch: loaded when a model is used
 
     path = Path(path)
     json_path = checkpoint_paths(path / REGION_ENCODER_FILE if path.is_dir() else path)[1]
@@ -161,9 +164,9 @@ class MilHead:
             When D differs from :attr:`in_dim` (a :class:`~napari_care.core.checkpoint.FeatureDimMismatch` naming the
             checkpoint), the array is not ``[N, D]`` with N >= 1, or holds NaN/inf.
         """
-        import torch
+        import torch  # torch loads only when a model runs
 
-        from napari_care.core.checkpoint import FeatureDimMismatch
+        from napari_care.core.checkpoint import FeatureDimMismatch  # torch: loaded when a model is used
 
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or len(features) == 0:
@@ -187,7 +190,7 @@ class MilHead:
 
 def _description_path(path: Path) -> Path:
     """The JSON of the head: a training output folder holds ``abmil.json``."""
-    from napari_care.core.checkpoint import checkpoint_paths
+    from napari_care.core.checkpoint import checkpoint_paths  # torch: loaded when a model is used
 
     if path.is_dir() and checkpoint_paths(path / "abmil")[1].is_file():
         return checkpoint_paths(path / "abmil")[1]
@@ -210,8 +213,12 @@ def load_mil_head(path: str | os.PathLike[str]) -> MilHead:
         When the file is not a napari_care checkpoint, holds another model than an AB-MIL
         head, or its weights do not fit its description.
     """
-    from napari_care.core.checkpoint import checkpoint_paths, load_checkpoint, read_checkpoint_description
-    from napari_care.core.models.abmil import ABMIL
+    from napari_care.core.checkpoint import (  # torch: loaded when a model is used
+        checkpoint_paths,
+        load_checkpoint,
+        read_checkpoint_description,
+    )
+    from napari_care.core.models.abmil import ABMIL  # torch: loaded when a model is used
 
     json_path = _description_path(Path(path))
     try:

@@ -66,8 +66,7 @@ def attend_regions(slide: Any, head: MilHead, region_encoder: RegionEncoder, pat
     ValueError
         When the patch encoder is not the one (or not as wide as the one) the head's tokens came from.
     """
-    import torch
-
+    import torch  # torch loads only when a model runs
 
     if (patch_encoder.cfg.name, patch_encoder.embed_dim) != (region_encoder.patch_encoder,
                                                              region_encoder.model.config.in_dim):
@@ -92,7 +91,10 @@ def attend_regions(slide: Any, head: MilHead, region_encoder: RegionEncoder, pat
 
 def _instance_squares(readout: str, tokens) -> tuple[np.ndarray, float]:
     """Top-left corners and side of the instances of ``mil_instances``: regions, or present 20x tiles in order."""
-    from napari_care.core.models.mixmag import FIRST_20X_TOKEN, TILES_PER_SIDE
+    from napari_care.core.models.mixmag import (  # torch: loaded when a model is used
+        FIRST_20X_TOKEN,
+        TILES_PER_SIDE,
+    )
 
     if readout != "tokens":
         return tokens.region_coords, float(tokens.region_size_level0)

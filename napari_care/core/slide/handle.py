@@ -171,7 +171,7 @@ class Slide:
 
     def thumbnail(self, max_size: int = 1024) -> np.ndarray:
         """The whole slide as RGB uint8 whose longer side is at most ``max_size`` pixels."""
-        from skimage.transform import resize
+        from skimage.transform import resize  # scikit-image submodules load on first use
 
         width0, height0 = self.dimensions[0]
         downsample = max(width0, height0) / max_size
@@ -281,9 +281,11 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | tuple[float, float]
 
 
 def _open_tiff(path: Path, user_mpp: tuple[float, float] | None) -> Slide:
-    import tifffile
+    import tifffile  # a backend loads when a slide of its kind opens
 
-    from napari_care.core.slide import tifffile_backend as slide_tiff
+    from napari_care.core.slide import (
+        tifffile_backend as slide_tiff,  # a backend loads when a slide of its kind opens
+    )
 
     if not _is_tiff(path):
         raise slide_tiff.UnsupportedTiff("not a TIFF file")
@@ -346,9 +348,12 @@ def _open_tiff(path: Path, user_mpp: tuple[float, float] | None) -> Slide:
 
 
 def _open_openslide(path: Path, user_mpp: tuple[float, float] | None) -> Slide:
-    import openslide
+    import openslide  # a backend loads when a slide of its kind opens
 
-    from napari_care.core.slide.openslide_backend import OpenSlideLevelSource, composite_on_white
+    from napari_care.core.slide.openslide_backend import (  # a backend loads when a slide of its kind opens
+        OpenSlideLevelSource,
+        composite_on_white,
+    )
 
     osr = openslide.OpenSlide(str(path))
     properties = dict(osr.properties)

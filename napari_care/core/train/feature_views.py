@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_care.core.care_run import segment_features
+from napari_care.core.features import load_features
 from napari_care.core.progress import Progress, ProgressGen
 
 FEATURE_SUFFIXES = (".h5", ".hdf5")
@@ -89,8 +91,6 @@ def load_feature_folder(folder: str | os.PathLike[str]) -> list[SlideFeatures]:
         When a file is unreadable, two files name the same slide, or the files hold
         features of different dimensions.
     """
-    from napari_care.core.features import load_features
-
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"feature folder not found: {folder}")
@@ -141,7 +141,7 @@ def split_subslides(grid: np.ndarray, max_patches: int = 360, min_patches: int =
     -------
     Sorted patch index arrays, one per sub-slide, ordered by their first patch.
     """
-    from sklearn.cluster import DBSCAN
+    from sklearn.cluster import DBSCAN  # scikit-learn takes seconds to import
 
     if max_patches < 1 or min_patches < 1:
         raise ValueError(f"max_patches and min_patches must be positive, got {max_patches}, {min_patches}")
@@ -255,8 +255,6 @@ def iter_slide_embeddings(slides: Sequence[SlideFeatures], model=None, which: st
     which
         ``"slide"`` (the slide embedding) or ``"roi"`` (the feature of the ROI region).
     """
-    from napari_care.core.care_run import segment_features
-
     if which not in ("slide", "roi"):
         raise ValueError(f"which must be 'slide' or 'roi', got {which!r}")
     vectors = []
