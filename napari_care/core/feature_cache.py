@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from napari_care.core.atomic import atomic_path
+from napari_care.core.encoders.config import RANDOM_WEIGHTS
 from napari_care.core.tiling import TileGrid, pack_grid
-
-RANDOM_WEIGHTS = "random"
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from napari_care.core.atomic import atomic_path
-
-MPP_AT_10X = 1.0  # micrometres per pixel at 10x; magnification = 10 / mpp
+from napari_care.core.tiling import MPP_AT_10X
 
 
 @dataclass

@@ -47,13 +47,12 @@ from napari_care.core.extract import STAGE, CancelSignal, extract_features
 from napari_care.core.feature_cache import FeatureCache
 from napari_care.core.features import PatchFeatures, open_hdf5
 from napari_care.core.jobs import run_job, shared_encoder
+from napari_care.core.models.mixmag_layout import MAGNIFICATION_NAMES, TILES_PER_SIDE
 from napari_care.core.progress import Progress, map_progress, run_to_end
 from napari_care.core.segment import NoTissueError
 from napari_care.core.tiling import DEFAULT_MPP, TileGrid, grid_rows, tile_grid
 from napari_care.core.tissue import TissueMask, tissue_mask
 
-MAGNIFICATION_NAMES = ("5x", "10x", "20x")
-TILES_PER_SIDE = (1, 2, 4)  # tiles along a region's side at each magnification
 FORMAT = "napari_care.mixmag"
 FORMAT_VERSION = 1
 SUFFIX = ".mixmag.h5"  # file name of a slide's features: <stem>.mixmag.h5

@@ -44,7 +44,7 @@ class ReadBlock:
     size_read_px: tuple[int, int]
 
 
-def default_workers() -> int:
+def default_reader_threads() -> int:
     """Reader threads by default: the machine's cores, at most 16."""
     return max(1, min(16, os.cpu_count() or 1))
 
@@ -181,7 +181,7 @@ def iter_tile_batches(
     batch_size
         Tiles per batch (the last batch may be smaller).
     num_workers
-        Reader threads; None: :func:`default_workers`.
+        Reader threads; None: :func:`default_reader_threads`.
     max_pending_blocks
         Blocks read ahead at most (bounds memory); None: twice the workers.
 
@@ -192,7 +192,7 @@ def iter_tile_batches(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    workers = default_workers() if num_workers is None else int(num_workers)
+    workers = default_reader_threads() if num_workers is None else int(num_workers)
     if workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     blocks = deque(plan_blocks(grid, rows, file_tile_size(slide, grid.read_level)))

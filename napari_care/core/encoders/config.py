@@ -15,6 +15,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
+RANDOM_WEIGHTS = "random"  # the weights of an encoder built without a checkpoint (tests, baselines)
+
 #: How the tokens of a transformer become one embedding per tile.
 #: ``"cls"``: the class token after the final norm. ``"cls+mean"``: the class token
 #: concatenated with the mean of the patch tokens (register tokens skipped).

@@ -19,10 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import EncoderCfg, check_finite, check_tiles
+from .config import RANDOM_WEIGHTS, EncoderCfg, check_finite, check_tiles
 from .weights import HUB_PREFIX, fetch_hub_state_dict, load_into, read_state_dict
-
-RANDOM_WEIGHTS = "random"
 
 
 class AttentionalPooler(nn.Module):

@@ -21,6 +21,7 @@ import numpy as np
 
 from napari_care.core.mil.heads import MilHead, MilOutput, RegionEncoder
 from napari_care.core.mixmag_features import extract_mixmag
+from napari_care.core.models.mixmag_layout import FIRST_20X_TOKEN, TILES_PER_SIDE
 from napari_care.core.progress import Progress, map_progress
 from napari_care.core.tiling import grid_rows
 
@@ -91,11 +92,6 @@ def attend_regions(slide: Any, head: MilHead, region_encoder: RegionEncoder, pat
 
 def _instance_squares(readout: str, tokens) -> tuple[np.ndarray, float]:
     """Top-left corners and side of the instances of ``mil_instances``: regions, or present 20x tiles in order."""
-    from napari_care.core.models.mixmag import (  # torch: loaded when a model is used
-        FIRST_20X_TOKEN,
-        TILES_PER_SIDE,
-    )
-
     if readout != "tokens":
         return tokens.region_coords, float(tokens.region_size_level0)
     side = TILES_PER_SIDE[-1]  # 20x tiles along a region's side, slots row-major

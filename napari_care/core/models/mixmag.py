@@ -48,12 +48,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_care.core.models.mixmag_layout import FIRST_20X_TOKEN, MAGNIFICATIONS, N_TOKENS, TILES_PER_SIDE
 from napari_care.core.models.mixmag_readout import salient_tile
-
-MAGNIFICATIONS = (5, 10, 20)
-TILES_PER_SIDE = (1, 2, 4)
-N_TOKENS = sum(side * side for side in TILES_PER_SIDE)  # 21
-FIRST_20X_TOKEN = N_TOKENS - TILES_PER_SIDE[-1] ** 2     # 5
 
 
 @dataclass(frozen=True)

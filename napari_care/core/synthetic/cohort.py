@@ -51,8 +51,8 @@ from napari_care.core.synthetic.textures import (
     jittered_grid,
     make_swatch,
     periodic_noise,
+    stains_to_rgb,
     stamp_blobs,
-    to_rgb,
     voronoi_edges,
 )
 from napari_care.core.synthetic.writer import write_pyramid
@@ -143,7 +143,7 @@ def _swatch_set(seed: int, variant: int, swatch_px: int, mpp: float) -> list[np.
     glass, tumour, stroma = (make_swatch(k, swatch_seed, swatch_px, mpp) for k in (GLASS, TUMOUR, STROMA))
     rng = np.random.default_rng([swatch_seed, ATYPICAL])
     h, e = paint_atypical_tumour(rng, swatch_px, mpp)
-    atypical = to_rgb(h, e, DEFAULT_PALETTE, 0.015 * periodic_noise(rng, swatch_px, 20 / mpp))
+    atypical = stains_to_rgb(h, e, DEFAULT_PALETTE, 0.015 * periodic_noise(rng, swatch_px, 20 / mpp))
     swatches = [glass] * len(RENDER_CLASS_NAMES)
     swatches[TUMOUR], swatches[STROMA], swatches[ATYPICAL] = tumour, stroma, atypical
     return swatches

@@ -185,7 +185,7 @@ def warp(field: np.ndarray, shift_x_px: np.ndarray, shift_y_px: np.ndarray) -> n
     return ndimage.map_coordinates(field, [yy + shift_y_px, xx + shift_x_px], order=1, mode="grid-wrap")
 
 
-def to_rgb(h: np.ndarray, e: np.ndarray, palette: StainPalette = DEFAULT_PALETTE,
+def stains_to_rgb(h: np.ndarray, e: np.ndarray, palette: StainPalette = DEFAULT_PALETTE,
            extra_od: np.ndarray | float = 0.0) -> np.ndarray:
     """Beer-Lambert: stain concentrations (OD units) to an RGB uint8 image."""
     rgb = np.empty((*h.shape, 3), np.uint8)
@@ -362,4 +362,4 @@ def make_swatch(render_class: int, seed: int, size_px: int, mpp: float,
     h, e = PAINTERS[render_class](rng, size_px, mpp)
     # Unbound stain and tissue thickness: a faint, slow, colour-neutral haze.
     haze = 0.015 * periodic_noise(rng, size_px, 20 / mpp) if render_class else np.float32(0)
-    return to_rgb(h, e, palette, haze)
+    return stains_to_rgb(h, e, palette, haze)
