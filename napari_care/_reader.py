@@ -12,13 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from napari_care._layers import slide_layer_data
+from napari_care.core.slide.backends import get_backend, slide_stem, slide_suffixes
 from napari_care.core.slide.handle import open_slide
-
-SLIDE_SUFFIXES = (
-    ".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".vms", ".vmu", ".scn", ".bif", ".dcm", ".svslide",
-)  # fmt: skip
-TIFF_FAMILY = (".svs", ".tif", ".tiff", ".ndpi")
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+from napari_care.core.slide.tifffile_backend import is_tiff
 
 
 def single_path(path: str | list[str]) -> Path | None:
@@ -39,14 +35,13 @@ def napari_get_reader(path: str | list[str]):
 def is_slide_path(path: Path) -> bool:
     """Cheap check: a slide suffix, and for the TIFF family an 8-bit RGB(A) first page."""
     suffix = path.suffix.lower()
-    if suffix not in SLIDE_SUFFIXES or not path.exists():
+    if suffix not in slide_suffixes() or not path.exists():
         return False
-    if suffix not in TIFF_FAMILY:
+    if suffix not in get_backend("tifffile").suffixes:
         return True
     try:
-        with open(path, "rb") as handle:
-            if handle.read(4) not in TIFF_MAGIC:
-                return suffix == ".svs"  # claimed by name: a broken .svs gets a clear error
+        if not is_tiff(path):
+            return suffix == ".svs"  # claimed by name: a broken .svs gets a clear error
         import tifffile  # a backend loads when a slide of its kind opens
 
         with tifffile.TiffFile(path) as tif:
@@ -54,15 +49,6 @@ def is_slide_path(path: Path) -> bool:
             return bool(tif.is_svs or tif.is_ndpi or (page.dtype == "uint8" and page.samplesperpixel in (3, 4)))
     except Exception:  # the gate never raises
         return suffix == ".svs"
-
-
-def slide_stem(path: Path) -> str:
-    """The file name without its slide suffixes (``a.ome.tif`` -> ``a``)."""
-    name = path.name
-    for suffix in (".ome.tiff", ".ome.tif"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 def read_slide(path: str | list[str]) -> list[tuple[Any, dict, str]]:

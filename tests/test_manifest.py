@@ -11,6 +11,7 @@ import pytest
 npe2 = pytest.importorskip("npe2")
 
 import napari_care  # noqa: E402
+from napari_care.core.slide.backends import slide_suffixes  # noqa: E402
 
 MANIFEST = Path(napari_care.__file__).resolve().parent / "napari.yaml"
 NPE2_CLI = Path(sys.executable).parent / "npe2"
@@ -42,6 +43,12 @@ def test_every_contribution_points_at_a_declared_command(manifest):
 def test_reader_accepts_slide_files(manifest):
     patterns = {pattern for reader in manifest.contributions.readers for pattern in reader.filename_patterns}
     assert {"*.svs", "*.tif", "*.tiff", "*.ndpi", "*.mrxs"} <= patterns
+
+
+def test_slide_reader_patterns_are_the_backends_suffixes(manifest):
+    """napari.yaml stays static YAML; this keeps its slide patterns in step with the backend registry."""
+    (reader,) = [reader for reader in manifest.contributions.readers if reader.command == "napari-care.get_reader"]
+    assert sorted(reader.filename_patterns) == sorted(f"*{suffix}" for suffix in slide_suffixes())
 
 
 def test_installed_manifest_is_this_one(manifest):

@@ -18,7 +18,8 @@ import tifffile
 from conftest import expected_region
 from dask.array.core import normalize_chunks
 
-from napari_care.core.slide.handle import SlideReadError, _open_openslide, open_slide
+from napari_care.core.slide.backends import get_backend
+from napari_care.core.slide.handle import SlideReadError, _open_with, open_slide
 from napari_care.core.slide.openslide_backend import composite_on_white
 from napari_care.core.slide.tile_cache import TileCache
 
@@ -248,7 +249,8 @@ def test_concurrent_reads_equal_serial_reads(make_pyramid):
 
 def test_openslide_backend_matches_tifffile_backend(make_pyramid):
     pyramid = make_pyramid(layout="pages", compression="deflate")
-    with _open_openslide(pyramid.path, None) as by_openslide, quiet_open(pyramid.path) as by_tifffile:
+    by_openslide = _open_with(get_backend("openslide"), pyramid.path, None)
+    with by_openslide, quiet_open(pyramid.path) as by_tifffile:
         assert by_openslide.backend == "openslide" and by_openslide.vendor == "generic-tiff"
         assert by_openslide.file_level_count == 3
         assert by_openslide.dimensions == by_tifffile.dimensions

@@ -29,6 +29,7 @@ from napari_care.core.features import save_features
 from napari_care.core.outputs import SUFFIXES, output_paths, write_outputs
 from napari_care.core.progress import Progress, run_to_end
 from napari_care.core.segment import NoTissueError, SegmentOptions, segment
+from napari_care.core.slide.backends import slide_stem
 from napari_care.core.slide.handle import open_slide
 from napari_care.core.tiling import tile_grid
 from napari_care.core.tissue import tissue_mask
@@ -47,12 +48,8 @@ class SlideJob:
 
     @property
     def stem(self) -> str:
-        """The slide's name without its slide suffixes."""
-        name = self.path.name
-        for suffix in (".ome.tiff", ".ome.tif"):
-            if name.lower().endswith(suffix):
-                return name[: -len(suffix)]
-        return self.path.stem
+        """The slide's name without its slide suffixes (:func:`~napari_care.core.slide.slide_stem`)."""
+        return slide_stem(self.path)
 
 
 def expand_slides(arguments: list[str], mpp: float | None = None) -> list[SlideJob]:

@@ -24,12 +24,11 @@ import dask.array as da
 import numpy as np
 
 from napari_care.core.slide import meta as slide_meta
-from napari_care.core.slide.levels import DownsampledSource, TiledLevel, TileSource, to_rgb
+from napari_care.core.slide.backends import SlideBackend, backends_for
+from napari_care.core.slide.levels import DownsampledSource, TiledLevel, TileSource
 from napari_care.core.slide.tile_cache import TileCache
 
 VIRTUAL_LEVEL_MAX_SIDE = 1024  # add 2x levels until the smallest is at most this big
-TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
-OPENSLIDE_FIRST = {".mrxs", ".vms", ".vmu", ".scn", ".bif", ".dcm", ".svslide"}
 DEFAULT_CACHE_BYTES = 256 * 2**20
 
 
@@ -64,7 +63,8 @@ class Slide:
         The format family (``"aperio"``, ``"ome"``, ``"hamamatsu"``, ``"generic-tiff"``,
         or OpenSlide's vendor name).
     backend : str
-        ``"tifffile"`` or ``"openslide"``.
+        The backend that read the file (``"tifffile"``, ``"openslide"``, or another
+        registered one).
     bounds_offset : (int, int)
         Level-0 (x, y) of the scanned area's corner (MRXS and others); QuPath measures
         coordinates from it.
@@ -226,13 +226,6 @@ def _file_token(path: Path) -> str:
     return hashlib.sha1(f"{path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()[:12]
 
 
-def _is_tiff(path: Path) -> bool:
-    if path.is_dir():
-        return False
-    with open(path, "rb") as handle:
-        return handle.read(4) in TIFF_MAGIC
-
-
 def open_slide(path: str | os.PathLike[str], *, mpp: float | tuple[float, float] | None = None) -> Slide:
     """Open a whole-slide image.
 
@@ -247,6 +240,8 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | tuple[float, float]
     Returns
     -------
     Slide
+        As read by the first backend that can (see
+        :func:`~napari_care.core.slide.backends.backends_for` for the order).
 
     Raises
     ------
@@ -259,17 +254,12 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | tuple[float, float]
     if not path.exists():
         raise FileNotFoundError(f"{path}: no such file")
     user_mpp = slide_meta.normalise_user_mpp(mpp)
-    openers = [_open_tiff, _open_openslide]
-    if path.suffix.lower() in OPENSLIDE_FIRST or not _is_tiff(path):
-        openers.reverse()
     reasons = []
-    for opener in openers:
+    for backend in backends_for(path):
         try:
-            slide = opener(path, user_mpp)
-        except SlideReadError:
-            raise
+            slide = _open_with(backend, path, user_mpp)
         except Exception as error:  # each backend fails in its own words; keep them
-            reasons.append(f"{opener.__name__.removeprefix('_open_')}: {error}")
+            reasons.append(f"{backend.reason_label}: {error}")
             continue
         if slide.mpp is None:
             warnings.warn(
@@ -280,100 +270,17 @@ def open_slide(path: str | os.PathLike[str], *, mpp: float | tuple[float, float]
     raise SlideReadError(f"{path}: cannot read this file as a slide ({'; '.join(reasons)})")
 
 
-def _open_tiff(path: Path, user_mpp: tuple[float, float] | None) -> Slide:
-    import tifffile  # a backend loads when a slide of its kind opens
-
-    from napari_care.core.slide import (
-        tifffile_backend as slide_tiff,  # a backend loads when a slide of its kind opens
-    )
-
-    if not _is_tiff(path):
-        raise slide_tiff.UnsupportedTiff("not a TIFF file")
-    tif = tifffile.TiffFile(path)
-    try:
-        if tif.is_philips or tif.is_scn or tif.is_bif:
-            raise slide_tiff.UnsupportedTiff("a vendor TIFF that OpenSlide reads more faithfully")
-        if not tif.series:
-            raise slide_tiff.UnsupportedTiff("no images in the file")
-        pages = slide_tiff.pyramid_pages(tif)
-        fd = slide_tiff.open_fd(path)
-        try:
-            sources = [slide_tiff.TiffPageSource(page, fd) for page in pages]
-        except Exception:
-            os.close(fd)
-            raise
-    except Exception:
-        tif.close()
-        raise
-    first = tif.pages[0]
-    description = first.description or ""
-    properties: dict[str, str] = {}
-    candidates: list[tuple[str, tuple[float, float] | None]] = [("user", user_mpp)]
-    power = None
-    vendor = "generic-tiff"
-    if tif.is_svs:
-        vendor = "aperio"
-        fields = slide_meta.aperio_fields(description)
-        properties.update({f"aperio.{k}": v for k, v in fields.items()})
-        candidates.append(("aperio", slide_meta.aperio_mpp(fields)))
-        power = slide_meta.objective_from_fields(fields.get("AppMag"))
-    elif tif.is_ome:
-        vendor = "ome"
-        ome_mpp, power = slide_meta.ome_calibration(tif.ome_metadata or "")
-        candidates.append(("ome", ome_mpp))
-    elif tif.is_ndpi:
-        vendor = "hamamatsu"
-        ndpi = tif.ndpi_tags or {}
-        properties.update({f"hamamatsu.{k}": str(v) for k, v in ndpi.items() if isinstance(v, (int, float, str))})
-        power = slide_meta.objective_from_fields(ndpi.get("Magnification"))
-    candidates.append(("tiff-resolution", slide_meta.resolution_mpp(first.tags)))
-    if description and "tiff.ImageDescription" not in properties:
-        properties["tiff.ImageDescription"] = description[:2000]
-    mpp, source = slide_meta.first_calibration(candidates)
-
-    def loader(series) -> Callable[[], np.ndarray]:
-        return lambda: to_rgb(series.asarray())
-
-    associated = {role: loader(series) for role, series in slide_tiff.associated_images(tif).items()}
+def _open_with(backend: SlideBackend, path: Path, user_mpp: tuple[float, float] | None) -> Slide:
+    """The slide as ``backend`` reads it; raises whatever the backend raises."""
+    parts = backend.open(path, user_mpp)
     return Slide(
         path,
-        sources,
-        calibration=slide_meta.Calibration(mpp, source, power),
-        vendor=vendor,
-        backend="tifffile",
-        properties=properties,
-        associated=associated,
-        on_close=[tif.close, lambda: os.close(fd)],
-    )
-
-
-def _open_openslide(path: Path, user_mpp: tuple[float, float] | None) -> Slide:
-    import openslide  # a backend loads when a slide of its kind opens
-
-    from napari_care.core.slide.openslide_backend import (  # a backend loads when a slide of its kind opens
-        OpenSlideLevelSource,
-        composite_on_white,
-    )
-
-    osr = openslide.OpenSlide(str(path))
-    properties = dict(osr.properties)
-    candidates = [("user", user_mpp), ("openslide", slide_meta.openslide_mpp(properties))]
-    mpp, source = slide_meta.first_calibration(candidates)
-    power = slide_meta.objective_from_fields(properties.get("openslide.objective-power"))
-    bounds = (int(properties.get("openslide.bounds-x", 0)), int(properties.get("openslide.bounds-y", 0)))
-
-    def loader(name: str) -> Callable[[], np.ndarray]:
-        return lambda: composite_on_white(np.asarray(osr.associated_images[name]))
-
-    associated = {name: loader(name) for name in osr.associated_images if name in ("label", "macro", "thumbnail")}
-    return Slide(
-        path,
-        [OpenSlideLevelSource(osr, level) for level in range(osr.level_count)],
-        calibration=slide_meta.Calibration(mpp, source, power),
-        vendor=properties.get("openslide.vendor", "unknown"),
-        backend="openslide",
-        properties=properties,
-        associated=associated,
-        on_close=[osr.close],
-        bounds_offset=bounds,
+        parts.sources,
+        calibration=parts.calibration,
+        vendor=parts.vendor,
+        backend=backend.name,
+        properties=parts.properties,
+        associated=parts.associated,
+        on_close=parts.on_close,
+        bounds_offset=parts.bounds_offset,
     )

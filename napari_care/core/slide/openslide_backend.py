@@ -6,8 +6,15 @@ become white, the colour of glass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 
+from napari_care.core.slide import meta as slide_meta
+from napari_care.core.slide.backends import SlideBackend, SlideParts, register_backend
+
+OPENSLIDE_FIRST = (".mrxs", ".vms", ".vmu", ".scn", ".bif", ".dcm", ".svslide")  # tried before tifffile
 DEFAULT_TILE = 512
 
 
@@ -45,3 +52,51 @@ class OpenSlideLevelSource:
         y0 = round(ty * self.tile_height * self.downsample)
         image = self.osr.read_region((x0, y0), self.level, (self.tile_width, self.tile_height))
         return composite_on_white(np.asarray(image))
+
+
+def open_openslide(path: Path, user_mpp: tuple[float, float] | None) -> SlideParts:
+    """Read a slide through OpenSlide: its levels, calibration, bounds and associated images.
+
+    Parameters
+    ----------
+    path
+        The file.
+    user_mpp
+        (x, y) micrometres per pixel given by the user, ahead of what the file says.
+
+    Returns
+    -------
+    SlideParts
+
+    Raises
+    ------
+    openslide.OpenSlideError
+        When OpenSlide cannot read the file (``OpenSlideUnsupportedFormatError`` when it
+        does not know the format).
+    """
+    import openslide  # a backend loads when a slide of its kind opens
+
+    osr = openslide.OpenSlide(str(path))
+    properties = dict(osr.properties)
+    candidates = [("user", user_mpp), ("openslide", slide_meta.openslide_mpp(properties))]
+    mpp, source = slide_meta.first_calibration(candidates)
+    power = slide_meta.objective_from_fields(properties.get("openslide.objective-power"))
+    bounds = (int(properties.get("openslide.bounds-x", 0)), int(properties.get("openslide.bounds-y", 0)))
+
+    def loader(name: str) -> Callable[[], np.ndarray]:
+        return lambda: composite_on_white(np.asarray(osr.associated_images[name]))
+
+    associated = {name: loader(name) for name in osr.associated_images if name in ("label", "macro", "thumbnail")}
+    return SlideParts(
+        [OpenSlideLevelSource(osr, level) for level in range(osr.level_count)],
+        calibration=slide_meta.Calibration(mpp, source, power),
+        vendor=properties.get("openslide.vendor", "unknown"),
+        properties=properties,
+        associated=associated,
+        on_close=[osr.close],
+        bounds_offset=bounds,
+    )
+
+
+# the generalist: first for its own formats, and for any file that is not a TIFF
+register_backend(SlideBackend("openslide", OPENSLIDE_FIRST, open_openslide, rank=10))

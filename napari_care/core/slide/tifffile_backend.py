@@ -10,13 +10,21 @@ from __future__ import annotations
 import math
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import tifffile
 
+from napari_care.core.slide import meta as slide_meta
+from napari_care.core.slide.backends import SlideBackend, SlideParts, register_backend
 from napari_care.core.slide.levels import WHITE, to_rgb
 
+if TYPE_CHECKING:  # tifffile itself loads when a slide of its kind opens
+    import tifffile
+
+TIFF_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi")
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")  # classic and BigTIFF, both byte orders
 JPEG_COMPRESSIONS = {6, 7, 33007, 34892}
 ASSOCIATED_NAMES = ("label", "macro", "thumbnail")
 STRIP_BLOCK_ROWS = 256  # strips are grouped into blocks of about this many rows
@@ -153,3 +161,93 @@ def read_at(fd: int, count: int, offset: int) -> bytes:
     with _seek_lock:  # Windows has no pread
         os.lseek(fd, offset, os.SEEK_SET)
         return os.read(fd, count)
+
+
+def is_tiff(path: Path) -> bool:
+    """True when ``path`` is a file that starts like a TIFF (or BigTIFF)."""
+    if path.is_dir():
+        return False
+    with open(path, "rb") as handle:
+        return handle.read(4) in TIFF_MAGIC
+
+
+def open_tiff(path: Path, user_mpp: tuple[float, float] | None) -> SlideParts:
+    """Read a TIFF-family slide's levels, calibration and associated images.
+
+    Parameters
+    ----------
+    path
+        The file.
+    user_mpp
+        (x, y) micrometres per pixel given by the user, ahead of what the file says.
+
+    Returns
+    -------
+    SlideParts
+
+    Raises
+    ------
+    UnsupportedTiff
+        When the file is not a TIFF, or not one this backend shows as an RGB slide.
+    """
+    import tifffile  # a backend loads when a slide of its kind opens
+
+    if not is_tiff(path):
+        raise UnsupportedTiff("not a TIFF file")
+    tif = tifffile.TiffFile(path)
+    try:
+        if tif.is_philips or tif.is_scn or tif.is_bif:
+            raise UnsupportedTiff("a vendor TIFF that OpenSlide reads more faithfully")
+        if not tif.series:
+            raise UnsupportedTiff("no images in the file")
+        pages = pyramid_pages(tif)
+        fd = open_fd(path)
+        try:
+            sources = [TiffPageSource(page, fd) for page in pages]
+        except Exception:
+            os.close(fd)
+            raise
+    except Exception:
+        tif.close()
+        raise
+    first = tif.pages[0]
+    description = first.description or ""
+    properties: dict[str, str] = {}
+    candidates: list[tuple[str, tuple[float, float] | None]] = [("user", user_mpp)]
+    power = None
+    vendor = "generic-tiff"
+    if tif.is_svs:
+        vendor = "aperio"
+        fields = slide_meta.aperio_fields(description)
+        properties.update({f"aperio.{k}": v for k, v in fields.items()})
+        candidates.append(("aperio", slide_meta.aperio_mpp(fields)))
+        power = slide_meta.objective_from_fields(fields.get("AppMag"))
+    elif tif.is_ome:
+        vendor = "ome"
+        ome_mpp, power = slide_meta.ome_calibration(tif.ome_metadata or "")
+        candidates.append(("ome", ome_mpp))
+    elif tif.is_ndpi:
+        vendor = "hamamatsu"
+        ndpi = tif.ndpi_tags or {}
+        properties.update({f"hamamatsu.{k}": str(v) for k, v in ndpi.items() if isinstance(v, (int, float, str))})
+        power = slide_meta.objective_from_fields(ndpi.get("Magnification"))
+    candidates.append(("tiff-resolution", slide_meta.resolution_mpp(first.tags)))
+    if description and "tiff.ImageDescription" not in properties:
+        properties["tiff.ImageDescription"] = description[:2000]
+    mpp, source = slide_meta.first_calibration(candidates)
+
+    def loader(series) -> Callable[[], np.ndarray]:
+        return lambda: to_rgb(series.asarray())
+
+    return SlideParts(
+        sources,
+        calibration=slide_meta.Calibration(mpp, source, power),
+        vendor=vendor,
+        properties=properties,
+        associated={role: loader(series) for role, series in associated_images(tif).items()},
+        on_close=[tif.close, lambda: os.close(fd)],
+    )
+
+
+# first for its suffixes when the file is a TIFF, and for any other TIFF OpenSlide does not claim
+register_backend(SlideBackend("tifffile", TIFF_SUFFIXES, open_tiff, sniff=is_tiff, rank=20, label="tiff"))
