@@ -123,3 +123,46 @@ def test_foreign_classes_and_bad_files_are_refused(tmp_path, head):
         load_checkpoint(tmp_path / "missing")
     with pytest.raises(TypeError, match="dataclass instance"):
         save_checkpoint(tmp_path / "x", model, {"in_dim": 12})
+
+
+def test_corrupt_and_foreign_files_name_the_file_and_what_was_expected(tmp_path, head):
+    from napari_care.core.models.care import CareModel
+
+    model, config = head
+    json_path = save_checkpoint(tmp_path / "head", model, config)
+    weights = tmp_path / "head.safetensors"
+    good = weights.read_bytes()
+    # a torch .pt from another program, with no description beside it
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(ValueError, match=r"foreign\.pt: not a napari_care checkpoint: no config JSON next to it"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    # a description that is binary, or empty
+    (tmp_path / "binary.json").write_bytes(b"\x84\x00\xff" * 10)
+    with pytest.raises(ValueError, match=r"binary\.json is not a napari_care checkpoint: its description is not JSON"):
+        load_checkpoint(tmp_path / "binary.json")
+    (tmp_path / "empty.json").write_text("")
+    with pytest.raises(ValueError, match=r"empty\.json is not a napari_care checkpoint"):
+        read_checkpoint_description(tmp_path / "empty.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"list\.json is not a napari_care checkpoint"):
+        read_checkpoint_description(tmp_path / "list.json")
+    # weights whose header is garbage, cut short, or missing
+    weights.write_bytes(b"\xff" * 8 + good[8:])
+    with pytest.raises(ValueError, match=r"head\.safetensors is corrupt"):
+        load_checkpoint(json_path)
+    weights.write_bytes(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=r"head\.safetensors is corrupt"):
+        load_checkpoint(json_path)
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match=r"head\.json: its weights head\.safetensors are missing"):
+        load_checkpoint(json_path)
+    weights.write_bytes(good)
+    # another of the project's models where a CARE model was expected
+    with pytest.raises(ValueError, match=r"head\.json holds the model ABMIL, expected CareModel"):
+        load_checkpoint(json_path, CareModel)
+    # a description whose config is not the model's
+    description = json.loads(json_path.read_text())
+    description["config"] = {"hidden": 3}
+    json_path.write_text(json.dumps(description))
+    with pytest.raises(ValueError, match=r"head\.json: its config does not fit ABMILConfig"):
+        load_checkpoint(json_path)

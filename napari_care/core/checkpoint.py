@@ -37,6 +37,7 @@ from napari_care.core.atomic import atomic_open, atomic_path
 FORMAT_NAME = "napari_care.checkpoint"
 FORMAT_VERSION = 1
 _SUFFIXES = (".safetensors", ".json", ".state.pt")
+FOREIGN_WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")  # weights other programs write
 
 
 class FeatureDimMismatch(ValueError):
@@ -146,26 +147,45 @@ def read_checkpoint_description(path: str | Path) -> dict:
     FileNotFoundError
         When the JSON file is missing.
     ValueError
-        When the file is not a napari_care checkpoint.
+        When the file is not a napari_care checkpoint: another program's weights file with no
+        description beside it, a description that is not JSON, or JSON of another format.
+        The message names the file.
     """
+    given = Path(path)
     json_path = checkpoint_paths(path)[1]
     if not json_path.exists():
+        if given.is_file() and given.suffix.lower() in FOREIGN_WEIGHT_SUFFIXES:
+            raise ValueError(f"{given}: not a napari_care checkpoint: no config JSON next to it ({json_path.name}); "
+                             "napari_care checkpoints are <name>.json + <name>.safetensors, written by "
+                             "`napari-care train`, `pretrain` or `train-mil`")
         raise FileNotFoundError(f"checkpoint description {json_path} does not exist")
-    with open(json_path, encoding="utf-8") as handle:
-        description = json.load(handle)
-    if description.get("format") != FORMAT_NAME:
-        raise ValueError(f"{json_path} is not a napari_care checkpoint (format={description.get('format')!r})")
+    try:
+        description = json.loads(json_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        raise ValueError(f"{json_path} is not a napari_care checkpoint: its description is not JSON ({error})"
+                         ) from error
+    if not isinstance(description, dict) or description.get("format") != FORMAT_NAME:
+        found = description.get("format") if isinstance(description, dict) else type(description).__name__
+        raise ValueError(f"{json_path} is not a napari_care checkpoint (format={found!r})")
+    missing = [key for key in ("model_class", "config_class", "config") if key not in description]
+    if missing:
+        raise ValueError(f"{json_path}: a napari_care checkpoint description without {', '.join(missing)}")
     return description
 
 
-def _config_from_dict(config_cls: type, fields: Mapping[str, Any], json_path: Path) -> Any:
+def _config_from_dict(config_cls: type, fields: Any, json_path: Path) -> Any:
+    if not isinstance(fields, Mapping):
+        raise ValueError(f"{json_path}: its config is a {type(fields).__name__}, not a mapping of fields")
     # JSON turns tuples into lists; frozen configs expect tuples (hashable, immutable).
     values = {key: tuple(value) if isinstance(value, list) else value for key, value in fields.items()}
     known = {field.name for field in dataclasses.fields(config_cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{json_path}: config fields {unknown} are unknown to {config_cls.__name__}")
-    return config_cls(**values)
+    try:
+        return config_cls(**values)
+    except (TypeError, ValueError) as error:  # a required field missing, or a value its checks refuse
+        raise ValueError(f"{json_path}: its config does not fit {config_cls.__name__}: {error}") from error
 
 
 def load_checkpoint(path: str | Path, model_cls: type[torch.nn.Module] | None = None, *,
@@ -186,14 +206,33 @@ def load_checkpoint(path: str | Path, model_cls: type[torch.nn.Module] | None = 
     (model, config, extra)
         The model in eval mode, its config, and the extra state (JSON part and ``.pt``
         sidecar merged; empty when none was saved).
+
+    Raises
+    ------
+    FileNotFoundError
+        When the description or the weights are missing.
+    ValueError
+        When the files are not a napari_care checkpoint, hold another model than
+        ``model_cls``, are corrupt, or do not fit their description; the message names the
+        file and what was expected. Every checkpoint the project loads comes through here.
     """
     weights_path, json_path, state_path = checkpoint_paths(path)
-    description = read_checkpoint_description(json_path)
+    description = read_checkpoint_description(path)
+    saved_class = description["model_class"]
+    if model_cls is not None and saved_class.startswith("napari_care.") and saved_class != _dotted_name(model_cls):
+        # another of the project's models (an explicit class is trusted over a name from elsewhere)
+        raise ValueError(f"{json_path} holds the model {saved_class.rpartition('.')[2]}, "
+                         f"expected {model_cls.__name__} ({saved_class})")
     model_cls = model_cls or _import_class(description["model_class"], json_path)
     config_cls = _import_class(description["config_class"], json_path)
     config = _config_from_dict(config_cls, description["config"], json_path)
     model = model_cls(config)
-    state = load_file(str(weights_path), device=str(map_location))
+    if not weights_path.is_file():
+        raise FileNotFoundError(f"{json_path}: its weights {weights_path.name} are missing")
+    try:
+        state = load_file(str(weights_path), device=str(map_location))
+    except Exception as error:  # safetensors raises its own error type, OSError, or ValueError for a bad header
+        raise ValueError(f"{weights_path} is corrupt: {error}") from error
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:  # missing/unexpected keys or shapes that differ from the config
@@ -202,7 +241,10 @@ def load_checkpoint(path: str | Path, model_cls: type[torch.nn.Module] | None = 
     model.eval()
     extra = dict(description.get("extra") or {})
     if description.get("state_file"):
-        extra.update(torch.load(state_path, map_location=map_location, weights_only=True))
+        try:
+            extra.update(torch.load(state_path, map_location=map_location, weights_only=True))
+        except Exception as error:  # a truncated or foreign pickle
+            raise ValueError(f"{state_path} is corrupt or missing: {error}") from error
     return model, config, extra
 
 
