@@ -26,8 +26,9 @@ import pandas as pd
 import shapely
 from scipy import ndimage
 
-from napari_care._geojson_reader import Level0Frame, annotation_layers
+from napari_care._geojson_reader import annotation_layers
 from napari_care._writer import shapes_annotations
+from napari_care.core.level0_frame import Level0Frame
 from napari_care.core.qupath.polygons import label_grid_polygons
 from napari_care.core.qupath.read import read_geojson
 from napari_care.core.qupath.write import (

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_care._layer_draw import OneCallPerTurn, glyph_loaders, qt_window
-from napari_care._layers import level0_to_world, placement, world_units
+from napari_care._layers import ROLE_KEY, level0_to_world, placement, world_scale, world_units
 from napari_care.core.heatmap import heatmap_raster
 from napari_care.core.raster import GridRaster
 from napari_care.core.regions import region_raster, region_table, roi_boxes
@@ -119,7 +119,7 @@ def regions_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) 
         "features": features,
         "opacity": 0.45,
         # what `napari-care segment` writes into the GeoJSON metadata, so an export from here matches
-        "metadata": {"napari_care_role": "regions", "colour_by": display.colour_by,
+        "metadata": {ROLE_KEY: "regions", "colour_by": display.colour_by,
                      "encoder": result.options.encoder, "k": result.care.k, "mode": result.care.mode},
         **placement(slide, raster.origin_level0, raster.stride_level0),
     }
@@ -144,11 +144,11 @@ def roi_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) -> L
         "units": world_units(slide),
         "edge_color": ["#ffd700" if b.is_top else "#00e5ff" for b in boxes],
         "face_color": "transparent",
-        "edge_width": EDGE_WIDTH_SHARE * max(slide.dimensions[0]) * (slide.mpp[0] if slide.mpp else 1.0),
+        "edge_width": EDGE_WIDTH_SHARE * max(slide.dimensions[0]) * world_scale(slide)[1],  # level-0 x -> world
         "features": {"region": [b.region for b in boxes], "a": [b.a for b in boxes],
                      "is_roi": [b.is_top for b in boxes], "label": labels},
         "text": {"string": "{label}", "anchor": "upper_left", "size": 11, "color": "white"},
-        "metadata": {"napari_care_role": "roi"},
+        "metadata": {ROLE_KEY: "roi"},
     }
     return (rectangles, kwargs, "shapes")
 
@@ -181,7 +181,7 @@ def attention_layer(result: SegmentResult, slide: Slide, display: DisplayOptions
         "opacity": display.opacity,
         "blending": "translucent",
         "interpolation2d": "nearest",
-        "metadata": {"napari_care_role": "attention", "normalisation": display.normalisation,
+        "metadata": {ROLE_KEY: "attention", "normalisation": display.normalisation,
                      "source": "CARE" if mil is None else "MIL", "off_tissue": off_tissue},
         **placement(slide, raster.origin_level0, raster.stride_level0),
     }

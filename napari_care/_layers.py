@@ -1,7 +1,10 @@
-"""The napari boundary for layer data: the one place where level-0 (x, y) pixels become
-napari's (row, col) world coordinates in micrometres (or pixels when a slide has no mpp), and
-where layers go into a viewer (in place; :mod:`napari_care._layer_draw` spreads them over
-event-loop turns).
+"""The napari boundary for layer data: where level-0 (x, y) pixels become napari's (row, col)
+world coordinates in micrometres (or pixels when a slide has no mpp) and back, and where layers
+go into a viewer (in place; :mod:`napari_care._layer_draw` spreads them over event-loop turns).
+
+The conversion itself is :class:`~napari_care.core.level0_frame.Level0Frame`; this module
+applies it to slides, to layers' ``scale``/``translate`` and to the viewer's slide layer, and
+every other boundary module calls it.
 """
 
 from __future__ import annotations
@@ -11,16 +14,22 @@ from typing import Any
 
 import numpy as np
 
+from napari_care.core.level0_frame import SLIDE_INFO_KEY, Level0Frame
 from napari_care.core.slide.handle import Slide
 
 MICROMETRE = "micrometer"
+FRAME_KEY = "napari_care_frame"  # layer metadata: the Level0Frame (to_dict) of layers placed over a slide
+ROLE_KEY = "napari_care_role"  # layer metadata: what a layer of this plugin holds ("regions", "roi", ...)
+
+
+def slide_frame(slide: Slide) -> Level0Frame:
+    """Where ``slide``'s level-0 pixels sit in the world (its mpp; no bounds offset)."""
+    return Level0Frame.from_mpp(slide.mpp)
 
 
 def world_scale(slide: Slide) -> tuple[float, float]:
     """(row, col) world units per level-0 pixel: (mpp_y, mpp_x), or (1, 1) without mpp."""
-    if slide.mpp is None:
-        return (1.0, 1.0)
-    return (slide.mpp[1], slide.mpp[0])
+    return slide_frame(slide).scale
 
 
 def world_units(slide: Slide) -> tuple[str, str]:
@@ -38,7 +47,7 @@ def slide_layer_data(slide: Slide, *, name: str) -> tuple[Any, dict, str]:
         "contrast_limits": (0, 255),
         "scale": world_scale(slide),
         "units": world_units(slide),
-        "metadata": {"napari_care": slide.metadata(), "slide": slide},
+        "metadata": {SLIDE_INFO_KEY: slide.metadata(), "slide": slide},
     }
     return (slide.tiled_levels, kwargs, "image")
 
@@ -48,35 +57,76 @@ def slide_layers(viewer) -> list:
     return [layer for layer in viewer.layers if "slide" in getattr(layer, "metadata", {})]
 
 
+def viewer_frame(viewer=None, *, use_bounds: bool = True) -> Level0Frame:
+    """The frame of the selected slide layer (else the first one) of ``viewer`` or the current viewer.
+
+    ``Level0Frame()`` (pixels, no offset) when there is no viewer or no slide.
+    """
+    if viewer is None:
+        try:
+            import napari  # napari's GUI loads with the viewer
+
+            viewer = napari.current_viewer()
+        except ImportError:
+            viewer = None
+    if viewer is None:
+        return Level0Frame()
+
+    slides = slide_layers(viewer)
+    active = viewer.layers.selection.active
+    layer = active if active in slides else (slides[0] if slides else None)
+    return Level0Frame.from_slide_metadata(layer.metadata, use_bounds=use_bounds) if layer else Level0Frame()
+
+
+def layer_frame(attributes: dict) -> Level0Frame:
+    """The frame stored in a layer's metadata (:data:`FRAME_KEY`), else that of the current viewer's slide."""
+    stored = (attributes.get("metadata") or {}).get(FRAME_KEY)
+    return Level0Frame.from_dict(stored) if stored else viewer_frame()
+
+
 def placement(slide: Slide, origin_level0: tuple[float, float], pixel_level0: float) -> dict[str, tuple]:
     """``scale``, ``translate`` and ``units`` that put a raster over the slide image.
 
     The raster's pixel (0, 0) covers level-0 [x0, x0 + p) x [y0, y0 + p) with
-    (x0, y0) = ``origin_level0`` and p = ``pixel_level0``. napari puts an image pixel's
-    centre at index * scale + translate, and level-0 pixel i of the slide at i * mpp, so the
-    raster's pixel centre is at (x0 + p / 2 - 0.5) level-0 pixels.
+    (x0, y0) = ``origin_level0`` and p = ``pixel_level0`` (see :meth:`Level0Frame.raster_placement`).
     """
-    mpp_row, mpp_col = world_scale(slide)
-    x0, y0 = origin_level0
-    return {
-        "units": world_units(slide),
-        "scale": (pixel_level0 * mpp_row, pixel_level0 * mpp_col),
-        "translate": ((y0 + pixel_level0 / 2 - 0.5) * mpp_row, (x0 + pixel_level0 / 2 - 0.5) * mpp_col),
-    }
+    return {"units": world_units(slide), **slide_frame(slide).raster_placement(origin_level0, pixel_level0)}
 
 
 def level0_to_world(slide: Slide, xy_level0: np.ndarray) -> np.ndarray:
     """[N, 2] level-0 (x, y) pixel-edge coordinates -> [N, 2] napari world (row, col)."""
-    mpp_row, mpp_col = world_scale(slide)
-    xy = np.asarray(xy_level0, dtype=np.float64)
-    return np.stack([(xy[:, 1] - 0.5) * mpp_row, (xy[:, 0] - 0.5) * mpp_col], axis=1)
+    return slide_frame(slide).level0_to_world(xy_level0)
 
 
 def world_to_level0(slide: Slide, rowcol_world: np.ndarray) -> np.ndarray:
     """[N, 2] napari world (row, col) -> [N, 2] level-0 (x, y) pixel-edge coordinates."""
-    mpp_row, mpp_col = world_scale(slide)
-    rc = np.asarray(rowcol_world, dtype=np.float64)
-    return np.stack([rc[:, 1] / mpp_col + 0.5, rc[:, 0] / mpp_row + 0.5], axis=1)
+    return slide_frame(slide).world_to_level0(rowcol_world)
+
+
+def layer_placement(attributes: dict) -> tuple[np.ndarray, np.ndarray]:
+    """A layer's ``scale`` and ``translate`` from its attributes (napari's defaults when absent)."""
+    scale = np.asarray(attributes.get("scale", (1.0, 1.0)), dtype=np.float64)
+    translate = np.asarray(attributes.get("translate", np.zeros(len(scale))), dtype=np.float64)
+    return scale, translate
+
+
+def layer_data_to_level0(rowcol: np.ndarray, attributes: dict, frame: Level0Frame) -> np.ndarray:
+    """``[N, D]`` data coordinates of a layer (its last two axes: row, col) -> ``[N, 2]`` level-0 (x, y)."""
+    return frame.data_to_level0(rowcol, *layer_placement(attributes))
+
+
+def layer_shapes_to_level0(shapes: list, attributes: dict, frame: Level0Frame) -> list[np.ndarray]:
+    """Every shape's vertices (a Shapes layer's data) in level-0 (x, y), transformed in one pass."""
+    if not len(shapes):
+        return []
+    arrays = [np.asarray(vertices, dtype=np.float64) for vertices in shapes]
+    xy = layer_data_to_level0(np.concatenate(arrays), attributes, frame)
+    return np.split(xy, np.cumsum([len(a) for a in arrays])[:-1])
+
+
+def layer_raster_origin(attributes: dict, frame: Level0Frame) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Level-0 (x, y) of a raster layer's pixel (0, 0) corner and its pixel size (x, y)."""
+    return frame.raster_origin(*layer_placement(attributes))
 
 
 def visible_box_level0(layer) -> tuple[float, float, float, float]:

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, Table
 
-from napari_care._geojson_reader import ROLE_KEY, Level0Frame, annotation_layers
-from napari_care._layers import slide_layers
-from napari_care._writer import care_region_annotations, labels_origin, shapes_annotations, write_annotations
+from napari_care._geojson_reader import annotation_layers
+from napari_care._layers import ROLE_KEY, layer_raster_origin, slide_layers
+from napari_care._writer import care_region_annotations, shapes_annotations, write_annotations
+from napari_care.core.level0_frame import Level0Frame
 from napari_care.core.qupath.read import read_geojson
-from napari_care.core.review.metrics import RegionGrid, review_agreement, write_review_csv
-from napari_care.core.review.run import attention_from_region_weights
+from napari_care.core.review.metrics import RegionGrid, write_review_csv
+from napari_care.core.review.run import review_region_table
 
 if TYPE_CHECKING:
     import napari
@@ -135,15 +136,10 @@ class ReviewPanel(Container):
         try:
             _, region_attributes, _ = regions.as_layer_data_tuple()
             _, shape_attributes, _ = shapes.as_layer_data_tuple()
-            labels = np.asarray(regions.data).astype(np.int64) - 1
-            origin, (cell_x, _) = labels_origin(region_attributes, frame)
-            grid = RegionGrid(labels, origin, cell_x)
-            table = regions.features
-            table = table[table["region"] >= 0]
-            roi_ids = table["region"][table["is_roi"].astype(bool)].astype(int).tolist()
-            attention = attention_from_region_weights(grid, dict(zip(table["region"].astype(int), table["a"], strict=True)))
+            origin, (cell_x, _) = layer_raster_origin(region_attributes, frame)
+            grid = RegionGrid(np.asarray(regions.data).astype(np.int64) - 1, origin, cell_x)  # label = region + 1
             annotations = shapes_annotations(shapes.data, shape_attributes, frame)
-            self.rows = review_agreement(annotations, grid, roi_ids=roi_ids, attention=attention)
+            self.rows = review_region_table(annotations, grid, regions.features)
         except (KeyError, ValueError) as error:
             return self._fail(error, [])
         self.table.value = {column: [_cell(row.get(column)) for row in self.rows] for column in COLUMNS}

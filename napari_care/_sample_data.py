@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from napari_care._layers import placement
+from napari_care._layers import ROLE_KEY, placement
 from napari_care._reader import read_slide
 from napari_care.core import samples
 from napari_care.core.synthetic.slides import load_synthetic_slide
@@ -39,7 +39,7 @@ def truth_layer_data(truth, slide) -> LayerData:
         "opacity": 0.5,
         "colormap": DirectLabelColormap(color_dict=colours),
         "features": {"index": np.arange(len(names)), "tissue": names},
-        "metadata": {"napari_care_role": "truth"},
+        "metadata": {ROLE_KEY: "truth"},
         **placement(slide, (0.0, 0.0), float(truth.downsample)),
     }
     return (np.asarray(truth.labels), kwargs, "labels")

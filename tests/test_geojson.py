@@ -19,9 +19,20 @@ from hypothesis.extra.numpy import arrays
 from shapely.geometry import LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon
 
 from napari_care import __version__
+from napari_care.core.qupath.label_objects import (
+    annotations_from_labels,
+    annotations_from_region_grid,
+    raster_polygons,
+    region_table_from_columns,
+)
 from napari_care.core.qupath.objects import Annotation, argb_to_rgb, group_color, rgb_to_argb
 from napari_care.core.qupath.polygons import label_grid_polygons
 from napari_care.core.qupath.read import read_geojson
+from napari_care.core.qupath.shape_table import (
+    annotations_from_points,
+    annotations_from_shapes,
+    shapes_from_annotations,
+)
 from napari_care.core.qupath.write import (
     RegionTable,
     care_metadata,
@@ -326,3 +337,56 @@ def test_slivers_thinner_than_the_written_grid_stay_valid(tmp_path):
     assert len(raw) == written >= 1
     assert all(geometry.is_valid for geometry in raw)  # as written, before any repair on reading
     assert raw[-1].equals_exact(grid_polygon, 0)  # on-grid geometry written vertex for vertex
+
+
+def test_shape_tables_put_holes_parts_lines_and_points_back_together():
+    holed = Polygon(SQUARE, [HOLE])
+    two_parts = MultiPolygon([shapely.box(20, 0, 30, 10), shapely.box(40, 0, 50, 10)])
+    objects = [
+        Annotation(holed, "annotation", "T", "Tumor", (200, 0, 0), {"Area": 96.0, "name": 3.0}, is_locked=True),
+        Annotation(two_parts, "detection", None, "Stroma", None, {"count": 2}),
+        Annotation(LineString([(0, 50), (30, 60)]), name="ruler"),
+        Annotation(MultiPoint([(1, 1), (2, 3)]), class_name="Mitosis"),
+        Annotation(Polygon()),
+    ]
+    drawn = shapes_from_annotations(objects)
+    shapes, points = drawn.shapes, drawn.points
+    assert shapes.shape_types == ["polygon"] * 4 + ["path"] and shapes.vertex_counts.tolist() == [4, 4, 4, 4, 2]
+    assert shapes.features["ring"] == ["exterior", "hole", "exterior", "exterior", "line"]
+    assert shapes.features["part"] == [0, 0, 0, 1, 0] and shapes.features["name (measurement)"][0] == 3.0
+    assert np.allclose(shapes.colors_rgba[0], [200 / 255, 0, 0, 1]) and np.array_equal(shapes.split()[1], HOLE[:-1])
+    assert shapes.feature_defaults["id"] == "" and points.feature_defaults["ring"] == "point"
+    assert drawn.outline_width_px == 1.0 and drawn.summary == ("4 objects as 5 shapes (1 holes as outlines) and "
+                                                               "2 points; skipped 1 empty")  # fmt: skip
+    rows = [dict(zip(shapes.features, values, strict=True)) for values in zip(*shapes.features.values(), strict=True)]
+    colors = [tuple(int(c) for c in np.rint(rgba[:3] * 255)) for rgba in shapes.colors_rgba]
+    back = annotations_from_shapes(shapes.split(), shapes.shape_types, rows, colors)
+    assert [a.id for a in back] == [a.id for a in objects[:3]]
+    for before, after in zip(objects[:3], back, strict=True):
+        assert shapely.normalize(after.geometry).equals(shapely.normalize(before.geometry))
+        assert (after.name, after.class_name, after.measurements, after.is_locked) == (
+            before.name, before.class_name, before.measurements, before.is_locked)  # fmt: skip
+    point_rows = [dict(zip(points.features, v, strict=True)) for v in zip(*points.features.values(), strict=True)]
+    [multipoint] = annotations_from_points(points.vertices_xy, point_rows, [None, None])
+    assert multipoint.geometry.equals(objects[3].geometry) and multipoint.id == objects[3].id
+
+
+def test_labels_with_non_square_pixels_and_a_region_grid():
+    labels = np.array([[1, 1, 0], [2, 0, 0]])
+    polygons = raster_polygons(np.where(labels > 0, labels, -1), (10.0, 20.0), (2.0, 3.0))
+    assert polygons[1].equals(shapely.box(10, 20, 14, 23)) and polygons[2].equals(shapely.box(10, 23, 12, 26))
+    one, two = annotations_from_labels(labels, origin_xy=(10.0, 20.0), pixel_size_xy=(2.0, 3.0), name_prefix="tissue",
+                                       rows=[{"index": 2, "class": "B", "score": 0.5}],
+                                       color_of_label=lambda value: (value, 0, 0))  # fmt: skip
+    assert (one.name, one.class_name, one.color) == ("tissue 1", None, (1, 0, 0))
+    assert (two.name, two.class_name, two.measurements) == ("tissue 2", "B", {"score": 0.5})
+    columns = {"region": np.array([-1, 0, 1]), "patches": np.array([-1, 2, 1]), "alpha": np.array([np.nan, 0.5, 0.5]),
+               "beta": np.array([np.nan, 0.5, 0.5]), "a": np.array([np.nan, 0.8, 0.2]),
+               "is_roi": np.array([False, True, False])}  # fmt: skip
+    table = region_table_from_columns(columns)
+    assert table.region_id.tolist() == [0, 1] and table.roi_ids == (0,) and table.group is None
+    objects = annotations_from_region_grid(labels - 1, table, origin_xy=(0.0, 0.0), cell_size_xy=(4.0, 4.0), mpp=0.5,
+                                           run_info={"encoder": "resnet18"}, tiles=True)  # fmt: skip
+    assert [a.object_type for a in objects] == ["detection", "detection", "annotation", "tile", "tile", "tile"]
+    assert objects[0].metadata["encoder"] == "resnet18" and objects[0].metadata["mpp"] == "0.5"
+    assert [t.measurements["CARE attention"] for t in objects[3:]] == pytest.approx([0.4, 0.4, 0.2])

@@ -20,7 +20,6 @@ from hypothesis import strategies as st
 from shapely.geometry import LineString, MultiLineString, MultiPoint, MultiPolygon, Point, Polygon
 
 from napari_care._geojson_reader import (
-    Level0Frame,
     annotation_layers,
     is_geojson_path,
     napari_get_geojson_reader,
@@ -28,6 +27,7 @@ from napari_care._geojson_reader import (
 )
 from napari_care._layers import level0_to_world, placement
 from napari_care._writer import layer_annotations, write_geojson_layers
+from napari_care.core.level0_frame import Level0Frame
 from napari_care.core.qupath.objects import ROI_CLASS, Annotation
 from napari_care.core.qupath.polygons import label_grid_polygons
 from napari_care.core.qupath.read import read_geojson

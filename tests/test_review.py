@@ -20,6 +20,7 @@ from napari_care.core.review.metrics import (
     review_agreement,
     write_review_csv,
 )
+from napari_care.core.review.run import review_region_table
 
 CELL = 10.0
 ORIGIN = (100.0, 50.0)
@@ -154,3 +155,14 @@ def test_large_region_and_smooth_annotation_agree_within_005():
         assert abs(row["dice"] - row["dice_grid"]) <= 0.05
         assert abs(row["iou"] - row["iou_grid"]) <= 0.05
         assert row["dice"] > 0.3
+
+
+def test_review_of_a_region_table_takes_roi_and_attention_from_its_columns():
+    annotations = [Annotation(cell_box(1, 1, 5, 3), class_name="Tumor")]
+    columns = {"region": np.array([-1, 0, 1]), "is_roi": np.array([False, True, False]),
+               "a": np.array([np.nan, 0.7, 0.3])}  # fmt: skip
+    rows = review_region_table(annotations, square_grid(), columns)
+    assert [(r["target"], r["region_id"]) for r in rows] == [("roi", "0"), ("region", 0)]
+    assert rows[0]["attention_inside"] == pytest.approx(8 * 0.7 / 16)
+    with pytest.raises(KeyError):
+        review_region_table(annotations, square_grid(), {"region": np.array([0])})

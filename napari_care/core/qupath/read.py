@@ -71,7 +71,7 @@ def read_geojson(
     """
     path = Path(path)
     data = _load_json(path)
-    batch = _PolygonBatch()
+    batch = PolygonBatch()
     records: list[tuple[dict, BaseGeometry | int]] = []  # (feature, geometry or polygon batch slot)
     for index, feature in enumerate(_feature_list(data, path)):
         where = f"{path}: feature {index}"
@@ -144,7 +144,7 @@ def _feature_list(data: object, path: Path) -> list:
     )
 
 
-def _geometry(obj: object, where: str, batch: _PolygonBatch) -> list[BaseGeometry | int]:
+def _geometry(obj: object, where: str, batch: PolygonBatch) -> list[BaseGeometry | int]:
     """Shapely geometries of a GeoJSON geometry object (a GeometryCollection gives several).
 
     Polygons and MultiPolygons go to ``batch`` and are returned as its slot numbers.
@@ -179,7 +179,7 @@ def _rings(rings: object, where: str) -> list[np.ndarray]:
     return [_positions(ring, where, "Polygon ring", minimum=3) for ring in _list(rings, where)]
 
 
-class _PolygonBatch:
+class PolygonBatch:
     """Rings of many Polygons and MultiPolygons, made into shapely geometries in one pass.
 
     Building them one by one costs more than parsing the JSON; one ragged-array call makes

@@ -173,6 +173,35 @@ def attention_from_region_weights(grid: RegionGrid, weight_of_region: Mapping[in
     return PatchAttention(coords, weight[region] / cells[region], grid.cell_size_px)
 
 
+def review_region_table(annotations: Iterable[Annotation], grid: RegionGrid,
+                        region_columns: Mapping[str, object]) -> list[dict[str, object]]:
+    """Agreement rows of annotations with CARE regions given as their grid and region table.
+
+    Parameters
+    ----------
+    annotations
+        The annotations, in the grid's level-0 frame.
+    grid
+        The region grid.
+    region_columns
+        Column -> values as :func:`napari_care.core.regions.region_table` makes them (a dict or a
+        DataFrame): ``region``, ``is_roi`` and ``a`` are used, rows with ``region < 0`` left out.
+        The attention is each region's ``a`` spread evenly over its cells.
+
+    Raises
+    ------
+    KeyError
+        A column is missing.
+    """
+    region = np.asarray(region_columns["region"])
+    keep = region >= 0
+    region_ids = region[keep].astype(int)
+    roi_ids = region_ids[np.asarray(region_columns["is_roi"])[keep].astype(bool)].tolist()
+    weights = dict(zip(region_ids.tolist(), np.asarray(region_columns["a"])[keep].tolist(), strict=True))
+    attention = attention_from_region_weights(grid, weights)
+    return review_agreement(annotations, grid, roi_ids=roi_ids, attention=attention)
+
+
 def review_output(output: SegmentOutput, annotations: Iterable[Annotation], *,
                   include_disjoint: bool = False) -> list[dict[str, object]]:
     """Agreement rows of one slide's output (see :func:`~napari_care.core.review.metrics.review_agreement`),
