@@ -21,6 +21,7 @@ from napari_care._layers import visible_box_level0
 from napari_care.core.progress import Progress
 from napari_care.core.segment import NoTissueError, SegmentOptions, SegmentResult
 from napari_care.core.session import MilRun, SegmentSession
+from napari_care.core.stage_clock import StageClock
 
 if TYPE_CHECKING:
     from qtpy.QtWidgets import QWidget
@@ -118,7 +119,7 @@ class SegmentController:
         held.destroyed.connect(self._closed)
         self._glyphs = warm_up_roi_text(self.viewer)  # on the GUI thread, while the user looks around
         self._mil_heads: dict[tuple[str, int], MilHead] = {}
-        self._stage_started: dict[str, tuple[float, int]] = {}
+        self._stage_clock = StageClock()
         self._latest_progress: Progress | None = None
         self._progress_shown_at = 0.0
         self._progress_timer = QTimer()
@@ -159,7 +160,7 @@ class SegmentController:
         worker.errored.connect(lambda error, w=worker: self._on_error(w, error))
         worker.finished.connect(lambda w=worker: self._on_finished(w))
         self.worker = worker
-        self._stage_started = {}
+        self._stage_clock.reset()
         self.cancellable_changed.emit(True)
         self._say(f"running on {'the visible field' if box else 'the whole slide'}")
         worker.start()
@@ -240,7 +241,7 @@ class SegmentController:
         """Keep the latest report; show it now, or when PROGRESS_INTERVAL_MS has passed."""
         if worker is not self.worker:
             return
-        self._stage_started.setdefault(report.stage, (time.monotonic(), report.done))
+        self._stage_clock.saw(report)
         self._latest_progress = report
         wait_ms = PROGRESS_INTERVAL_MS - 1000 * (time.monotonic() - self._progress_shown_at)
         if wait_ms <= 0:
@@ -260,12 +261,7 @@ class SegmentController:
         self._progress_shown_at = time.monotonic()
         total = max(report.total, 1)
         self.progress_changed.emit(min(report.done, total), total)
-        text = report.message or report.stage
-        started, done_then = self._stage_started[report.stage]
-        if report.total > 1 and done_then < report.done < report.total:
-            rate = (report.done - done_then) / max(time.monotonic() - started, 1e-6)  # cached tiles excluded
-            text = f"{report.stage}: {report.done}/{report.total}, about {(report.total - report.done) / rate:.0f} s left"
-        self._say(text)
+        self._say(self._stage_clock.status_line(report))
 
     def _on_result(self, worker, layer, mil_key, display: DisplayOptions, run: MilRun,
                    layers: list[LayerData]) -> None:
@@ -279,9 +275,8 @@ class SegmentController:
         # first, as it holds repaints: the bar and the status below join the layers' repaint
         self._draw(layers if display == self._display() else None)  # else built for other options
         self.progress_changed.emit(1, 1)  # a throttled last report may not have shown
-        cached = len(result.features) - result.encoded_tiles
         text = (f"{result.care.n_regions} regions over {len(result.features)} patches "
-                f"({result.encoded_tiles} encoded, {cached} from cache); ROI = region {result.care.roi}")
+                f"({result.encoded_tiles} encoded, {result.cached_tiles} from cache); ROI = region {result.care.roi}")
         if mil_output is not None:
             self._mil_heads = {mil_key: mil_head}  # the next run with this file skips loading it
             text += (f"; MIL predicts {mil_output.predicted} (p={float(max(mil_output.probabilities)):.2f})"

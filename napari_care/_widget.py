@@ -19,15 +19,24 @@ from napari_care._review_panel import ReviewPanel
 from napari_care._segment_controller import RunRequest, SegmentController
 from napari_care.core.encoders import list_encoders
 from napari_care.core.heatmap import NORMALISATIONS
-from napari_care.core.segment import SegmentOptions
+from napari_care.core.segment import MAGNIFICATION_CHOICES, OPTION_RANGES, SegmentOptions
 
 if TYPE_CHECKING:
     import napari
 
 
 SCOPES = ("visible field", "whole slide")
-MAGNIFICATIONS = (40.0, 20.0, 10.0, 5.0)
 COLORMAPS = ("turbo", "inferno", "viridis", "magma", "plasma", "jet")
+DEFAULT_OPTIONS = SegmentOptions()  # the fields start at the core's defaults
+DEFAULT_DISPLAY = DisplayOptions()
+
+
+def _ranged(name: str) -> dict:
+    """Start and range of the field of option ``name``: the core's default (None, left to the
+    core, shows as the range's low end) and :data:`~napari_care.core.segment.OPTION_RANGES`."""
+    low, high = OPTION_RANGES[name]
+    default = getattr(DEFAULT_OPTIONS, name)
+    return {"value": low if default is None else default, "min": low, "max": high}
 
 
 class CareSegmentWidget(mg.Container):
@@ -37,7 +46,7 @@ class CareSegmentWidget(mg.Container):
         super().__init__(labels=True)
         self.viewer = napari_viewer
         self.slide_layer = mg.ComboBox(label="slide", choices=self._slide_layers)
-        self.encoder = mg.ComboBox(label="encoder", choices=list_encoders(), value="default")
+        self.encoder = mg.ComboBox(label="encoder", choices=list_encoders(), value=DEFAULT_OPTIONS.encoder)
         self.timm_name = mg.LineEdit(label="timm model", tooltip="any timm model name; overrides the encoder")
         self.weights = mg.FileEdit(label="weights", mode="r", filter="*.safetensors *.pth *.pt *.bin")
         self.care_checkpoint = mg.FileEdit(label="CARE checkpoint", mode="r", filter="*.safetensors",
@@ -45,26 +54,32 @@ class CareSegmentWidget(mg.Container):
         self.mil_head = mg.FileEdit(label="MIL head", mode="r", filter="*.json *.safetensors",
                                     tooltip="an AB-MIL checkpoint from `napari-care train-mil`: its attention "
                                             "becomes the heatmap and its prediction is reported; empty: CARE's")
-        self.k = mg.SpinBox(label="k (block side)", value=8, min=1, max=64)
-        self.colour_by = mg.ComboBox(label="colour by", choices=COLOUR_BY, value="region")
-        self.n_groups = mg.SpinBox(label="groups (N)", value=6, min=2, max=12)
-        self.tissue_threshold = mg.FloatSpinBox(label="tissue threshold", value=0.0, min=0.0, max=1.0, step=0.01,
+        self.k = mg.SpinBox(label="k (block side)", **_ranged("k"))
+        self.colour_by = mg.ComboBox(label="colour by", choices=COLOUR_BY, value=DEFAULT_DISPLAY.colour_by)
+        self.n_groups = mg.SpinBox(label="groups (N)", **_ranged("n_groups"))
+        self.tissue_threshold = mg.FloatSpinBox(label="tissue threshold", **_ranged("tissue_threshold"), step=0.01,
                                                 tooltip="HSV saturation; 0 chooses it by Otsu")
-        self.min_tissue = mg.FloatSpinBox(label="min tissue / tile", value=0.25, min=0.0, max=1.0, step=0.05)
-        self.roi_threshold = mg.FloatSpinBox(label="ROI threshold", value=1.0, min=0.0, max=1.0, step=0.05,
+        self.min_tissue = mg.FloatSpinBox(label="min tissue / tile", **_ranged("min_tissue"), step=0.05)
+        self.roi_threshold = mg.FloatSpinBox(label="ROI threshold", value=DEFAULT_DISPLAY.roi_threshold, min=0.0,
+                                             max=1.0, step=0.05,
                                              tooltip="draw regions with a >= threshold x the ROI's a")
-        self.heatmap_threshold = mg.FloatSpinBox(label="heatmap threshold", value=0.0, min=0.0, max=1.0, step=0.05)
-        self.normalisation = mg.ComboBox(label="normalisation", choices=NORMALISATIONS, value="min-max")
-        self.colormap = mg.ComboBox(label="colormap", choices=COLORMAPS, value="turbo")
-        self.opacity = mg.FloatSpinBox(label="heatmap opacity", value=0.6, min=0.0, max=1.0, step=0.05)
-        self.blur = mg.FloatSpinBox(label="blur (patches)", value=0.0, min=0.0, max=10.0, step=0.5)
-        self.e_star = mg.FloatSpinBox(label="E*", value=0.5, min=0.0, max=2.0, step=0.05,
+        self.heatmap_threshold = mg.FloatSpinBox(label="heatmap threshold", value=DEFAULT_DISPLAY.heatmap_threshold,
+                                                 min=0.0, max=1.0, step=0.05)
+        self.normalisation = mg.ComboBox(label="normalisation", choices=NORMALISATIONS,
+                                         value=DEFAULT_DISPLAY.normalisation)
+        self.colormap = mg.ComboBox(label="colormap", choices=COLORMAPS, value=DEFAULT_DISPLAY.colormap)
+        self.opacity = mg.FloatSpinBox(label="heatmap opacity", value=DEFAULT_DISPLAY.opacity, min=0.0, max=1.0,
+                                       step=0.05)
+        self.blur = mg.FloatSpinBox(label="blur (patches)", value=DEFAULT_DISPLAY.blur_patches, min=0.0, max=10.0,
+                                    step=0.5)
+        self.e_star = mg.FloatSpinBox(label="E*", **_ranged("e_star"), step=0.05,
                                       tooltip="target expected candidate rank of the region structuring loss")
-        self.lambda_spf = mg.FloatSpinBox(label="lambda_spf", value=0.5, min=0.0, max=1.0, step=0.05,
+        self.lambda_spf = mg.FloatSpinBox(label="lambda_spf", **_ranged("lambda_spf"), step=0.05,
                                           tooltip="share of the coverage prior in the region weight a")
         self.scope = mg.RadioButtons(label="scope", choices=SCOPES, value="whole slide")
         self.follow_view = mg.CheckBox(text="follow view", value=False)
-        self.magnification = mg.ComboBox(label="magnification", choices=MAGNIFICATIONS, value=20.0)
+        self.magnification = mg.ComboBox(label="magnification", choices=MAGNIFICATION_CHOICES,
+                                         value=DEFAULT_OPTIONS.magnification)
         self.run_button = mg.PushButton(text="Run")
         self.cancel_button = mg.PushButton(text="Cancel", enabled=False)
         self.progress = mg.ProgressBar(label="progress", value=0, min=0, max=1)

@@ -6,7 +6,6 @@ Exit codes: 0 done, 1 the work failed, 2 bad input (unreadable file, wrong optio
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import sys
 import warnings
@@ -15,7 +14,15 @@ from pathlib import Path
 import click
 
 from napari_care import __version__
-from napari_care.cli.common import EXIT_BAD_INPUT, EXIT_FAILED, StageBars, drive, fail  # noqa: F401
+from napari_care.cli.common import (  # noqa: F401
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    StageBars,
+    core_option,
+    drive,
+    fail,
+    keyword_defaults,
+)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,30 +46,38 @@ def open_or_fail(path: Path, mpp: float | None):
 @click.option("--mpp", type=float, default=None, help="Micrometres per level-0 pixel, overriding the file.")
 def info(slide: Path, mpp: float | None) -> None:
     """Print a slide's metadata as JSON: levels, mpp and its source, objective, vendor."""
-    from napari_care.core.slide.handle import SlideReadError, open_slide  # lazy: CLI start-up
-
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # a missing mpp shows as null in the JSON
-            handle = open_slide(slide, mpp=mpp)
-    except (FileNotFoundError, SlideReadError, ValueError) as error:
-        fail(str(error))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a missing mpp shows as null in the JSON
+        handle = open_or_fail(slide, mpp)
     with handle:
         click.echo(json.dumps(handle.metadata(), indent=2))
+
+
+def segment_defaults() -> dict:
+    """:class:`~napari_care.core.segment.SegmentOptions`' defaults (click reads them when it needs them)."""
+    from napari_care.core.segment import SegmentOptions  # lazy: CLI start-up
+
+    return SegmentOptions().to_dict()
+
+
+def cluster_defaults() -> dict:
+    """The defaults of a local dask cluster (:func:`~napari_care.core.cohort.cohort_client`)."""
+    from napari_care.core.cohort import cohort_client  # lazy: CLI start-up
+
+    return keyword_defaults(cohort_client)
 
 
 def segment_options(function):
     """The options shared by ``segment`` and ``extract``: what to compute, where, and on which cluster."""
     options = [
-        click.option("--encoder", default="default", show_default=True,
-                     help="Patch encoder: default, a preset (uni, conch_v1_5, ...) or timm:<model name>."),
+        core_option(segment_defaults, "--encoder", type=str,
+                    help="Patch encoder: default, a preset (uni, conch_v1_5, ...) or timm:<model name>."),
         click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
                      help="Local weights file for the encoder."),
-        click.option("--magnification", type=float, default=20.0, show_default=True, help="Target magnification."),
-        click.option("--tile-size", "tile_size_px", type=int, default=224, show_default=True,
-                     help="Tile side in pixels at the target magnification."),
-        click.option("--min-tissue", type=float, default=0.25, show_default=True,
-                     help="Minimum tissue share of a tile."),
+        core_option(segment_defaults, "--magnification", type=float, help="Target magnification."),
+        core_option(segment_defaults, "--tile-size", "tile_size_px", type=int,
+                    help="Tile side in pixels at the target magnification."),
+        core_option(segment_defaults, "--min-tissue", type=float, help="Minimum tissue share of a tile."),
         click.option("--mpp", type=float, default=None,
                      help="Micrometres per level-0 pixel for slides without one (CSV mpp wins)."),
         click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder."),
@@ -70,8 +85,8 @@ def segment_options(function):
         click.option("--workers", type=click.IntRange(min=0), default=None,
                      help="Worker processes of the local dask cluster [default: one per two cores, at most one "
                           "per slide]; 0 runs in this process (the default for a single slide)."),
-        click.option("--threads-per-worker", type=click.IntRange(min=1), default=1, show_default=True,
-                     help="Slides each worker runs at once."),
+        core_option(cluster_defaults, "--threads-per-worker", type=click.IntRange(min=1),
+                    help="Slides each worker runs at once."),
         click.option("--scheduler", default=None, metavar="ADDRESS",
                      help="Run on an existing dask cluster (e.g. tcp://host:8786) instead of a local one."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
@@ -88,8 +103,15 @@ def run_jobs(job_function, slides: tuple[str, ...], mpp: float | None, *, out_di
     Exits 2 on bad arguments (no slides, colliding names, an unreachable scheduler) and 1 when
     any slide failed or the run was interrupted.
     """
-    from napari_care.core.cohort import default_workers, run_cohort  # lazy: CLI start-up
-    from napari_care.core.jobs import check_unique_stems, expand_slides, write_summary  # lazy: CLI start-up
+    from napari_care.core.cohort import run_cohort  # lazy: CLI start-up
+    from napari_care.core.cohort_plan import cohort_workers  # lazy: CLI start-up
+    from napari_care.core.jobs import (  # lazy: CLI start-up
+        check_unique_stems,
+        expand_slides,
+        reports_progress,
+        summary_path,
+        write_summary,
+    )
 
     if scheduler is not None and workers is not None:
         fail("--workers sizes a local cluster; it cannot be given with --scheduler")
@@ -100,16 +122,14 @@ def run_jobs(job_function, slides: tuple[str, ...], mpp: float | None, *, out_di
         fail(str(error))
     if not jobs:
         fail("no slides to process")
-    # One slide gains nothing from a cluster but its start-up time.
-    in_process = scheduler is None and (workers == 0 or (workers is None and len(jobs) == 1))
+    n_workers = cohort_workers(len(jobs), workers=workers, scheduler=scheduler)  # 0: in this process
     finished: list[dict] = []  # in finishing order, for a run that is interrupted
     try:
         with contextlib.ExitStack() as stack:
             client = None
-            if not in_process:
-                client = start_cluster(stack, scheduler, min(workers or default_workers(), len(jobs)),
-                                       threads_per_worker, len(jobs))
-            elif "on_progress" in inspect.signature(job_function).parameters:  # a bar per stage of the slide
+            if n_workers != 0:
+                client = start_cluster(stack, scheduler, n_workers, threads_per_worker, len(jobs))
+            elif reports_progress(job_function):  # a bar per stage of the slide
                 kwargs["on_progress"] = stack.enter_context(contextlib.closing(StageBars(quiet=quiet)))
             work = run_cohort(job_function, jobs, client=client, on_row=finished.append,
                               out_dir=Path(out_dir).absolute(), **kwargs)
@@ -120,15 +140,15 @@ def run_jobs(job_function, slides: tuple[str, ...], mpp: float | None, *, out_di
         fail(f"interrupted after {len(finished)} of {len(jobs)} slides; run the same command again to resume",
              EXIT_FAILED)
     print_table(rows)
-    summary = write_summary(rows, Path(out_dir) / f"{job_function.__name__.removesuffix('_job')}-summary.csv")
+    summary = write_summary(rows, summary_path(out_dir, job_function))
     click.echo(f"summary: {summary}")
     if any(row["status"] == "failed" for row in rows):
         sys.exit(EXIT_FAILED)
 
 
-def start_cluster(stack: contextlib.ExitStack, scheduler: str | None, n_workers: int, threads_per_worker: int,
+def start_cluster(stack: contextlib.ExitStack, scheduler: str | None, n_workers: int | None, threads_per_worker: int,
                   n_slides: int):
-    """A dask client, closed with ``stack``: on a new local cluster or on ``scheduler``.
+    """A dask client, closed with ``stack``: on a new local cluster of ``n_workers`` or on ``scheduler``.
 
     Prints the cluster's size and dashboard; exits 2 when the scheduler cannot be reached.
     """
@@ -168,10 +188,10 @@ COHORT_HELP = """
 """ + COHORT_HELP)
 @click.argument("slides", nargs=-1, required=True)
 @segment_options
-@click.option("--k", type=int, default=8, show_default=True, help="Block side in patches.")
+@core_option(segment_defaults, "--k", type=int, help="Block side in patches.")
 @click.option("--care", "care_checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A trained CARE checkpoint (default: training-free).")
-@click.option("--groups", "n_groups", type=int, default=6, show_default=True, help="Phenotype groups.")
+@core_option(segment_defaults, "--groups", "n_groups", type=int, help="Phenotype groups.")
 @click.option("--tiles", is_flag=True, help="Also write per-tile attention as QuPath tile objects.")
 def segment(slides, encoder, weights, magnification, tile_size_px, min_tissue, mpp, out_dir, overwrite, workers,
             threads_per_worker, scheduler, quiet, k, care_checkpoint, n_groups, tiles) -> None:
@@ -210,7 +230,7 @@ def extract(slides, encoder, weights, magnification, tile_size_px, min_tissue, m
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("napari-care-demo"),
               show_default=True, help="Folder for the results.")
-@click.option("--k", type=int, default=8, show_default=True, help="Block side in patches.")
+@core_option(segment_defaults, "--k", type=int, help="Block side in patches.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path, k: int, quiet: bool) -> None:
     """Build the offline sample slide (once), segment it with the default encoder, write the results.

@@ -9,14 +9,10 @@ failed, 2 bad input (unreadable file, wrong option, features that do not fit a c
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import click
 
-from napari_care.cli.common import EXIT_FAILED, drive, fail
-
-if TYPE_CHECKING:
-    from napari_care.core.mil.heads import RegionEncoder  # lazy: CLI start-up
+from napari_care.cli.common import EXIT_FAILED, core_option, drive, fail, field_defaults, keyword_defaults
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -48,32 +44,82 @@ def read_features(folder: Path):
     return or_fail(load_feature_folder, folder)
 
 
-def common_training_options(function):
-    """Options shared by the pretraining commands."""
-    options = [
-        click.option("--out", "out_dir", type=ANY_PATH, required=True, help="Folder of the checkpoints."),
-        click.option("--resume", type=EXISTING_FILE, default=None, help="Checkpoint (.json) to resume from."),
-        click.option("--checkpoint-every", type=int, default=0, show_default=True,
-                     help="Save a checkpoint every that many steps (0: only the final one)."),
-        click.option("--seed", type=int, default=0, show_default=True, help="Seed of all randomness."),
-        click.option("--device", default="cpu", show_default=True, help="Torch device, e.g. cpu or cuda."),
-        click.option("--quiet", is_flag=True, help="No progress bars."),
-    ]
-    for option in reversed(options):
-        function = option(function)
-    return function
+# The core's defaults of the commands' options, by name (click reads them when it needs them).
+
+
+def care_defaults() -> dict:
+    """:class:`~napari_care.core.models.care.CareConfig`'s defaults."""
+    from napari_care.core.models.care import CareConfig  # lazy: CLI start-up
+
+    return field_defaults(CareConfig)
+
+
+def stage1_defaults() -> dict:
+    """:class:`~napari_care.core.train.care_stage1.Stage1Config`'s defaults."""
+    from napari_care.core.train.care_stage1 import Stage1Config  # lazy: CLI start-up
+
+    return field_defaults(Stage1Config)
+
+
+def stage2_defaults() -> dict:
+    """:class:`~napari_care.core.train.care_stage2.Stage2Config`'s defaults, and the protein table's."""
+    from napari_care.core.molecular import load_protein_table  # lazy: CLI start-up
+    from napari_care.core.train.care_stage2 import Stage2Config  # lazy: CLI start-up
+
+    return field_defaults(Stage2Config) | keyword_defaults(load_protein_table)
+
+
+def mem_defaults() -> dict:
+    """:class:`~napari_care.core.train.mem.MEMTrainConfig`'s defaults."""
+    from napari_care.core.train.mem import MEMTrainConfig  # lazy: CLI start-up
+
+    return field_defaults(MEMTrainConfig)
+
+
+def mixmag_defaults() -> dict:
+    """:class:`~napari_care.core.models.mixmag.MixMagConfig`'s defaults."""
+    from napari_care.core.models.mixmag import MixMagConfig  # lazy: CLI start-up
+
+    return field_defaults(MixMagConfig)
+
+
+def mil_defaults() -> dict:
+    """:class:`~napari_care.core.train.mil.MILTrainConfig`'s defaults."""
+    from napari_care.core.train.mil import MILTrainConfig  # lazy: CLI start-up
+
+    return field_defaults(MILTrainConfig)
+
+
+def common_training_options(defaults):
+    """Options shared by the pretraining commands, with the defaults of the command's config."""
+
+    def decorate(function):
+        options = [
+            click.option("--out", "out_dir", type=ANY_PATH, required=True, help="Folder of the checkpoints."),
+            click.option("--resume", type=EXISTING_FILE, default=None, help="Checkpoint (.json) to resume from."),
+            core_option(defaults, "--checkpoint-every", type=int,
+                        help="Save a checkpoint every that many steps (0: only the final one)."),
+            core_option(defaults, "--seed", type=int, help="Seed of all randomness."),
+            core_option(defaults, "--device", type=str, help="Torch device, e.g. cpu or cuda."),
+            click.option("--quiet", is_flag=True, help="No progress bars."),
+        ]
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return decorate
 
 
 def care_model_options(function):
     """Sizes of a new CARE model."""
     options = [
-        click.option("--k", type=int, default=8, show_default=True, help="Block side in patches."),
-        click.option("--embed-dim", type=int, default=512, show_default=True, help="Region/slide embedding width."),
-        click.option("--heads", type=int, default=8, show_default=True, help="Attention heads."),
-        click.option("--affinity-prior", type=click.Choice(["none", "input"]), default="none", show_default=True,
-                     help="none: the paper's generator; input: start from the training-free affinity "
-                          "(a new model cuts slides as training-free CARE; see docs/care.md). New models only: "
-                          "with --resume or --init the checkpoint's model config is used."),
+        core_option(care_defaults, "--k", type=int, help="Block side in patches."),
+        core_option(care_defaults, "--embed-dim", type=int, help="Region/slide embedding width."),
+        core_option(care_defaults, "--heads", type=int, help="Attention heads."),
+        core_option(care_defaults, "--affinity-prior", type=click.Choice(["none", "input"]),
+                    help="none: the paper's generator; input: start from the training-free affinity "
+                         "(a new model cuts slides as training-free CARE; see docs/care.md). New models only: "
+                         "with --resume or --init the checkpoint's model config is used."),
     ]
     for option in reversed(options):
         function = option(function)
@@ -98,15 +144,15 @@ def register(main: click.Group) -> None:
 
     @pretrain.command("care-stage1")
     @click.argument("features_dir", type=EXISTING_DIR)
-    @common_training_options
+    @common_training_options(stage1_defaults)
     @care_model_options
-    @click.option("--steps", type=int, default=1000, show_default=True, help="Optimiser steps.")
-    @click.option("--batch-size", type=int, default=8, show_default=True, help="Sub-slides per step.")
-    @click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate (AdamW).")
-    @click.option("--max-patches", type=int, default=360, show_default=True, help="Largest sub-slide, in patches.")
-    @click.option("--consistency-weight", type=float, default=0.0, show_default=True,
-                  help="Weight of the assignment-consistency loss (0: the paper's loss; 1 with --affinity-prior "
-                       "input is the recipe of docs/care.md).")
+    @core_option(stage1_defaults, "--steps", type=int, help="Optimiser steps.")
+    @core_option(stage1_defaults, "--batch-size", type=int, help="Sub-slides per step.")
+    @core_option(stage1_defaults, "--lr", type=float, help="Peak learning rate (AdamW).")
+    @core_option(stage1_defaults, "--max-patches", type=int, help="Largest sub-slide, in patches.")
+    @core_option(stage1_defaults, "--consistency-weight", type=float,
+                 help="Weight of the assignment-consistency loss (0: the paper's loss; 1 with --affinity-prior "
+                      "input is the recipe of docs/care.md).")
     def care_stage1(features_dir, out_dir, resume, checkpoint_every, seed, device, quiet, k, embed_dim, heads,
                     affinity_prior, steps, batch_size, lr, max_patches, consistency_weight) -> None:
         """Self-supervised Stage I (iBOT-style) on a folder of feature files (*.h5); no labels.
@@ -116,11 +162,12 @@ def register(main: click.Group) -> None:
         """
         from napari_care.core.train.care_stage1 import Stage1Config, train_care_stage1  # lazy: CLI start-up
         from napari_care.core.train.feature_views import encoder_name  # lazy: CLI start-up
+        from napari_care.core.train.schedule import with_short_warmup  # lazy: CLI start-up
 
         slides = read_features(features_dir)
-        config = or_fail(Stage1Config, steps=steps, batch_size=batch_size, lr=lr, max_patches=max_patches,
-                         checkpoint_every=checkpoint_every, seed=seed, device=device,
-                         warmup_steps=min(50, steps // 10), consistency_weight=consistency_weight)
+        config = or_fail(with_short_warmup, Stage1Config, steps=steps, batch_size=batch_size, lr=lr,
+                         max_patches=max_patches, checkpoint_every=checkpoint_every, seed=seed, device=device,
+                         consistency_weight=consistency_weight)
         model_config = None if resume else care_config(slides[0].feature_dim, k, embed_dim, heads, affinity_prior)
         result = run_or_fail(train_care_stage1(slides, model_config, out_dir, config, resume_from=resume,
                                                encoder=encoder_name(slides)), quiet)
@@ -135,12 +182,12 @@ def register(main: click.Group) -> None:
                   help="Protein table (numeric protein columns, or the top proteins' names).")
     @click.option("--init", type=EXISTING_FILE, default=None,
                   help="CARE checkpoint to start from (Stage I); without it a new model.")
-    @common_training_options
+    @common_training_options(stage2_defaults)
     @care_model_options
-    @click.option("--steps", type=int, default=500, show_default=True, help="Optimiser steps per phase.")
-    @click.option("--batch-size", type=int, default=16, show_default=True, help="Slides per step.")
-    @click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate (AdamW).")
-    @click.option("--top-k", type=int, default=10, show_default=True, help="Protein tokens per slide.")
+    @core_option(stage2_defaults, "--steps", type=int, help="Optimiser steps per phase.")
+    @core_option(stage2_defaults, "--batch-size", type=int, help="Slides per step.")
+    @core_option(stage2_defaults, "--lr", type=float, help="Peak learning rate (AdamW).")
+    @core_option(stage2_defaults, "--top-k", type=int, help="Protein tokens per slide.")
     @click.option("--log1p", is_flag=True, help="log(1 + x) the RNA values (raw counts or TPM).")
     def care_stage2(features_dir, rna, protein, init, out_dir, resume, checkpoint_every, seed, device, quiet, k,
                     embed_dim, heads, affinity_prior, steps, batch_size, lr, top_k, log1p) -> None:
@@ -155,14 +202,15 @@ def register(main: click.Group) -> None:
             pretrain_care_stage2,
         )
         from napari_care.core.train.feature_views import encoder_name  # lazy: CLI start-up
+        from napari_care.core.train.schedule import with_short_warmup  # lazy: CLI start-up
 
         if rna is None and protein is None:
             fail("care-stage2 needs --rna, --protein or both")
         slides = read_features(features_dir)
         rna_table = or_fail(load_rna_table, rna, log1p=log1p) if rna else None
         protein_table = or_fail(load_protein_table, protein, top_k=top_k) if protein else None
-        config = or_fail(Stage2Config, steps=steps, batch_size=batch_size, lr=lr, checkpoint_every=checkpoint_every,
-                         seed=seed, device=device, warmup_steps=min(20, steps // 10))
+        config = or_fail(with_short_warmup, Stage2Config, steps=steps, batch_size=batch_size, lr=lr,
+                         checkpoint_every=checkpoint_every, seed=seed, device=device)
         model_config = None if (init or resume) else care_config(slides[0].feature_dim, k, embed_dim, heads,
                                                                  affinity_prior)
         results = run_or_fail(pretrain_care_stage2(slides, rna_table, protein_table, out_dir, config, init=init,
@@ -174,24 +222,24 @@ def register(main: click.Group) -> None:
 
     @pretrain.command("mixmag")
     @click.argument("tokens", type=click.Path(exists=True, path_type=Path))
-    @common_training_options
-    @click.option("--steps", type=int, default=2000, show_default=True, help="Optimiser steps.")
-    @click.option("--batch-size", type=int, default=64, show_default=True, help="Regions per step.")
-    @click.option("--lr", type=float, default=1e-4, show_default=True, help="Peak learning rate (AdamW).")
-    @click.option("--objective", type=click.Choice(["mem", "cmem"]), default="mem", show_default=True)
-    @click.option("--readout", type=click.Choice(["cls", "cls+tile", "tokens"]), default="cls", show_default=True,
-                  help="Region output for AB-MIL: cls (one token per region, the paper's), cls+tile (the CLS and "
-                       "the region's most salient 20x tile, one token per region; with train-mil --two-pools it "
-                       "kept 20x detail that cls lost in the generated sets, docs/mixmag.md), tokens (the 16 20x "
-                       "tokens).")
-    @click.option("--mask-ratio", type=float, default=0.5, show_default=True)
-    @click.option("--dim", type=int, default=256, show_default=True, help="Transformer width.")
-    @click.option("--depth", type=int, default=2, show_default=True, help="Transformer layers.")
-    @click.option("--regions-per-slide", type=int, default=None, help="Region subsampling per slide.")
-    @click.option("--standardise-tokens/--no-standardise-tokens", default=True, show_default=True,
-                  help="Standardise tile embeddings per dimension with the pretraining regions' mean and std, "
-                       "and whiten 20x tiles for cls+tile with their covariance (kept in the checkpoint; a "
-                       "resumed run keeps its own). Off: raw embeddings.")
+    @common_training_options(mem_defaults)
+    @core_option(mem_defaults, "--steps", type=int, help="Optimiser steps.")
+    @core_option(mem_defaults, "--batch-size", type=int, help="Regions per step.")
+    @core_option(mem_defaults, "--lr", type=float, help="Peak learning rate (AdamW).")
+    @core_option(mixmag_defaults, "--objective", type=click.Choice(["mem", "cmem"]))
+    @core_option(mixmag_defaults, "--readout", type=click.Choice(["cls", "cls+tile", "tokens"]),
+                 help="Region output for AB-MIL: cls (one token per region, the paper's), cls+tile (the CLS and "
+                      "the region's most salient 20x tile, one token per region; with train-mil --two-pools it "
+                      "kept 20x detail that cls lost in the generated sets, docs/mixmag.md), tokens (the 16 20x "
+                      "tokens).")
+    @core_option(mixmag_defaults, "--mask-ratio", type=float)
+    @core_option(mixmag_defaults, "--dim", type=int, help="Transformer width.")
+    @core_option(mixmag_defaults, "--depth", type=int, help="Transformer layers.")
+    @core_option(mem_defaults, "--regions-per-slide", type=int, help="Region subsampling per slide.")
+    @core_option(mem_defaults, "--standardise-tokens/--no-standardise-tokens",
+                 help="Standardise tile embeddings per dimension with the pretraining regions' mean and std, "
+                      "and whiten 20x tiles for cls+tile with their covariance (kept in the checkpoint; a "
+                      "resumed run keeps its own). Off: raw embeddings.")
     def mixmag(tokens, out_dir, resume, checkpoint_every, seed, device, quiet, steps, batch_size, lr, objective,
                readout, mask_ratio, dim, depth, regions_per_slide, standardise_tokens) -> None:
         """MEM / CMEM pretraining of the mixed-magnification encoder on region tokens.
@@ -201,16 +249,17 @@ def register(main: click.Group) -> None:
         region_size_level0, slide_id), or a folder of either (one per slide). Writes mem_final.*.
         """
         from napari_care.core.models.mixmag import MixMagConfig  # lazy: CLI start-up
+        from napari_care.core.train.bags import load_region_tokens  # lazy: CLI start-up
         from napari_care.core.train.mem import MEMTrainConfig, train_mem  # lazy: CLI start-up
+        from napari_care.core.train.schedule import with_short_warmup  # lazy: CLI start-up
 
         slides = or_fail(load_region_tokens, tokens)
         model_config = None if resume else or_fail(
             MixMagConfig, in_dim=slides[0].tokens.shape[-1], dim=dim, depth=depth, objective=objective,
             readout=readout, mask_ratio=mask_ratio)
-        config = or_fail(MEMTrainConfig, steps=steps, batch_size=batch_size, lr=lr,
+        config = or_fail(with_short_warmup, MEMTrainConfig, steps=steps, batch_size=batch_size, lr=lr,
                          regions_per_slide=regions_per_slide, standardise_tokens=standardise_tokens,
-                         checkpoint_every=checkpoint_every, seed=seed,
-                         device=device, warmup_steps=min(100, steps // 10))
+                         checkpoint_every=checkpoint_every, seed=seed, device=device)
         result = run_or_fail(train_mem(slides, model_config, out_dir, config, resume_from=resume), quiet)
         click.echo(f"{len(slides)} slides, {len(result.losses)} steps, loss {result.losses[0]:.4f} -> "
                    f"{result.losses[-1]:.4f}")
@@ -223,12 +272,12 @@ def register(main: click.Group) -> None:
     @click.option("--mem", "mem_checkpoint", type=EXISTING_FILE, default=None,
                   help="MEM checkpoint: BAGS_DIR then holds *.mixmag.h5 (or region-token .npz) files "
                        "turned into region bags.")
-    @click.option("--max-epochs", type=int, default=50, show_default=True)
-    @click.option("--patience", type=int, default=10, show_default=True)
-    @click.option("--lr", type=float, default=2e-4, show_default=True)
-    @click.option("--max-instances", type=int, default=None, help="Instances drawn per training bag and step.")
-    @click.option("--seed", type=int, default=0, show_default=True)
-    @click.option("--device", default="cpu", show_default=True)
+    @core_option(mil_defaults, "--max-epochs", type=int)
+    @core_option(mil_defaults, "--patience", type=int)
+    @core_option(mil_defaults, "--lr", type=float)
+    @core_option(mil_defaults, "--max-instances", type=int, help="Instances drawn per training bag and step.")
+    @core_option(mil_defaults, "--seed", type=int)
+    @core_option(mil_defaults, "--device", type=str)
     @click.option("--two-pools", is_flag=True,
                   help="With --mem and a cls+tile checkpoint: one attention pool over the CLS, one over the tile "
                        "(docs/mixmag.md).")
@@ -241,90 +290,21 @@ def register(main: click.Group) -> None:
         or, with --mem, one <slide_id>.mixmag.h5 (or region-token .npz) per slide. Writes abmil.*, predictions.csv,
         attention.npz and metrics.json to --out.
         """
+        from napari_care.core.train.bags import read_mil_bags, replace_region_encoder  # lazy: CLI start-up
         from napari_care.core.train.mil import MILTrainConfig, train_mil  # lazy: CLI start-up
 
-        bags, encoder, cls_width, region_encoder = or_fail(read_bags, bags_dir, mem_checkpoint, device)
-        if two_pools and not cls_width:
+        bags = or_fail(read_mil_bags, bags_dir, mem_checkpoint, device)
+        if two_pools and not bags.cls_width:
             fail("--two-pools needs --mem with a checkpoint of the cls+tile readout")
         config = or_fail(MILTrainConfig, max_epochs=max_epochs, patience=patience, lr=lr,
                          max_instances=max_instances, seed=seed, device=device,
-                         split_at=cls_width if two_pools else 0)
-        result = run_or_fail(train_mil(labels_csv, bags, out_dir, config, encoder=encoder), quiet)
-        if mem_checkpoint is not None:  # the viewer rebuilds region tokens with the mixing encoder kept beside the head
-            from napari_care.core.mil.heads import (  # lazy: CLI start-up
-                REGION_ENCODER_FILE,
-                save_region_encoder,
-            )
-
-            for stale in out_dir.glob(f"{REGION_ENCODER_FILE}.*"):  # never pair this head with an older encoder
-                stale.unlink()
-            if region_encoder is not None:
-                save_region_encoder(out_dir, region_encoder)
-            else:
-                click.echo("note: region tokens from .npz files do not name their patch encoder; the viewer cannot "
-                           "apply this head (train from .mixmag.h5 files for that)")
+                         split_at=bags.cls_width if two_pools else 0)
+        result = run_or_fail(train_mil(labels_csv, bags.bags, out_dir, config, encoder=bags.encoder), quiet)
+        # the viewer rebuilds region tokens with the mixing encoder kept beside the head
+        if mem_checkpoint is not None and replace_region_encoder(out_dir, bags.region_encoder) is None:
+            click.echo("note: region tokens from .npz files do not name their patch encoder; the viewer cannot "
+                       "apply this head (train from .mixmag.h5 files for that)")
         metrics = result.metrics
         click.echo(f"test AUROC {metrics['test_auroc']}, balanced accuracy {metrics['test_balanced_accuracy']}, "
                    f"best epoch {metrics['best_epoch']}")
         click.echo(f"outputs: {out_dir}")
-
-
-def load_region_tokens(path: Path) -> list:
-    """:class:`~napari_care.core.models.mixmag.RegionTokens` from mixed-magnification feature
-    files (``*.mixmag.h5``) or region-token ``.npz`` files (see ``pretrain mixmag``)."""
-    import numpy as np  # lazy: CLI start-up
-
-    from napari_care.core.mixmag_features import SUFFIX, load_mixmag  # lazy: CLI start-up
-    from napari_care.core.models.mixmag import RegionTokens  # lazy: CLI start-up
-
-    files = sorted([*path.glob("*.npz"), *path.glob(f"*{SUFFIX}")]) if path.is_dir() else [path]
-    if not files:
-        raise FileNotFoundError(f"{path}: no mixed-magnification feature files (*{SUFFIX}) or region tokens (*.npz)")
-    slides = []
-    for file in files:
-        if file.suffix.lower() in (".h5", ".hdf5"):
-            tokens = load_mixmag(file).to_region_tokens()
-            tokens.slide_id = file.name.removesuffix(SUFFIX) if file.name.endswith(SUFFIX) else file.stem
-            slides.append(tokens)
-            continue
-        try:
-            data = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as error:
-            raise ValueError(f"{file}: not a readable .npz file ({error})") from error
-        with data:
-            missing = sorted({"tokens", "token_present"} - set(data.files))
-            if missing:
-                raise ValueError(f"{file}: not a region-token file (missing {missing})")
-            tokens = np.asarray(data["tokens"], dtype=np.float32)
-            coords = data["region_coords"] if "region_coords" in data.files else np.zeros((len(tokens), 2), np.int64)
-            size = float(data["region_size_level0"]) if "region_size_level0" in data.files else 0.0
-            slide_id = str(data["slide_id"]) if "slide_id" in data.files else file.name.removesuffix(".npz")
-            slides.append(RegionTokens(tokens, np.asarray(data["token_present"], dtype=bool),
-                                       np.asarray(coords, dtype=np.int64), size, slide_id))
-    return slides
-
-
-def read_bags(bags_dir: Path, mem_checkpoint: Path | None, device: str) -> tuple[dict, str, int, RegionEncoder | None]:
-    """slide_id -> instance features for AB-MIL, the encoder name, the CLS width of a
-    ``cls+tile`` region token (0 for other bags), and the
-    :class:`~napari_care.core.mil.regions.RegionEncoder` that made region bags from
-    ``.mixmag.h5`` files (None for patch features and ``.npz`` region tokens)."""
-    from napari_care.core.train.feature_views import encoder_name, load_feature_folder  # lazy: CLI start-up
-
-    if mem_checkpoint is None:
-        slides = load_feature_folder(bags_dir)
-        return {slide.slide_id: slide.features for slide in slides}, encoder_name(slides), 0, None
-    from napari_care.core.checkpoint import check_feature_dim, load_checkpoint  # lazy: CLI start-up
-    from napari_care.core.mil.heads import RegionEncoder  # lazy: CLI start-up
-    from napari_care.core.mixmag_features import SUFFIX, load_mixmag  # lazy: CLI start-up
-    from napari_care.core.models.mixmag import MixMagEncoder  # lazy: CLI start-up
-    from napari_care.core.train.mem import region_bags  # lazy: CLI start-up
-
-    slides = load_region_tokens(bags_dir)
-    model, config, _ = load_checkpoint(mem_checkpoint, MixMagEncoder)
-    check_feature_dim(config, slides[0].tokens.shape[-1], checkpoint=mem_checkpoint, encoder="of the tokens")
-    cls_width = config.dim if config.readout == "cls+tile" else 0
-    feature_files = sorted(bags_dir.glob(f"*{SUFFIX}")) if bags_dir.is_dir() else []
-    region_encoder = (RegionEncoder.of_features(model, load_mixmag(feature_files[0]), feature_files[0])
-                      if feature_files else None)
-    return region_bags(model, slides, device=device), "mixmag", cls_width, region_encoder

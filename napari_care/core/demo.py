@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_care.core.models.care_blocks import DEFAULT_K
 from napari_care.core.outputs import write_outputs
 from napari_care.core.overview import write_overview
 from napari_care.core.partition_metrics import (
@@ -54,7 +55,7 @@ class DemoReport:
         return lines
 
 
-def run_demo(out_dir: str | Path, *, k: int = 8) -> Generator[Progress, None, DemoReport]:
+def run_demo(out_dir: str | Path, *, k: int = DEFAULT_K) -> Generator[Progress, None, DemoReport]:
     """Build (once) and segment the offline sample; write features, GeoJSON, summary and overview."""
     started = time.perf_counter()
     path = yield from iter_offline_sample()  # built once, then cached

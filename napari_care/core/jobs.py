@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import functools
 import glob
+import inspect
 import io
 import os
 import threading
@@ -234,6 +235,17 @@ def extract_job(job: SlideJob, out_dir: str | Path, options: SegmentOptions, *, 
         return f"{len(features)} patches"
 
     return run_job(job, target, work, overwrite=overwrite)
+
+
+def reports_progress(job_function: Callable[..., Row]) -> bool:
+    """Whether a job takes ``on_progress`` (its slide's stages can be shown as they run)."""
+    return "on_progress" in inspect.signature(job_function).parameters
+
+
+def summary_path(out_dir: str | Path, job_function: Callable[..., Row]) -> Path:
+    """Where a cohort of ``job_function`` writes its summary: ``<out_dir>/<job>-summary.csv``
+    (``segment-summary.csv`` for :func:`segment_job`)."""
+    return Path(out_dir) / f"{job_function.__name__.removesuffix('_job')}-summary.csv"
 
 
 def write_summary(rows: Sequence[Row], path: str | Path) -> Path:

@@ -13,7 +13,7 @@ import scipy.ndimage
 import scipy.sparse
 import scipy.sparse.csgraph
 
-from napari_care.core.models.care_blocks import block_partition, check_grid
+from napari_care.core.models.care_blocks import DEFAULT_K, block_partition, check_grid
 
 
 def _labels(values: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
@@ -144,6 +144,6 @@ def region_coherence(region_of_patch: np.ndarray, grid: np.ndarray) -> float:
     return float(piece_size[order][last].sum() / len(grid))
 
 
-def fixed_block_partition(grid: np.ndarray, k: int = 8) -> np.ndarray:
+def fixed_block_partition(grid: np.ndarray, k: int = DEFAULT_K) -> np.ndarray:
     """``[N]`` int64 region ids of the fixed k x k block partition (the ablation baseline)."""
     return block_partition(grid, k).block_of_patch

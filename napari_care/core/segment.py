@@ -21,6 +21,7 @@ from napari_care.core.care_run import load_care_model, segment_features
 from napari_care.core.encoders import create_encoder
 from napari_care.core.extract import extract_features
 from napari_care.core.features import PatchFeatures
+from napari_care.core.models.care_blocks import DEFAULT_E_STAR, DEFAULT_K, DEFAULT_LAMBDA_SPF
 from napari_care.core.models.care_free import CareFreeConfig
 from napari_care.core.phenotypes import phenotype_groups
 from napari_care.core.progress import Progress
@@ -29,6 +30,19 @@ from napari_care.core.tiling import TileGrid, tile_grid
 from napari_care.core.tissue import TissueMask, tissue_mask
 
 Box = tuple[float, float, float, float]  # level-0 (x0, y0, x1, y1)
+
+#: Objective magnifications a form offers (any positive value works; 20x = 0.5 um/px).
+MAGNIFICATION_CHOICES = (40.0, 20.0, 10.0, 5.0)
+#: The inclusive range a form offers for each numeric option of :class:`SegmentOptions`;
+#: the command line leaves them open, and the core checks only what it needs (``k >= 1``, ...).
+OPTION_RANGES: dict[str, tuple[float, float]] = {
+    "k": (1, 64),
+    "n_groups": (2, 12),
+    "tissue_threshold": (0.0, 1.0),
+    "min_tissue": (0.0, 1.0),
+    "e_star": (0.0, 2.0),
+    "lambda_spf": (0.0, 1.0),
+}
 
 
 class NoTissueError(ValueError):
@@ -77,11 +91,11 @@ class SegmentOptions:
     magnification: float = 20.0
     mpp: float | None = None
     tile_size_px: int = 224
-    k: int = 8
+    k: int = DEFAULT_K
     tissue_threshold: float | None = None
     min_tissue: float = 0.25
-    e_star: float = 0.5
-    lambda_spf: float = 0.5
+    e_star: float = DEFAULT_E_STAR
+    lambda_spf: float = DEFAULT_LAMBDA_SPF
     n_groups: int = 6
     batch_size: int = 64
     device: str | None = None
@@ -127,6 +141,11 @@ class SegmentResult:
     encoded_tiles: int
     slide_mpp: tuple[float, float] | None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cached_tiles(self) -> int:
+        """How many of the run's tiles came from the cache rather than the encoder."""
+        return len(self.features) - self.encoded_tiles
 
     @property
     def area_um2_of_region(self) -> np.ndarray | None:

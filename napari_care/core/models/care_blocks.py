@@ -34,6 +34,10 @@ DEFAULT_N_CANDIDATES = 3
 DEFAULT_CONTAINMENT_TEMPERATURE = 0.5
 #: Temperature of the softmaxes over cosine similarities that make the affinity rho.
 DEFAULT_SIMILARITY_TEMPERATURE = 0.1
+#: Share of the coverage prior in the region weight ``a = lambda * alpha + (1 - lambda) * beta``.
+DEFAULT_LAMBDA_SPF = 0.5
+#: Target expected candidate rank of the region structuring loss.
+DEFAULT_E_STAR = 0.5
 
 
 

@@ -43,7 +43,9 @@ from threadpoolctl import threadpool_limits
 from napari_care.core.care_result import CareResult
 from napari_care.core.models.care_blocks import (
     DEFAULT_CONTAINMENT_TEMPERATURE,
+    DEFAULT_E_STAR,
     DEFAULT_K,
+    DEFAULT_LAMBDA_SPF,
     DEFAULT_N_CANDIDATES,
     DEFAULT_SIMILARITY_TEMPERATURE,
     BlockPartition,
@@ -98,8 +100,8 @@ class CareFreeConfig:
     containment_temperature: float = DEFAULT_CONTAINMENT_TEMPERATURE
     similarity_temperature: float = DEFAULT_SIMILARITY_TEMPERATURE
     assignment_temperature: float = 1.0
-    lambda_spf: float = 0.5
-    e_star: float = 0.5
+    lambda_spf: float = DEFAULT_LAMBDA_SPF
+    e_star: float = DEFAULT_E_STAR
     beta: str = "novelty"
     augmented_view: str = "smooth"
     refine_iterations: int = 2
