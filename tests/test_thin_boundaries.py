@@ -11,7 +11,7 @@ import pytest
 
 from napari_care.cli.app import main
 from napari_care.cli.common import CoreDefault
-from napari_care.core.cohort_plan import cohort_workers
+from napari_care.core.cohort import cohort_workers
 from napari_care.core.embedding_files import (
     labelled_embeddings,
     load_embeddings,
@@ -80,7 +80,7 @@ def test_cohort_workers(n_slides, workers, scheduler, expected):
 
 
 def test_cohort_workers_default_to_one_per_two_cores(monkeypatch):
-    monkeypatch.setattr("napari_care.core.cohort_plan.default_workers", lambda: 3)
+    monkeypatch.setattr("napari_care.core.cohort.default_workers", lambda: 3)
     assert cohort_workers(10) == 3
 
 

@@ -103,8 +103,7 @@ def run_jobs(job_function, slides: tuple[str, ...], mpp: float | None, *, out_di
     Exits 2 on bad arguments (no slides, colliding names, an unreachable scheduler) and 1 when
     any slide failed or the run was interrupted.
     """
-    from napari_care.core.cohort import run_cohort  # lazy: CLI start-up
-    from napari_care.core.cohort_plan import cohort_workers  # lazy: CLI start-up
+    from napari_care.core.cohort import cohort_workers, run_cohort  # lazy: CLI start-up
     from napari_care.core.jobs import (  # lazy: CLI start-up
         check_unique_stems,
         expand_slides,

@@ -41,6 +41,32 @@ def default_workers() -> int:
     return max(1, (os.cpu_count() or 1) // 2)
 
 
+def cohort_workers(n_slides: int, *, workers: int | None = None, scheduler: str | None = None) -> int | None:
+    """Worker processes to start for ``n_slides`` slides: 0 runs them in this process, None
+    uses the cluster of ``scheduler``.
+
+    Parameters
+    ----------
+    n_slides
+        Slides of the cohort.
+    workers
+        Worker processes asked for (0: in this process); None: one per two cores
+        (:func:`~napari_care.core.cohort.default_workers`), or this process for a single
+        slide, which gains nothing from a cluster but its start-up time.
+    scheduler
+        Address of a running scheduler, or None for a local cluster.
+
+    Returns
+    -------
+    At most one worker per slide.
+    """
+    if scheduler is not None:
+        return None
+    if workers == 0 or (workers is None and n_slides == 1):
+        return 0
+    return min(workers or default_workers(), n_slides)
+
+
 @contextlib.contextmanager
 def cohort_client(scheduler: str | None = None, *, n_workers: int | None = None, threads_per_worker: int = 1,
                   dashboard_address: str = ":8787") -> Iterator[Client]:
