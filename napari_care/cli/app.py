@@ -244,10 +244,6 @@ def demo(out_dir: Path, k: int, quiet: bool) -> None:
         click.echo(line)
 
 
-if __name__ == "__main__":  # pragma: no cover
-    main()
-
-
 def _register_subcommands() -> None:
     """Attach the training, evaluation and review commands, kept in their own modules for size."""
     from napari_care.cli import evaluate as _cli_evaluate  # lazy: CLI start-up
@@ -260,3 +256,8 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
+
+
+# after the registration, so that `python -m napari_care.cli.app train-mil` finds its command
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import click
 
-from napari_care.cli.common import EXIT_FAILED, core_option, drive, fail, field_defaults, keyword_defaults
+from napari_care.cli.common import EXIT_FAILED, core_option, drive, fail, field_defaults
 
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -48,44 +48,44 @@ def read_features(folder: Path):
 
 
 def care_defaults() -> dict:
-    """:class:`~napari_care.core.models.care.CareConfig`'s defaults."""
-    from napari_care.core.models.care import CareConfig  # lazy: CLI start-up
+    """:class:`~napari_care.core.models.care_config.CareConfig`'s defaults."""
+    from napari_care.core.models.care_config import CareConfig  # lazy: CLI start-up
 
     return field_defaults(CareConfig)
 
 
 def stage1_defaults() -> dict:
-    """:class:`~napari_care.core.train.care_stage1.Stage1Config`'s defaults."""
-    from napari_care.core.train.care_stage1 import Stage1Config  # lazy: CLI start-up
+    """:class:`~napari_care.core.train.care_stage1_config.Stage1Config`'s defaults."""
+    from napari_care.core.train.care_stage1_config import Stage1Config  # lazy: CLI start-up
 
     return field_defaults(Stage1Config)
 
 
 def stage2_defaults() -> dict:
-    """:class:`~napari_care.core.train.care_stage2.Stage2Config`'s defaults, and the protein table's."""
-    from napari_care.core.molecular import load_protein_table  # lazy: CLI start-up
-    from napari_care.core.train.care_stage2 import Stage2Config  # lazy: CLI start-up
+    """:class:`~napari_care.core.train.care_stage2_config.Stage2Config`'s defaults, and the protein table's
+    (``top_k`` of :func:`~napari_care.core.molecular.load_protein_table`, a torch module)."""
+    from napari_care.core.train.care_stage2_config import PROTEIN_TOP_K, Stage2Config  # lazy: CLI start-up
 
-    return field_defaults(Stage2Config) | keyword_defaults(load_protein_table)
+    return field_defaults(Stage2Config) | {"top_k": PROTEIN_TOP_K}
 
 
 def mem_defaults() -> dict:
-    """:class:`~napari_care.core.train.mem.MEMTrainConfig`'s defaults."""
-    from napari_care.core.train.mem import MEMTrainConfig  # lazy: CLI start-up
+    """:class:`~napari_care.core.train.mem_config.MEMTrainConfig`'s defaults."""
+    from napari_care.core.train.mem_config import MEMTrainConfig  # lazy: CLI start-up
 
     return field_defaults(MEMTrainConfig)
 
 
 def mixmag_defaults() -> dict:
-    """:class:`~napari_care.core.models.mixmag.MixMagConfig`'s defaults."""
-    from napari_care.core.models.mixmag import MixMagConfig  # lazy: CLI start-up
+    """:class:`~napari_care.core.models.mixmag_config.MixMagConfig`'s defaults."""
+    from napari_care.core.models.mixmag_config import MixMagConfig  # lazy: CLI start-up
 
     return field_defaults(MixMagConfig)
 
 
 def mil_defaults() -> dict:
-    """:class:`~napari_care.core.train.mil.MILTrainConfig`'s defaults."""
-    from napari_care.core.train.mil import MILTrainConfig  # lazy: CLI start-up
+    """:class:`~napari_care.core.train.mil_config.MILTrainConfig`'s defaults."""
+    from napari_care.core.train.mil_config import MILTrainConfig  # lazy: CLI start-up
 
     return field_defaults(MILTrainConfig)
 
@@ -128,7 +128,7 @@ def care_model_options(function):
 
 def care_config(in_dim: int, k: int, embed_dim: int, heads: int, affinity_prior: str = "none"):
     """A CareConfig from the command line, or exit 2."""
-    from napari_care.core.models.care import CareConfig  # lazy: CLI start-up
+    from napari_care.core.models.care_config import CareConfig  # lazy: CLI start-up
 
     return or_fail(CareConfig, in_dim=in_dim, embed_dim=embed_dim, heads=heads, k=k, affinity_prior=affinity_prior)
 

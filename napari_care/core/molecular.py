@@ -27,6 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_care.core.train.care_stage2_config import PROTEIN_TOP_K
+
 _EPS = 1e-6
 
 
@@ -141,7 +143,7 @@ def load_rna_table(path: str | Path, *, log1p: bool = False) -> RNATable:
     return RNATable(tuple(slide_ids), values.astype(np.float32), tuple(genes))
 
 
-def load_protein_table(path: str | Path, *, top_k: int = 10) -> ProteinTable:
+def load_protein_table(path: str | Path, *, top_k: int = PROTEIN_TOP_K) -> ProteinTable:
     """Read the top proteins per slide (see the module docstring).
 
     Parameters

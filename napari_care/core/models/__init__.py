@@ -10,7 +10,7 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "CareConfig": "care",
+    "CareConfig": "care_config",
     "CareModel": "care",
     "CareOutput": "care",
     "CareBatchOutput": "care",

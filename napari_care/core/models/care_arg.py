@@ -19,7 +19,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-HARD_ASSIGNMENTS = ("straight-through", "gumbel")
+from napari_care.core.models.care_config import HARD_ASSIGNMENTS
+
 _TINY = 1e-30
 
 

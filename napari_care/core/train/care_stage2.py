@@ -49,8 +49,8 @@ from napari_care.core.molecular import (
     molecular_inputs,
 )
 from napari_care.core.progress import Progress, ProgressGen
+from napari_care.core.train.care_stage2_config import Stage2Config
 from napari_care.core.train.feature_views import (
-    Augmentation,
     SlideFeatures,
     augment_features,
     check_same_dim,
@@ -60,59 +60,6 @@ from napari_care.core.train.schedule import cosine_schedule, step_seed
 
 MODALITIES = {"rna": (RNAEncoder, RNAEncoderConfig), "protein": (ProteinEncoder, ProteinEncoderConfig)}
 _MAX_LOGIT_SCALE = math.log(100.0)
-
-
-@dataclass(frozen=True)
-class Stage2Config:
-    """Options of one Stage II phase.
-
-    Parameters
-    ----------
-    steps
-        Optimiser steps of the phase.
-    batch_size
-        Slides per step (the InfoNCE negatives); at most the number of matched slides.
-    lr, weight_decay, warmup_steps
-        AdamW peak learning rate, weight decay and linear warmup before the cosine decay.
-    max_patches
-        Larger slides are read as a random compact crop of this many patches each step.
-    augmentation
-        Feature augmentation of the slides.
-    proj_dim, molecular_dim
-        Width of the alignment space and of the molecular encoder.
-    temperature
-        Initial InfoNCE temperature (``1 / exp(s)``).
-    learn_temperature
-        Learn the logit scale (CLIP) or keep it fixed.
-    checkpoint_every, log_every
-        Save every that many steps (0: only the final one); report every that many steps.
-    seed, device
-        Seed of all randomness of the phase; torch device.
-    """
-
-    steps: int = 500
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int = 20
-    max_patches: int = 1024
-    augmentation: Augmentation = Augmentation(channel_dropout=0.05, noise_std=0.05)  # noqa: RUF009 (frozen)
-    proj_dim: int = 128
-    molecular_dim: int = 128
-    temperature: float = 0.07
-    learn_temperature: bool = True
-    checkpoint_every: int = 0
-    log_every: int = 10
-    seed: int = 0
-    device: str = "cpu"
-
-    def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.log_every, self.max_patches, self.proj_dim, self.molecular_dim) < 1:
-            raise ValueError("Stage2Config: steps, batch_size, log_every, max_patches and widths must be >= 1")
-        if self.batch_size < 2:
-            raise ValueError("Stage2Config.batch_size must be >= 2 (InfoNCE needs negatives)")
-        if self.checkpoint_every < 0 or self.warmup_steps < 0 or self.temperature <= 0:
-            raise ValueError("Stage2Config: checkpoint_every, warmup_steps >= 0 and temperature > 0 required")
 
 
 class Stage2Network(nn.Module):
@@ -205,7 +152,7 @@ def _state(step, modality, network, optimizer, config, losses) -> dict:
 
 
 def train_care_stage2(slides: Sequence[SlideFeatures], table: MolecularTable, out_dir: str | Path,
-                      config: Stage2Config = Stage2Config(), *, init: CareModel | str | Path | None = None,
+                      config: Stage2Config = Stage2Config(), *, init: CareModel | str | Path | None = None,  # noqa: B008 (frozen)
                       model_config: CareConfig | None = None, resume_from: str | Path | None = None,
                       encoder: str = "default") -> ProgressGen[Stage2Result]:
     """One Stage II phase; a generator of :class:`Progress` returning :class:`Stage2Result`.
@@ -315,7 +262,7 @@ def contrastive_loss(network: Stage2Network, features: torch.Tensor, grid: torch
 
 
 def pretrain_care_stage2(slides: Sequence[SlideFeatures], rna: RNATable | None, protein: ProteinTable | None,
-                         out_dir: str | Path, config: Stage2Config = Stage2Config(), *,
+                         out_dir: str | Path, config: Stage2Config = Stage2Config(), *,  # noqa: B008 (frozen)
                          init: CareModel | str | Path | None = None, model_config: CareConfig | None = None,
                          resume_from: str | Path | None = None,
                          encoder: str = "default") -> ProgressGen[list[Stage2Result]]:
