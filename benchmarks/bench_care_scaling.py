@@ -49,10 +49,11 @@ def main() -> None:
     slides = {n: (rng.normal(size=(n, args.dim)).astype(np.float32), disc_grid(n)) for n in args.sizes}
     rows: dict[str, list[float]] = {"training-free": []}
     regions: list[int] = []
-    segment_free(*slides[args.sizes[0]])   # warm-up
+    segment_free(*slides[args.sizes[0]])  # warm-up
     for n, (features, grid) in slides.items():
-        rows["training-free"].append(best_time(lambda f=features, g=grid: segment_free(f, g),
-                                               1 if n >= 100_000 else args.repeats))
+        rows["training-free"].append(
+            best_time(lambda f=features, g=grid: segment_free(f, g), 1 if n >= 100_000 else args.repeats)
+        )
         regions.append(segment_free(features, grid).n_regions)
 
     if not args.skip_model:
@@ -69,9 +70,9 @@ def main() -> None:
 
             def run(tensor: torch.Tensor = tensor, grid: np.ndarray = grid) -> None:
                 with torch.inference_mode():
-                    model(tensor, grid).slide_embedding.sum().item()   # .item() waits for the device
+                    model(tensor, grid).slide_embedding.sum().item()  # .item() waits for the device
 
-            run()   # warm-up (kernels, allocator)
+            run()  # warm-up (kernels, allocator)
             rows[name].append(best_time(run, 1 if n >= 100_000 else args.repeats))
 
     print(f"{'patches':>10} {'regions':>8} " + " ".join(f"{name:>34}" for name in rows))

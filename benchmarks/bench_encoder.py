@@ -34,8 +34,11 @@ def load_tiles(count: int, tile_px: int = 224) -> tuple[np.ndarray, str]:
 
         image = tifffile.imread(source)
         height, width = image.shape[:2]
-        grid = [image[y:y + tile_px, x:x + tile_px]
-                for y in range(0, height - tile_px + 1, tile_px) for x in range(0, width - tile_px + 1, tile_px)]
+        grid = [
+            image[y : y + tile_px, x : x + tile_px]
+            for y in range(0, height - tile_px + 1, tile_px)
+            for x in range(0, width - tile_px + 1, tile_px)
+        ]
         return np.stack([grid[i % len(grid)] for i in range(count)]), source.name
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (count, tile_px, tile_px, 3), dtype=np.uint8), "random noise"
@@ -56,10 +59,15 @@ def bench(name: str, weights: str | None, count: int, repeats: int) -> None:
         features = encoder.encode(tiles)
         wall.append(time.perf_counter() - wall0)
         cpu.append(time.process_time() - cpu0)
-    print(f"encoder {name!r} ({encoder.embed_dim} dims), device {getattr(encoder, 'device', 'cpu (numpy)')}, "
-          f"built in {build_s:.2f} s; {count} tiles of 224 px from {source}; output {features.shape} {features.dtype}")
-    print(f"  wall: best {count / min(wall):.0f} tiles/s, median {count / float(np.median(wall)):.0f} tiles/s "
-          f"over {repeats} runs")
+    print(
+        f"encoder {name!r} ({encoder.embed_dim} dims), device {getattr(encoder, 'device', 'cpu (numpy)')}, "
+        f"built in {build_s:.2f} s; {count} tiles of 224 px from {source}; "
+        f"output {features.shape} {features.dtype}"
+    )
+    print(
+        f"  wall: best {count / min(wall):.0f} tiles/s, median {count / float(np.median(wall)):.0f} tiles/s "
+        f"over {repeats} runs"
+    )
     print(f"  cpu:  {count / min(cpu):.0f} tiles per CPU-second (all threads together)")
     print(f"  load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
 
@@ -71,8 +79,9 @@ def calibrate(slides_dir: str) -> None:
 
     median, scale = robust_constants(raw_descriptor(reference_tiles(slides_dir)))
     for name, values in (("REFERENCE_MEDIAN", median), ("REFERENCE_SCALE", scale)):
-        body = textwrap.fill(", ".join(f"{value:.6g}" for value in values), 96,
-                             initial_indent="    ", subsequent_indent="    ")
+        body = textwrap.fill(
+            ", ".join(f"{value:.6g}" for value in values), 96, initial_indent="    ", subsequent_indent="    "
+        )
         print(f"{name} = (\n{body},\n)")
 
 

@@ -113,9 +113,11 @@ class Timing:
 
     def line(self) -> str:
         """The figures as one line."""
-        return (f"{self.rate:7.0f} tiles/s ({self.seconds:.1f} s; {self.cpu_per_tile_ms:.2f} CPU-ms/tile, "
-                f"{self.cpu_seconds / self.seconds:.2f} cores busy; peak RSS +{self.rss_growth_mb:.0f} MiB; "
-                f"load {self.load:.1f})")
+        return (
+            f"{self.rate:7.0f} tiles/s ({self.seconds:.1f} s; {self.cpu_per_tile_ms:.2f} CPU-ms/tile, "
+            f"{self.cpu_seconds / self.seconds:.2f} cores busy; peak RSS +{self.rss_growth_mb:.0f} MiB; "
+            f"load {self.load:.1f})"
+        )
 
 
 def _layout(tiles_y: int, tiles_x: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -220,7 +222,9 @@ def decode_ceiling(path: Path, grid, workers: int) -> tuple[Timing, int]:
             os.close(fd)
 
 
-def clam_style(path: Path, grid, encoder, rows: np.ndarray, batch_size: int, *, encode: bool = True) -> Timing:
+def clam_style(
+    path: Path, grid, encoder, rows: np.ndarray, batch_size: int, *, encode: bool = True
+) -> Timing:
     """A one-thread OpenSlide loop over the tiles ``rows`` (with or without encoding)."""
     import openslide
     from PIL import Image
@@ -249,33 +253,57 @@ def clam_style(path: Path, grid, encoder, rows: np.ndarray, batch_size: int, *, 
 
 
 def tiatoolbox(python: Path, path: Path, grid, rows: np.ndarray, args, *, encode: bool) -> Timing | str:
-    """TIAToolbox's PointsPatchExtractor over the tiles ``rows`` in its own venv; a reason when it cannot run."""
+    """TIAToolbox's PointsPatchExtractor over the tiles ``rows`` in its own venv; a reason when it
+    cannot run."""
     if not python.exists():
-        return f"no Python at {python} (make the venv: python3.11 -m venv {python.parent.parent} && {python.parent}/pip install tiatoolbox)"
+        return (
+            f"no Python at {python} (make the venv: python3.11 -m venv {python.parent.parent} && "
+            f"{python.parent}/pip install tiatoolbox)"
+        )
     script = Path(__file__).with_name("bench_extract_tiatoolbox.py")
     with tempfile.TemporaryDirectory() as tmp:
         corners = Path(tmp) / "corners.npy"
         np.save(corners, grid.coords[rows])
-        command = [str(python), str(script), str(path), str(corners), "--tile-size", str(grid.tile_size_px),
-                   "--mpp", str(grid.target_mpp), "--level0-mpp", str(args.level0_mpp),
-                   "--batch-size", str(args.batch_size), "--encoder", args.encoder,
-                   *(["--weights", args.weights] if args.weights else [])]
+        command = [
+            str(python),
+            str(script),
+            str(path),
+            str(corners),
+            "--tile-size",
+            str(grid.tile_size_px),
+            "--mpp",
+            str(grid.target_mpp),
+            "--level0-mpp",
+            str(args.level0_mpp),
+            "--batch-size",
+            str(args.batch_size),
+            "--encoder",
+            args.encoder,
+            *(["--weights", args.weights] if args.weights else []),
+        ]
         done = subprocess.run(command + ([] if encode else ["--no-encode"]), capture_output=True, text=True)
     if done.returncode != 0:
-        return f"{python} failed: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+        reason = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode
+        return f"{python} failed: {reason}"
     report = json.loads(done.stdout.strip().splitlines()[-1])
     timing = Timing(report["tiles"])
     timing.seconds, timing.cpu_seconds = report["seconds"], report["cpu_seconds"]
-    timing.note = (f"TIAToolbox {report['version']}, {report['reader']}; its process peaked at "
-                   f"{report['peak_rss_mb']:.0f} MiB RSS (the RSS growth above is of this process, so 0)")
+    timing.note = (
+        f"TIAToolbox {report['version']}, {report['reader']}; its process peaked at "
+        f"{report['peak_rss_mb']:.0f} MiB RSS (the RSS growth above is of this process, so 0)"
+    )
     return timing
 
 
-def measure_reading(path: Path, grid, workers: int, batch_size: int, keep_every: int) -> tuple[Timing, np.ndarray]:
+def measure_reading(
+    path: Path, grid, workers: int, batch_size: int, keep_every: int
+) -> tuple[Timing, np.ndarray]:
     """Timing of reading every tile of the grid, and every ``keep_every``-th batch (encoder input)."""
     kept = []
     with open_slide(path) as slide, Timing(len(grid)) as timing:
-        batches = iter_tile_batches(slide, grid, np.arange(len(grid)), batch_size=batch_size, num_workers=workers)
+        batches = iter_tile_batches(
+            slide, grid, np.arange(len(grid)), batch_size=batch_size, num_workers=workers
+        )
         for i, (_, tiles) in enumerate(batches):
             if i % keep_every == 0:
                 kept.append(tiles)
@@ -291,7 +319,8 @@ def measure_reading_rows(path: Path, grid, rows: np.ndarray, workers: int, batch
 
 
 def measure_encoding(encoder, sample: np.ndarray, batch_size: int, passes: int = 3) -> Timing:
-    """Timing of the encoder alone on ready batches of ``sample``, ``passes`` times (after a warm-up batch)."""
+    """Timing of the encoder alone on ready batches of ``sample``, ``passes`` times
+    (after a warm-up batch)."""
     encoder.encode(sample[:batch_size])
     with Timing(passes * len(sample)) as timing:
         for _ in range(passes):
@@ -313,25 +342,40 @@ def main() -> None:
     default_workdir = Path(os.environ.get("TMPDIR", "/tmp")) / "napari_care_bench"
     parser.add_argument("--workdir", type=Path, default=default_workdir)
     parser.add_argument("--encoder", default="default")
-    parser.add_argument("--weights", default=None,
-                        help="weights for a timm encoder ('random' for a random-weight model; none can be downloaded here)")
+    parser.add_argument(
+        "--weights",
+        default=None,
+        help="weights for a timm encoder ('random' for a random-weight model; none can be downloaded here)",
+    )
     parser.add_argument("--tile-size", type=int, default=224)
     parser.add_argument("--mpp", type=float, default=0.5)
     parser.add_argument("--workers", type=int, default=None, help="reader threads (default: cores, max 16)")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=2, help="best of this many for reading and end to end")
-    parser.add_argument("--compare-tiles", type=int, default=4000,
-                        help="tiles (a contiguous run mid-slide) for the CLAM-style and TIAToolbox loops; 0: all")
-    parser.add_argument("--tiles", type=int, default=0, help="use only the first N tissue tiles (0: all; quick checks)")
-    parser.add_argument("--tia-python", type=Path, default=Path("/tmp/tia-venv/bin/python"),
-                        help="Python of a venv with tiatoolbox")
+    parser.add_argument(
+        "--compare-tiles",
+        type=int,
+        default=4000,
+        help="tiles (a contiguous run mid-slide) for the CLAM-style and TIAToolbox loops; 0: all",
+    )
+    parser.add_argument(
+        "--tiles", type=int, default=0, help="use only the first N tissue tiles (0: all; quick checks)"
+    )
+    parser.add_argument(
+        "--tia-python",
+        type=Path,
+        default=Path("/tmp/tia-venv/bin/python"),
+        help="Python of a venv with tiatoolbox",
+    )
     args = parser.parse_args()
 
     path = args.slide or bench_slide(args.workdir)
     workers = args.workers or min(16, os.cpu_count() or 1)
     encoder = create_encoder(args.encoder, weights=args.weights)
-    print(f"machine: {os.cpu_count()} cores; reader threads {workers}; encoder {encoder.cfg.name!r}; "
-          f"batch {args.batch_size}; load average {'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(
+        f"machine: {os.cpu_count()} cores; reader threads {workers}; encoder {encoder.cfg.name!r}; "
+        f"batch {args.batch_size}; load average {'/'.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
 
     with open_slide(path) as slide:
         grid = tile_grid(slide, mpp=args.mpp, tile_size_px=args.tile_size)
@@ -365,16 +409,24 @@ def main() -> None:
     slower = min(reading.rate, encoding.rate)
     shared = 1.0 / (1.0 / reading.rate + 1.0 / encoding.rate)
     print(f"ratio end to end / slower stage : {end.rate / slower:.2f} (target >= 0.85)")
-    print(f"ratio end to end / shared-core bound 1/(1/read + 1/encode) = {shared:.0f} tiles/s : "
-          f"{end.rate / shared:.2f} (both stages busy every core: they cannot overlap beyond this)")
+    print(
+        f"ratio end to end / shared-core bound 1/(1/read + 1/encode) = {shared:.0f} tiles/s : "
+        f"{end.rate / shared:.2f} (both stages busy every core: they cannot overlap beyond this)"
+    )
     # Even a reader that did nothing but decode (the ceiling) shares the cores with the encoder:
     # with both stages CPU-bound, end to end / encoding cannot exceed encode / (encode + decode) CPU.
     if encoding.rate < reading.rate:
         best = encoding.cpu_per_tile_ms / (encoding.cpu_per_tile_ms + ceiling.cpu_per_tile_ms)
-        print(f"ratio bound if reading cost no more than decoding (CPU-bound stages on shared cores) : {best:.2f}")
+        print(
+            "ratio bound if reading cost no more than decoding "
+            f"(CPU-bound stages on shared cores) : {best:.2f}"
+        )
     cpu_sum = reading.cpu_per_tile_ms + encoding.cpu_per_tile_ms
-    print(f"CPU per tile     : read {reading.cpu_per_tile_ms:.2f} + encode {encoding.cpu_per_tile_ms:.2f} = "
-          f"{cpu_sum:.2f} ms; end to end {end.cpu_per_tile_ms:.2f} ms ({end.cpu_per_tile_ms / cpu_sum:.2f} of the sum)")
+    print(
+        f"CPU per tile     : read {reading.cpu_per_tile_ms:.2f} + encode {encoding.cpu_per_tile_ms:.2f} = "
+        f"{cpu_sum:.2f} ms; end to end {end.cpu_per_tile_ms:.2f} ms "
+        f"({end.cpu_per_tile_ms / cpu_sum:.2f} of the sum)"
+    )
 
     n_cmp = min(args.compare_tiles or n, n)
     rows = np.arange(n_cmp) + (n - n_cmp) // 2  # a contiguous run, so OpenSlide's tile cache helps it too
@@ -400,9 +452,11 @@ def main() -> None:
             print(f"ratio end to end : {ours_end.rate / tia.rate:.2f}x project / TIAToolbox")
         print(f"ratio reading    : {ours_read.rate / tia_read.rate:.2f}x project / TIAToolbox")
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(f"peak RSS of the process: {peak_mib:.0f} MiB; end to end grew it by {end.rss_growth_mb:.0f} MiB "
-          f"(features {n * encoder.embed_dim * 4 / 2**20:.0f} MiB); load average "
-          f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}")
+    print(
+        f"peak RSS of the process: {peak_mib:.0f} MiB; end to end grew it by {end.rss_growth_mb:.0f} MiB "
+        f"(features {n * encoder.embed_dim * 4 / 2**20:.0f} MiB); load average "
+        f"{'/'.join(f'{v:.2f}' for v in os.getloadavg())}"
+    )
 
 
 if __name__ == "__main__":

@@ -102,9 +102,15 @@ def main() -> None:
 
     region_ids = np.array(sorted(polygons))
     rng = np.random.default_rng(1)
-    table = RegionTable(region_ids, np.bincount(labels[labels >= 0])[region_ids], rng.random(len(region_ids)),
-                        rng.random(len(region_ids)), rng.random(len(region_ids)),
-                        group=rng.integers(0, 12, len(region_ids)), roi_ids=(int(region_ids[0]),))  # fmt: skip
+    table = RegionTable(
+        region_ids,
+        np.bincount(labels[labels >= 0])[region_ids],
+        rng.random(len(region_ids)),
+        rng.random(len(region_ids)),
+        rng.random(len(region_ids)),
+        group=rng.integers(0, 12, len(region_ids)),
+        roi_ids=(int(region_ids[0]),),
+    )
     metadata = care_metadata(encoder="uni2", k=8, mpp=1.0)
 
     coords = np.stack(np.divmod(np.arange(args.tiles), 400)[::-1], axis=1) * PATCH_PX
@@ -126,13 +132,21 @@ def main() -> None:
                 back = measure(f"read {name} ({suffix})", lambda path=path: read_geojson(path))
                 assert len(back) == len(features)
             frame = Level0Frame((0.5, 0.5))
-            layers, _ = measure(f"napari layer data of {name}",
-                                lambda back=back, frame=frame: annotation_layers(back, name="bench", frame=frame))
+            layers, _ = measure(
+                f"napari layer data of {name}",
+                lambda back=back, frame=frame: annotation_layers(back, name="bench", frame=frame),
+            )
             data, attributes, _ = layers[0]
-            attributes = {**attributes, "features": pd.DataFrame(attributes["features"])}  # as napari hands it
-            again = measure(f"objects of that Shapes layer ({name})",
-                            lambda data=data, attributes=attributes, frame=frame: shapes_annotations(
-                                data, attributes, frame))
+            attributes = {
+                **attributes,
+                "features": pd.DataFrame(attributes["features"]),
+            }  # as napari hands it
+            again = measure(
+                f"objects of that Shapes layer ({name})",
+                lambda data=data, attributes=attributes, frame=frame: shapes_annotations(
+                    data, attributes, frame
+                ),
+            )
             assert len(again) == len(features)
 
 

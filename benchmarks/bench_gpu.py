@@ -75,8 +75,11 @@ def bare_forward_rate(encoder, batch_size: int, n_tiles: int, device: str) -> fl
     return steps * batch_size / (time.perf_counter() - start)
 
 
-def pipeline_rate(encoder, slide_path: Path, n_tiles: int, batch_size: int, workers: int) -> tuple[float, int, float]:
-    """Tiles/s of ``extract_features`` over the first ``n_tiles`` tissue tiles, the count, and peak RSS growth (MiB)."""
+def pipeline_rate(
+    encoder, slide_path: Path, n_tiles: int, batch_size: int, workers: int
+) -> tuple[float, int, float]:
+    """Tiles/s of ``extract_features`` over the first ``n_tiles`` tissue tiles, the count, and peak RSS
+    growth (MiB)."""
     from bench_extract import PeakRss
 
     from napari_care.core.extract import extract_features
@@ -94,10 +97,14 @@ def pipeline_rate(encoder, slide_path: Path, n_tiles: int, batch_size: int, work
         run_to_end(extract_features(slide, warm, encoder, batch_size=batch_size, num_workers=workers))
         with PeakRss() as rss:
             start = time.perf_counter()
-            result = run_to_end(extract_features(slide, grid, encoder, batch_size=batch_size, num_workers=workers))
+            result = run_to_end(
+                extract_features(slide, grid, encoder, batch_size=batch_size, num_workers=workers)
+            )
             seconds = time.perf_counter() - start
     if result.features.shape != (len(grid), encoder.embed_dim) or not np.isfinite(result.features).all():
-        raise RuntimeError(f"pipeline returned features of shape {result.features.shape} for {len(grid)} tiles")
+        raise RuntimeError(
+            f"pipeline returned features of shape {result.features.shape} for {len(grid)} tiles"
+        )
     return len(grid) / seconds, len(grid), rss.growth_mb
 
 
@@ -113,7 +120,11 @@ def describe_device(device: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", action="append", help=f"timm architecture (repeatable; default {', '.join(DEFAULT_MODELS)})")
+    parser.add_argument(
+        "--model",
+        action="append",
+        help=f"timm architecture (repeatable; default {', '.join(DEFAULT_MODELS)})",
+    )
     parser.add_argument("--device", default="cuda", help="cuda, cuda:1, or cpu (for a logic check only)")
     parser.add_argument("--tiles", type=int, default=20000, help="tissue tiles through the pipeline")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -128,7 +139,8 @@ def main() -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print(
             "bench_gpu: no CUDA device here (torch.cuda.is_available() is False); run it on a machine "
-            "with an NVIDIA GPU, or pass --device cpu --model vit_tiny_patch16_224 --tiles 512 to check the script",
+            "with an NVIDIA GPU, or pass --device cpu --model vit_tiny_patch16_224 --tiles 512 "
+            "to check the script",
             file=sys.stderr,
         )
         return 2
@@ -136,8 +148,10 @@ def main() -> int:
 
     slide_path = args.slide or bench_slide(args.workdir)
     workers = args.workers or min(16, os.cpu_count() or 1)
-    print(f"device: {describe_device(args.device)}; host: {os.cpu_count()} cores, reader threads {workers}; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"device: {describe_device(args.device)}; host: {os.cpu_count()} cores, reader threads {workers}; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     print(f"slide: {slide_path.name}; batch size {args.batch_size}; bf16 autocast on CUDA, channels-last")
 
     for arch in args.model or DEFAULT_MODELS:
@@ -148,13 +162,18 @@ def main() -> int:
         verdict = "meets" if ratio >= 0.8 else "below"
         print(f"{arch} ({encoder.embed_dim} dims)")
         print(f"  bare forward : {bare:8.0f} tiles/s (random tensors on the device)")
-        print(f"  pipeline     : {piped:8.0f} tiles/s ({n} tissue tiles, extract_features, peak RSS +{rss_mib:.0f} MiB)")
+        print(
+            f"  pipeline     : {piped:8.0f} tiles/s "
+            f"({n} tissue tiles, extract_features, peak RSS +{rss_mib:.0f} MiB)"
+        )
         print(f"  ratio        : {ratio:.2f} of the bare rate ({verdict} the 0.80 target)")
         del encoder
         if args.device.startswith("cuda"):
             torch.cuda.empty_cache()
-    print(f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(
+        f"peak RSS of the process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB; "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     return 0
 
 

@@ -37,13 +37,19 @@ def random_slides(feature_dim: int, n_slides: int = 4, regions: int = 256) -> li
     return slides
 
 
-def steps_per_second(feature_dim: int, objective: str, steps: int, batch: int, device: str, dim: int) -> float:
+def steps_per_second(
+    feature_dim: int, objective: str, steps: int, batch: int, device: str, dim: int
+) -> float:
     """Steps per second after two warm-up steps, from the progress reports' timestamps."""
     stamps: list[float] = []
     config = MEMTrainConfig(steps=steps, batch_size=batch, warmup_steps=2, log_every=1, device=device)
     with tempfile.TemporaryDirectory() as out_dir:
-        work = train_mem(random_slides(feature_dim), MixMagConfig(in_dim=feature_dim, dim=dim, objective=objective),
-                         out_dir, config)
+        work = train_mem(
+            random_slides(feature_dim),
+            MixMagConfig(in_dim=feature_dim, dim=dim, objective=objective),
+            out_dir,
+            config,
+        )
         for report in work:
             if isinstance(report, Progress) and report.message.startswith("step"):
                 if device.startswith("cuda"):
@@ -53,11 +59,16 @@ def steps_per_second(feature_dim: int, objective: str, steps: int, batch: int, d
     return (len(measured) - 1) / (measured[-1] - measured[0])
 
 
-def readout_regions_per_second(feature_dim: int, readout: str, dim: int, device: str, repeats: int = 3) -> float:
+def readout_regions_per_second(
+    feature_dim: int, readout: str, dim: int, device: str, repeats: int = 3
+) -> float:
     """Regions per second of ``mil_instances`` over one slide's 256 regions (best of ``repeats``)."""
     slide = random_slides(feature_dim, n_slides=1)[0]
     model = MixMagEncoder(MixMagConfig(in_dim=feature_dim, dim=dim, readout=readout)).to(device).eval()
-    tokens, present = torch.from_numpy(slide.tokens).to(device), torch.from_numpy(slide.token_present).to(device)
+    tokens, present = (
+        torch.from_numpy(slide.tokens).to(device),
+        torch.from_numpy(slide.token_present).to(device),
+    )
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -74,19 +85,26 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=256, help="encoder width")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU threads, "
-          f"batch {args.batch} regions x {N_TOKENS} tokens, encoder dim {args.dim} depth 2 heads 4")
+    print(
+        f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} CPU threads, "
+        f"batch {args.batch} regions x {N_TOKENS} tokens, encoder dim {args.dim} depth 2 heads 4"
+    )
     print(f"{'D':>5} {'objective':>9} {'steps/s':>9} {'regions/s':>10}")
     for feature_dim in args.dims:
         for objective in ("mem", "cmem"):
             rate = steps_per_second(feature_dim, objective, args.steps, args.batch, args.device, args.dim)
             print(f"{feature_dim:>5} {objective:>9} {rate:>9.2f} {rate * args.batch:>10.0f}")
-    print(f"\nregion tokens for AB-MIL (inference, one token per region)\n{'D':>5} {'readout':>9} {'regions/s':>10}")
+    print(
+        "\nregion tokens for AB-MIL (inference, one token per region)\n"
+        f"{'D':>5} {'readout':>9} {'regions/s':>10}"
+    )
     for feature_dim in args.dims:
         for readout in ("cls", "cls+tile"):
             rate = readout_regions_per_second(feature_dim, readout, args.dim, args.device)

@@ -70,10 +70,12 @@ def main() -> None:
     with open_slide(args.slide, mpp=args.mpp) as slide:
         started = time.perf_counter()
         tissue = tissue_mask(slide)
-        print(f"{args.slide.name}: {slide.dimensions[0][0]} x {slide.dimensions[0][1]} px, "
-              f"downsamples {[round(d, 2) for d in slide.level_downsamples]}, encoder {args.encoder} "
-              f"(D={encoder.embed_dim}), {args.workers} reader threads; tissue mask "
-              f"{time.perf_counter() - started:.2f} s (shared)")
+        print(
+            f"{args.slide.name}: {slide.dimensions[0][0]} x {slide.dimensions[0][1]} px, "
+            f"downsamples {[round(d, 2) for d in slide.level_downsamples]}, encoder {args.encoder} "
+            f"(D={encoder.embed_dim}), {args.workers} reader threads; tissue mask "
+            f"{time.perf_counter() - started:.2f} s (shared)"
+        )
         counter = ReadCounter(slide)
 
         def only_20x():
@@ -87,13 +89,19 @@ def main() -> None:
         mixmag, mixed_s, mixed_reads, mixed_px = timed(mixed, counter, args.repeats)
     tiles_20x, tiles_mixed = len(single), sum(mixmag.tile_counts)
     print(f"{'run':28} {'tiles':>7} {'reads':>7} {'Mpx read':>9} {'seconds':>8} {'tiles/s':>8}")
-    print(f"{'20x alone':28} {tiles_20x:7d} {single_reads:7d} {single_px / 1e6:9.1f} {single_s:8.2f} "
-          f"{tiles_20x / single_s:8.0f}")
+    print(
+        f"{'20x alone':28} {tiles_20x:7d} {single_reads:7d} {single_px / 1e6:9.1f} {single_s:8.2f} "
+        f"{tiles_20x / single_s:8.0f}"
+    )
     counts = "/".join(str(n) for n in mixmag.tile_counts)
-    print(f"{'mixed 5x/10x/20x':28} {tiles_mixed:7d} {mixed_reads:7d} {mixed_px / 1e6:9.1f} {mixed_s:8.2f} "
-          f"{tiles_mixed / mixed_s:8.0f}   ({counts} tiles, {mixmag.n_regions} regions)")
-    print(f"ratio mixed / 20x: tiles {tiles_mixed / tiles_20x:.2f}, reads {mixed_reads / single_reads:.2f}, "
-          f"pixels {mixed_px / single_px:.2f}, seconds {mixed_s / single_s:.2f}")
+    print(
+        f"{'mixed 5x/10x/20x':28} {tiles_mixed:7d} {mixed_reads:7d} {mixed_px / 1e6:9.1f} {mixed_s:8.2f} "
+        f"{tiles_mixed / mixed_s:8.0f}   ({counts} tiles, {mixmag.n_regions} regions)"
+    )
+    print(
+        f"ratio mixed / 20x: tiles {tiles_mixed / tiles_20x:.2f}, reads {mixed_reads / single_reads:.2f}, "
+        f"pixels {mixed_px / single_px:.2f}, seconds {mixed_s / single_s:.2f}"
+    )
 
 
 if __name__ == "__main__":

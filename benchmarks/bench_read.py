@@ -61,7 +61,9 @@ def tiffslide_reads(path: Path, regions: list[Region], size_px: int) -> list[np.
     import tiffslide
 
     with tiffslide.TiffSlide(str(path)) as ts:
-        return [np.asarray(ts.read_region(xy, 0, (size_px, size_px), as_array=True))[:, :, :3] for xy in regions]
+        return [
+            np.asarray(ts.read_region(xy, 0, (size_px, size_px), as_array=True))[:, :, :3] for xy in regions
+        ]
 
 
 def dask_reads(path: Path, regions: list[Region], size_px: int, batch: int = 1) -> list[np.ndarray]:
@@ -112,8 +114,10 @@ def main() -> None:
     regions = random_regions(width, height, args.size, args.regions, args.seed)
     args.slide.read_bytes()  # the OS page cache holds the file for every contender alike
     print(f"{args.slide.name}: {width}x{height}, tiles {tile_w}x{tile_h}, {compression_hint!r}")
-    print(f"{len(regions)} random {args.size}x{args.size} reads at level 0, seed {args.seed}; "
-          f"{os.cpu_count()} cores, load average {load_average()}")
+    print(
+        f"{len(regions)} random {args.size}x{args.size} reads at level 0, seed {args.seed}; "
+        f"{os.cpu_count()} cores, load average {load_average()}"
+    )
 
     contenders: list[tuple[str, Callable[[], list[np.ndarray]]]] = [
         (
@@ -121,7 +125,10 @@ def main() -> None:
             lambda: openslide_reads(args.slide, regions, args.size),
         ),
         ("Slide.read_region, 1 thread", lambda: slide_reads(args.slide, regions, args.size)),
-        ("Slide.levels[0] as napari reads it (TiledLevel slice)", lambda: tiled_reads(args.slide, regions, args.size)),
+        (
+            "Slide.levels[0] as napari reads it (TiledLevel slice)",
+            lambda: tiled_reads(args.slide, regions, args.size),
+        ),
         ("Slide.read_region, 2 threads", lambda: slide_reads(args.slide, regions, args.size, threads=2)),
         (
             "openslide, no tile cache, 1 thread",
@@ -138,8 +145,13 @@ def main() -> None:
         ),
     ]
     if importlib.util.find_spec("tiffslide") is not None:  # pip install tiffslide
-        contenders.insert(1, ("tiffslide.TiffSlide.read_region, 1 thread",
-                              lambda: tiffslide_reads(args.slide, regions, args.size)))
+        contenders.insert(
+            1,
+            (
+                "tiffslide.TiffSlide.read_region, 1 thread",
+                lambda: tiffslide_reads(args.slide, regions, args.size),
+            ),
+        )
     reference: list[np.ndarray] | None = None
     reference_rate = 0.0
     best_seconds = {name: float("inf") for name, _ in contenders}
@@ -160,9 +172,13 @@ def main() -> None:
                 int(np.abs(a.astype(np.int16) - b).max()) for a, b in zip(pixels, reference, strict=True)
             )
             same = "identical pixels" if diff == 0 else f"max |diff| {diff} vs OpenSlide"
-        print(f"{name:<48} {rate:9.0f} reads/s  {rate / reference_rate:5.2f}x OpenSlide  "
-              f"{cpu_ms:6.3f} CPU-ms/read  ({same})")
-    print(f"load average {load_average()}; target: Slide.read_region >= 1.5x OpenSlide's single-threaded rate")
+        print(
+            f"{name:<48} {rate:9.0f} reads/s  {rate / reference_rate:5.2f}x OpenSlide  "
+            f"{cpu_ms:6.3f} CPU-ms/read  ({same})"
+        )
+    print(
+        f"load average {load_average()}; target: Slide.read_region >= 1.5x OpenSlide's single-threaded rate"
+    )
 
 
 if __name__ == "__main__":

@@ -30,18 +30,29 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "bench.ome.tif"
         wall, cpu = time.perf_counter(), time.process_time()
-        slide = build_synthetic_slide(path, width=args.width, height=args.height, layout=args.layout,
-                                      seed=args.seed, workers=args.workers)
+        slide = build_synthetic_slide(
+            path,
+            width=args.width,
+            height=args.height,
+            layout=args.layout,
+            seed=args.seed,
+            workers=args.workers,
+        )
         wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         megabytes = path.stat().st_size / 1e6
         with tifffile.TiffFile(path) as tif:
             levels = [level.shape[:2][::-1] for level in tif.series[0].levels]
-    print(f"build {args.width} x {args.height} ({args.layout}, seed {args.seed}): "
-          f"{wall:.1f} s wall, {cpu:.1f} s CPU, {megabytes:.1f} MB")
+    print(
+        f"build {args.width} x {args.height} ({args.layout}, seed {args.seed}): "
+        f"{wall:.1f} s wall, {cpu:.1f} s CPU, {megabytes:.1f} MB"
+    )
     print(f"levels (w, h): {levels}")
     print(f"throughput: {args.width * args.height / 1e6 / wall:.1f} Mpx/s of level 0")
     shares = np.bincount(slide.labels.ravel(), minlength=len(TISSUE_TYPES)) / slide.labels.size
-    print("tissue shares: " + ", ".join(f"{name} {share:.1%}" for name, share in zip(TISSUE_TYPES, shares, strict=True)))
+    print(
+        "tissue shares: "
+        + ", ".join(f"{name} {share:.1%}" for name, share in zip(TISSUE_TYPES, shares, strict=True))
+    )
 
 
 if __name__ == "__main__":

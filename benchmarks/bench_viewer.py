@@ -52,17 +52,38 @@ def synthetic_result(n_patches: int, regions: int = 2000, seed: int = 0):
     sizes = np.bincount(region_of_patch, minlength=r)
     a = rng.dirichlet(np.ones(r))
     care = CareResult(
-        region_of_patch=region_of_patch, region_features=np.zeros((r, 8), np.float32), alpha=sizes / n_patches,
-        beta=a, a=a, roi=int(np.argmax(a)), roi_feature=np.zeros(8, np.float32),
-        slide_embedding=np.zeros(8, np.float32), patch_attention=(a[region_of_patch] / sizes[region_of_patch]),
-        rsl=0.0, expected_rank=0.0, block_of_patch=np.zeros(n_patches, np.int64),
-        candidate_rank=np.zeros(n_patches, np.int64), grid=cells, k=8, mode="training-free",
+        region_of_patch=region_of_patch,
+        region_features=np.zeros((r, 8), np.float32),
+        alpha=sizes / n_patches,
+        beta=a,
+        a=a,
+        roi=int(np.argmax(a)),
+        roi_feature=np.zeros(8, np.float32),
+        slide_embedding=np.zeros(8, np.float32),
+        patch_attention=(a[region_of_patch] / sizes[region_of_patch]),
+        rsl=0.0,
+        expected_rank=0.0,
+        block_of_patch=np.zeros(n_patches, np.int64),
+        candidate_rank=np.zeros(n_patches, np.int64),
+        grid=cells,
+        k=8,
+        mode="training-free",
     )
-    features = PatchFeatures(np.zeros((n_patches, 1), np.float32), coords, 224, stride, 0.5, "none",
-                             stride_level0=stride)
+    features = PatchFeatures(
+        np.zeros((n_patches, 1), np.float32), coords, 224, stride, 0.5, "none", stride_level0=stride
+    )
     grid = TileGrid(coords, cells, 224, stride, stride, 0.5, 0, 1.0, np.ones(n_patches))
-    return SegmentResult(features, care, np.arange(r) % 6, grid, TissueMask(np.ones((2, 2), bool), 1e6),
-                         SegmentOptions(), None, n_patches, (0.25, 0.25))
+    return SegmentResult(
+        features,
+        care,
+        np.arange(r) % 6,
+        grid,
+        TissueMask(np.ones((2, 2), bool), 1e6),
+        SegmentOptions(),
+        None,
+        n_patches,
+        (0.25, 0.25),
+    )
 
 
 class Pump:
@@ -76,12 +97,20 @@ class Pump:
         self.draws: list[float] = []  # paint ends: the layers are on screen
         self.canvas = viewer.window._qt_viewer.canvas._scene_canvas
         self.canvas.events.draw.connect(lambda _event: self.paint_starts.append(time.perf_counter()))
-        self.canvas.events.draw.connect(lambda _event: self.draws.append(time.perf_counter()), position="last")
+        self.canvas.events.draw.connect(
+            lambda _event: self.draws.append(time.perf_counter()), position="last"
+        )
 
     def longest_paint(self, since: float) -> float:
         """Seconds of the longest canvas paint that started after ``since``."""
-        return max((end - start for start, end in zip(self.paint_starts, self.draws, strict=False) if start >= since),
-                   default=0.0)
+        return max(
+            (
+                end - start
+                for start, end in zip(self.paint_starts, self.draws, strict=False)
+                if start >= since
+            ),
+            default=0.0,
+        )
 
     def until(self, condition, timeout_s: float = 600.0) -> None:
         """Run the Qt event loop (idle between events, as napari's own) until ``condition()``."""
@@ -112,8 +141,9 @@ def size_canvas(viewer, pump: Pump, width: int, height: int) -> tuple[int, int]:
         dw, dh = width - native.width(), height - native.height()
         if dw == 0 and dh == 0:
             break
-        viewer.window._qt_window.resize(viewer.window._qt_window.width() + dw,
-                                        viewer.window._qt_window.height() + dh)
+        viewer.window._qt_window.resize(
+            viewer.window._qt_window.width() + dw, viewer.window._qt_window.height() + dh
+        )
     pump.settle(0.2)
     return native.width(), native.height()
 
@@ -174,7 +204,10 @@ def repaint_stall_ms(pump: Pump) -> float:
 
 def report(name: str, value: float, target: float, unit: str = "s", extra: str = "") -> None:
     verdict = "PASS" if value < target else "FAIL"
-    print(f"{name:<52} {value:8.3f} {unit}   target < {target:g} {unit}   {verdict}{'   ' + extra if extra else ''}")
+    print(
+        f"{name:<52} {value:8.3f} {unit}   target < {target:g} {unit}   "
+        f"{verdict}{'   ' + extra if extra else ''}"
+    )
 
 
 def main() -> None:
@@ -204,8 +237,10 @@ def main() -> None:
     pump.until(lambda: not widget.controller.warming_up)
     warm_s = time.perf_counter() - started
     size = size_canvas(viewer, pump, canvas_w, canvas_h)
-    print(f"slide {slide.path.name} {slide.dimensions[0][0]} x {slide.dimensions[0][1]} px, canvas {size[0]} x "
-          f"{size[1]}, encoder {widget.encoder.value}; warm-up {warm_s:.2f} s (let finish before the first Run)")
+    print(
+        f"slide {slide.path.name} {slide.dimensions[0][0]} x {slide.dimensions[0][1]} px, canvas {size[0]} x "
+        f"{size[1]}, encoder {widget.encoder.value}; warm-up {warm_s:.2f} s (let finish before the first Run)"
+    )
     print("note: 2 shared CPU cores; other processes may have been running")
 
     widget.scope.value = "visible field"
@@ -213,24 +248,39 @@ def main() -> None:
     look_at(viewer, pump, layer, (width0 * 0.45, height0 * 0.5), ZOOM_20X)
     box = visible_box_level0(layer)
     seconds, computed, result = timed_run(widget, pump)
-    report("run -> layers drawn, visible field at 20x, first run", seconds, 1.0,
-           extra=f"worker {computed:.2f} s, layers + paint {seconds - computed:.2f} s; {len(result.features)} tiles "
-                 f"in view, {result.encoded_tiles} encoded, box {box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px")
+    report(
+        "run -> layers drawn, visible field at 20x, first run",
+        seconds,
+        1.0,
+        extra=f"worker {computed:.2f} s, layers + paint {seconds - computed:.2f} s; "
+        f"{len(result.features)} tiles in view, {result.encoded_tiles} encoded, "
+        f"box {box[2] - box[0]:.0f} x {box[3] - box[1]:.0f} px",
+    )
     look_at(viewer, pump, layer, (width0 * 0.3, height0 * 0.4), ZOOM_20X)
     seconds, computed, result = timed_run(widget, pump)
-    report("run -> layers drawn, another field (layers exist)", seconds, 1.0,
-           extra=f"worker {computed:.2f} s, layers + paint {seconds - computed:.2f} s; {len(result.features)} tiles "
-                 f"in view, {result.encoded_tiles} encoded")
+    report(
+        "run -> layers drawn, another field (layers exist)",
+        seconds,
+        1.0,
+        extra=f"worker {computed:.2f} s, layers + paint {seconds - computed:.2f} s; "
+        f"{len(result.features)} tiles in view, {result.encoded_tiles} encoded",
+    )
     half_screen_level0 = size[0] / 2 / ZOOM_20X / slide.mpp[0]
     look_at(viewer, pump, layer, (width0 * 0.3 + half_screen_level0, height0 * 0.4), ZOOM_20X)
     seconds, computed, result = timed_run(widget, pump)
-    report("run -> layers drawn after a half-screen pan", seconds, 0.5,
-           extra=f"worker {computed:.2f} s, layers + paint {seconds - computed:.2f} s; {len(result.features)} tiles "
-                 f"in view, {result.encoded_tiles} encoded")
+    report(
+        "run -> layers drawn after a half-screen pan",
+        seconds,
+        0.5,
+        extra=f"worker {computed:.2f} s, layers + paint {seconds - computed:.2f} s; "
+        f"{len(result.features)} tiles in view, {result.encoded_tiles} encoded",
+    )
 
     big = synthetic_result(args.patches)
-    big_slide = SimpleNamespace(dimensions=[(int(big.features.coords[:, 0].max()) + 448,
-                                             int(big.features.coords[:, 1].max()) + 448)], mpp=(0.25, 0.25))
+    big_slide = SimpleNamespace(
+        dimensions=[(int(big.features.coords[:, 0].max()) + 448, int(big.features.coords[:, 1].max()) + 448)],
+        mpp=(0.25, 0.25),
+    )
     start = time.perf_counter()
     layers = care_layers(big, big_slide, DisplayOptions())
     built = time.perf_counter() - start
@@ -241,12 +291,19 @@ def main() -> None:
     for data, kwargs, kind in care_layers(big, big_slide, DisplayOptions(normalisation="rank")):
         put_layer(viewer, data, kwargs, kind)
     updated = time.perf_counter() - start
-    report(f"build the three layers, {args.patches} patches", built, 0.5,
-           extra=f"{big.care.n_regions} regions; into the viewer {placed:.3f} s, in-place update {updated:.3f} s")
+    report(
+        f"build the three layers, {args.patches} patches",
+        built,
+        0.5,
+        extra=f"{big.care.n_regions} regions; into the viewer {placed:.3f} s, "
+        f"in-place update {updated:.3f} s",
+    )
 
     reference_ms = repaint_stall_ms(pump)
-    print(f"{'reference: longest gap, canvas repainted every 300 ms':<52} {reference_ms:8.3f} ms   "
-          "(no run: what one repaint of this window costs the event loop here)")
+    print(
+        f"{'reference: longest gap, canvas repainted every 300 ms':<52} {reference_ms:8.3f} ms   "
+        "(no run: what one repaint of this window costs the event loop here)"
+    )
     widget.scope.value = "whole slide"
     drawing: list[float] = []  # when the in-place update of the layers began (on the main thread)
     viewer.layers["CARE regions"].events.data.connect(lambda _event: drawing.append(time.perf_counter()))
@@ -263,11 +320,16 @@ def main() -> None:
     ticks_s = np.asarray(ticks)
     gaps = np.diff(ticks_s) * 1000
     computing = ticks_s[1:] <= drawing[-1]  # gaps that ended before the layers were redrawn
-    report("longest event-loop stall, whole-slide run", float(gaps.max()), 100.0, "ms",
-           extra=f"while the worker computed {gaps[computing].max():.0f} ms (99th pct "
-                 f"{np.percentile(gaps[computing], 99):.0f} ms over {computing.sum()} ticks), while the layers were "
-                 f"updated and painted {gaps[~computing].max():.0f} ms (longest canvas paint {paint_s * 1000:.0f} "
-                 f"ms); run {seconds:.2f} s, {len(result.features)} tiles ({result.encoded_tiles} encoded)")
+    report(
+        "longest event-loop stall, whole-slide run",
+        float(gaps.max()),
+        100.0,
+        "ms",
+        extra=f"while the worker computed {gaps[computing].max():.0f} ms (99th pct "
+        f"{np.percentile(gaps[computing], 99):.0f} ms over {computing.sum()} ticks), while the layers were "
+        f"updated and painted {gaps[~computing].max():.0f} ms (longest canvas paint {paint_s * 1000:.0f} "
+        f"ms); run {seconds:.2f} s, {len(result.features)} tiles ({result.encoded_tiles} encoded)",
+    )
     viewer.close()
 
 

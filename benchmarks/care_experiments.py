@@ -51,18 +51,21 @@ from napari_care.core.progress import run_to_end
 from napari_care.core.train.feature_views import SlideFeatures
 
 LAYOUTS = ("default", "islands", "bands")
-SAMPLE_SIZE = (16384, 12288)   # the offline sample's size (sample_data/offline_sample.json)
+SAMPLE_SIZE = (16384, 12288)  # the offline sample's size (sample_data/offline_sample.json)
 HELD_OUT = [(layout, seed, *SAMPLE_SIZE) for layout in LAYOUTS for seed in (11, 12, 13)]
 SMALL = [(layout, seed, 6144, 4608) for layout in LAYOUTS for seed in range(100, 112)]
-LARGE = [(layout, 11, 2 * SAMPLE_SIZE[0], 2 * SAMPLE_SIZE[1]) for layout in LAYOUTS]   # --large
+LARGE = [(layout, 11, 2 * SAMPLE_SIZE[0], 2 * SAMPLE_SIZE[1]) for layout in LAYOUTS]  # --large
 N_TYPES = 7
 
 
 def cache_root() -> Path:
     """Where generated slides and features go: never inside the repository."""
     override = os.environ.get("NAPARI_CARE_CACHE")
-    return Path(override).expanduser() / "care_experiments" if override else \
-        Path(tempfile.gettempdir()) / "napari_care_exp"
+    return (
+        Path(override).expanduser() / "care_experiments"
+        if override
+        else Path(tempfile.gettempdir()) / "napari_care_exp"
+    )
 
 
 @dataclass
@@ -137,8 +140,11 @@ def cohort(specs) -> list[Generated]:
 
 def partition_scores(region_of_patch: np.ndarray, item: Generated) -> tuple[float, float, int]:
     """Purity, boundary recall (tolerance 0) and number of regions."""
-    return (segmentation_accuracy(region_of_patch, item.truth),
-            boundary_recall(region_of_patch, item.truth, item.slide.grid), len(np.unique(region_of_patch)))
+    return (
+        segmentation_accuracy(region_of_patch, item.truth),
+        boundary_recall(region_of_patch, item.truth, item.slide.grid),
+        len(np.unique(region_of_patch)),
+    )
 
 
 def table(title: str, header: list[str], rows: list[list]) -> None:
@@ -162,7 +168,9 @@ def by_group(items: list[Generated], scores: list[list[float]]) -> list[list]:
     for name, groups in summaries.items():
         picked = [s for item, s in zip(items, scores, strict=True) if item.group in groups]
         if picked:
-            rows.append([name, len(picked)] + [float(np.mean(column)) for column in zip(*picked, strict=True)])
+            rows.append(
+                [name, len(picked)] + [float(np.mean(column)) for column in zip(*picked, strict=True)]
+            )
     return rows
 
 
@@ -176,11 +184,25 @@ def experiment_regions(items: list[Generated]) -> None:
             free = segment_features(item.slide.features, item.slide.grid, config=CareFreeConfig(k=k))
             adaptive = partition_scores(free.region_of_patch, item)
             fixed = partition_scores(fixed_block_partition(item.slide.grid, k), item)
-            scores.append([len(item.truth), adaptive[2], fixed[2], adaptive[0], fixed[0], adaptive[1], fixed[1]])
+            scores.append(
+                [len(item.truth), adaptive[2], fixed[2], adaptive[0], fixed[0], adaptive[1], fixed[1]]
+            )
         rows = [row[:2] + [round(v) for v in row[2:5]] + row[5:] for row in by_group(items, scores)]
-        table(f"(a) regions vs planted types, k = {k} (means per slide)",
-              ["slides", "n", "patches", "regions", "blocks", "purity adaptive", "purity fixed",
-               "bnd recall adaptive", "bnd recall fixed"], rows)
+        table(
+            f"(a) regions vs planted types, k = {k} (means per slide)",
+            [
+                "slides",
+                "n",
+                "patches",
+                "regions",
+                "blocks",
+                "purity adaptive",
+                "purity fixed",
+                "bnd recall adaptive",
+                "bnd recall fixed",
+            ],
+            rows,
+        )
 
 
 def n_planted(item: Generated) -> int:
@@ -188,20 +210,22 @@ def n_planted(item: Generated) -> int:
     return int((np.bincount(item.truth, minlength=N_TYPES) >= 0.02 * len(item.truth)).sum())
 
 
-GROUP_SEEDS = range(5)   # k-means seeds of the phenotype groups: (b) reports their mean and spread
+GROUP_SEEDS = range(5)  # k-means seeds of the phenotype groups: (b) reports their mean and spread
 
 
 def groups_of(result, item: Generated, seed: int = 0, descriptor: str = "median") -> float:
     """ARI of the phenotype groups (default grouping, ``n_planted`` groups) vs the truth."""
     from napari_care.core.phenotypes import phenotype_groups
 
-    groups = phenotype_groups(result, n_groups=n_planted(item), patch_features=item.slide.features,
-                              descriptor=descriptor, seed=seed)
+    groups = phenotype_groups(
+        result, n_groups=n_planted(item), patch_features=item.slide.features, descriptor=descriptor, seed=seed
+    )
     return adjusted_rand_index(groups.group_of_patch, item.truth)
 
 
 def majority_ceiling(result, item: Generated) -> float:
-    """ARI when every region takes its majority planted type: the best any grouping of these regions can do."""
+    """ARI when every region takes its majority planted type: the best any grouping of these regions
+    can do."""
     counts = np.zeros((result.n_regions, N_TYPES))
     np.add.at(counts, (result.region_of_patch, item.truth), 1)
     return adjusted_rand_index(counts.argmax(axis=1)[result.region_of_patch], item.truth)
@@ -219,94 +243,164 @@ def experiment_groups(items: list[Generated]) -> None:
         for k in (8, 4):
             result = segment_features(item.slide.features, item.slide.grid, config=CareFreeConfig(k=k))
             by_seed = [groups_of(result, item, seed) for seed in GROUP_SEEDS]
-            row += [float(np.mean(by_seed)), majority_ceiling(result, item), groups_of(result, item, 0, "embedding")]
+            row += [
+                float(np.mean(by_seed)),
+                majority_ceiling(result, item),
+                groups_of(result, item, 0, "embedding"),
+            ]
             seeds_row.append(by_seed)
         x = item.slide.features
         x = (x - x.mean(0)) / np.maximum(x.std(0), 1e-6)
         patches = KMeans(n_planted(item), n_init=10, random_state=0).fit_predict(x)
         scores.append([*row, adjusted_rand_index(patches, item.truth)])
         per_seed.append(seeds_row)
-    table("(b) phenotype groups (weighted k-means of region median descriptors, N = planted types >= 2%; "
-          f"mean over k-means seeds {list(GROUP_SEEDS)}) vs planted types: adjusted Rand index (target >= 0.6); "
-          "'embedding' = k-means of the region embeddings (seed 0)",
-          ["slides", "n", "ARI k=8", "ceiling k=8", "embedding k=8", "ARI k=4", "ceiling k=4", "embedding k=4",
-           "k-means of patches"], by_group(items, scores))
+    table(
+        "(b) phenotype groups (weighted k-means of region median descriptors, N = planted types >= 2%; "
+        f"mean over k-means seeds {list(GROUP_SEEDS)}) vs planted types: adjusted Rand index "
+        "(target >= 0.6); 'embedding' = k-means of the region embeddings (seed 0)",
+        [
+            "slides",
+            "n",
+            "ARI k=8",
+            "ceiling k=8",
+            "embedding k=8",
+            "ARI k=4",
+            "ceiling k=4",
+            "embedding k=4",
+            "k-means of patches",
+        ],
+        by_group(items, scores),
+    )
     # Spread: the set's mean ARI for each k-means seed (sd over seeds), and the sd over slides.
-    for name, picked in (("offline sample + held-out", [i for i, item in enumerate(items) if "2x" not in item.group]),
-                         ("2x size", [i for i, item in enumerate(items) if "2x" in item.group])):
+    for name, picked in (
+        ("offline sample + held-out", [i for i, item in enumerate(items) if "2x" not in item.group]),
+        ("2x size", [i for i, item in enumerate(items) if "2x" in item.group]),
+    ):
         if picked:
             for column, k in enumerate((8, 4)):
-                values = np.array([per_seed[i][column] for i in picked])    # [slides, seeds]
-                print(f"  {name}, k = {k}: ARI {values.mean():.3f}, sd over seeds {values.mean(axis=0).std():.3f}, "
-                      f"sd over slides {values.mean(axis=1).std():.3f}")
+                values = np.array([per_seed[i][column] for i in picked])  # [slides, seeds]
+                print(
+                    f"  {name}, k = {k}: ARI {values.mean():.3f}, "
+                    f"sd over seeds {values.mean(axis=0).std():.3f}, "
+                    f"sd over slides {values.mean(axis=1).std():.3f}"
+                )
 
 
-def stage1(small: list[Generated], steps: int, k: int, affinity_prior: str = "input", consistency_weight: float = 1.0,
-           seed: int = 0):
+def stage1(
+    small: list[Generated],
+    steps: int,
+    k: int,
+    affinity_prior: str = "input",
+    consistency_weight: float = 1.0,
+    seed: int = 0,
+):
     """Stage I on the small slides; prints the loss table, returns the result."""
     from napari_care.core.models.care import CareConfig
     from napari_care.core.train.care_stage1 import Stage1Config, train_care_stage1
 
-    care_config = CareConfig(in_dim=small[0].slide.feature_dim, embed_dim=64, heads=4, k=k,
-                             affinity_prior=affinity_prior)
-    config = Stage1Config(steps=steps, batch_size=8, lr=5e-4, warmup_steps=steps // 10, log_every=max(1, steps // 5),
-                          consistency_weight=consistency_weight, seed=seed,
-                          checkpoint_every=max(1, steps // 3))
+    care_config = CareConfig(
+        in_dim=small[0].slide.feature_dim, embed_dim=64, heads=4, k=k, affinity_prior=affinity_prior
+    )
+    config = Stage1Config(
+        steps=steps,
+        batch_size=8,
+        lr=5e-4,
+        warmup_steps=steps // 10,
+        log_every=max(1, steps // 5),
+        consistency_weight=consistency_weight,
+        seed=seed,
+        checkpoint_every=max(1, steps // 3),
+    )
     out_dir = cache_root() / "stage1"
-    for stale in out_dir.glob("care_stage1_step*"):   # checkpoints of an earlier run with other steps
+    for stale in out_dir.glob("care_stage1_step*"):  # checkpoints of an earlier run with other steps
         stale.unlink()
     started = time.perf_counter()
-    result = run_to_end(train_care_stage1([item.slide for item in small], care_config, out_dir, config),
-                        lambda p: print(f"  {p.message}"))
+    result = run_to_end(
+        train_care_stage1([item.slide for item in small], care_config, out_dir, config),
+        lambda p: print(f"  {p.message}"),
+    )
     seconds = time.perf_counter() - started
     window = max(1, steps // 10)
-    rows = [[name, float(np.mean(values[:window])), float(np.mean(values[-window:]))]
-            for name, values in [("total", result.losses), *result.components.items()]]
-    table(f"(c) Stage I on {len(small)} slides, {steps} steps of 8 sub-slides x 2 views ({seconds:.0f} s): "
-          f"loss, mean of first vs last {window} steps", ["loss", "first", "last"], rows)
+    rows = [
+        [name, float(np.mean(values[:window])), float(np.mean(values[-window:]))]
+        for name, values in [("total", result.losses), *result.components.items()]
+    ]
+    table(
+        f"(c) Stage I on {len(small)} slides, {steps} steps of 8 sub-slides x 2 views ({seconds:.0f} s): "
+        f"loss, mean of first vs last {window} steps",
+        ["loss", "first", "last"],
+        rows,
+    )
     return result, care_config
 
 
 def experiment_stage1_regions(held_out: list[Generated], small: list[Generated], result, care_config) -> None:
-    """(c) regions of the Stage I model (its checkpoints; step 0 = random init) vs training-free and fixed blocks."""
+    """(c) regions of the Stage I model (its checkpoints; step 0 = random init) vs training-free and
+    fixed blocks."""
     from napari_care.core.care_run import segment_features
     from napari_care.core.checkpoint import load_checkpoint
     from napari_care.core.models.care import CareModel
 
     checkpoints = sorted(result.checkpoint.parent.glob("care_stage1_step*.json"))
-    models = [(int(path.stem.removeprefix("care_stage1_step")), load_checkpoint(path, CareModel)[0])
-              for path in checkpoints] + [(len(result.losses), result.model)]
+    models = [
+        (int(path.stem.removeprefix("care_stage1_step")), load_checkpoint(path, CareModel)[0])
+        for path in checkpoints
+    ] + [(len(result.losses), result.model)]
     torch.manual_seed(0)
     models.insert(0, (0, CareModel(care_config)))
     rows = []
     for slides, name in ((held_out, "held-out + sample"), (small, "training")):
-        free = [segment_features(i.slide.features, i.slide.grid, config=CareFreeConfig(k=care_config.k))
-                for i in slides]
+        free = [
+            segment_features(i.slide.features, i.slide.grid, config=CareFreeConfig(k=care_config.k))
+            for i in slides
+        ]
         rows.append([name, "training-free", *_means(free, slides), 1.0])
         for step, model in models:
             results = [segment_features(i.slide.features, i.slide.grid, model=model.eval()) for i in slides]
-            same = np.mean([(r.candidate_rank == f.candidate_rank).mean() for r, f in zip(results, free, strict=True)])
+            same = np.mean(
+                [(r.candidate_rank == f.candidate_rank).mean() for r, f in zip(results, free, strict=True)]
+            )
             rows.append([name, f"Stage I, step {step}", *_means(results, slides), float(same)])
         fixed = [partition_scores(fixed_block_partition(i.slide.grid, care_config.k), i) for i in slides]
-        rows.append([name, "fixed blocks", *[float(np.mean(c)) for c in list(zip(*fixed, strict=True))[:2]],
-                     float(np.mean([c[2] for c in fixed])), "", "", ""])
-    table(f"(c) regions of the Stage I model during training (k = {care_config.k}, affinity_prior = "
-          f"{care_config.affinity_prior!r}; step 0 = random init; means "
-          "per slide; moved = share of patches that left their own block; ARI of phenotype groups; "
-          "as free = share of patches that choose as the training-free generator)",
-          ["slides", "model", "purity", "bnd recall", "regions", "moved", "ARI", "as free"], rows)
+        rows.append(
+            [
+                name,
+                "fixed blocks",
+                *[float(np.mean(c)) for c in list(zip(*fixed, strict=True))[:2]],
+                float(np.mean([c[2] for c in fixed])),
+                "",
+                "",
+                "",
+            ]
+        )
+    table(
+        f"(c) regions of the Stage I model during training (k = {care_config.k}, affinity_prior = "
+        f"{care_config.affinity_prior!r}; step 0 = random init; means "
+        "per slide; moved = share of patches that left their own block; ARI of phenotype groups; "
+        "as free = share of patches that choose as the training-free generator)",
+        ["slides", "model", "purity", "bnd recall", "regions", "moved", "ARI", "as free"],
+        rows,
+    )
     if care_config.affinity_prior == "input":
-        print("  learned weights in log rho (training-free affinity, learned affinity): " + ", ".join(
-            f"step {step}: {model.log_prior_scale.exp().item():.3f}, {model.affinity_scale.item():.3f}"
-            for step, model in models))
+        print(
+            "  learned weights in log rho (training-free affinity, learned affinity): "
+            + ", ".join(
+                f"step {step}: {model.log_prior_scale.exp().item():.3f}, {model.affinity_scale.item():.3f}"
+                for step, model in models
+            )
+        )
 
 
 def _means(results, slides: list[Generated]) -> list[float]:
     """Mean purity, boundary recall, region count, share of patches that left their own block, group ARI."""
     scored = [partition_scores(r.region_of_patch, item) for r, item in zip(results, slides, strict=True)]
-    return [float(np.mean([s[0] for s in scored])), float(np.mean([s[1] for s in scored])),
-            float(np.mean([s[2] for s in scored])), float(np.mean([(r.candidate_rank > 0).mean() for r in results])),
-            float(np.mean([groups_of(r, item) for r, item in zip(results, slides, strict=True)]))]
+    return [
+        float(np.mean([s[0] for s in scored])),
+        float(np.mean([s[1] for s in scored])),
+        float(np.mean([s[2] for s in scored])),
+        float(np.mean([(r.candidate_rank > 0).mean() for r in results])),
+        float(np.mean([groups_of(r, item) for r, item in zip(results, slides, strict=True)])),
+    ]
 
 
 def main() -> None:
@@ -314,12 +408,22 @@ def main() -> None:
     parser.add_argument("--only", nargs="+", default=["a", "b", "c", "d"], choices=["a", "b", "c", "d"])
     parser.add_argument("--stage1-steps", type=int, default=300)
     parser.add_argument("--stage2-steps", type=int, default=150)
-    parser.add_argument("--large", action="store_true", help="(a, b) also on 3 slides of twice the sample's size")
+    parser.add_argument(
+        "--large", action="store_true", help="(a, b) also on 3 slides of twice the sample's size"
+    )
     parser.add_argument("--k", type=int, default=4, help="block side of the trained models (c, d)")
-    parser.add_argument("--affinity-prior", default="input", choices=["input", "none"],
-                        help="CareConfig.affinity_prior of the trained models (c, d)")
-    parser.add_argument("--consistency-weight", type=float, default=1.0,
-                        help="Stage1Config.consistency_weight of the Stage I run (c, d)")
+    parser.add_argument(
+        "--affinity-prior",
+        default="input",
+        choices=["input", "none"],
+        help="CareConfig.affinity_prior of the trained models (c, d)",
+    )
+    parser.add_argument(
+        "--consistency-weight",
+        type=float,
+        default=1.0,
+        help="Stage1Config.consistency_weight of the Stage I run (c, d)",
+    )
     parser.add_argument("--stage1-seed", type=int, default=0, help="Stage1Config.seed (c, d)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args()
@@ -341,8 +445,9 @@ def main() -> None:
     if {"c", "d"} & set(args.only):
         print(f"\nsmall slides for training ({len(SMALL)}, {SMALL[0][2]} x {SMALL[0][3]} px):")
         small = cohort(SMALL)
-        result, care_config = stage1(small, args.stage1_steps, args.k, args.affinity_prior,
-                                     args.consistency_weight, args.stage1_seed)
+        result, care_config = stage1(
+            small, args.stage1_steps, args.k, args.affinity_prior, args.consistency_weight, args.stage1_seed
+        )
         if "c" in args.only:
             experiment_stage1_regions(evaluated, small, result, care_config)
         if "d" in args.only:

@@ -25,17 +25,22 @@ def tissue_mix(items: list[Generated]) -> np.ndarray:
 
 
 def molecular_tables(items: list[Generated], genes: int = 100, proteins: int = 40, top_k: int = 10):
-    """RNA values and top-k protein tokens that are smooth functions of each slide's tissue mix (plus noise)."""
+    """RNA values and top-k protein tokens that are smooth functions of each slide's tissue mix
+    (plus noise)."""
     from napari_care.core.molecular import ProteinTable, RNATable
 
     mix = tissue_mix(items)
     rng = np.random.default_rng(7)
     ids = tuple(item.slide.slide_id for item in items)
-    rna = np.log1p(np.exp(4 * mix @ rng.normal(size=(N_TYPES - 1, genes)))) + 0.05 * rng.normal(size=(len(ids), genes))
+    rna = np.log1p(np.exp(4 * mix @ rng.normal(size=(N_TYPES - 1, genes)))) + 0.05 * rng.normal(
+        size=(len(ids), genes)
+    )
     protein = mix @ rng.normal(size=(N_TYPES - 1, proteins)) + 0.02 * rng.normal(size=(len(ids), proteins))
     tokens = np.argsort(-protein, axis=1, kind="stable")[:, :top_k]
-    return (RNATable(ids, rna.astype(np.float32), tuple(f"gene{i}" for i in range(genes))),
-            ProteinTable(ids, tokens.astype(np.int64), tuple(f"protein{i}" for i in range(proteins))))
+    return (
+        RNATable(ids, rna.astype(np.float32), tuple(f"gene{i}" for i in range(genes))),
+        ProteinTable(ids, tokens.astype(np.int64), tuple(f"protein{i}" for i in range(proteins))),
+    )
 
 
 def subset(table, slide_ids: list[str]):
@@ -69,12 +74,22 @@ def experiment_stage2(small: list[Generated], stage1_model, steps: int) -> None:
     rna_all, protein_all = molecular_tables(small)
     train_ids = [item.slide.slide_id for item in train]
     train_slides, test_slides = [i.slide for i in train], [i.slide for i in test]
-    config = stage2.Stage2Config(steps=steps, batch_size=16, lr=5e-4, warmup_steps=steps // 10, temperature=0.1,
-                                 proj_dim=64, molecular_dim=64, log_every=max(1, steps // 3))
+    config = stage2.Stage2Config(
+        steps=steps,
+        batch_size=16,
+        lr=5e-4,
+        warmup_steps=steps // 10,
+        temperature=0.1,
+        proj_dim=64,
+        molecular_dim=64,
+        log_every=max(1, steps // 3),
+    )
 
     def scores(network, table) -> list[float]:
-        return [stage2.retrieval_top1(*stage2.aligned_vectors(network, slides, table))
-                for slides in (train_slides, test_slides)]
+        return [
+            stage2.retrieval_top1(*stage2.aligned_vectors(network, slides, table))
+            for slides in (train_slides, test_slides)
+        ]
 
     # As pretrain_care_stage2: RNA from the Stage I model, then protein from the RNA phase's
     # checkpoint (its CareModel and slide projection) with a new protein encoder.
@@ -83,15 +98,27 @@ def experiment_stage2(small: list[Generated], stage1_model, steps: int) -> None:
         table_train = subset(table_all, train_ids)
         before = scores(_phase_start(care, table_train, config, head), table_all)
         began = time.perf_counter()
-        phase = stage2.train_care_stage2(train_slides, table_train, cache_root() / "stage2", config, init=init)
+        phase = stage2.train_care_stage2(
+            train_slides, table_train, cache_root() / "stage2", config, init=init
+        )
         result = run_to_end(phase, lambda p: print(f"  {p.message}"))
         seconds = time.perf_counter() - began
         window = max(1, steps // 10)
-        rows.append([modality, f"{np.mean(result.losses[:window]):.2f} -> {np.mean(result.losses[-window:]):.2f}",
-                     *before, *scores(result.network, table_all), f"{seconds:.0f}"])
+        rows.append(
+            [
+                modality,
+                f"{np.mean(result.losses[:window]):.2f} -> {np.mean(result.losses[-window:]):.2f}",
+                *before,
+                *scores(result.network, table_all),
+                f"{seconds:.0f}",
+            ]
+        )
         care, head, init = result.model, result.network.slide_head.state_dict(), result.checkpoint
-    table(f"(d) Stage II (profiles = f(tissue mix); RNA phase, then protein phase from its model; {steps} steps "
-          f"of 16 slides each): slide -> profile retrieval top-1; chance {1 / len(train):.3f} on {len(train)} "
-          f"training, {1 / len(test):.3f} on {len(test)} held-out slides",
-          ["phase", "InfoNCE", "train before", "held-out before", "train after", "held-out after", "seconds"],
-          rows)
+    table(
+        "(d) Stage II (profiles = f(tissue mix); RNA phase, then protein phase from its model; "
+        f"{steps} steps of 16 slides each): slide -> profile retrieval top-1; "
+        f"chance {1 / len(train):.3f} on {len(train)} training, "
+        f"{1 / len(test):.3f} on {len(test)} held-out slides",
+        ["phase", "InfoNCE", "train before", "held-out before", "train after", "held-out after", "seconds"],
+        rows,
+    )

@@ -55,8 +55,12 @@ def frame_tissue(viewer, result, margin: float = 1.1) -> None:
     """Centre the camera on the segmented patches and zoom until they fill the canvas."""
     from napari_care._layers import level0_to_world
 
-    corners = np.array([result.features.coords.min(axis=0),
-                        result.features.coords.max(axis=0) + result.grid.tile_size_level0])
+    corners = np.array(
+        [
+            result.features.coords.min(axis=0),
+            result.features.coords.max(axis=0) + result.grid.tile_size_level0,
+        ]
+    )
     slide = viewer.layers["offline sample"].metadata["slide"]
     (row0, col0), (row1, col1) = level0_to_world(slide, corners)
     camera = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera

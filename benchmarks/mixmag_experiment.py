@@ -2,8 +2,8 @@
 
     python benchmarks/mixmag_experiment.py [--workdir /tmp/napari_care_mixmag] [--slides 32]
                                            [--size-px 3072] [--folds 4] [--repeats 2]
-                                           [--mem-steps 1000] [--seed 0 [1 ...]] [--readout cls+tile] [--pools one]
-                                           [--rows mem 20x random cls tokens]
+                                           [--mem-steps 1000] [--seed 0 [1 ...]] [--readout cls+tile]
+                                           [--pools one] [--rows mem 20x random cls tokens]
 
 Two generated cohorts (:mod:`napari_care.core.synthetic.cohort`), half positive each:
 "architecture" (rings against straight cords of the same tumour bands: the label is in an
@@ -73,8 +73,13 @@ from napari_care.core.train.mem import MEMTrainConfig, region_bags, train_mem
 from napari_care.core.train.mil import MILTrainConfig, train_mil
 
 MEM_RECIPE = "2"  # bump when the MEM pretraining recipe changes (2: tile whitening in the checkpoint)
-ROWS = ("MEM mixing + AB-MIL", "20x only AB-MIL", "random mixing + AB-MIL", "MEM CLS + AB-MIL",
-        "MEM 20x tokens + AB-MIL")
+ROWS = (
+    "MEM mixing + AB-MIL",
+    "20x only AB-MIL",
+    "random mixing + AB-MIL",
+    "MEM CLS + AB-MIL",
+    "MEM 20x tokens + AB-MIL",
+)
 ROW_KEYS = dict(zip(("mem", "20x", "random", "cls", "tokens"), ROWS, strict=True))  # --rows names
 
 
@@ -96,21 +101,39 @@ def cohort_features(cohort, out_dir: Path, encoder) -> dict:
 
 def mixing_encoders(slides: list, out_dir: Path, steps: int, seed: int, start: float, readout: str = "cls"):
     """The MEM-pretrained mixing encoder and its random initial twin (same seed, no training)."""
-    config = MixMagConfig(in_dim=slides[0].tokens.shape[-1], dim=64, depth=2, heads=4, readout=readout,
-                          objective="mem", mask_ratio=0.5, loss="cosine")
+    config = MixMagConfig(
+        in_dim=slides[0].tokens.shape[-1],
+        dim=64,
+        depth=2,
+        heads=4,
+        readout=readout,
+        objective="mem",
+        mask_ratio=0.5,
+        loss="cosine",
+    )
     if (out_dir / "mem_final.json").is_file():
         model, _, _ = load_checkpoint(out_dir / "mem_final.json", MixMagEncoder)
         log(f"MEM encoder reused from {out_dir}", start)
     else:
-        train_config = MEMTrainConfig(steps=steps, batch_size=64, lr=1e-3, warmup_steps=steps // 10,
-                                      log_every=max(1, steps // 4), seed=seed)
-        result = run_to_end(train_mem(slides, config, out_dir, train_config),
-                            lambda p: log(f"MEM {p.message}", start) if p.message.startswith("step") else None)
+        train_config = MEMTrainConfig(
+            steps=steps,
+            batch_size=64,
+            lr=1e-3,
+            warmup_steps=steps // 10,
+            log_every=max(1, steps // 4),
+            seed=seed,
+        )
+        result = run_to_end(
+            train_mem(slides, config, out_dir, train_config),
+            lambda p: log(f"MEM {p.message}", start) if p.message.startswith("step") else None,
+        )
         model = result.model
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # train_mem draws the initial weights the same way
         random_model = MixMagEncoder(config).eval()
-    random_model.set_feature_stats(model.feature_mean, model.feature_std)  # same input scaling, untrained weights
+    random_model.set_feature_stats(
+        model.feature_mean, model.feature_std
+    )  # same input scaling, untrained weights
     random_model.set_tile_whitening(model.tile_whitening)
     return model, random_model
 
@@ -131,8 +154,16 @@ def write_split(path: Path, slide_ids, labels, split_of) -> Path:
     return path
 
 
-def cross_validated_auroc(bags: dict, slide_ids: list, labels: np.ndarray, out_dir: Path, folds: int,
-                          repeats: int, split_at: int = 0, encoder: str = "default") -> list[float]:
+def cross_validated_auroc(
+    bags: dict,
+    slide_ids: list,
+    labels: np.ndarray,
+    out_dir: Path,
+    folds: int,
+    repeats: int,
+    split_at: int = 0,
+    encoder: str = "default",
+) -> list[float]:
     """Test AUROC of each repeat of k-fold CV, the folds' test predictions pooled."""
     aurocs = []
     for repeat in range(repeats):
@@ -141,8 +172,9 @@ def cross_validated_auroc(bags: dict, slide_ids: list, labels: np.ndarray, out_d
             split_of = np.full(len(labels), "train", dtype=object)
             split_of[val], split_of[test] = "val", "test"
             csv_path = write_split(out_dir / f"r{repeat}_f{fold}" / "labels.csv", slide_ids, labels, split_of)
-            config = MILTrainConfig(max_epochs=60, patience=15, lr=1e-3, seed=1000 * repeat + fold,
-                                    split_at=split_at)
+            config = MILTrainConfig(
+                max_epochs=60, patience=15, lr=1e-3, seed=1000 * repeat + fold, split_at=split_at
+            )
             model = run_to_end(train_mil(csv_path, bags, csv_path.parent, config, encoder=encoder)).model
             with torch.no_grad():
                 for index in test:
@@ -158,8 +190,10 @@ def print_table(results: dict, tiles_20x: dict, folds: int, repeats: int) -> Non
     for kind, rows in results.items():
         base = tiles_20x[kind]  # mean 20x tiles per slide
         for row, values in rows.items():
-            print(f"{kind:13} {row:24} {values['auroc']:7.3f} +- {values['auroc_sd']:.3f} {values['tokens']:13.1f} "
-                  f"{base / values['tokens']:9.1f}x {values['token_dim']:10d}")
+            print(
+                f"{kind:13} {row:24} {values['auroc']:7.3f} +- {values['auroc_sd']:.3f} "
+                f"{values['tokens']:13.1f} {base / values['tokens']:9.1f}x {values['token_dim']:10d}"
+            )
 
 
 def run_seed(args, seed: int, encoder, start: float) -> tuple[dict, dict]:
@@ -167,37 +201,71 @@ def run_seed(args, seed: int, encoder, start: float) -> tuple[dict, dict]:
     data = {}
     for kind in KINDS:
         tag = f"{kind}_n{args.slides}_px{args.size_px}_seed{seed}"
-        cohort = build_cohort(args.workdir / "slides" / tag, kind, n_slides=args.slides, size_px=args.size_px,
-                              seed=seed, workers=2)
+        cohort = build_cohort(
+            args.workdir / "slides" / tag,
+            kind,
+            n_slides=args.slides,
+            size_px=args.size_px,
+            seed=seed,
+            workers=2,
+        )
         features = cohort_features(cohort, args.workdir / "features" / tag, encoder)
         data[kind] = (cohort, features)
         log(f"seed {seed} {kind}: {len(cohort.slide_ids)} slides built and encoded at 5x/10x/20x", start)
-    tokens = {kind: [features[s].to_region_tokens() for s in cohort.slide_ids]
-              for kind, (cohort, features) in data.items()}
-    mem_dir = args.workdir / f"mem{MEM_RECIPE}_v{COHORT_VERSION}_n{args.slides}_px{args.size_px}_seed{seed}_steps{args.mem_steps}"
+    tokens = {
+        kind: [features[s].to_region_tokens() for s in cohort.slide_ids]
+        for kind, (cohort, features) in data.items()
+    }
+    mem_name = (
+        f"mem{MEM_RECIPE}_v{COHORT_VERSION}_n{args.slides}_px{args.size_px}_seed{seed}_steps{args.mem_steps}"
+    )
+    mem_dir = args.workdir / mem_name
     all_tokens = [t for slides in tokens.values() for t in slides]
     mem_model, random_model = mixing_encoders(all_tokens, mem_dir, args.mem_steps, seed, start)
-    encoders = {ROWS[0]: with_readout(mem_model, args.readout), ROWS[2]: with_readout(random_model, args.readout),
-                ROWS[3]: with_readout(mem_model, "cls")}
+    encoders = {
+        ROWS[0]: with_readout(mem_model, args.readout),
+        ROWS[2]: with_readout(random_model, args.readout),
+        ROWS[3]: with_readout(mem_model, "cls"),
+    }
     if "tokens" in args.rows:
-        encoders[ROWS[4]], _ = mixing_encoders(all_tokens, mem_dir.with_name(mem_dir.name + "_tokens"),
-                                               args.mem_steps, seed, start, readout="tokens")
+        encoders[ROWS[4]], _ = mixing_encoders(
+            all_tokens,
+            mem_dir.with_name(mem_dir.name + "_tokens"),
+            args.mem_steps,
+            seed,
+            start,
+            readout="tokens",
+        )
     results, tiles_20x = {}, {}
     for kind, (cohort, features) in data.items():
         tiles_20x[kind] = float(np.mean([len(features[s].levels[2].features) for s in cohort.slide_ids]))
         results[kind] = {}
         for key in args.rows:
             row, index = ROW_KEYS[key], ROWS.index(ROW_KEYS[key])
-            row_bags = ({s: features[s].levels[2].features for s in cohort.slide_ids} if row == ROWS[1]
-                        else region_bags(encoders[row], tokens[kind]))
+            row_bags = (
+                {s: features[s].levels[2].features for s in cohort.slide_ids}
+                if row == ROWS[1]
+                else region_bags(encoders[row], tokens[kind])
+            )
             out_dir = args.workdir / "mil" / f"{kind}_seed{seed}" / f"row{index}"
             split_at = mem_model.config.dim if args.pools == "two" and row in (ROWS[0], ROWS[2]) else 0
-            aurocs = cross_validated_auroc(row_bags, list(cohort.slide_ids), np.array(cohort.labels), out_dir,
-                                           args.folds, args.repeats, split_at,
-                                           encoder="default" if row == ROWS[1] else "mixmag")
-            results[kind][row] = {"auroc": float(np.mean(aurocs)), "auroc_sd": float(np.std(aurocs)),
-                                  "aurocs": aurocs, "tokens": float(np.mean([len(b) for b in row_bags.values()])),
-                                  "token_dim": int(next(iter(row_bags.values())).shape[1])}
+            aurocs = cross_validated_auroc(
+                row_bags,
+                list(cohort.slide_ids),
+                np.array(cohort.labels),
+                out_dir,
+                args.folds,
+                args.repeats,
+                split_at,
+                encoder="default" if row == ROWS[1] else "mixmag",
+            )
+            results[kind][row] = {
+                "auroc": float(np.mean(aurocs)),
+                "auroc_sd": float(np.std(aurocs)),
+                "aurocs": aurocs,
+                "tokens": float(np.mean([len(b) for b in row_bags.values()])),
+                "token_dim": int(next(iter(row_bags.values())).shape[1]),
+            }
             log(f"seed {seed} {kind} {row}: AUROC {np.round(aurocs, 3).tolist()}", start)
     return results, tiles_20x
 
@@ -211,8 +279,10 @@ def print_seed_summary(results_of_seed: dict) -> None:
     for kind, rows in first.items():
         for row in rows:
             per_seed = [results_of_seed[seed][kind][row]["auroc"] for seed in seeds]
-            print(f"{kind:13} {row:24} {np.mean(per_seed):6.3f} {np.std(per_seed):6.3f}  "
-                  + " ".join(f"{value:.3f}" for value in per_seed))
+            print(
+                f"{kind:13} {row:24} {np.mean(per_seed):6.3f} {np.std(per_seed):6.3f}  "
+                + " ".join(f"{value:.3f}" for value in per_seed)
+            )
 
 
 def main() -> None:
@@ -221,16 +291,36 @@ def main() -> None:
     parser.add_argument("--slides", type=int, default=32, help="slides per set (even)")
     parser.add_argument("--size-px", type=int, default=3072, help="slide side at 0.5 um/px")
     parser.add_argument("--folds", type=int, default=4)
-    parser.add_argument("--repeats", type=int, default=2, help="cross-validation repeats (fold and head seeds)")
+    parser.add_argument(
+        "--repeats", type=int, default=2, help="cross-validation repeats (fold and head seeds)"
+    )
     parser.add_argument("--mem-steps", type=int, default=1000)
-    parser.add_argument("--seed", type=int, nargs="+", default=[0],
-                        help="seeds of the slides and of MEM; several: each is a fresh pair of sets, then a summary")
-    parser.add_argument("--readout", choices=("cls+tile", "cls"), default="cls+tile",
-                        help="region readout of the MEM and random mixing rows")
-    parser.add_argument("--pools", choices=("one", "two"), default="one",
-                        help="AB-MIL pools of the MEM and random mixing rows (two: CLS and tile pooled apart; cls+tile)")
-    parser.add_argument("--rows", nargs="+", choices=tuple(ROW_KEYS), default=list(ROW_KEYS),
-                        help="rows to run: " + ", ".join(f"{key} = {row}" for key, row in ROW_KEYS.items()))
+    parser.add_argument(
+        "--seed",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="seeds of the slides and of MEM; several: each is a fresh pair of sets, then a summary",
+    )
+    parser.add_argument(
+        "--readout",
+        choices=("cls+tile", "cls"),
+        default="cls+tile",
+        help="region readout of the MEM and random mixing rows",
+    )
+    parser.add_argument(
+        "--pools",
+        choices=("one", "two"),
+        default="one",
+        help="AB-MIL pools of the MEM and random mixing rows (two: CLS and tile pooled apart; cls+tile)",
+    )
+    parser.add_argument(
+        "--rows",
+        nargs="+",
+        choices=tuple(ROW_KEYS),
+        default=list(ROW_KEYS),
+        help="rows to run: " + ", ".join(f"{key} = {row}" for key, row in ROW_KEYS.items()),
+    )
     args = parser.parse_args()
     if args.pools == "two" and args.readout != "cls+tile":
         parser.error("--pools two needs --readout cls+tile (the CLS and tile column blocks)")
@@ -246,8 +336,15 @@ def main() -> None:
     if len(args.seed) > 1:
         print_seed_summary(results_of_seed)
     with atomic_open(args.workdir / "results.json", "w") as handle:
-        json.dump({"args": {k: str(v) for k, v in vars(args).items()}, "results": results_of_seed,
-                   "seconds": time.perf_counter() - start}, handle, indent=1)
+        json.dump(
+            {
+                "args": {k: str(v) for k, v in vars(args).items()},
+                "results": results_of_seed,
+                "seconds": time.perf_counter() - start,
+            },
+            handle,
+            indent=1,
+        )
     print(f"\ntotal {time.perf_counter() - start:.0f} s; results in {args.workdir / 'results.json'}")
 
 

@@ -25,10 +25,25 @@ REGIONS = "CARE regions"
 ROI = "CARE ROI"
 ATTENTION = "CARE attention"
 COLOUR_BY = ("region", "group")
-GROUP_PALETTE = np.array([  # distinct, colour-blind friendly (Okabe-Ito, then Tol)
-    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
-    (204, 121, 167), (136, 34, 85), (68, 170, 153), (153, 153, 51), (51, 34, 136), (221, 204, 119),
-]) / 255.0  # fmt: skip
+GROUP_PALETTE = (
+    np.array(
+        [  # distinct, colour-blind friendly (Okabe-Ito, then Tol)
+            (230, 159, 0),
+            (86, 180, 233),
+            (0, 158, 115),
+            (240, 228, 66),
+            (0, 114, 178),
+            (213, 94, 0),
+            (204, 121, 167),
+            (136, 34, 85),
+            (68, 170, 153),
+            (153, 153, 51),
+            (51, 34, 136),
+            (221, 204, 119),
+        ]
+    )
+    / 255.0
+)
 
 # every character roi_layer's labels can hold, and those vispy measures every text's line height by
 ROI_LABEL_CHARACTERS = "ROI: region (a=)0123456789.e-+" + "ÅÉÑŐjgpqy"
@@ -102,7 +117,7 @@ def slide_grid(raster: GridRaster, slide: Slide, fill: float | int) -> GridRaste
     rows = max(int(np.ceil(slide_height / stride)), row0 + height)
     cols = max(int(np.ceil(slide_width / stride)), col0 + width)
     full = np.full((rows, cols), fill, dtype=values.dtype)
-    full[row0:row0 + height, col0:col0 + width] = values
+    full[row0 : row0 + height, col0 : col0 + width] = values
     return GridRaster(full, 0, 0, stride)
 
 
@@ -119,8 +134,13 @@ def regions_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) 
         "features": features,
         "opacity": 0.45,
         # what `napari-care segment` writes into the GeoJSON metadata, so an export from here matches
-        "metadata": {ROLE_KEY: "regions", "colour_by": display.colour_by,
-                     "encoder": result.options.encoder, "k": result.care.k, "mode": result.care.mode},
+        "metadata": {
+            ROLE_KEY: "regions",
+            "colour_by": display.colour_by,
+            "encoder": result.options.encoder,
+            "k": result.care.k,
+            "mode": result.care.mode,
+        },
         **placement(slide, raster.origin_level0, raster.stride_level0),
     }
     if display.colour_by == "group":
@@ -136,25 +156,34 @@ def roi_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) -> L
         x0, y0, x1, y1 = box.box_level0
         corners = level0_to_world(slide, np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]]))
         rectangles.append(corners)
-    labels = [f"ROI: region {b.region} (a={b.a:.3g})" if b.is_top else f"region {b.region} (a={b.a:.3g})"
-              for b in boxes]
+    labels = [
+        f"ROI: region {b.region} (a={b.a:.3g})" if b.is_top else f"region {b.region} (a={b.a:.3g})"
+        for b in boxes
+    ]
     kwargs = {
         "name": ROI,
         "shape_type": "rectangle",
         "units": world_units(slide),
         "edge_color": ["#ffd700" if b.is_top else "#00e5ff" for b in boxes],
         "face_color": "transparent",
-        "edge_width": EDGE_WIDTH_SHARE * max(slide.dimensions[0]) * world_scale(slide)[1],  # level-0 x -> world
-        "features": {"region": [b.region for b in boxes], "a": [b.a for b in boxes],
-                     "is_roi": [b.is_top for b in boxes], "label": labels},
+        "edge_width": EDGE_WIDTH_SHARE
+        * max(slide.dimensions[0])
+        * world_scale(slide)[1],  # level-0 x -> world
+        "features": {
+            "region": [b.region for b in boxes],
+            "a": [b.a for b in boxes],
+            "is_roi": [b.is_top for b in boxes],
+            "label": labels,
+        },
         "text": {"string": "{label}", "anchor": "upper_left", "size": 11, "color": "white"},
         "metadata": {ROLE_KEY: "roi"},
     }
     return (rectangles, kwargs, "shapes")
 
 
-def attention_layer(result: SegmentResult, slide: Slide, display: DisplayOptions,
-                    mil: MilOutput | None = None) -> LayerData:
+def attention_layer(
+    result: SegmentResult, slide: Slide, display: DisplayOptions, mil: MilOutput | None = None
+) -> LayerData:
     """Image: normalised per-patch attention, transparent off tissue and below the threshold.
 
     The attention is CARE's patch attention, or the MIL head's when ``mil`` is given (one
@@ -165,9 +194,17 @@ def attention_layer(result: SegmentResult, slide: Slide, display: DisplayOptions
     if len(attention) != len(result.features):
         raise ValueError(f"attention has {len(attention)} values for {len(result.features)} patches")
     seen = np.isfinite(attention)
-    raster = slide_grid(heatmap_raster(result.features.grid[seen], attention[seen], result.grid.stride_level0,
-                                       mode=display.normalisation, blur_patches=display.blur_patches),
-                        slide, fill=np.nan)
+    raster = slide_grid(
+        heatmap_raster(
+            result.features.grid[seen],
+            attention[seen],
+            result.grid.stride_level0,
+            mode=display.normalisation,
+            blur_patches=display.blur_patches,
+        ),
+        slide,
+        fill=np.nan,
+    )
     values = raster.values
     finite = values[np.isfinite(values)]
     low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
@@ -181,8 +218,12 @@ def attention_layer(result: SegmentResult, slide: Slide, display: DisplayOptions
         "opacity": display.opacity,
         "blending": "translucent",
         "interpolation2d": "nearest",
-        "metadata": {ROLE_KEY: "attention", "normalisation": display.normalisation,
-                     "source": "CARE" if mil is None else "MIL", "off_tissue": off_tissue},
+        "metadata": {
+            ROLE_KEY: "attention",
+            "normalisation": display.normalisation,
+            "source": "CARE" if mil is None else "MIL",
+            "off_tissue": off_tissue,
+        },
         **placement(slide, raster.origin_level0, raster.stride_level0),
     }
     return (np.where(np.isfinite(values), values, off_tissue).astype(np.float32), kwargs, "image")
@@ -199,12 +240,16 @@ def warm_up_roi_text(viewer) -> OneCallPerTurn:
     return glyphs
 
 
-def care_layers(result: SegmentResult, slide: Slide, display: DisplayOptions | None = None,
-                mil: MilOutput | None = None) -> list[LayerData]:
+def care_layers(
+    result: SegmentResult, slide: Slide, display: DisplayOptions | None = None, mil: MilOutput | None = None
+) -> list[LayerData]:
     """The three CARE layers of a result (the heatmap from ``mil`` when a MIL head ran)."""
     display = display or DisplayOptions()
-    return [regions_layer(result, slide, display), attention_layer(result, slide, display, mil),
-            roi_layer(result, slide, display)]
+    return [
+        regions_layer(result, slide, display),
+        attention_layer(result, slide, display, mil),
+        roi_layer(result, slide, display),
+    ]
 
 
 def hover_text(layers, world_position) -> str:

@@ -30,8 +30,16 @@ from napari_care.core.qupath.read import read_geojson
 from napari_care.core.qupath.shape_table import shapes_from_annotations
 
 SUFFIXES = (".geojson", ".json", ".geojson.gz", ".json.gz")
-_GEOJSON_MARKERS = (b'"Feature', b'"Polygon"', b'"MultiPolygon"', b'"LineString"', b'"Point"', b'"MultiPoint"',
-                    b'"MultiLineString"', b'"GeometryCollection"')  # fmt: skip
+_GEOJSON_MARKERS = (
+    b'"Feature',
+    b'"Polygon"',
+    b'"MultiPolygon"',
+    b'"LineString"',
+    b'"Point"',
+    b'"MultiPoint"',
+    b'"MultiLineString"',
+    b'"GeometryCollection"',
+)
 
 LayerData = tuple[Any, dict, str]
 
@@ -63,15 +71,22 @@ def read_geojson_layers(path: str | list[str], *, frame: Level0Frame | None = No
         path = path[0]
     frame = frame if frame is not None else viewer_frame()
     annotations = read_geojson(path, bounds_offset=frame.bounds_offset)
-    layers, message = annotation_layers(annotations, name=Path(path).name.split(".")[0], frame=frame,
-                                        source=str(path))  # fmt: skip
+    layers, message = annotation_layers(
+        annotations, name=Path(path).name.split(".")[0], frame=frame, source=str(path)
+    )
     _notify(f"{Path(path).name}: {message}")
     return layers
 
 
-def annotation_layers(annotations: Sequence[Annotation], *, name: str, frame: Level0Frame | None = None,
-                      source: str = "", keep_lines: bool = True,
-                      keep_points: bool = True) -> tuple[list[LayerData], str]:
+def annotation_layers(
+    annotations: Sequence[Annotation],
+    *,
+    name: str,
+    frame: Level0Frame | None = None,
+    source: str = "",
+    keep_lines: bool = True,
+    keep_points: bool = True,
+) -> tuple[list[LayerData], str]:
     """Shapes (polygon rings, lines) and Points layer data of ``annotations``, and a summary line.
 
     Parameters
@@ -93,17 +108,39 @@ def annotation_layers(annotations: Sequence[Annotation], *, name: str, frame: Le
     metadata = {FRAME_KEY: frame.to_dict(), ROLE_KEY: "annotations", "source": source}
     layers: list[LayerData] = []
     if len(shapes):
-        layers.append((shapes.split(frame.level0_to_data(shapes.vertices_xy)), {
-            "name": name, "shape_type": shapes.shape_types,
-            "features": shapes.features, "feature_defaults": shapes.feature_defaults,
-            "edge_color": shapes.colors_rgba, "face_color": "transparent",
-            "edge_width": drawn.outline_width_px, "metadata": dict(metadata), **frame.placement(),
-        }, "shapes"))  # fmt: skip
+        layers.append(
+            (
+                shapes.split(frame.level0_to_data(shapes.vertices_xy)),
+                {
+                    "name": name,
+                    "shape_type": shapes.shape_types,
+                    "features": shapes.features,
+                    "feature_defaults": shapes.feature_defaults,
+                    "edge_color": shapes.colors_rgba,
+                    "face_color": "transparent",
+                    "edge_width": drawn.outline_width_px,
+                    "metadata": dict(metadata),
+                    **frame.placement(),
+                },
+                "shapes",
+            )
+        )
     if len(points):
-        layers.append((frame.level0_to_data(points.vertices_xy), {
-            "name": f"{name} points", "features": points.features, "feature_defaults": points.feature_defaults,
-            "face_color": points.colors_rgba, "size": 10.0, "metadata": dict(metadata), **frame.placement(),
-        }, "points"))  # fmt: skip
+        layers.append(
+            (
+                frame.level0_to_data(points.vertices_xy),
+                {
+                    "name": f"{name} points",
+                    "features": points.features,
+                    "feature_defaults": points.feature_defaults,
+                    "face_color": points.colors_rgba,
+                    "size": 10.0,
+                    "metadata": dict(metadata),
+                    **frame.placement(),
+                },
+                "points",
+            )
+        )
     return layers, drawn.summary
 
 

@@ -90,7 +90,9 @@ class LayerDraw(OneCallPerTurn):
     ``also_held``: more widgets held meanwhile (a dock whose progress bar would repaint alone).
     """
 
-    def __init__(self, viewer, on_done: Callable[[bool], None] | None = None, also_held: Iterable = ()) -> None:
+    def __init__(
+        self, viewer, on_done: Callable[[bool], None] | None = None, also_held: Iterable = ()
+    ) -> None:
         super().__init__(on_done, parent=qt_window(viewer))
         self.viewer = viewer
         self.also_held = list(also_held)
@@ -102,8 +104,13 @@ class LayerDraw(OneCallPerTurn):
         creates = any(kwargs["name"] not in self.viewer.layers for _, kwargs, _ in layers)
         hold_repaints([window] if creates else [*docks, *self.also_held, canvas], True)
         calls = [partial(put_layer, self.viewer, *layer, activate=False) for layer in layers]
-        super().start([*calls, partial(hold_repaints, [window, *docks, *self.also_held], False),
-                       partial(hold_repaints, [canvas], False)])
+        super().start(
+            [
+                *calls,
+                partial(hold_repaints, [window, *docks, *self.also_held], False),
+                partial(hold_repaints, [canvas], False),
+            ]
+        )
 
     def _finished(self, complete: bool) -> None:
         window, canvas, docks = repainted_widgets(self.viewer)

@@ -124,7 +124,9 @@ def layer_shapes_to_level0(shapes: list, attributes: dict, frame: Level0Frame) -
     return np.split(xy, np.cumsum([len(a) for a in arrays])[:-1])
 
 
-def layer_raster_origin(attributes: dict, frame: Level0Frame) -> tuple[tuple[float, float], tuple[float, float]]:
+def layer_raster_origin(
+    attributes: dict, frame: Level0Frame
+) -> tuple[tuple[float, float], tuple[float, float]]:
     """Level-0 (x, y) of a raster layer's pixel (0, 0) corner and its pixel size (x, y)."""
     return frame.raster_origin(*layer_placement(attributes))
 

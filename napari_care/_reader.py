@@ -46,7 +46,9 @@ def is_slide_path(path: Path) -> bool:
 
         with tifffile.TiffFile(path) as tif:
             page = tif.pages.first
-            return bool(tif.is_svs or tif.is_ndpi or (page.dtype == "uint8" and page.samplesperpixel in (3, 4)))
+            return bool(
+                tif.is_svs or tif.is_ndpi or (page.dtype == "uint8" and page.samplesperpixel in (3, 4))
+            )
     except Exception:  # the gate never raises
         return suffix == ".svs"
 

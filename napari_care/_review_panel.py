@@ -32,8 +32,19 @@ from napari_care.core.review.run import review_region_table
 if TYPE_CHECKING:
     import napari
 
-COLUMNS = ("class", "target", "region_id", "dice", "iou", "target_in_annotation", "annotation_in_target",
-           "dice_grid", "iou_grid", "attention_inside", "pointing_game")  # fmt: skip
+COLUMNS = (
+    "class",
+    "target",
+    "region_id",
+    "dice",
+    "iou",
+    "target_in_annotation",
+    "annotation_in_target",
+    "dice_grid",
+    "iou_grid",
+    "attention_inside",
+    "pointing_game",
+)
 GEOJSON_FILTER = "GeoJSON (*.geojson *.json *.geojson.gz *.json.gz)"
 
 
@@ -55,8 +66,20 @@ class ReviewPanel(Container):
         self.table.read_only = True
         self.status = Label(label="status", value="")
         self.rows: list[dict[str, object]] = []
-        self.extend([self.slide_layer, self.relative_to_bounds, self.import_button, self.tiles, self.export_button,
-                     self.annotation_layer, self.compute_button, self.table, self.save_button, self.status])
+        self.extend(
+            [
+                self.slide_layer,
+                self.relative_to_bounds,
+                self.import_button,
+                self.tiles,
+                self.export_button,
+                self.annotation_layer,
+                self.compute_button,
+                self.table,
+                self.save_button,
+                self.status,
+            ]
+        )
         self.import_button.changed.connect(lambda: self.import_annotations())
         self.export_button.changed.connect(lambda: self.export_regions())
         self.compute_button.changed.connect(lambda: self.compute())
@@ -68,8 +91,11 @@ class ReviewPanel(Container):
         return slide_layers(self.viewer)
 
     def _annotation_layers(self, _widget=None) -> list:
-        return [layer for layer in self.viewer.layers
-                if type(layer).__name__ == "Shapes" and layer.metadata.get(ROLE_KEY) != "roi"]  # fmt: skip
+        return [
+            layer
+            for layer in self.viewer.layers
+            if type(layer).__name__ == "Shapes" and layer.metadata.get(ROLE_KEY) != "roi"
+        ]
 
     def frame(self, *, use_bounds: bool | None = None) -> Level0Frame:
         """The selected slide's frame (pixels and no offset without a slide)."""
@@ -91,8 +117,9 @@ class ReviewPanel(Container):
             annotations = read_geojson(path, bounds_offset=frame.bounds_offset)
         except ValueError as error:
             return self._fail(error, [])
-        layer_data, message = annotation_layers(annotations, name=Path(path).name.split(".")[0], frame=frame,
-                                                source=str(path))  # fmt: skip
+        layer_data, message = annotation_layers(
+            annotations, name=Path(path).name.split(".")[0], frame=frame, source=str(path)
+        )
         layers = [self.viewer.add_layer(Layer.create(*item)) for item in layer_data]
         shapes = [layer for layer in layers if type(layer).__name__ == "Shapes"]
         if shapes:
@@ -137,14 +164,18 @@ class ReviewPanel(Container):
             _, region_attributes, _ = regions.as_layer_data_tuple()
             _, shape_attributes, _ = shapes.as_layer_data_tuple()
             origin, (cell_x, _) = layer_raster_origin(region_attributes, frame)
-            grid = RegionGrid(np.asarray(regions.data).astype(np.int64) - 1, origin, cell_x)  # label = region + 1
+            grid = RegionGrid(
+                np.asarray(regions.data).astype(np.int64) - 1, origin, cell_x
+            )  # label = region + 1
             annotations = shapes_annotations(shapes.data, shape_attributes, frame)
             self.rows = review_region_table(annotations, grid, regions.features)
         except (KeyError, ValueError) as error:
             return self._fail(error, [])
         self.table.value = {column: [_cell(row.get(column)) for row in self.rows] for column in COLUMNS}
         self.save_button.enabled = bool(self.rows)
-        self._say(f"{len(self.rows)} rows for {len({r['class'] for r in self.rows})} classes of {shapes.name}")
+        self._say(
+            f"{len(self.rows)} rows for {len({r['class'] for r in self.rows})} classes of {shapes.name}"
+        )
         return self.rows
 
     def save_table(self, path: str | Path | None = None) -> None:

@@ -58,9 +58,14 @@ class RunRequest:
     mil_head_path: str | None = None
 
 
-def viewer_job(session: SegmentSession, options: SegmentOptions, box, cancel: threading.Event,
-               mil_head: MilHead | str | None = None, display: DisplayOptions | None = None,
-               ) -> Generator[Progress, None, tuple[MilRun, list | None]]:
+def viewer_job(
+    session: SegmentSession,
+    options: SegmentOptions,
+    box,
+    cancel: threading.Event,
+    mil_head: MilHead | str | None = None,
+    display: DisplayOptions | None = None,
+) -> Generator[Progress, None, tuple[MilRun, list | None]]:
     """One widget run: the core's :meth:`~napari_care.core.session.SegmentSession.run_with_mil`,
     then the layers' data (numpy work kept off the GUI thread) when ``display`` is given."""
     run = yield from session.run_with_mil(options, box, cancel, mil_head)
@@ -102,8 +107,9 @@ class SegmentController:
     cancellable_changed = Signal(bool)
     """Whether there is a run to cancel."""
 
-    def __init__(self, viewer, request: Callable[[], RunRequest], display: Callable[[], DisplayOptions],
-                 held: QWidget) -> None:
+    def __init__(
+        self, viewer, request: Callable[[], RunRequest], display: Callable[[], DisplayOptions], held: QWidget
+    ) -> None:
         self.viewer = viewer
         self._request = request
         self._display = display
@@ -153,10 +159,21 @@ class SegmentController:
         mil_head = None if mil_key is None else self._mil_heads.get(mil_key, mil_path)
         # superqt's worker, not napari's: errors come to _on_error only (no pop-up for "no tissue")
         display = request.display
-        worker = create_worker(viewer_job, self.session(layer), request.options, box, cancel_event,
-                               mil_head, display, _start_thread=False, _ignore_errors=True)
+        worker = create_worker(
+            viewer_job,
+            self.session(layer),
+            request.options,
+            box,
+            cancel_event,
+            mil_head,
+            display,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
         worker.yielded.connect(lambda report, w=worker: self._on_progress(w, report))
-        worker.returned.connect(lambda out, w=worker, lyr=layer, key=mil_key: self._on_result(w, lyr, key, display, *out))
+        worker.returned.connect(
+            lambda out, w=worker, lyr=layer, key=mil_key: self._on_result(w, lyr, key, display, *out)
+        )
         worker.errored.connect(lambda error, w=worker: self._on_error(w, error))
         worker.finished.connect(lambda w=worker: self._on_finished(w))
         self.worker = worker
@@ -196,8 +213,13 @@ class SegmentController:
         if request.layer is None:
             return
         # errors are ignored here: a Run meets the same error and reports it
-        worker = create_worker(warm_up_job, self.session(request.layer), request.options,
-                               _start_thread=False, _ignore_errors=True)
+        worker = create_worker(
+            warm_up_job,
+            self.session(request.layer),
+            request.options,
+            _start_thread=False,
+            _ignore_errors=True,
+        )
         worker.finished.connect(lambda: setattr(self, "warm_worker", None))
         self.warm_worker = worker
         worker.start()
@@ -263,8 +285,9 @@ class SegmentController:
         self.progress_changed.emit(min(report.done, total), total)
         self._say(self._stage_clock.status_line(report))
 
-    def _on_result(self, worker, layer, mil_key, display: DisplayOptions, run: MilRun,
-                   layers: list[LayerData]) -> None:
+    def _on_result(
+        self, worker, layer, mil_key, display: DisplayOptions, run: MilRun, layers: list[LayerData]
+    ) -> None:
         if worker is not self.worker:
             return  # a stale run finished after a newer one started
         self._drop_progress()
@@ -275,12 +298,18 @@ class SegmentController:
         # first, as it holds repaints: the bar and the status below join the layers' repaint
         self._draw(layers if display == self._display() else None)  # else built for other options
         self.progress_changed.emit(1, 1)  # a throttled last report may not have shown
-        text = (f"{result.care.n_regions} regions over {len(result.features)} patches "
-                f"({result.encoded_tiles} encoded, {result.cached_tiles} from cache); ROI = region {result.care.roi}")
+        text = (
+            f"{result.care.n_regions} regions over {len(result.features)} patches "
+            f"({result.encoded_tiles} encoded, {result.cached_tiles} from cache); "
+            f"ROI = region {result.care.roi}"
+        )
         if mil_output is not None:
             self._mil_heads = {mil_key: mil_head}  # the next run with this file skips loading it
-            text += (f"; MIL predicts {mil_output.predicted} (p={float(max(mil_output.probabilities)):.2f})"
-                     if len(mil_output.probabilities) else "; MIL: no region of the head on tissue here")
+            text += (
+                f"; MIL predicts {mil_output.predicted} (p={float(max(mil_output.probabilities)):.2f})"
+                if len(mil_output.probabilities)
+                else "; MIL: no region of the head on tissue here"
+            )
         self._say(text)
 
     def _on_error(self, worker, error: Exception) -> None:

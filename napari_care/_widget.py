@@ -49,64 +49,110 @@ class CareSegmentWidget(mg.Container):
         self.encoder = mg.ComboBox(label="encoder", choices=list_encoders(), value=DEFAULT_OPTIONS.encoder)
         self.timm_name = mg.LineEdit(label="timm model", tooltip="any timm model name; overrides the encoder")
         self.weights = mg.FileEdit(label="weights", mode="r", filter="*.safetensors *.pth *.pt *.bin")
-        self.care_checkpoint = mg.FileEdit(label="CARE checkpoint", mode="r", filter="*.safetensors",
-                                           tooltip="empty: the training-free generator")
-        self.mil_head = mg.FileEdit(label="MIL head", mode="r", filter="*.json *.safetensors",
-                                    tooltip="an AB-MIL checkpoint from `napari-care train-mil`: its attention "
-                                            "becomes the heatmap and its prediction is reported; empty: CARE's")
+        self.care_checkpoint = mg.FileEdit(
+            label="CARE checkpoint",
+            mode="r",
+            filter="*.safetensors",
+            tooltip="empty: the training-free generator",
+        )
+        self.mil_head = mg.FileEdit(
+            label="MIL head",
+            mode="r",
+            filter="*.json *.safetensors",
+            tooltip="an AB-MIL checkpoint from `napari-care train-mil`: its attention "
+            "becomes the heatmap and its prediction is reported; empty: CARE's",
+        )
         self.k = mg.SpinBox(label="k (block side)", **_ranged("k"))
         self.colour_by = mg.ComboBox(label="colour by", choices=COLOUR_BY, value=DEFAULT_DISPLAY.colour_by)
         self.n_groups = mg.SpinBox(label="groups (N)", **_ranged("n_groups"))
-        self.tissue_threshold = mg.FloatSpinBox(label="tissue threshold", **_ranged("tissue_threshold"), step=0.01,
-                                                tooltip="HSV saturation; 0 chooses it by Otsu")
+        self.tissue_threshold = mg.FloatSpinBox(
+            label="tissue threshold",
+            **_ranged("tissue_threshold"),
+            step=0.01,
+            tooltip="HSV saturation; 0 chooses it by Otsu",
+        )
         self.min_tissue = mg.FloatSpinBox(label="min tissue / tile", **_ranged("min_tissue"), step=0.05)
-        self.roi_threshold = mg.FloatSpinBox(label="ROI threshold", value=DEFAULT_DISPLAY.roi_threshold, min=0.0,
-                                             max=1.0, step=0.05,
-                                             tooltip="draw regions with a >= threshold x the ROI's a")
-        self.heatmap_threshold = mg.FloatSpinBox(label="heatmap threshold", value=DEFAULT_DISPLAY.heatmap_threshold,
-                                                 min=0.0, max=1.0, step=0.05)
-        self.normalisation = mg.ComboBox(label="normalisation", choices=NORMALISATIONS,
-                                         value=DEFAULT_DISPLAY.normalisation)
+        self.roi_threshold = mg.FloatSpinBox(
+            label="ROI threshold",
+            value=DEFAULT_DISPLAY.roi_threshold,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            tooltip="draw regions with a >= threshold x the ROI's a",
+        )
+        self.heatmap_threshold = mg.FloatSpinBox(
+            label="heatmap threshold", value=DEFAULT_DISPLAY.heatmap_threshold, min=0.0, max=1.0, step=0.05
+        )
+        self.normalisation = mg.ComboBox(
+            label="normalisation", choices=NORMALISATIONS, value=DEFAULT_DISPLAY.normalisation
+        )
         self.colormap = mg.ComboBox(label="colormap", choices=COLORMAPS, value=DEFAULT_DISPLAY.colormap)
-        self.opacity = mg.FloatSpinBox(label="heatmap opacity", value=DEFAULT_DISPLAY.opacity, min=0.0, max=1.0,
-                                       step=0.05)
-        self.blur = mg.FloatSpinBox(label="blur (patches)", value=DEFAULT_DISPLAY.blur_patches, min=0.0, max=10.0,
-                                    step=0.5)
-        self.e_star = mg.FloatSpinBox(label="E*", **_ranged("e_star"), step=0.05,
-                                      tooltip="target expected candidate rank of the region structuring loss")
-        self.lambda_spf = mg.FloatSpinBox(label="lambda_spf", **_ranged("lambda_spf"), step=0.05,
-                                          tooltip="share of the coverage prior in the region weight a")
+        self.opacity = mg.FloatSpinBox(
+            label="heatmap opacity", value=DEFAULT_DISPLAY.opacity, min=0.0, max=1.0, step=0.05
+        )
+        self.blur = mg.FloatSpinBox(
+            label="blur (patches)", value=DEFAULT_DISPLAY.blur_patches, min=0.0, max=10.0, step=0.5
+        )
+        self.e_star = mg.FloatSpinBox(
+            label="E*",
+            **_ranged("e_star"),
+            step=0.05,
+            tooltip="target expected candidate rank of the region structuring loss",
+        )
+        self.lambda_spf = mg.FloatSpinBox(
+            label="lambda_spf",
+            **_ranged("lambda_spf"),
+            step=0.05,
+            tooltip="share of the coverage prior in the region weight a",
+        )
         self.scope = mg.RadioButtons(label="scope", choices=SCOPES, value="whole slide")
         self.follow_view = mg.CheckBox(text="follow view", value=False)
-        self.magnification = mg.ComboBox(label="magnification", choices=MAGNIFICATION_CHOICES,
-                                         value=DEFAULT_OPTIONS.magnification)
+        self.magnification = mg.ComboBox(
+            label="magnification", choices=MAGNIFICATION_CHOICES, value=DEFAULT_OPTIONS.magnification
+        )
         self.run_button = mg.PushButton(text="Run")
         self.cancel_button = mg.PushButton(text="Cancel", enabled=False)
         self.progress = mg.ProgressBar(label="progress", value=0, min=0, max=1)
         self.status = mg.Label(label="status", value="ready")
         self.extend([self.slide_layer, self.scope, self.follow_view, self.magnification, self.k])
-        self._add_section("Encoder and model", [self.encoder, self.timm_name, self.weights, self.care_checkpoint,
-                                                 self.mil_head])
-        self._add_section("Thresholds", [self.tissue_threshold, self.min_tissue, self.roi_threshold,
-                                         self.heatmap_threshold])
-        self._add_section("Display", [self.colour_by, self.n_groups, self.normalisation, self.colormap,
-                                      self.opacity, self.blur])
+        self._add_section(
+            "Encoder and model",
+            [self.encoder, self.timm_name, self.weights, self.care_checkpoint, self.mil_head],
+        )
+        self._add_section(
+            "Thresholds", [self.tissue_threshold, self.min_tissue, self.roi_threshold, self.heatmap_threshold]
+        )
+        self._add_section(
+            "Display",
+            [self.colour_by, self.n_groups, self.normalisation, self.colormap, self.opacity, self.blur],
+        )
         self._add_section("Advanced", [self.e_star, self.lambda_spf])
         # the run controls go under the sections, so they join the native layout the same way
-        controls = mg.Container(widgets=[self.run_button, self.cancel_button, self.progress, self.status], labels=True)
+        controls = mg.Container(
+            widgets=[self.run_button, self.cancel_button, self.progress, self.status], labels=True
+        )
         self.native.layout().addWidget(controls.native)
         self.status.native.setWordWrap(True)
         # QuPath exchange and agreement with annotations, also a dock widget of its own
         self.review = ReviewPanel(napari_viewer)
         self._add_section("Review and export (QuPath)", [self.review])
-        self.controller = SegmentController(napari_viewer, self.run_request, self.display_options, self.native)
+        self.controller = SegmentController(
+            napari_viewer, self.run_request, self.display_options, self.native
+        )
         self.controller.status_changed.connect(self._show_status)
         self.controller.progress_changed.connect(self._show_progress)
         self.controller.cancellable_changed.connect(self._set_cancellable)
         self.run_button.changed.connect(self.controller.run)
         self.cancel_button.changed.connect(self.controller.cancel)
-        for widget in (self.colour_by, self.roi_threshold, self.heatmap_threshold, self.normalisation,
-                       self.colormap, self.opacity, self.blur):
+        for widget in (
+            self.colour_by,
+            self.roi_threshold,
+            self.heatmap_threshold,
+            self.normalisation,
+            self.colormap,
+            self.opacity,
+            self.blur,
+        ):
             widget.changed.connect(self.controller.redraw)
         self.follow_view.changed.connect(self.controller.follow)
         napari_viewer.layers.events.inserted.connect(self.slide_layer.reset_choices)
@@ -147,8 +193,13 @@ class CareSegmentWidget(mg.Container):
 
     def run_request(self) -> RunRequest:
         """What a run should do, from the widget's fields."""
-        return RunRequest(self.slide_layer.value, self.scope.value == "visible field", self.segment_options(),
-                          self.display_options(), self.mil_head_path())
+        return RunRequest(
+            self.slide_layer.value,
+            self.scope.value == "visible field",
+            self.segment_options(),
+            self.display_options(),
+            self.mil_head_path(),
+        )
 
     def _show_status(self, text: str) -> None:
         self.status.value = text

@@ -61,19 +61,26 @@ def write_geojson_layers(path: str, layer_data: list[tuple[Any, dict, str]]) -> 
         offsets.add(frame.bounds_offset)
         annotations += layer_annotations(data, attributes, layer_type, frame)
     if len(offsets) > 1:
-        raise ValueError(f"{path}: the layers belong to slides with different bounds offsets {sorted(offsets)}")
+        raise ValueError(
+            f"{path}: the layers belong to slides with different bounds offsets {sorted(offsets)}"
+        )
     write_annotations(path, annotations, bounds_offset=offsets.pop() if offsets else (0.0, 0.0))
     return [path]
 
 
-def write_annotations(path: str | os.PathLike[str], annotations: list[Annotation], *,
-                      bounds_offset: tuple[float, float] = (0.0, 0.0)) -> int:
+def write_annotations(
+    path: str | os.PathLike[str],
+    annotations: list[Annotation],
+    *,
+    bounds_offset: tuple[float, float] = (0.0, 0.0),
+) -> int:
     """Write objects as QuPath GeoJSON (snapped to the file's 0.01-pixel grid); returns the count."""
     return write_geojson(path, annotations, bounds_offset=bounds_offset)
 
 
-def layer_annotations(data: Any, attributes: dict, layer_type: str, frame: Level0Frame, *,
-                      tiles: bool = False) -> list[Annotation]:
+def layer_annotations(
+    data: Any, attributes: dict, layer_type: str, frame: Level0Frame, *, tiles: bool = False
+) -> list[Annotation]:
     """The objects of one layer's data tuple, geometry in level-0 pixels of the slide."""
     _check_axis_aligned(attributes)
     role = (attributes.get("metadata") or {}).get(ROLE_KEY)
@@ -88,53 +95,77 @@ def layer_annotations(data: Any, attributes: dict, layer_type: str, frame: Level
     raise ValueError(f"layer {attributes.get('name')!r}: a {layer_type} layer cannot be written as GeoJSON")
 
 
-def shapes_annotations(data: list, attributes: dict, frame: Level0Frame, *,
-                       class_name: str | None = None) -> list[Annotation]:
+def shapes_annotations(
+    data: list, attributes: dict, frame: Level0Frame, *, class_name: str | None = None
+) -> list[Annotation]:
     """Objects of a Shapes layer (see the module docstring); degenerate shapes are skipped with a warning."""
     return annotations_from_shapes(
-        layer_shapes_to_level0(data, attributes, frame), list(attributes.get("shape_type") or ["polygon"] * len(data)),
-        _records(attributes, len(data)), _colours(attributes.get("edge_color"), len(data)), class_name=class_name,
+        layer_shapes_to_level0(data, attributes, frame),
+        list(attributes.get("shape_type") or ["polygon"] * len(data)),
+        _records(attributes, len(data)),
+        _colours(attributes.get("edge_color"), len(data)),
+        class_name=class_name,
         label=f"layer {attributes.get('name')!r}",
-    )  # fmt: skip
+    )
 
 
 def points_annotations(data: np.ndarray, attributes: dict, frame: Level0Frame) -> list[Annotation]:
-    """Point objects of a Points layer: one per ``id`` in its features (MultiPoint when shared), else per point."""
+    """Point objects of a Points layer: one per ``id`` in its features (MultiPoint when shared),
+    else per point."""
     data = np.asarray(data, dtype=np.float64)
     data = data.reshape(-1, data.shape[-1] if data.ndim == 2 else 2)
     xy = layer_data_to_level0(data, attributes, frame) if len(data) else np.zeros((0, 2))
-    return annotations_from_points(xy, _records(attributes, len(data)), _colours(attributes.get("face_color"), len(data)))
+    return annotations_from_points(
+        xy, _records(attributes, len(data)), _colours(attributes.get("face_color"), len(data))
+    )
 
 
 def labels_annotations(data: Any, attributes: dict, frame: Level0Frame) -> list[Annotation]:
     """One object per label value (> 0) of a Labels layer; class from a ``class`` feature column."""
     origin, pixel_size = layer_raster_origin(attributes, frame)
     colormap = attributes.get("colormap")
-    return annotations_from_labels(_labels_2d(data, attributes), origin_xy=origin, pixel_size_xy=pixel_size,
-                                   rows=_records(attributes, None), name_prefix=str(attributes.get("name", "label")),
-                                   color_of_label=lambda value: _label_colour(colormap, value))  # fmt: skip
+    return annotations_from_labels(
+        _labels_2d(data, attributes),
+        origin_xy=origin,
+        pixel_size_xy=pixel_size,
+        rows=_records(attributes, None),
+        name_prefix=str(attributes.get("name", "label")),
+        color_of_label=lambda value: _label_colour(colormap, value),
+    )
 
 
-def care_region_annotations(data: Any, attributes: dict, frame: Level0Frame, *,
-                            tiles: bool = False) -> list[Annotation]:
+def care_region_annotations(
+    data: Any, attributes: dict, frame: Level0Frame, *, tiles: bool = False
+) -> list[Annotation]:
     """The CARE regions layer as ``napari-care segment`` writes it (regions, ROI, optional tiles)."""
     region_of_cell = _labels_2d(data, attributes).astype(np.int64) - 1  # label = region id + 1
     features = attributes.get("features")
     if features is None or "region" not in getattr(features, "columns", ()):
-        raise ValueError(f"layer {attributes.get('name')!r}: a CARE regions layer needs its region table (features)")
+        raise ValueError(
+            f"layer {attributes.get('name')!r}: a CARE regions layer needs its region table (features)"
+        )
     origin, cell_size = layer_raster_origin(attributes, frame)
     run_info = {k: v for k, v in (attributes.get("metadata") or {}).items() if k in CARE_RUN_KEYS}
-    return annotations_from_region_grid(region_of_cell, region_table_from_columns(features), origin_xy=origin,
-                                        cell_size_xy=cell_size, mpp=frame.mpp, run_info=run_info,
-                                        tiles=tiles)  # fmt: skip
+    return annotations_from_region_grid(
+        region_of_cell,
+        region_table_from_columns(features),
+        origin_xy=origin,
+        cell_size_xy=cell_size,
+        mpp=frame.mpp,
+        run_info=run_info,
+        tiles=tiles,
+    )
 
 
 def _check_axis_aligned(attributes: dict) -> None:
     for key in ("rotate", "shear"):
         value = attributes.get(key)
-        if value is not None and not np.allclose(np.asarray(value, dtype=np.float64),
-                                                 np.eye(2) if key == "rotate" else 0):  # fmt: skip
-            raise ValueError(f"layer {attributes.get('name')!r} is {key}d; GeoJSON export needs an axis-aligned layer")
+        if value is not None and not np.allclose(
+            np.asarray(value, dtype=np.float64), np.eye(2) if key == "rotate" else 0
+        ):
+            raise ValueError(
+                f"layer {attributes.get('name')!r} is {key}d; GeoJSON export needs an axis-aligned layer"
+            )
 
 
 def _labels_2d(data: Any, attributes: dict) -> np.ndarray:
@@ -142,8 +173,10 @@ def _labels_2d(data: Any, attributes: dict) -> np.ndarray:
         data = data[0]
     labels = np.asarray(data)
     if labels.ndim != 2 or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"layer {attributes.get('name')!r}: GeoJSON export needs 2-D integer labels, "
-                         f"got shape {labels.shape} {labels.dtype}")  # fmt: skip
+        raise ValueError(
+            f"layer {attributes.get('name')!r}: GeoJSON export needs 2-D integer labels, "
+            f"got shape {labels.shape} {labels.dtype}"
+        )
     return labels
 
 
@@ -153,7 +186,10 @@ def _records(attributes: dict, n: int | None) -> list[dict]:
     if features is None or len(getattr(features, "columns", ())) == 0:
         return [{} for _ in range(n or 0)]
     columns = [str(c) for c in features.columns]  # column lists, then rows: 5x faster than to_dict
-    records = [dict(zip(columns, values, strict=True)) for values in zip(*(features[c].tolist() for c in features.columns), strict=True)]
+    records = [
+        dict(zip(columns, values, strict=True))
+        for values in zip(*(features[c].tolist() for c in features.columns), strict=True)
+    ]
     if n is not None and len(records) != n:
         raise ValueError(f"layer {attributes.get('name')!r}: {len(records)} feature rows for {n} items")
     return records

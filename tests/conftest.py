@@ -30,7 +30,8 @@ WHITE = 255
 
 @pytest.fixture
 def one_torch_thread():
-    """Torch on one thread for the test: tiny models on a shared CPU lose more to thread hand-offs than they gain."""
+    """Torch on one thread for the test: tiny models on a shared CPU lose more to thread hand-offs
+    than they gain."""
     import torch
 
     threads = torch.get_num_threads()
@@ -200,7 +201,8 @@ def write_pyramid(
 
 @pytest.fixture
 def make_pyramid(tmp_path: Path) -> Callable[..., Pyramid]:
-    """Factory: ``make_pyramid(name="slide.tif", **options)`` writes :func:`write_pyramid` into ``tmp_path``."""
+    """Factory: ``make_pyramid(name="slide.tif", **options)`` writes :func:`write_pyramid`
+    into ``tmp_path``."""
 
     def make(name: str = "slide.tif", **options) -> Pyramid:
         return write_pyramid(tmp_path / name, **options)

@@ -39,8 +39,8 @@ def test_padded_batch_matches_single_bags(model):
     for b, bag in enumerate(bags):
         single_logits, single_attention = model(bag)
         torch.testing.assert_close(logits[b], single_logits, atol=1e-6, rtol=1e-5)
-        torch.testing.assert_close(attention[b, :len(bag)], single_attention, atol=1e-6, rtol=1e-5)
-        assert torch.all(attention[b, len(bag):] == 0)
+        torch.testing.assert_close(attention[b, : len(bag)], single_attention, atol=1e-6, rtol=1e-5)
+        assert torch.all(attention[b, len(bag) :] == 0)
 
 
 def test_permutation_invariance(model):
@@ -100,7 +100,9 @@ FAST = MILTrainConfig(max_epochs=25, patience=6, lr=2e-3, hidden=32, attn_dim=16
 def test_train_mil_learns_and_writes_outputs(tmp_path):
     csv_path, bags = _toy_cohort(tmp_path)
     messages = []
-    result = run_to_end(train_mil(csv_path, bags, tmp_path / "out", FAST), lambda p: messages.append(p.message))
+    result = run_to_end(
+        train_mil(csv_path, bags, tmp_path / "out", FAST), lambda p: messages.append(p.message)
+    )
     assert result.class_names == ["normal", "tumour"]
     assert result.metrics["test_auroc"] >= 0.9
     assert result.metrics["test_balanced_accuracy"] >= 0.75
@@ -114,7 +116,14 @@ def test_train_mil_learns_and_writes_outputs(tmp_path):
     assert all(a.sum() == pytest.approx(1.0, abs=1e-5) for a in attention.values())
     with open(result.predictions_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 40 and set(rows[0]) == {"slide_id", "split", "label", "predicted", "prob_normal", "prob_tumour"}
+    assert len(rows) == 40 and set(rows[0]) == {
+        "slide_id",
+        "split",
+        "label",
+        "predicted",
+        "prob_normal",
+        "prob_tumour",
+    }
     assert json.loads(result.metrics_json.read_text())["best_epoch"] == result.metrics["best_epoch"]
     head, config, extra = load_checkpoint(result.checkpoint)
     assert config.in_dim == 8 and extra["class_names"] == ["normal", "tumour"]
@@ -150,10 +159,14 @@ def test_standardisation_is_part_of_the_head(model, tmp_path):
     model.set_feature_stats(instances)
     torch.testing.assert_close(model.feature_mean, instances.double().mean(0).float())
     assert float(model.feature_std[7]) == 1.0
-    torch.testing.assert_close(model.feature_std[:7], instances[:, :7].double().std(0, unbiased=False).float())
+    torch.testing.assert_close(
+        model.feature_std[:7], instances[:, :7].double().std(0, unbiased=False).float()
+    )
     # raw features through the head == standardised features through an identity-stats twin
     twin = ABMIL(model.config).eval()
-    twin.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("feature_")}, strict=False)
+    twin.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("feature_")}, strict=False
+    )
     bag = instances[:30]
     standardised = (bag - model.feature_mean) / model.feature_std
     torch.testing.assert_close(model(bag).logits, twin(standardised).logits)
@@ -186,7 +199,9 @@ def test_train_mil_stores_training_statistics(tmp_path):
     np.testing.assert_allclose(result.model.feature_mean.numpy(), train_instances.mean(0), rtol=1e-5)
     np.testing.assert_allclose(result.model.feature_std.numpy(), train_instances.std(0), rtol=1e-5)
     everything = np.concatenate(list(bags.values())).astype(np.float64)
-    assert not np.allclose(result.model.feature_mean.numpy(), everything.mean(0), rtol=1e-6)  # val/test left out
+    assert not np.allclose(
+        result.model.feature_mean.numpy(), everything.mean(0), rtol=1e-6
+    )  # val/test left out
     assert result.metrics["test_auroc"] >= 0.9
     head, _, _ = load_checkpoint(result.checkpoint)
     torch.testing.assert_close(head.feature_mean, result.model.feature_mean)
@@ -215,7 +230,9 @@ def test_two_pools_over_column_blocks():
     assert float(attention.detach().sum()) == pytest.approx(1.0, abs=1e-6)
     standardised = ((bag - head.feature_mean) / head.feature_std).unsqueeze(0)
     (first, first_attention), (second, second_attention) = (
-        pool(block, None) for pool, block in zip(head.pools, (standardised[..., :3], standardised[..., 3:]), strict=True))
+        pool(block, None)
+        for pool, block in zip(head.pools, (standardised[..., :3], standardised[..., 3:]), strict=True)
+    )
     torch.testing.assert_close(logits, head.classifier(torch.cat([first, second], dim=-1))[0])
     torch.testing.assert_close(attention, (first_attention[0] + second_attention[0]) / 2)
     # the first pool's attention depends on its own columns only
@@ -232,14 +249,20 @@ def test_two_pools_over_column_blocks():
 
 
 def test_checkpoint_with_the_one_pool_at_the_top_level_loads(model, tmp_path):
-    gates = {"attention.value": "attention_v", "attention.gate": "attention_u", "attention.score": "attention_w"}
+    gates = {
+        "attention.value": "attention_v",
+        "attention.gate": "attention_u",
+        "attention.score": "attention_w",
+    }
 
     def old_gate_names(key: str) -> str:
         for new, old in gates.items():
             key = key.replace(new, old)
         return key
 
-    pooled = {old_gate_names(key): value for key, value in model.state_dict().items()}  # before GatedAttention
+    pooled = {
+        old_gate_names(key): value for key, value in model.state_dict().items()
+    }  # before GatedAttention
     renamed = {key.replace("pools.0.", ""): value for key, value in pooled.items()}
     assert "embed.0.weight" in renamed and "attention_w.weight" in renamed  # the layout before the pools
     bag = torch.randn(7, 8)
@@ -253,7 +276,9 @@ def test_train_mil_with_two_pools_round_trips_to_the_viewer(tmp_path):
     from napari_care.core.mil.heads import load_mil_head
 
     csv_path, bags = _toy_cohort(tmp_path)
-    config = MILTrainConfig(max_epochs=25, patience=6, lr=2e-3, hidden=32, attn_dim=16, dropout=0.0, split_at=4)
+    config = MILTrainConfig(
+        max_epochs=25, patience=6, lr=2e-3, hidden=32, attn_dim=16, dropout=0.0, split_at=4
+    )
     result = run_to_end(train_mil(csv_path, bags, tmp_path / "out", config))
     assert result.metrics["test_auroc"] >= 0.9  # the signal sits in column 0, the first pool
     head, model_config, _ = load_checkpoint(result.checkpoint)
@@ -263,6 +288,9 @@ def test_train_mil_with_two_pools_round_trips_to_the_viewer(tmp_path):
     viewer_head = load_mil_head(tmp_path / "out")
     output = viewer_head.apply(bag)
     assert output.attention.shape == (len(bag),) and output.attention.sum() == pytest.approx(1.0, abs=1e-5)
-    np.testing.assert_allclose(output.probabilities,
-                               torch.softmax(result.model(torch.as_tensor(bag)).logits, -1).detach().numpy(),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        output.probabilities,
+        torch.softmax(result.model(torch.as_tensor(bag)).logits, -1).detach().numpy(),
+        rtol=1e-5,
+        atol=1e-6,
+    )

@@ -68,7 +68,10 @@ def test_core_modules_never_import_gui_packages():
 
 
 def test_the_import_scan_sees_every_form():
-    source = "import napari.layers\nfrom qtpy import QtCore\nimport importlib\nimportlib.import_module('magicgui')\n"
+    source = (
+        "import napari.layers\nfrom qtpy import QtCore\nimport importlib\n"
+        "importlib.import_module('magicgui')\n"
+    )
     assert imported_top_levels(source) >= {"napari", "qtpy", "magicgui"}
     assert imported_top_levels("from . import slide\nfrom .slide import open_slide\n") == set()
 
@@ -103,7 +106,9 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:
-                    base = ".".join(here.split(".")[: len(here.split(".")) - node.level + 1] + ([base] if base else []))
+                    base = ".".join(
+                        here.split(".")[: len(here.split(".")) - node.level + 1] + ([base] if base else [])
+                    )
                 names = [base] + [f"{base}.{alias.name}" for alias in node.names]
             else:
                 continue
@@ -156,7 +161,15 @@ def floor(module: str) -> str:
     parts = module.split(".")
     if len(parts) == 1:
         return "package"
-    return "core" if parts[1] == "core" else "cli" if parts[1] == "cli" else "napari" if parts[1].startswith("_") else "?"
+    return (
+        "core"
+        if parts[1] == "core"
+        else "cli"
+        if parts[1] == "cli"
+        else "napari"
+        if parts[1].startswith("_")
+        else "?"
+    )
 
 
 def test_the_package_has_no_import_circle():
@@ -164,10 +177,18 @@ def test_the_package_has_no_import_circle():
 
 
 def test_floors_import_only_downwards():
-    allowed = {"package": set(), "core": {"package", "core"}, "napari": {"package", "core", "napari"},
-               "cli": {"package", "core", "cli"}}
-    upward = sorted((module, target) for module, targets in import_graph().items() for target in targets
-                    if floor(target) not in allowed[floor(module)])
+    allowed = {
+        "package": set(),
+        "core": {"package", "core"},
+        "napari": {"package", "core", "napari"},
+        "cli": {"package", "core", "cli"},
+    }
+    upward = sorted(
+        (module, target)
+        for module, targets in import_graph().items()
+        for target in targets
+        if floor(target) not in allowed[floor(module)]
+    )
     assert upward == []
 
 
@@ -180,8 +201,14 @@ def test_the_widget_reaches_the_block_partition_going_down():
         if module not in seen:
             seen.add(module)
             frontier.extend(graph[module])
-    assert {"napari_care.core.segment", "napari_care.core.care_run", "napari_care.core.models.care_blocks"} <= seen
-    assert "napari_care._widget" not in {target for module in seen - {"napari_care._widget"} for target in graph[module]}
+    assert {
+        "napari_care.core.segment",
+        "napari_care.core.care_run",
+        "napari_care.core.models.care_blocks",
+    } <= seen
+    assert "napari_care._widget" not in {
+        target for module in seen - {"napari_care._widget"} for target in graph[module]
+    }
 
 
 def test_the_graph_walk_sees_circles_behind_late_imports(tmp_path):
@@ -191,7 +218,11 @@ def test_the_graph_walk_sees_circles_behind_late_imports(tmp_path):
     (package / "core" / "__init__.py").write_text("")
     (package / "core" / "a.py").write_text("from napari_care.core.b import B\n")
     (package / "core" / "b.py").write_text("def f():\n    from napari_care.core import a\n")
-    (package / "core" / "c.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\n")
+    (package / "core" / "c.py").write_text(
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from . import a\n"
+    )
     graph = import_graph(package)
-    assert graph["napari_care.core.b"] == {"napari_care.core.a"} and graph["napari_care.core.c"] == {"napari_care.core.a"}
+    assert graph["napari_care.core.b"] == {"napari_care.core.a"} and graph["napari_care.core.c"] == {
+        "napari_care.core.a"
+    }
     assert import_circles(graph) == [["napari_care.core.a", "napari_care.core.b"]]

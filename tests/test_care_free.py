@@ -42,12 +42,17 @@ def test_adaptive_regions_are_purer_than_fixed_blocks(slide, result):
     _, grid, truth = slide
     fixed = fixed_block_partition(grid, k=8)
     adaptive = result.region_of_patch
-    assert result.n_regions == pytest.approx(fixed.max() + 1, rel=0.1)     # a similar region count
+    assert result.n_regions == pytest.approx(fixed.max() + 1, rel=0.1)  # a similar region count
     purity_adaptive = segmentation_accuracy(adaptive, truth)
     purity_fixed = segmentation_accuracy(fixed, truth)
     assert purity_fixed == pytest.approx(0.9465, abs=1e-3)
     assert purity_adaptive > 0.98 > purity_fixed + 0.03
-    assert boundary_recall(adaptive, truth, grid, tolerance=1) > 0.95 > 0.5 > boundary_recall(fixed, truth, grid, 1)
+    assert (
+        boundary_recall(adaptive, truth, grid, tolerance=1)
+        > 0.95
+        > 0.5
+        > boundary_recall(fixed, truth, grid, 1)
+    )
     # Still coherent: nearly every patch lies in the main connected piece of its region.
     assert region_coherence(adaptive, grid) > 0.97
 
@@ -74,10 +79,14 @@ def test_result_invariants(slide, result):
     np.testing.assert_allclose(result.alpha, result.region_sizes / len(grid), rtol=1e-6)
     assert result.roi == int(np.argmax(result.a))
     np.testing.assert_array_equal(result.roi_feature, result.region_features[result.roi])
-    np.testing.assert_allclose(result.slide_embedding, result.a @ result.region_features, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        result.slide_embedding, result.a @ result.region_features, rtol=1e-4, atol=1e-5
+    )
     assert result.patch_attention.sum() == pytest.approx(1.0, abs=1e-5)
     assert result.region_features.shape == (result.n_regions, features.shape[1])
-    np.testing.assert_allclose(result.region_features[0], features[result.region_of_patch == 0].mean(0), atol=1e-5)
+    np.testing.assert_allclose(
+        result.region_features[0], features[result.region_of_patch == 0].mean(0), atol=1e-5
+    )
     assert result.rsl == pytest.approx((result.expected_rank - 0.5) ** 2)
     assert 0.0 < result.expected_rank < 1.0
     assert set(np.unique(result.candidate_rank)) <= {0, 1, 2}
@@ -145,7 +154,9 @@ def test_phenotypes_recover_the_planted_types(slide, result):
     assert np.sum(groups.group_of_patch == 0) >= np.sum(groups.group_of_patch == 1)
     np.testing.assert_array_equal(groups.group_of_patch, groups.group_of_region[result.region_of_patch])
     # Reproducible, and never more groups than distinct regions.
-    np.testing.assert_array_equal(phenotype_groups(result, n_groups=2).group_of_region, groups.group_of_region)
+    np.testing.assert_array_equal(
+        phenotype_groups(result, n_groups=2).group_of_region, groups.group_of_region
+    )
     assert phenotype_groups(result, n_groups=10_000).n_groups == result.n_regions
 
 
@@ -167,5 +178,7 @@ def test_grid_neighbourhood_stays_within_each_slide():
     assert neighbours[:3, 4].tolist() == [0, 1, 2] and neighbours[3:, 4].tolist() == [3, 4, 5]
     assert neighbours[0, 5] == 1 and neighbours[0, 7] == 2 and neighbours[3, 5] == 4 and neighbours[3, 7] == 5
     assert set(neighbours[:3].ravel()) <= {-1, 0, 1, 2} and set(neighbours[3:].ravel()) <= {-1, 3, 4, 5}
-    vertical = np.array([[0, 0], [0, 1], [0, 0], [0, 1]])  # stacked slides: row 1 of slide 0 is not above slide 1
+    vertical = np.array(
+        [[0, 0], [0, 1], [0, 0], [0, 1]]
+    )  # stacked slides: row 1 of slide 0 is not above slide 1
     assert grid_neighbourhood(vertical, np.array([0, 0, 1, 1]))[1, 7] == -1

@@ -34,27 +34,57 @@ STRIDE = 448.0  # level-0 pixels per patch (224 px at 20x on a 40x slide)
 MPP = 0.25
 
 
-def hand_made_result(grid: np.ndarray, region_of_patch: np.ndarray, a: np.ndarray,
-                     attention: np.ndarray) -> SegmentResult:
+def hand_made_result(
+    grid: np.ndarray, region_of_patch: np.ndarray, a: np.ndarray, attention: np.ndarray
+) -> SegmentResult:
     """A SegmentResult whose patches sit at ``grid`` (gx, gy) with the given regions and weights."""
     n, r = len(grid), len(a)
     grid = np.asarray(grid, dtype=np.int64)
     coords = (grid * STRIDE).astype(np.int64)
-    features = PatchFeatures(np.zeros((n, 4), np.float32), coords, 224, STRIDE, 0.5, "test", stride_level0=STRIDE)
+    features = PatchFeatures(
+        np.zeros((n, 4), np.float32), coords, 224, STRIDE, 0.5, "test", stride_level0=STRIDE
+    )
     alpha = np.bincount(region_of_patch, minlength=r) / n
     care = CareResult(
-        region_of_patch=np.asarray(region_of_patch, np.int64), region_features=np.zeros((r, 4), np.float32),
-        alpha=alpha, beta=np.full(r, 1.0 / r), a=np.asarray(a, np.float64), roi=int(np.argmax(a)),
-        roi_feature=np.zeros(4, np.float32), slide_embedding=np.zeros(4, np.float32),
-        patch_attention=np.asarray(attention, np.float32), rsl=0.0, expected_rank=0.0,
-        block_of_patch=np.zeros(n, np.int64), candidate_rank=np.zeros(n, np.int64), grid=grid, k=8,
+        region_of_patch=np.asarray(region_of_patch, np.int64),
+        region_features=np.zeros((r, 4), np.float32),
+        alpha=alpha,
+        beta=np.full(r, 1.0 / r),
+        a=np.asarray(a, np.float64),
+        roi=int(np.argmax(a)),
+        roi_feature=np.zeros(4, np.float32),
+        slide_embedding=np.zeros(4, np.float32),
+        patch_attention=np.asarray(attention, np.float32),
+        rsl=0.0,
+        expected_rank=0.0,
+        block_of_patch=np.zeros(n, np.int64),
+        candidate_rank=np.zeros(n, np.int64),
+        grid=grid,
+        k=8,
         mode="training-free",
     )
-    tiles = TileGrid(coords=coords, grid=grid, tile_size_px=224, tile_size_level0=STRIDE, stride_level0=STRIDE,
-                     target_mpp=0.5, read_level=0, read_downsample=1.0, tissue_fraction=np.ones(n))
-    return SegmentResult(features=features, care=care, group_of_region=np.arange(r) % 2, grid=tiles,
-                         tissue=TissueMask(np.ones((4, 4), bool), 1024.0), options=SegmentOptions(), box=None,
-                         encoded_tiles=n, slide_mpp=(MPP, MPP))
+    tiles = TileGrid(
+        coords=coords,
+        grid=grid,
+        tile_size_px=224,
+        tile_size_level0=STRIDE,
+        stride_level0=STRIDE,
+        target_mpp=0.5,
+        read_level=0,
+        read_downsample=1.0,
+        tissue_fraction=np.ones(n),
+    )
+    return SegmentResult(
+        features=features,
+        care=care,
+        group_of_region=np.arange(r) % 2,
+        grid=tiles,
+        tissue=TissueMask(np.ones((4, 4), bool), 1024.0),
+        options=SegmentOptions(),
+        box=None,
+        encoded_tiles=n,
+        slide_mpp=(MPP, MPP),
+    )
 
 
 @pytest.fixture
@@ -136,7 +166,9 @@ def test_attention_normalisations_clipped_to_tissue(result, slide, mode):
 
 
 def test_heatmap_threshold_raises_the_transparent_floor(result, slide):
-    data, kwargs, _ = attention_layer(result, slide, DisplayOptions(normalisation="min-max", heatmap_threshold=0.5))
+    data, kwargs, _ = attention_layer(
+        result, slide, DisplayOptions(normalisation="min-max", heatmap_threshold=0.5)
+    )
     assert kwargs["contrast_limits"][0] == pytest.approx(0.5)
     assert np.count_nonzero(data >= 0.5) == 2  # only the two patches of attention 0.25 stay opaque
     from napari.components import LayerList
@@ -170,7 +202,10 @@ def test_hover_text_names_region_weight_and_attention(result, slide):
     assert hover_text(LayerList(), centre) == ""
     # appended to napari's status (a layer's dict or a string), once
     status = with_hover({"coordinates": "[1 2]: 3", "layer_name": "slide"}, layers, centre)
-    assert status == {"coordinates": "[1 2]: 3 | CARE region 1 (a=0.5) · attention 0.25 (raw)", "layer_name": "slide"}
+    assert status == {
+        "coordinates": "[1 2]: 3 | CARE region 1 (a=0.5) · attention 0.25 (raw)",
+        "layer_name": "slide",
+    }
     assert with_hover(status, layers, centre) is None
     assert with_hover("Ready", layers, centre) == "Ready | CARE region 1 (a=0.5) · attention 0.25 (raw)"
     assert with_hover("Ready", layers, hole) is None

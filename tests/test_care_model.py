@@ -35,7 +35,7 @@ def small_model(**options) -> CareModel:
 
 
 def test_candidates_are_the_three_nearest_blocks_with_gaussian_containment():
-    grid = full_grid(12, 12)                        # k = 4: 3 x 3 blocks, ids by * 3 + bx
+    grid = full_grid(12, 12)  # k = 4: 3 x 3 blocks, ids by * 3 + bx
     blocks = block_partition(grid, k=4)
     assert blocks.n_blocks == 9
     np.testing.assert_allclose(blocks.anchors[4], [5.5, 5.5])
@@ -48,8 +48,9 @@ def test_candidates_are_the_three_nearest_blocks_with_gaussian_containment():
     kernel = np.exp(-squared / 0.5)
     np.testing.assert_allclose(candidates.containment[patch], kernel[[4, 1, 3]] / kernel.sum())
     # An isolated block has only itself as candidate.
-    lonely = candidate_blocks(np.array([[0, 0], [1, 1], [40, 40]]), block_partition(np.array(
-        [[0, 0], [1, 1], [40, 40]]), k=4))
+    lonely = candidate_blocks(
+        np.array([[0, 0], [1, 1], [40, 40]]), block_partition(np.array([[0, 0], [1, 1], [40, 40]]), k=4)
+    )
     np.testing.assert_array_equal(lonely.blocks[2], [1, -1, -1])
     np.testing.assert_array_equal(lonely.containment[2], [1.0, 0.0, 0.0])
 
@@ -127,13 +128,15 @@ def test_dimensions_follow_the_config():
     assert CareConfig.from_dict(config.to_dict()) == config
 
 
-@pytest.mark.parametrize(("mode", "affinity_prior"),
-                         [("straight-through", "none"), ("gumbel", "none"), ("straight-through", "input")])
+@pytest.mark.parametrize(
+    ("mode", "affinity_prior"),
+    [("straight-through", "none"), ("gumbel", "none"), ("straight-through", "input")],
+)
 def test_gradient_reaches_the_region_generator(mode, affinity_prior):
     features, grid = two_type_slide()
     model = small_model(hard_assignment=mode, affinity_prior=affinity_prior).train()
     if affinity_prior == "input":
-        with torch.no_grad():    # as after some training: a fresh model's learned affinity weighs 0
+        with torch.no_grad():  # as after some training: a fresh model's learned affinity weighs 0
             model.affinity_scale.fill_(0.5)
     head = torch.nn.Linear(16, 1)
     output = model(features, grid)
@@ -156,7 +159,7 @@ def test_a_fresh_model_with_the_input_prior_cuts_as_the_training_free_generator(
     free = segment_free(features.numpy(), grid, CareFreeConfig(k=4))
     np.testing.assert_array_equal(output.candidate_rank.numpy(), free.candidate_rank)
     np.testing.assert_array_equal(output.block_of_patch.numpy(), free.block_of_patch)
-    assert (paper.candidate_rank.numpy() != free.candidate_rank).mean() > 0.05   # random projections differ
+    assert (paper.candidate_rank.numpy() != free.candidate_rank).mean() > 0.05  # random projections differ
 
 
 def test_batch_matches_single_slides():
@@ -186,17 +189,19 @@ def test_segment_features_with_a_model_keeps_its_mode():
 def test_group_batches_respect_the_token_budget():
     group_of_token = np.repeat(np.arange(5), [3, 1, 4, 2, 4])
     batches = group_batches(group_of_token, 6, max_tokens=8)
-    assert sorted(int(g) for batch in batches for g in batch.groups) == [0, 1, 2, 3, 4]    # 5 is empty
+    assert sorted(int(g) for batch in batches for g in batch.groups) == [0, 1, 2, 3, 4]  # 5 is empty
     for batch in batches:
         assert batch.index.numel() <= 8
         for group, index, mask in zip(batch.groups, batch.index, batch.mask, strict=True):
-            np.testing.assert_array_equal(np.sort(index[mask].numpy()), np.flatnonzero(group_of_token == int(group)))
+            np.testing.assert_array_equal(
+                np.sort(index[mask].numpy()), np.flatnonzero(group_of_token == int(group))
+            )
 
 
 def test_fifty_thousand_patches_without_n_by_n_attention(monkeypatch):
     grid = full_grid(250, 200)
     features = torch.randn(len(grid), 8)
-    model = CareModel(CareConfig(in_dim=8, embed_dim=8, heads=2)).eval()   # k = 8
+    model = CareModel(CareConfig(in_dim=8, embed_dim=8, heads=2)).eval()  # k = 8
     largest = {"keys": 0, "scores": 0}
     attention = torch.nn.functional.scaled_dot_product_attention
 
@@ -211,7 +216,7 @@ def test_fifty_thousand_patches_without_n_by_n_attention(monkeypatch):
         output = model(features, grid)
     seconds = time.perf_counter() - start
     # A region holds patches of at most its 3 x 3 block neighbourhood (+1 CLS token).
-    assert 64 < largest["keys"] <= 9 * 64 + 1                  # recorded, and bounded by the neighbourhood
-    assert largest["scores"] <= 2 * 32768 * (9 * 64 + 1)       # one chunk, far below 50k^2 = 2.5e9
+    assert 64 < largest["keys"] <= 9 * 64 + 1  # recorded, and bounded by the neighbourhood
+    assert largest["scores"] <= 2 * 32768 * (9 * 64 + 1)  # one chunk, far below 50k^2 = 2.5e9
     assert output.region_of_patch.shape == (50_000,)
     assert seconds < 30

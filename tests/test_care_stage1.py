@@ -31,15 +31,27 @@ def structured_slide(seed: int, side: int = 16) -> SlideFeatures:
     """Four tissue types in wavy layers: one prototype feature each, plus noise."""
     rng = np.random.default_rng(seed)
     grid = full_grid(side, side)
-    truth = ((grid[:, 1] + 3 * np.sin(grid[:, 0] / 3 + seed)) > side / 2).astype(int) + 2 * (grid[:, 0] > side * 0.6)
+    truth = ((grid[:, 1] + 3 * np.sin(grid[:, 0] / 3 + seed)) > side / 2).astype(int) + 2 * (
+        grid[:, 0] > side * 0.6
+    )
     prototypes = np.random.default_rng(0).normal(size=(4, DIM)) * 2
     features = prototypes[truth] + rng.normal(size=(len(grid), DIM))
     return SlideFeatures(features.astype(np.float32), grid, f"slide{seed}", "toy")
 
 
 def tiny_config(**options) -> Stage1Config:
-    values = {"steps": 30, "batch_size": 4, "lr": 3e-3, "warmup_steps": 3, "max_patches": 128, "log_every": 10,
-              "head_hidden": 32, "head_bottleneck": 16, "prototypes": 32, "teacher_momentum": 0.9}
+    values = {
+        "steps": 30,
+        "batch_size": 4,
+        "lr": 3e-3,
+        "warmup_steps": 3,
+        "max_patches": 128,
+        "log_every": 10,
+        "head_hidden": 32,
+        "head_bottleneck": 16,
+        "prototypes": 32,
+        "teacher_momentum": 0.9,
+    }
     return Stage1Config(**{**values, **options})
 
 
@@ -50,19 +62,19 @@ def test_subslides_follow_tissue_pieces_and_stay_small():
     grid = np.concatenate([full_grid(30, 20), full_grid(5, 5, x0=100), full_grid(2, 2, x0=200)])
     parts = split_subslides(grid, max_patches=160, min_patches=16)
     sizes = sorted(len(part) for part in parts)
-    assert sizes == [25, 150, 150, 150, 150]       # 600 patches halved twice; 5 x 5 alone; 2 x 2 dropped
+    assert sizes == [25, 150, 150, 150, 150]  # 600 patches halved twice; 5 x 5 alone; 2 x 2 dropped
     assert sorted(np.concatenate(parts).tolist()) == list(range(625))
-    for part in parts:                              # never two tissue pieces in one sub-slide
+    for part in parts:  # never two tissue pieces in one sub-slide
         assert len(np.unique(grid[part, 0] >= 100)) == 1
         extent = np.ptp(grid[part], axis=0)
-        assert extent.max() <= 15                   # halves of a 30 x 20 piece are compact
+        assert extent.max() <= 15  # halves of a 30 x 20 piece are compact
 
 
 def test_crop_is_compact_and_augmentation_is_seeded():
     grid = full_grid(20, 20)
     crop = random_crop(grid, 50, np.random.default_rng(3))
     assert len(crop) == 50 == len(np.unique(crop))
-    assert np.ptp(grid[crop], axis=0).max() <= 9    # about a disc of radius 4
+    assert np.ptp(grid[crop], axis=0).max() <= 9  # about a disc of radius 4
     features = np.random.default_rng(0).normal(size=(50, DIM)).astype(np.float32)
     augmentation = Augmentation(channel_dropout=0.25, noise_std=0.1)
     first = augment_features(features, augmentation, np.random.default_rng(1))
@@ -94,8 +106,11 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
     slides = [structured_slide(seed) for seed in range(3)]
     config = tiny_config(steps=8, batch_size=2, checkpoint_every=4)
     straight = run_to_end(train_care_stage1(slides, CARE_CONFIG, tmp_path / "a", config))
-    resumed = run_to_end(train_care_stage1(slides, None, tmp_path / "b", config,
-                                           resume_from=tmp_path / "a" / "care_stage1_step000004.json"))
+    resumed = run_to_end(
+        train_care_stage1(
+            slides, None, tmp_path / "b", config, resume_from=tmp_path / "a" / "care_stage1_step000004.json"
+        )
+    )
     assert resumed.losses == straight.losses
     for name, value in straight.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], value), name
@@ -109,11 +124,14 @@ def test_runs_saved_with_one_optimizer_group_still_resume(tmp_path):
     state_path = tmp_path / "a" / "care_stage1_step000002.state.pt"
     state = torch.load(state_path, weights_only=False)
     groups = state["optimizer"]["param_groups"]
-    assert len(groups) == 2 and not groups[1]["params"]   # the paper's generator has no gains
+    assert len(groups) == 2 and not groups[1]["params"]  # the paper's generator has no gains
     state["optimizer"]["param_groups"] = [{k: v for k, v in groups[0].items() if k != "lr_factor"}]
     torch.save(state, state_path)
-    resumed = run_to_end(train_care_stage1(slides, None, tmp_path / "b", config,
-                                           resume_from=tmp_path / "a" / "care_stage1_step000002.json"))
+    resumed = run_to_end(
+        train_care_stage1(
+            slides, None, tmp_path / "b", config, resume_from=tmp_path / "a" / "care_stage1_step000002.json"
+        )
+    )
     assert resumed.losses == straight.losses
 
 
@@ -122,8 +140,16 @@ def test_resume_with_other_features_names_both_dimensions(tmp_path):
     run_to_end(train_care_stage1(slides, CARE_CONFIG, tmp_path, tiny_config(steps=1, batch_size=1)))
     wide = [SlideFeatures(np.zeros((64, 24), np.float32), full_grid(8, 8), "wide", "uni")]
     with pytest.raises(FeatureDimMismatch, match="expects D=16 features but the encoder 'uni' gives 24"):
-        run_to_end(train_care_stage1(wide, None, tmp_path, tiny_config(steps=2),
-                                     resume_from=tmp_path / "care_stage1_final.json", encoder="uni"))
+        run_to_end(
+            train_care_stage1(
+                wide,
+                None,
+                tmp_path,
+                tiny_config(steps=2),
+                resume_from=tmp_path / "care_stage1_final.json",
+                encoder="uni",
+            )
+        )
 
 
 def test_input_prior_and_consistency_train_the_generator_scales(tmp_path):
@@ -139,6 +165,9 @@ def test_input_prior_and_consistency_train_the_generator_scales(tmp_path):
     with torch.no_grad():
         moved = max(abs(float(result.model.affinity_scale)), abs(float(result.model.log_prior_scale)))
     assert moved > 0.1
-    resumed = run_to_end(train_care_stage1(slides, None, tmp_path / "b", config,
-                                           resume_from=tmp_path / "care_stage1_step000015.json"))
+    resumed = run_to_end(
+        train_care_stage1(
+            slides, None, tmp_path / "b", config, resume_from=tmp_path / "care_stage1_step000015.json"
+        )
+    )
     assert resumed.losses == result.losses

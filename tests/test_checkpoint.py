@@ -59,8 +59,9 @@ def test_extra_state_splits_json_and_tensors(tmp_path, head):
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model(torch.randn(5, 12)).logits.sum().backward()
     optimizer.step()
-    save_checkpoint(tmp_path / "run", model, config,
-                    extra_state={"step": 7, "optimizer": optimizer.state_dict()})
+    save_checkpoint(
+        tmp_path / "run", model, config, extra_state={"step": 7, "optimizer": optimizer.state_dict()}
+    )
     assert (tmp_path / "run.state.pt").exists()
     assert json.loads((tmp_path / "run.json").read_text())["extra"] == {"step": 7}
     _, _, extra = load_checkpoint(tmp_path / "run.json")
@@ -80,8 +81,12 @@ def test_path_forms(tmp_path, head, form):
     model, config = head
     folder = tmp_path / "ckpt"
     folder.mkdir()
-    target = {"prefix": folder / "checkpoint", "json": folder / "checkpoint.json",
-              "safetensors": folder / "checkpoint.safetensors", "folder": folder}[form]
+    target = {
+        "prefix": folder / "checkpoint",
+        "json": folder / "checkpoint.json",
+        "safetensors": folder / "checkpoint.safetensors",
+        "folder": folder,
+    }[form]
     save_checkpoint(target, model, config)
     assert checkpoint_paths(folder)[1] == folder / "checkpoint.json"
     assert load_checkpoint(folder)[1] == config
@@ -92,8 +97,9 @@ def test_feature_dim_mismatch_message(head):
     check_feature_dim(config, 12)
     with pytest.raises(FeatureDimMismatch) as error:
         check_feature_dim(ABMILConfig(in_dim=768), 96, checkpoint="runs/abmil.json", encoder="default")
-    assert str(error.value) == ("checkpoint runs/abmil.json expects D=768 features "
-                                "but the encoder 'default' gives 96")
+    assert str(error.value) == (
+        "checkpoint runs/abmil.json expects D=768 features but the encoder 'default' gives 96"
+    )
     assert isinstance(error.value, ValueError)
 
 
@@ -134,11 +140,15 @@ def test_corrupt_and_foreign_files_name_the_file_and_what_was_expected(tmp_path,
     good = weights.read_bytes()
     # a torch .pt from another program, with no description beside it
     torch.save({"weight": torch.zeros(2)}, tmp_path / "foreign.pt")
-    with pytest.raises(ValueError, match=r"foreign\.pt: not a napari_care checkpoint: no config JSON next to it"):
+    with pytest.raises(
+        ValueError, match=r"foreign\.pt: not a napari_care checkpoint: no config JSON next to it"
+    ):
         load_checkpoint(tmp_path / "foreign.pt")
     # a description that is binary, or empty
     (tmp_path / "binary.json").write_bytes(b"\x84\x00\xff" * 10)
-    with pytest.raises(ValueError, match=r"binary\.json is not a napari_care checkpoint: its description is not JSON"):
+    with pytest.raises(
+        ValueError, match=r"binary\.json is not a napari_care checkpoint: its description is not JSON"
+    ):
         load_checkpoint(tmp_path / "binary.json")
     (tmp_path / "empty.json").write_text("")
     with pytest.raises(ValueError, match=r"empty\.json is not a napari_care checkpoint"):

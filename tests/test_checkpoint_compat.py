@@ -31,7 +31,9 @@ def test_old_checkpoints_load_by_the_class_they_name(name):
     assert description["napari_care_version"] == "0.1.0"
     model, config, _ = load_checkpoint(OLD / name)
     assert f"{type(model).__module__}.{type(model).__qualname__}" == description["model_class"]
-    module, _, class_name = description["config_class"].rpartition(".")  # a config class may have moved: its old
+    module, _, class_name = description["config_class"].rpartition(
+        "."
+    )  # a config class may have moved: its old
     assert getattr(importlib.import_module(module), class_name) is type(config)  # path still names it
 
 

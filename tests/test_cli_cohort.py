@@ -30,7 +30,9 @@ def summary_rows(path: Path) -> dict[str, str]:
 
 
 def test_extract_on_a_local_cluster(slides, tmp_path):
-    result = invoke("extract", slides / "good1.ome.tif", slides / "broken.svs", "--out", tmp_path, "--workers", "2")
+    result = invoke(
+        "extract", slides / "good1.ome.tif", slides / "broken.svs", "--out", tmp_path, "--workers", "2"
+    )
     assert result.exit_code == 1, result.output
     assert re.search(r"2 slides on 2 dask workers; dashboard: http://\S+/status", result.stderr)
     assert "slides:" in result.stderr  # the progress bar
@@ -59,7 +61,10 @@ def test_extract_from_a_csv_with_per_slide_mpp(slides, tmp_path):
     result = invoke("extract", listing, "--out", tmp_path / "out", "--workers", "0", "--quiet")
     assert result.exit_code == 1, result.output
     assert summary_rows(tmp_path / "out" / "extract-summary.csv") == {
-        "nompp.tif": "done", "good2.ome.tif": "done", "broken.svs": "failed"}
+        "nompp.tif": "done",
+        "good2.ome.tif": "done",
+        "broken.svs": "failed",
+    }
     assert len(load_features(tmp_path / "out" / "nompp.features.h5")) > 10
 
 
@@ -69,15 +74,21 @@ def test_extract_mixmag(slides, tmp_path):
     assert (tmp_path / "good1.mixmag.h5").is_file() and not (tmp_path / "good1.features.h5").exists()
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["segment", "{slides}/nowhere*.svs"], "no file matches"),
-    (["segment", "{slides}/good1.ome.tif", "--workers", "-1"], "-1"),
-    (["extract", "{slides}/good1.ome.tif", "--threads-per-worker", "0"], "0"),
-    (["segment", "{slides}/good1.ome.tif", "--scheduler", "tcp://127.0.0.1:9", "--workers", "2"], "--scheduler"),
-    (["extract", "{slides}/good1.ome.tif", "{tmp}/good1.ome.tif"], "share the name 'good1'"),
-    (["extract", "{tmp}/list.csv"], "'path' column"),
-    (["segment", "{slides}/good1.ome.tif", "--scheduler", "tcp://127.0.0.1:9"], "cannot reach"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["segment", "{slides}/nowhere*.svs"], "no file matches"),
+        (["segment", "{slides}/good1.ome.tif", "--workers", "-1"], "-1"),
+        (["extract", "{slides}/good1.ome.tif", "--threads-per-worker", "0"], "0"),
+        (
+            ["segment", "{slides}/good1.ome.tif", "--scheduler", "tcp://127.0.0.1:9", "--workers", "2"],
+            "--scheduler",
+        ),
+        (["extract", "{slides}/good1.ome.tif", "{tmp}/good1.ome.tif"], "share the name 'good1'"),
+        (["extract", "{tmp}/list.csv"], "'path' column"),
+        (["segment", "{slides}/good1.ome.tif", "--scheduler", "tcp://127.0.0.1:9"], "cannot reach"),
+    ],
+)
 def test_bad_arguments_exit_2(slides, tmp_path, monkeypatch, args, message):
     monkeypatch.setattr(cohort, "CONNECT_TIMEOUT_S", 1)
     (tmp_path / "good1.ome.tif").write_bytes(b"")
@@ -89,7 +100,9 @@ def test_bad_arguments_exit_2(slides, tmp_path, monkeypatch, args, message):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("command", ["info", "extract", "segment", "demo", "pretrain", "train-mil", "evaluate"])
+@pytest.mark.parametrize(
+    "command", ["info", "extract", "segment", "demo", "pretrain", "train-mil", "evaluate"]
+)
 def test_every_command_has_help(command):
     result = invoke(command, "--help")
     assert result.exit_code == 0, result.output

@@ -47,13 +47,26 @@ def write_cohort_slides(folder: Path) -> Path:
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     for seed, stem in enumerate(GOOD):
-        build_synthetic_slide(folder / f"{stem}.ome.tif", width=2048, height=1536, seed=seed, swatch_px=256,
-                              tile_size=256, workers=1)
+        build_synthetic_slide(
+            folder / f"{stem}.ome.tif",
+            width=2048,
+            height=1536,
+            seed=seed,
+            swatch_px=256,
+            tile_size=256,
+            workers=1,
+        )
         (folder / f"{stem}.truth.npz").unlink()
     pixels = tifffile.imread(folder / "good1.ome.tif")
     tifffile.imwrite(folder / "nompp.tif", pixels, tile=(256, 256), photometric="rgb")
-    tifffile.imwrite(folder / "blank.tif", np.full((1024, 1024, 3), 250, np.uint8), tile=(256, 256),
-                     photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        folder / "blank.tif",
+        np.full((1024, 1024, 3), 250, np.uint8),
+        tile=(256, 256),
+        photometric="rgb",
+        resolution=(20000, 20000),
+        resolutionunit="CENTIMETER",
+    )
     (folder / "broken.svs").write_bytes((folder / "good2.ome.tif").read_bytes()[:5000])
     return folder
 
@@ -85,8 +98,10 @@ def worker_processes() -> list[psutil.Process]:
 @pytest.fixture(scope="module")
 def client():
     # a task whose worker dies fails at once (dask's default retries it on 3 more workers)
-    with dask.config.set({"distributed.scheduler.allowed-failures": 0}), \
-            cohort_client(n_workers=2, threads_per_worker=1, dashboard_address=":0") as client:
+    with (
+        dask.config.set({"distributed.scheduler.allowed-failures": 0}),
+        cohort_client(n_workers=2, threads_per_worker=1, dashboard_address=":0") as client,
+    ):
         assert len(worker_processes()) == 2
         yield client
     assert not worker_processes(), "worker processes left running"
@@ -103,14 +118,22 @@ def test_cohort_reports_bad_slides_resumes_and_cleans_up(slides, client, tmp_pat
     assert len(jobs) == 5
     seen = []
 
-    rows = run_to_end(run_cohort(segment_job, jobs, client=client, on_row=seen.append, out_dir=out,
-                                 options=SegmentOptions()))
+    rows = run_to_end(
+        run_cohort(
+            segment_job, jobs, client=client, on_row=seen.append, out_dir=out, options=SegmentOptions()
+        )
+    )
 
     assert [row["slide"] for row in rows] == [str(job.path) for job in jobs]  # the order of the jobs
     assert sorted(row["slide"] for row in seen) == sorted(row["slide"] for row in rows)
     status = by_stem(rows)
     assert {stem: row["status"] for stem, row in status.items()} == {
-        "good1": "done", "good2": "done", "nompp": "failed", "blank": "failed", "broken": "failed"}
+        "good1": "done",
+        "good2": "done",
+        "nompp": "failed",
+        "blank": "failed",
+        "broken": "failed",
+    }
     assert "no pixel size (mpp)" in status["nompp"]["detail"]
     assert "no tissue" in status["blank"]["detail"]
     assert status["broken"]["detail"]
@@ -121,9 +144,12 @@ def test_cohort_reports_bad_slides_resumes_and_cleans_up(slides, client, tmp_pat
         assert summary["patches"] == len(features) > 10
         assert json.loads((out / f"{stem}.regions.geojson").read_text())["type"] == "FeatureCollection"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}{suffix}" for stem in GOOD for suffix in (".care.json", ".features.h5", ".regions.geojson"))
+        f"{stem}{suffix}" for stem in GOOD for suffix in (".care.json", ".features.h5", ".regions.geojson")
+    )
 
-    again = by_stem(run_to_end(run_cohort(segment_job, jobs, client=client, out_dir=out, options=SegmentOptions())))
+    again = by_stem(
+        run_to_end(run_cohort(segment_job, jobs, client=client, out_dir=out, options=SegmentOptions()))
+    )
     assert [again[stem]["status"] for stem in GOOD] == ["skipped", "skipped"]
     assert [again[stem]["status"] for stem in ("nompp", "blank", "broken")] == ["failed"] * 3
 
@@ -145,8 +171,9 @@ def test_a_worker_killed_while_writing_leaves_no_half_output(slides, client, tmp
         return segment_job(job, **kwargs)
 
     jobs = [SlideJob(slides / "good2.ome.tif")]
-    rows = run_to_end(run_cohort(die_while_writing_regions, jobs, client=client, out_dir=out,
-                                 options=SegmentOptions()))
+    rows = run_to_end(
+        run_cohort(die_while_writing_regions, jobs, client=client, out_dir=out, options=SegmentOptions())
+    )
     assert rows[0]["status"] == "failed" and "worker died" in rows[0]["detail"]
     assert not (out / "good2.regions.geojson").exists() and not (out / "good2.care.json").exists()
     assert len(list(out.glob(".good2.regions.geojson.*.part"))) == 1
@@ -160,12 +187,21 @@ def test_a_worker_killed_while_writing_leaves_no_half_output(slides, client, tmp
 
 def test_cli_on_an_existing_scheduler(slides, client, tmp_path):
     address = client.scheduler.address
-    args = ["segment", str(slides / "good*.ome.tif"), "--out", str(tmp_path), "--scheduler", address, "--quiet"]
+    args = [
+        "segment",
+        str(slides / "good*.ome.tif"),
+        "--out",
+        str(tmp_path),
+        "--scheduler",
+        address,
+        "--quiet",
+    ]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     # on 1 or 2 workers: the one killed above may be restarting
-    assert re.search(rf"2 slides on [12] dask workers; dashboard: {re.escape(dashboard_link(client))}\n",
-                     result.stderr)
+    assert re.search(
+        rf"2 slides on [12] dask workers; dashboard: {re.escape(dashboard_link(client))}\n", result.stderr
+    )
     assert "2 done, 0 skipped, 0 failed" in result.stdout
     assert client.status == "running"  # the CLI leaves a cluster it did not start running
     assert CliRunner().invoke(main, [*args, "--workers", "2"]).exit_code == 2

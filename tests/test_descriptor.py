@@ -43,7 +43,7 @@ def test_deterministic_and_independent_of_the_batch():
     tiles = np.random.default_rng(1).integers(0, 256, (70, 224, 224, 3), dtype=np.uint8)  # 3 threaded chunks
     batch = encoder.encode(tiles)
     np.testing.assert_array_equal(encoder.encode(tiles), batch)
-    singles = np.concatenate([encoder.encode(tiles[i:i + 1]) for i in (0, 33, 69)])
+    singles = np.concatenate([encoder.encode(tiles[i : i + 1]) for i in (0, 33, 69)])
     np.testing.assert_allclose(singles, batch[[0, 33, 69]], rtol=1e-5, atol=1e-5)
 
 
@@ -72,9 +72,17 @@ def test_bad_input():
 def test_stain_and_tissue_features_measure_what_they_say():
     names = list(D.FEATURE_NAMES)
     zeros = np.zeros((224, 224))
-    glass, eosin, haematoxylin = stained(zeros, zeros), stained(zeros, zeros + 0.6), stained(zeros + 0.6, zeros)
+    glass, eosin, haematoxylin = (
+        stained(zeros, zeros),
+        stained(zeros, zeros + 0.6),
+        stained(zeros + 0.6, zeros),
+    )
     raw = D.raw_descriptor(np.stack([glass, eosin, haematoxylin]))
-    h_mean, e_mean, tissue = raw[:, names.index("h_mean")], raw[:, names.index("e_mean")], raw[:, names.index("tissue_share")]
+    h_mean, e_mean, tissue = (
+        raw[:, names.index("h_mean")],
+        raw[:, names.index("e_mean")],
+        raw[:, names.index("tissue_share")],
+    )
     np.testing.assert_allclose(tissue, np.log([0.01, 1.01, 1.01]), atol=1e-3)  # log(share + 0.01)
     assert h_mean[2] == pytest.approx(0.6, abs=0.02) and abs(h_mean[1]) < 0.02
     assert e_mean[1] == pytest.approx(0.6, abs=0.02) and abs(e_mean[2]) < 0.02
@@ -91,7 +99,7 @@ def test_nuclei_are_counted():
     count = np.exp(raw[names.index("nuclei1_count")]) - 0.02  # log(count / 100 + 0.02)
     assert count * 100 == pytest.approx(25, abs=1)
     area_um2 = raw[names.index("nuclei1_mean_area")] * 100  # at 1 um/px: 16 um wide discs
-    assert area_um2 == pytest.approx(np.pi * 4 ** 2, rel=0.25)
+    assert area_um2 == pytest.approx(np.pi * 4**2, rel=0.25)
 
 
 def test_euler_number_counts_blobs():
@@ -107,7 +115,9 @@ def test_synthetic_tissue_types_cluster_by_type(tmp_path):
     tifffile = pytest.importorskip("tifffile")
     from scipy.cluster.vq import kmeans2
 
-    slide = synthetic.build_synthetic_slide(tmp_path / "s.ome.tif", width=4096, height=3072, seed=0, swatch_px=512)
+    slide = synthetic.build_synthetic_slide(
+        tmp_path / "s.ome.tif", width=4096, height=3072, seed=0, swatch_px=512
+    )
     image = tifffile.imread(slide.path)
     coords = np.array([(x, y) for y in range(0, 3072 - 223, 112) for x in range(0, 4096 - 223, 112)])
     shares = slide.truth_fractions(coords, 224)
@@ -116,7 +126,9 @@ def test_synthetic_tissue_types_cluster_by_type(tmp_path):
     keep = np.concatenate([rng.permutation(np.flatnonzero(pure & (types == t)))[:8] for t in range(7)])
     labels = types[keep]
     assert len(np.unique(labels)) == 7, "the synthetic slide should hold pure tiles of all seven types"
-    features = create_encoder("default").encode(np.stack([image[y:y + 224, x:x + 224] for x, y in coords[keep]]))
+    features = create_encoder("default").encode(
+        np.stack([image[y : y + 224, x : x + 224] for x, y in coords[keep]])
+    )
 
     distance = np.linalg.norm(features[:, None] - features[None], axis=2)
     np.fill_diagonal(distance, np.inf)
@@ -141,8 +153,10 @@ def test_real_skin_epidermis_dermis_glass_differ():
         "glass": [(224, 2240), (1792, 448), (0, 1344)],
     }
     encoder = create_encoder("default")
-    features = {name: encoder.encode(np.stack([image[y:y + 224, x:x + 224] for x, y in xy]))
-                for name, xy in groups.items()}
+    features = {
+        name: encoder.encode(np.stack([image[y : y + 224, x : x + 224] for x, y in xy]))
+        for name, xy in groups.items()
+    }
     centroids = {name: f.mean(axis=0) for name, f in features.items()}
     for name, f in features.items():
         for tile in f:
@@ -151,12 +165,16 @@ def test_real_skin_epidermis_dermis_glass_differ():
             assert min(d for other, d in distances.items() if other != name) > 2 * distances[name]
     names = list(D.FEATURE_NAMES)
     assert centroids["epidermis"][names.index("h_mean")] > centroids["dermis"][names.index("h_mean")]
-    assert centroids["glass"][names.index("tissue_share")] < centroids["dermis"][names.index("tissue_share")] - 1
+    assert (
+        centroids["glass"][names.index("tissue_share")] < centroids["dermis"][names.index("tissue_share")] - 1
+    )
 
 
 def test_reference_constants_match_the_code():
     pytest.importorskip("tifffile")
-    if not all((SLIDES / name).is_file() for name in ("CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs")):
+    if not all(
+        (SLIDES / name).is_file() for name in ("CMU-1-Small-Region.svs", "TCGA-CR-7395-01A-01-TS1.svs")
+    ):
         pytest.skip(f"reference slides not in {SLIDES}")
     median, scale = robust_constants(D.raw_descriptor(reference_tiles(SLIDES)))
     np.testing.assert_allclose(median, REFERENCE_MEDIAN, rtol=1e-3, atol=1e-4)

@@ -24,8 +24,17 @@ from napari_care.core.encoders import (
     registry,
 )
 
-PRESETS = ["conch_v1_5", "h-optimus-0", "h-optimus-1", "phikon-v2", "prov-gigapath", "uni", "uni2-h", "virchow2",
-           "virchow2-cls"]
+PRESETS = [
+    "conch_v1_5",
+    "h-optimus-0",
+    "h-optimus-1",
+    "phikon-v2",
+    "prov-gigapath",
+    "uni",
+    "uni2-h",
+    "virchow2",
+    "virchow2-cls",
+]
 
 
 def test_import_and_default_encoder_do_not_import_torch():
@@ -55,8 +64,16 @@ def test_unknown_encoder_lists_known_names_and_suggests():
 def test_register_encoder_decorator(monkeypatch):
     monkeypatch.setattr(registry, "_CFGS", dict(registry._CFGS))
     monkeypatch.setattr(registry, "_FACTORIES", dict(registry._FACTORIES))
-    cfg = EncoderCfg(name="mean-rgb", arch=None, input_size=8, mean=(0, 0, 0), std=(1, 1, 1), native_mpp=1.0,
-                     embed_dim=3, pooling="descriptor")
+    cfg = EncoderCfg(
+        name="mean-rgb",
+        arch=None,
+        input_size=8,
+        mean=(0, 0, 0),
+        std=(1, 1, 1),
+        native_mpp=1.0,
+        embed_dim=3,
+        pooling="descriptor",
+    )
 
     class MeanRgb:
         def __init__(self, cfg):
@@ -106,7 +123,12 @@ def test_encoder_cfg_is_frozen_and_validated():
 def test_preset_facts(name, arch, input_size, embed_dim, pooling, hf_id):
     cfg = get_encoder_cfg(name)
     assert (cfg.arch, cfg.input_size, cfg.embed_dim, cfg.pooling, cfg.hf_id) == (
-        arch, input_size, embed_dim, pooling, hf_id)
+        arch,
+        input_size,
+        embed_dim,
+        pooling,
+        hf_id,
+    )
     assert cfg.native_mpp == 0.5 and cfg.license and cfg.description
     expected_mean = (0.707223, 0.578729, 0.703617) if name.startswith("h-optimus") else (0.485, 0.456, 0.406)
     assert cfg.mean == expected_mean
@@ -114,7 +136,12 @@ def test_preset_facts(name, arch, input_size, embed_dim, pooling, hf_id):
 
 def test_preset_architecture_details():
     uni2 = get_encoder_cfg("uni2-h").timm_kwargs
-    assert (uni2["reg_tokens"], uni2["depth"], uni2["num_heads"], uni2["mlp_layer"]) == (8, 24, 24, "SwiGLUPacked")
+    assert (uni2["reg_tokens"], uni2["depth"], uni2["num_heads"], uni2["mlp_layer"]) == (
+        8,
+        24,
+        24,
+        "SwiGLUPacked",
+    )
     assert uni2["mlp_ratio"] == pytest.approx(5.33334) and uni2["no_embed_class"]
     virchow = get_encoder_cfg("virchow2").timm_kwargs
     assert (virchow["reg_tokens"], virchow["mlp_ratio"], virchow["act_layer"]) == (4, 5.3375, "SiLU")
@@ -123,17 +150,24 @@ def test_preset_architecture_details():
     assert get_encoder_cfg("prov-gigapath").timm_kwargs["patch_size"] == 16
 
 
-@pytest.mark.parametrize(("name", "embed_dim", "interpolation"),
-                         [("timm:test_vit", 64, "bicubic"), ("timm:test_resnet", 96, "bilinear")])
+@pytest.mark.parametrize(
+    ("name", "embed_dim", "interpolation"),
+    [("timm:test_vit", 64, "bicubic"), ("timm:test_resnet", 96, "bilinear")],
+)
 def test_generic_timm_model_reads_its_data_config(name, embed_dim, interpolation):
     pytest.importorskip("timm")
     encoder = create_encoder(name, weights="random", device="cpu")
     features = encoder.encode(np.full((2, 100, 100, 3), 128, np.uint8))
     assert features.shape == (2, embed_dim) and features.dtype == np.float32
-    assert (encoder.embed_dim, encoder.cfg.input_size, encoder.cfg.interpolation) == (embed_dim, 160, interpolation)
+    assert (encoder.embed_dim, encoder.cfg.input_size, encoder.cfg.interpolation) == (
+        embed_dim,
+        160,
+        interpolation,
+    )
     assert encoder.cfg.mean == (0.5, 0.5, 0.5) and encoder.cfg.crop_pct == pytest.approx(0.95)
-    assert encoder.device.type == "cpu" and tuple(encoder.preprocess(np.zeros((1, 9, 9, 3), np.uint8)).shape) == (
-        1, 3, 160, 160)
+    assert encoder.device.type == "cpu" and tuple(
+        encoder.preprocess(np.zeros((1, 9, 9, 3), np.uint8)).shape
+    ) == (1, 3, 160, 160)
 
 
 # --- torch encoders: tiny random-weight variants of the presets -----------------------------
@@ -169,14 +203,22 @@ def tiny():
 
 def state_of(encoder) -> dict:
     """What an official checkpoint of this preset holds: the timm trunk, or all (CONCH)."""
-    state = encoder.model.state_dict() if encoder.cfg.pooling == "attn_pool" else encoder.model.trunk.state_dict()
+    state = (
+        encoder.model.state_dict() if encoder.cfg.pooling == "attn_pool" else encoder.model.trunk.state_dict()
+    )
     return {key: value.detach().clone().contiguous() for key, value in state.items()}
 
 
 @pytest.mark.parametrize(
     ("name", "expected_dim", "prefix_tokens"),
-    [("uni2-h", 96, 9), ("virchow2", 192, 5), ("virchow2-cls", 96, 5), ("conch_v1_5", 768, 1),
-     ("h-optimus-0", 96, 5), ("prov-gigapath", 96, 1)],
+    [
+        ("uni2-h", 96, 9),
+        ("virchow2", 192, 5),
+        ("virchow2-cls", 96, 5),
+        ("conch_v1_5", 768, 1),
+        ("h-optimus-0", 96, 5),
+        ("prov-gigapath", 96, 1),
+    ],
 )
 def test_tiny_preset_follows_the_recipe(name, expected_dim, prefix_tokens, tiles, tiny):
     encoder = tiny(name)
@@ -196,7 +238,10 @@ def test_tiny_preset_roundtrip_through_checkpoint_files(name, tiles, tiny, tmp_p
     reference = encoder.encode(tiles)
     state = state_of(encoder)
     save_file(state, tmp_path / "model.safetensors")
-    torch.save({"epoch": 3, "model": {f"module.{key}": value for key, value in state.items()}}, tmp_path / "model.pth")
+    torch.save(
+        {"epoch": 3, "model": {f"module.{key}": value for key, value in state.items()}},
+        tmp_path / "model.pth",
+    )
     for path in (tmp_path / "model.safetensors", tmp_path / "model.pth"):
         loaded = create_encoder(name, weights=path, device="cpu", model_kwargs=tiny_kwargs(name))
         np.testing.assert_array_equal(loaded.encode(tiles), reference)
@@ -237,7 +282,9 @@ def test_preprocessing_follows_the_cfg(tiny):
 
 def test_wrong_architecture_lists_missing_and_unexpected_keys(tmp_path):
     torch = pytest.importorskip("torch")
-    uni = create_encoder("uni", weights="random", device="cpu", model_kwargs={**TINY, "img_size": 56, "patch_size": 14})
+    uni = create_encoder(
+        "uni", weights="random", device="cpu", model_kwargs={**TINY, "img_size": 56, "patch_size": 14}
+    )
     torch.save(state_of(uni), tmp_path / "uni.pth")
     with pytest.raises(ValueError, match="do not fit this architecture") as info:
         create_encoder("virchow2", weights=tmp_path / "uni.pth", model_kwargs=tiny_kwargs("virchow2"))
@@ -266,7 +313,9 @@ def test_dino_teacher_checkpoint_with_backbone_prefix_and_heads(tmp_path, tiles,
     state["backbone.mask_token"] = torch.zeros(1, 96)  # original DINOv2 layout, converted by timm
     state["dino_head.last_layer.weight"] = torch.zeros(8, 96)
     torch.save({"student": {}, "teacher": state}, tmp_path / "teacher_checkpoint.pth")
-    loaded = create_encoder("uni", weights=tmp_path / "teacher_checkpoint.pth", device="cpu", model_kwargs=kwargs)
+    loaded = create_encoder(
+        "uni", weights=tmp_path / "teacher_checkpoint.pth", device="cpu", model_kwargs=kwargs
+    )
     np.testing.assert_array_equal(loaded.encode(tiles), encoder.encode(tiles))
 
 
@@ -284,13 +333,20 @@ def test_transformers_dinov2_layout_is_converted(tmp_path, tiles, tiny):
             for name, part in zip(("query", "key", "value"), value.chunk(3, dim=0), strict=True):
                 hf_state[f"encoder.layer.{block}.attention.attention.{name}.{kind}"] = part.contiguous()
             continue
-        hf_key = (key.replace("cls_token", "embeddings.cls_token").replace("pos_embed", "embeddings.position_embeddings")
-                  .replace("patch_embed.proj.", "embeddings.patch_embeddings.projection.")
-                  .replace("blocks.", "encoder.layer.").replace(".attn.proj.", ".attention.output.dense.")
-                  .replace(".ls1.gamma", ".layer_scale1.lambda1").replace(".ls2.gamma", ".layer_scale2.lambda1"))
-        hf_state["layernorm." + key[len("norm."):] if key.startswith("norm.") else hf_key] = value
+        hf_key = (
+            key.replace("cls_token", "embeddings.cls_token")
+            .replace("pos_embed", "embeddings.position_embeddings")
+            .replace("patch_embed.proj.", "embeddings.patch_embeddings.projection.")
+            .replace("blocks.", "encoder.layer.")
+            .replace(".attn.proj.", ".attention.output.dense.")
+            .replace(".ls1.gamma", ".layer_scale1.lambda1")
+            .replace(".ls2.gamma", ".layer_scale2.lambda1")
+        )
+        hf_state["layernorm." + key[len("norm.") :] if key.startswith("norm.") else hf_key] = value
     save_file(hf_state, tmp_path / "model.safetensors")
-    loaded = create_encoder("phikon-v2", weights=tmp_path / "model.safetensors", device="cpu", model_kwargs=kwargs)
+    loaded = create_encoder(
+        "phikon-v2", weights=tmp_path / "model.safetensors", device="cpu", model_kwargs=kwargs
+    )
     np.testing.assert_array_equal(loaded.encode(tiles), encoder.encode(tiles))
 
 

@@ -43,7 +43,9 @@ def test_separable_data_scores_near_one(tmp_path):
     assert fold.chosen["logistic"]["C"] in LOGREG_C_GRID
     assert fold.chosen["knn"]["k"] in KNN_K_GRID and fold.chosen["knn"]["weights"] in ("uniform", "distance")
     written = json.loads(report.write_report(tmp_path / "report.json").read_text())
-    assert written["summary"]["logistic"]["auroc"]["mean"] == pytest.approx(report.summary["logistic"]["auroc"]["mean"])
+    assert written["summary"]["logistic"]["auroc"]["mean"] == pytest.approx(
+        report.summary["logistic"]["auroc"]["mean"]
+    )
     assert len(written["per_fold"]) == 5
 
 
@@ -80,15 +82,18 @@ def test_folds_partition_and_stratify():
     assert not np.array_equal(folds[0][2], fold_indices(strata, folds=5, seed=8)[0][2])
 
 
-@pytest.mark.parametrize(("time", "event", "risk", "expected"), [
-    ([1, 2, 3], [1, 1, 1], [3, 2, 1], 1.0),        # perfect order
-    ([1, 2, 3], [1, 1, 1], [1, 2, 3], 0.0),        # reversed
-    ([1, 2, 3], [1, 1, 1], [5, 5, 5], 0.5),        # tied risks count one half
-    ([1, 2, 3], [1, 0, 1], [2, 3, 1], 0.5),        # pairs (0,1) discordant, (0,2) concordant; 1 censored
-    ([2, 2], [1, 0], [1, 0], 1.0),                 # tied time, event vs censored: comparable
-    ([2, 2, 1], [1, 1, 0], [0, 1, 9], float("nan")),  # no comparable pair: error
-    ([1, 2, 2, 3], [1, 1, 0, 0], [4, 3, 3, 2], 4.5 / 5),  # (1,2): tied time comparable, tied risk 1/2
-])
+@pytest.mark.parametrize(
+    ("time", "event", "risk", "expected"),
+    [
+        ([1, 2, 3], [1, 1, 1], [3, 2, 1], 1.0),  # perfect order
+        ([1, 2, 3], [1, 1, 1], [1, 2, 3], 0.0),  # reversed
+        ([1, 2, 3], [1, 1, 1], [5, 5, 5], 0.5),  # tied risks count one half
+        ([1, 2, 3], [1, 0, 1], [2, 3, 1], 0.5),  # pairs (0,1) discordant, (0,2) concordant; 1 censored
+        ([2, 2], [1, 0], [1, 0], 1.0),  # tied time, event vs censored: comparable
+        ([2, 2, 1], [1, 1, 0], [0, 1, 9], float("nan")),  # no comparable pair: error
+        ([1, 2, 2, 3], [1, 1, 0, 0], [4, 3, 3, 2], 4.5 / 5),  # (1,2): tied time comparable, tied risk 1/2
+    ],
+)
 def test_concordance_hand_cases(time, event, risk, expected):
     if math.isnan(expected):
         with pytest.raises(ValueError, match="no comparable pair"):
@@ -109,9 +114,9 @@ def _naive_c_index(time, event, risk):
 
 def test_concordance_matches_a_naive_double_loop_with_ties():
     rng = np.random.default_rng(3)
-    time = rng.integers(1, 15, size=120).astype(float)   # many tied times
+    time = rng.integers(1, 15, size=120).astype(float)  # many tied times
     event = rng.random(120) < 0.6
-    risk = rng.integers(0, 6, size=120).astype(float)    # many tied risks
+    risk = rng.integers(0, 6, size=120).astype(float)  # many tied risks
     assert concordance_index(time, event, risk) == pytest.approx(_naive_c_index(time, event, risk))
     with pytest.raises(ValueError, match="lengths differ"):
         concordance_index(time, event, risk[:-1])
@@ -125,8 +130,11 @@ def test_cox_gradient_and_recovery():
     event = rng.random(300) < 0.8
     sorted_data = _sorted_for_cox(x, time, event)
     beta0 = rng.normal(size=3)
-    error = check_grad(lambda b: _cox_objective(b, *sorted_data, 0.1)[0],
-                       lambda b: _cox_objective(b, *sorted_data, 0.1)[1], beta0)
+    error = check_grad(
+        lambda b: _cox_objective(b, *sorted_data, 0.1)[0],
+        lambda b: _cox_objective(b, *sorted_data, 0.1)[1],
+        beta0,
+    )
     assert error < 1e-5
     beta = fit_cox_ridge(x, time, event, penalty=1e-4)
     assert np.allclose(beta, true_beta, atol=0.2)
@@ -161,5 +169,8 @@ def test_bad_input_is_named():
 
 
 def test_json_safe_replaces_undefined_values():
-    assert json_safe({"a": float("nan"), "b": [np.float32(1.5), np.int64(2)], 3: (np.inf,)}) == \
-        {"a": None, "b": [1.5, 2], "3": [None]}
+    assert json_safe({"a": float("nan"), "b": [np.float32(1.5), np.int64(2)], 3: (np.inf,)}) == {
+        "a": None,
+        "b": [1.5, 2],
+        "3": [None],
+    }

@@ -58,14 +58,25 @@ def care_objects():
     labels = np.array([[0, 0, 1, -1], [0, 2, 1, 1], [-1, 0, 0, 1], [3, 3, -1, -1]])
     polygons = label_grid_polygons(labels, origin_xy=(1000, 2000), cell_size_px=448.25)
     table = RegionTable(
-        region_id=np.array([0, 1, 2, 3, 4]), n_patches=np.array([5, 4, 1, 2, 0]),
-        alpha=np.array([0.1, 0.2, 0.3, 0.4, 0.0]), beta=np.array([0.5, np.nan, 0.2, np.inf, 0.0]),
-        a=np.array([0.3, 0.3, 0.4, 0.1, 0.0]), group=np.array([0, 1, -1, 25, 0]), roi_ids=(1,),
-    )  # fmt: skip
+        region_id=np.array([0, 1, 2, 3, 4]),
+        n_patches=np.array([5, 4, 1, 2, 0]),
+        alpha=np.array([0.1, 0.2, 0.3, 0.4, 0.0]),
+        beta=np.array([0.5, np.nan, 0.2, np.inf, 0.0]),
+        a=np.array([0.3, 0.3, 0.4, 0.1, 0.0]),
+        group=np.array([0, 1, -1, 25, 0]),
+        roi_ids=(1,),
+    )
     metadata = care_metadata(encoder="resnet18", k=8, mpp=0.5)
     tiles = tile_features(np.array([[1000, 2000], [1448, 2000]]), 448.0, {"Attention": [0.75, np.nan]})
-    return polygons, table, (region_features(polygons, table, mpp=0.5, metadata=metadata)
-                             + roi_features(polygons, table.roi_ids, table=table, metadata=metadata) + tiles)  # fmt: skip
+    return (
+        polygons,
+        table,
+        (
+            region_features(polygons, table, mpp=0.5, metadata=metadata)
+            + roi_features(polygons, table.roi_ids, table=table, metadata=metadata)
+            + tiles
+        ),
+    )
 
 
 @pytest.mark.parametrize("suffix", [".geojson", ".geojson.gz"])
@@ -80,7 +91,12 @@ def test_round_trip_keeps_geometry_and_properties(tmp_path, suffix):
     for written, read in zip(features, back, strict=True):
         assert read.geometry.equals_exact(written.geometry, 0.01)
         assert (read.object_type, read.name, read.class_name, read.color, read.id) == (
-            written.object_type, written.name, written.class_name, written.color, written.id)  # fmt: skip
+            written.object_type,
+            written.name,
+            written.class_name,
+            written.color,
+            written.id,
+        )
         finite = {k: v for k, v in written.measurements.items() if np.isfinite(v)}
         assert read.measurements == pytest.approx(finite)
         assert read.metadata == written.metadata
@@ -98,8 +114,12 @@ def test_round_trip_keeps_geometry_and_properties(tmp_path, suffix):
     assert roi.geometry.equals(region_1.geometry)
     assert back[5].object_type == "tile" and back[5].measurements == {"Attention": 0.75}
     assert back[6].measurements == {}
-    assert region_0.metadata == {"software": f"napari-care {__version__}", "encoder": "resnet18", "k": "8",
-                                 "mpp": "0.5"}  # fmt: skip
+    assert region_0.metadata == {
+        "software": f"napari-care {__version__}",
+        "encoder": "resnet18",
+        "k": "8",
+        "mpp": "0.5",
+    }
 
 
 def test_written_file_follows_qupath_rules(tmp_path):
@@ -142,8 +162,12 @@ def write_json(path: Path, data: object) -> Path:
 
 
 def test_reader_accepts_every_top_level(tmp_path):
-    feature = {"type": "Feature", "id": "PathAnnotationObject",
-               "geometry": {"type": "Polygon", "coordinates": [SQUARE, HOLE]}, "properties": {"name": "a"}}  # fmt: skip
+    feature = {
+        "type": "Feature",
+        "id": "PathAnnotationObject",
+        "geometry": {"type": "Polygon", "coordinates": [SQUARE, HOLE]},
+        "properties": {"name": "a"},
+    }
     collection = write_json(
         tmp_path / "c.json", {"type": "FeatureCollection", "features": [feature, feature]}
     )
@@ -163,20 +187,50 @@ def test_reader_accepts_every_top_level(tmp_path):
 
 def test_reader_accepts_older_property_shapes(tmp_path):
     features = [
-        {"type": "Feature", "id": "PathDetectionObject", "geometry": {"type": "Polygon", "coordinates": [SQUARE]},
-         "properties": {"object_type": "detection", "classification": {"name": "Tumor", "colorRGB": -3670016},
-                        "measurements": [{"name": "Area", "value": 5.5}, {"name": "Bad", "value": None}]}},
-        {"type": "Feature", "id": "PathCellObject", "geometry": {"type": "LineString", "coordinates": [[0, 0], [3, 4]]},
-         "properties": {"classification": {"names": ["Tumor", "Positive"], "color": [1, 2, 3]},
-                        "measurements": {"Intensity": 0.25, "Nope": "text", "Missing": float("nan")},
-                        "isLocked": True, "metadata": {"note": "x"}, "color": [9, 9, 9]}},
-        {"type": "Feature", "geometry": {"type": "MultiLineString", "coordinates": [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]},
-         "properties": {"color": [10, 20, 30], "name": "Ünïcödé ✓"}},
-        {"type": "Feature", "geometry": {"type": "MultiPoint", "coordinates": [[0, 0], [1, 1]]}, "properties": None},
-        {"type": "Feature", "geometry": {"type": "GeometryCollection", "geometries": [
-            {"type": "Point", "coordinates": [5, 5]},
-            {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 4]]]}]}, "properties": {"name": "gc"}},
-    ]  # fmt: skip
+        {
+            "type": "Feature",
+            "id": "PathDetectionObject",
+            "geometry": {"type": "Polygon", "coordinates": [SQUARE]},
+            "properties": {
+                "object_type": "detection",
+                "classification": {"name": "Tumor", "colorRGB": -3670016},
+                "measurements": [{"name": "Area", "value": 5.5}, {"name": "Bad", "value": None}],
+            },
+        },
+        {
+            "type": "Feature",
+            "id": "PathCellObject",
+            "geometry": {"type": "LineString", "coordinates": [[0, 0], [3, 4]]},
+            "properties": {
+                "classification": {"names": ["Tumor", "Positive"], "color": [1, 2, 3]},
+                "measurements": {"Intensity": 0.25, "Nope": "text", "Missing": float("nan")},
+                "isLocked": True,
+                "metadata": {"note": "x"},
+                "color": [9, 9, 9],
+            },
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "MultiLineString", "coordinates": [[[0, 0], [1, 1]], [[2, 2], [3, 3]]]},
+            "properties": {"color": [10, 20, 30], "name": "Ünïcödé ✓"},
+        },
+        {
+            "type": "Feature",
+            "geometry": {"type": "MultiPoint", "coordinates": [[0, 0], [1, 1]]},
+            "properties": None,
+        },
+        {
+            "type": "Feature",
+            "geometry": {
+                "type": "GeometryCollection",
+                "geometries": [
+                    {"type": "Point", "coordinates": [5, 5]},
+                    {"type": "Polygon", "coordinates": [[[0, 0], [4, 0], [4, 4], [0, 4]]]},
+                ],
+            },
+            "properties": {"name": "gc"},
+        },
+    ]
     path = tmp_path / "old.json"
     path.write_text(json.dumps(features), encoding="utf-8")  # json.dumps writes the NaN literal
     tumor, cell, lines, points, gc_point, gc_polygon = read_geojson(path)
@@ -209,18 +263,29 @@ def test_invalid_polygon_is_repaired_with_a_warning(tmp_path):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ('{"type": "FeatureCollection",\n "features": [\n  {"type": "Feature",,}]}', r"invalid JSON at line 3"),
-        ('{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}}]}',
-         r"feature 0 has no geometry"),
-        ('[{"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [[[0,0],[1,0],[1,1],[0,0]]]}},'
-         ' {"type": "Feature", "geometry": {"type": "Circle", "coordinates": [0, 0]}}]',
-         r"feature 1: unknown geometry type 'Circle'"),
-        ('{"type": "LineString", "coordinates": [["a", "b"], ["c", "d"]]}', r"feature 0: LineString coordinates are not numbers"),
+        (
+            '{"type": "FeatureCollection",\n "features": [\n  {"type": "Feature",,}]}',
+            r"invalid JSON at line 3",
+        ),
+        (
+            '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": {}}]}',
+            r"feature 0 has no geometry",
+        ),
+        (
+            '[{"type": "Feature",'
+            ' "geometry": {"type": "Polygon", "coordinates": [[[0,0],[1,0],[1,1],[0,0]]]}},'
+            ' {"type": "Feature", "geometry": {"type": "Circle", "coordinates": [0, 0]}}]',
+            r"feature 1: unknown geometry type 'Circle'",
+        ),
+        (
+            '{"type": "LineString", "coordinates": [["a", "b"], ["c", "d"]]}',
+            r"feature 0: LineString coordinates are not numbers",
+        ),
         ('{"type": "Polygon", "coordinates": [[[0, 0], [1, 1]]]}', r"at least 3 positions"),
         ('{"type": "Topology"}', r"top-level type 'Topology'"),
         ('"just a string"', r"top level is a str"),
     ],
-)  # fmt: skip
+)
 def test_malformed_files_raise_value_errors_naming_the_file(tmp_path, content, message):
     path = tmp_path / "broken.geojson"
     path.write_text(content, encoding="utf-8")
@@ -288,11 +353,23 @@ def test_generated_grids_and_values_always_give_valid_files(
 ):
     polygons = label_grid_polygons(labels, origin_xy=(3.333, 7.777), cell_size_px=size)
     ids = np.arange(6)  # region 5 never occurs: an empty region, skipped
-    table = RegionTable(ids, np.zeros(6, int), np.array(values), np.array(values[::-1]), np.array(values),
-                        group=np.array([0, 1, 2, -1, 3, 4]))  # fmt: skip
+    table = RegionTable(
+        ids,
+        np.zeros(6, int),
+        np.array(values),
+        np.array(values[::-1]),
+        np.array(values),
+        group=np.array([0, 1, 2, -1, 3, 4]),
+    )
     features = region_features(polygons, table)
-    features += [Annotation(shapely.box(0, 0, size, size), class_name=class_name, name=class_name,
-                            measurements={measurement: values[0], "count": 3})]  # fmt: skip
+    features += [
+        Annotation(
+            shapely.box(0, 0, size, size),
+            class_name=class_name,
+            name=class_name,
+            measurements={measurement: values[0], "count": 3},
+        )
+    ]
     path = tmp_path / "generated.geojson"
     write_geojson(path, features)
     data = strict_json(path)
@@ -332,7 +409,9 @@ def test_slivers_thinner_than_the_written_grid_stay_valid(tmp_path):
     path = tmp_path / "slivers.geojson"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a collapsed sliver is skipped with a warning
-        written = write_geojson(path, [Annotation(geometry=bowtie_after_rounding), Annotation(geometry=grid_polygon)])
+        written = write_geojson(
+            path, [Annotation(geometry=bowtie_after_rounding), Annotation(geometry=grid_polygon)]
+        )
     raw = [shapely.geometry.shape(f["geometry"]) for f in json.loads(path.read_text())["features"]]
     assert len(raw) == written >= 1
     assert all(geometry.is_valid for geometry in raw)  # as written, before any repair on reading
@@ -343,7 +422,9 @@ def test_shape_tables_put_holes_parts_lines_and_points_back_together():
     holed = Polygon(SQUARE, [HOLE])
     two_parts = MultiPolygon([shapely.box(20, 0, 30, 10), shapely.box(40, 0, 50, 10)])
     objects = [
-        Annotation(holed, "annotation", "T", "Tumor", (200, 0, 0), {"Area": 96.0, "name": 3.0}, is_locked=True),
+        Annotation(
+            holed, "annotation", "T", "Tumor", (200, 0, 0), {"Area": 96.0, "name": 3.0}, is_locked=True
+        ),
         Annotation(two_parts, "detection", None, "Stroma", None, {"count": 2}),
         Annotation(LineString([(0, 50), (30, 60)]), name="ruler"),
         Annotation(MultiPoint([(1, 1), (2, 3)]), class_name="Mitosis"),
@@ -351,22 +432,40 @@ def test_shape_tables_put_holes_parts_lines_and_points_back_together():
     ]
     drawn = shapes_from_annotations(objects)
     shapes, points = drawn.shapes, drawn.points
-    assert shapes.shape_types == ["polygon"] * 4 + ["path"] and shapes.vertex_counts.tolist() == [4, 4, 4, 4, 2]
+    assert shapes.shape_types == ["polygon"] * 4 + ["path"] and shapes.vertex_counts.tolist() == [
+        4,
+        4,
+        4,
+        4,
+        2,
+    ]
     assert shapes.features["ring"] == ["exterior", "hole", "exterior", "exterior", "line"]
     assert shapes.features["part"] == [0, 0, 0, 1, 0] and shapes.features["name (measurement)"][0] == 3.0
-    assert np.allclose(shapes.colors_rgba[0], [200 / 255, 0, 0, 1]) and np.array_equal(shapes.split()[1], HOLE[:-1])
+    assert np.allclose(shapes.colors_rgba[0], [200 / 255, 0, 0, 1]) and np.array_equal(
+        shapes.split()[1], HOLE[:-1]
+    )
     assert shapes.feature_defaults["id"] == "" and points.feature_defaults["ring"] == "point"
-    assert drawn.outline_width_px == 1.0 and drawn.summary == ("4 objects as 5 shapes (1 holes as outlines) and "
-                                                               "2 points; skipped 1 empty")  # fmt: skip
-    rows = [dict(zip(shapes.features, values, strict=True)) for values in zip(*shapes.features.values(), strict=True)]
+    assert drawn.outline_width_px == 1.0 and drawn.summary == (
+        "4 objects as 5 shapes (1 holes as outlines) and 2 points; skipped 1 empty"
+    )
+    rows = [
+        dict(zip(shapes.features, values, strict=True))
+        for values in zip(*shapes.features.values(), strict=True)
+    ]
     colors = [tuple(int(c) for c in np.rint(rgba[:3] * 255)) for rgba in shapes.colors_rgba]
     back = annotations_from_shapes(shapes.split(), shapes.shape_types, rows, colors)
     assert [a.id for a in back] == [a.id for a in objects[:3]]
     for before, after in zip(objects[:3], back, strict=True):
         assert shapely.normalize(after.geometry).equals(shapely.normalize(before.geometry))
         assert (after.name, after.class_name, after.measurements, after.is_locked) == (
-            before.name, before.class_name, before.measurements, before.is_locked)  # fmt: skip
-    point_rows = [dict(zip(points.features, v, strict=True)) for v in zip(*points.features.values(), strict=True)]
+            before.name,
+            before.class_name,
+            before.measurements,
+            before.is_locked,
+        )
+    point_rows = [
+        dict(zip(points.features, v, strict=True)) for v in zip(*points.features.values(), strict=True)
+    ]
     [multipoint] = annotations_from_points(points.vertices_xy, point_rows, [None, None])
     assert multipoint.geometry.equals(objects[3].geometry) and multipoint.id == objects[3].id
 
@@ -375,18 +474,42 @@ def test_labels_with_non_square_pixels_and_a_region_grid():
     labels = np.array([[1, 1, 0], [2, 0, 0]])
     polygons = raster_polygons(np.where(labels > 0, labels, -1), (10.0, 20.0), (2.0, 3.0))
     assert polygons[1].equals(shapely.box(10, 20, 14, 23)) and polygons[2].equals(shapely.box(10, 23, 12, 26))
-    one, two = annotations_from_labels(labels, origin_xy=(10.0, 20.0), pixel_size_xy=(2.0, 3.0), name_prefix="tissue",
-                                       rows=[{"index": 2, "class": "B", "score": 0.5}],
-                                       color_of_label=lambda value: (value, 0, 0))  # fmt: skip
+    one, two = annotations_from_labels(
+        labels,
+        origin_xy=(10.0, 20.0),
+        pixel_size_xy=(2.0, 3.0),
+        name_prefix="tissue",
+        rows=[{"index": 2, "class": "B", "score": 0.5}],
+        color_of_label=lambda value: (value, 0, 0),
+    )
     assert (one.name, one.class_name, one.color) == ("tissue 1", None, (1, 0, 0))
     assert (two.name, two.class_name, two.measurements) == ("tissue 2", "B", {"score": 0.5})
-    columns = {"region": np.array([-1, 0, 1]), "patches": np.array([-1, 2, 1]), "alpha": np.array([np.nan, 0.5, 0.5]),
-               "beta": np.array([np.nan, 0.5, 0.5]), "a": np.array([np.nan, 0.8, 0.2]),
-               "is_roi": np.array([False, True, False])}  # fmt: skip
+    columns = {
+        "region": np.array([-1, 0, 1]),
+        "patches": np.array([-1, 2, 1]),
+        "alpha": np.array([np.nan, 0.5, 0.5]),
+        "beta": np.array([np.nan, 0.5, 0.5]),
+        "a": np.array([np.nan, 0.8, 0.2]),
+        "is_roi": np.array([False, True, False]),
+    }
     table = region_table_from_columns(columns)
     assert table.region_id.tolist() == [0, 1] and table.roi_ids == (0,) and table.group is None
-    objects = annotations_from_region_grid(labels - 1, table, origin_xy=(0.0, 0.0), cell_size_xy=(4.0, 4.0), mpp=0.5,
-                                           run_info={"encoder": "resnet18"}, tiles=True)  # fmt: skip
-    assert [a.object_type for a in objects] == ["detection", "detection", "annotation", "tile", "tile", "tile"]
+    objects = annotations_from_region_grid(
+        labels - 1,
+        table,
+        origin_xy=(0.0, 0.0),
+        cell_size_xy=(4.0, 4.0),
+        mpp=0.5,
+        run_info={"encoder": "resnet18"},
+        tiles=True,
+    )
+    assert [a.object_type for a in objects] == [
+        "detection",
+        "detection",
+        "annotation",
+        "tile",
+        "tile",
+        "tile",
+    ]
     assert objects[0].metadata["encoder"] == "resnet18" and objects[0].metadata["mpp"] == "0.5"
     assert [t.measurements["CARE attention"] for t in objects[3:]] == pytest.approx([0.4, 0.4, 0.2])

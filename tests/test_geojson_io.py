@@ -59,14 +59,24 @@ def sample_annotations() -> list[Annotation]:
     holed = Polygon(SQUARE, [HOLE])
     two_parts = MultiPolygon([shapely.box(20, 0, 30, 10), shapely.box(40, 0, 50, 10, ccw=False)])
     return [
-        Annotation(holed, "annotation", "Tümor ✓", "Tumor", (200, 0, 0), {"Area": 96.0, "name": 3.0},
-                   metadata={"note": "ünï"}, is_locked=True),
+        Annotation(
+            holed,
+            "annotation",
+            "Tümor ✓",
+            "Tumor",
+            (200, 0, 0),
+            {"Area": 96.0, "name": 3.0},
+            metadata={"note": "ünï"},
+            is_locked=True,
+        ),
         Annotation(two_parts, "detection", None, "Stroma", (0, 128, 0), {"count": 2}),
         Annotation(LineString([(0, 50), (30, 60), (40, 80)]), "annotation", "ruler", None, (1, 2, 3)),
-        Annotation(MultiLineString([[(0, 0), (1, 1)], [(5, 5), (9, 9)]]), class_name="Lines", color=(9, 9, 9)),
+        Annotation(
+            MultiLineString([[(0, 0), (1, 1)], [(5, 5), (9, 9)]]), class_name="Lines", color=(9, 9, 9)
+        ),
         Annotation(Point(7.25, 8.5), "annotation", "dot", "Mitosis", (255, 0, 255), {"score": 0.5}),
         Annotation(MultiPoint([(1, 1), (2, 3)]), class_name="Mitosis", color=(255, 0, 255)),
-    ]  # fmt: skip
+    ]
 
 
 def test_frame_matches_the_slide_layers_convention():
@@ -103,8 +113,12 @@ def test_reader_gate(tmp_path):
 def test_every_top_level_gives_a_shapes_layer(tmp_path, top_level):
     polygon = {"type": "Polygon", "coordinates": [SQUARE, HOLE]}
     item = feature(polygon, {"classification": {"name": "Tumor", "color": [200, 0, 0]}}, str(uuid.uuid4()))
-    data = {"collection": {"type": "FeatureCollection", "features": [item]}, "array": [item],
-            "feature": item, "geometry": polygon}[top_level]  # fmt: skip
+    data = {
+        "collection": {"type": "FeatureCollection", "features": [item]},
+        "array": [item],
+        "feature": item,
+        "geometry": polygon,
+    }[top_level]
     [(shapes, kwargs, kind)] = read_geojson_layers(str(write_json(tmp_path / "x.geojson", data)), frame=FRAME)
     assert kind == "shapes" and len(shapes) == 2  # exterior and hole
     assert list(kwargs["features"]["ring"]) == ["exterior", "hole"]
@@ -115,22 +129,40 @@ def test_every_top_level_gives_a_shapes_layer(tmp_path, top_level):
 
 def test_older_property_shapes_lines_and_points(tmp_path):
     items = [
-        feature({"type": "MultiPolygon", "coordinates": [[SQUARE, HOLE], [[[20, 0], [30, 0], [30, 10], [20, 0]]]]},
-                {"object_type": "detection", "classification": {"name": "Tumor", "colorRGB": -3670016},
-                 "measurements": [{"name": "Area", "value": 5.5}]}, "PathDetectionObject"),
+        feature(
+            {
+                "type": "MultiPolygon",
+                "coordinates": [[SQUARE, HOLE], [[[20, 0], [30, 0], [30, 10], [20, 0]]]],
+            },
+            {
+                "object_type": "detection",
+                "classification": {"name": "Tumor", "colorRGB": -3670016},
+                "measurements": [{"name": "Area", "value": 5.5}],
+            },
+            "PathDetectionObject",
+        ),
         feature({"type": "LineString", "coordinates": [[0, 0], [3, 4]]}, {"name": "ruler"}),
         feature({"type": "MultiPoint", "coordinates": [[1, 1], [2, 2]]}, {"classification": "Mitosis"}),
-    ]  # fmt: skip
+    ]
     path = write_json(tmp_path / "old.json", items)
     shapes, points = read_geojson_layers(str(path), frame=Level0Frame())
     table = shapes[1]["features"]
     assert shapes[1]["shape_type"] == ["polygon", "polygon", "polygon", "path"]
-    assert list(table["ring"]) == ["exterior", "hole", "exterior", "line"] and list(table["part"]) == [0, 0, 1, 0]
+    assert list(table["ring"]) == ["exterior", "hole", "exterior", "line"] and list(table["part"]) == [
+        0,
+        0,
+        1,
+        0,
+    ]
     assert list(table["object_type"][:3]) == ["detection"] * 3 and list(table["class"][:3]) == ["Tumor"] * 3
     assert str(uuid.UUID(table["id"][0])) == table["id"][0]  # "PathDetectionObject" got a UUID
     assert table["Area"][0] == 5.5 and np.isnan(table["Area"][3])
     assert np.allclose(shapes[1]["edge_color"][0], [200 / 255, 0, 0, 1])  # from colorRGB
-    assert points[2] == "points" and len(points[0]) == 2 and list(points[1]["features"]["class"]) == ["Mitosis"] * 2
+    assert (
+        points[2] == "points"
+        and len(points[0]) == 2
+        and list(points[1]["features"]["class"]) == ["Mitosis"] * 2
+    )
     layers, message = annotation_layers(read_geojson(path), name="old", keep_lines=False, keep_points=False)
     assert [kind for *_, kind in layers] == ["shapes"] and len(layers[0][0]) == 3
     assert message.endswith("skipped 1 lines, 1 points")
@@ -148,7 +180,14 @@ def assert_same_objects(before: list[Annotation], after: list[Annotation]) -> No
     for a, b in zip(before, after, strict=True):
         assert shapely.normalize(b.geometry).equals_exact(shapely.normalize(a.geometry), 0.01), (a, b)
         assert (b.object_type, b.name, b.class_name, b.color, b.id, b.metadata, b.is_locked) == (
-            a.object_type, a.name, a.class_name, a.color, a.id, a.metadata, a.is_locked)  # fmt: skip
+            a.object_type,
+            a.name,
+            a.class_name,
+            a.color,
+            a.id,
+            a.metadata,
+            a.is_locked,
+        )
         assert b.measurements == pytest.approx({k: v for k, v in a.measurements.items() if np.isfinite(v)})
 
 
@@ -169,8 +208,10 @@ def test_round_trip_file_napari_layers_file(tmp_path, suffix):
 
 
 @pytest.mark.skipif(not ANNOTATIONS.is_dir(), reason="shared test data not present")
-@pytest.mark.parametrize("name", ["qupath05-featurecollection.geojson", "qupath02-polygon-feature.json",
-                                  "qupath02-classified-array.json"])  # fmt: skip
+@pytest.mark.parametrize(
+    "name",
+    ["qupath05-featurecollection.geojson", "qupath02-polygon-feature.json", "qupath02-classified-array.json"],
+)
 def test_real_qupath_exports_through_napari(tmp_path, name):
     path = ANNOTATIONS / name
     assert napari_get_geojson_reader(str(path)) is read_geojson_layers
@@ -182,7 +223,11 @@ def test_real_qupath_exports_through_napari(tmp_path, name):
     again = read_geojson(tmp_path / "again.geojson")
     for a, b, layer_id in zip(original, again, kwargs["features"]["id"], strict=True):
         assert shapely.normalize(b.geometry).equals_exact(shapely.normalize(a.geometry), 0.01)
-        assert (b.name, b.class_name, b.id) == (a.name, a.class_name, layer_id)  # legacy ids got a UUID on reading
+        assert (b.name, b.class_name, b.id) == (
+            a.name,
+            a.class_name,
+            layer_id,
+        )  # legacy ids got a UUID on reading
         assert b.color == (a.color or (255, 255, 0))  # objects without a colour are drawn (and saved) yellow
 
 
@@ -191,8 +236,9 @@ def labels_layer(labels: np.ndarray, origin, cell, frame: Level0Frame, **kwargs)
     slide = SimpleNamespace(mpp=(frame.scale[1], frame.scale[0]))
     place = placement(slide, origin, cell)
     metadata = {"napari_care_frame": frame.to_dict(), **kwargs.pop("metadata", {})}
-    return layers_module.Labels(labels, scale=place["scale"], translate=place["translate"], metadata=metadata,
-                                **kwargs)  # fmt: skip
+    return layers_module.Labels(
+        labels, scale=place["scale"], translate=place["translate"], metadata=metadata, **kwargs
+    )
 
 
 def test_labels_layer_exports_exact_polygons_with_holes():
@@ -201,8 +247,14 @@ def test_labels_layer_exports_exact_polygons_with_holes():
     labels[1:4, 1:4] = 0  # a 3 x 3 hole
     labels[2, 2] = 2  # an island inside the hole
     frame = Level0Frame((0.5, 0.5))
-    layer = labels_layer(labels, (100.0, 200.0), 4.0, frame, name="tissue", features={"index": [0, 1, 2],
-                         "class": ["", "Tumor", "Necrosis"], "score": [np.nan, 0.25, np.nan]})  # fmt: skip
+    layer = labels_layer(
+        labels,
+        (100.0, 200.0),
+        4.0,
+        frame,
+        name="tissue",
+        features={"index": [0, 1, 2], "class": ["", "Tumor", "Necrosis"], "score": [np.nan, 0.25, np.nan]},
+    )
     one, two = layer_annotations(*layer.as_layer_data_tuple(), frame)
     expected = Polygon(shapely.box(100, 200, 120, 220).exterior, [shapely.box(104, 204, 116, 216).exterior])
     assert one.geometry.equals(expected) and one.geometry.area == 400 - 144
@@ -216,14 +268,28 @@ def care_regions_layer(frame: Level0Frame):
     labels[0, :3] = 0
     labels[1:, :2] = 1
     labels[2:, 3:] = 2
-    table = pd.DataFrame({
-        "index": [0, 1, 2, 3], "region": [-1, 0, 1, 2], "patches": [-1, 3, 6, 4],
-        "area_um2": [np.nan, 300.0, 600.0, 400.0], "alpha": [np.nan, 0.2, 0.5, 0.3],
-        "beta": [np.nan, 0.1, 0.6, 0.3], "a": [np.nan, 0.15, 0.55, 0.3],
-        "is_roi": [False, False, True, False], "group": [-1, 0, 1, 0],
-    })  # fmt: skip
-    layer = labels_layer(labels + 1, (1000.0, 0.0), 20.0, frame, name="CARE regions", features=table,
-                         metadata={"napari_care_role": "regions", "encoder": "resnet18", "k": 8})  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "index": [0, 1, 2, 3],
+            "region": [-1, 0, 1, 2],
+            "patches": [-1, 3, 6, 4],
+            "area_um2": [np.nan, 300.0, 600.0, 400.0],
+            "alpha": [np.nan, 0.2, 0.5, 0.3],
+            "beta": [np.nan, 0.1, 0.6, 0.3],
+            "a": [np.nan, 0.15, 0.55, 0.3],
+            "is_roi": [False, False, True, False],
+            "group": [-1, 0, 1, 0],
+        }
+    )
+    layer = labels_layer(
+        labels + 1,
+        (1000.0, 0.0),
+        20.0,
+        frame,
+        name="CARE regions",
+        features=table,
+        metadata={"napari_care_role": "regions", "encoder": "resnet18", "k": 8},
+    )
     return labels, layer
 
 
@@ -244,25 +310,36 @@ def test_care_regions_layer_is_written_like_the_segment_output(tmp_path):
     assert roi.geometry.equals(expected[1]) and roi.object_type == "annotation"
     assert len(tiles) == 13 and sum(t.measurements["CARE attention"] for t in tiles) == pytest.approx(1.0)
     first = min(tiles, key=lambda t: t.geometry.bounds)
-    assert first.geometry.equals(shapely.box(1000, 0, 1020, 20)) and first.measurements["CARE attention"] == pytest.approx(0.05)
+    assert first.geometry.equals(shapely.box(1000, 0, 1020, 20)) and first.measurements[
+        "CARE attention"
+    ] == pytest.approx(0.05)
 
 
 def test_shapes_drawn_by_hand(tmp_path):
     frame = Level0Frame((1.0, 1.0))
     bowtie = np.array([[0, 0], [10, 10], [0, 10], [10, 0]])
     layer = layers_module.Shapes(
-        [np.array([[0, 0], [0, 4], [2, 4], [2, 0]]), np.array([[10, 10], [10, 14], [12, 14], [12, 10]]), bowtie,
-         np.array([[0, 0], [5, 5]])],
-        shape_type=["rectangle", "ellipse", "polygon", "line"], edge_color="red", name="drawn",
-    )  # fmt: skip
+        [
+            np.array([[0, 0], [0, 4], [2, 4], [2, 0]]),
+            np.array([[10, 10], [10, 14], [12, 14], [12, 10]]),
+            bowtie,
+            np.array([[0, 0], [5, 5]]),
+        ],
+        shape_type=["rectangle", "ellipse", "polygon", "line"],
+        edge_color="red",
+        name="drawn",
+    )
     box, ellipse, repaired, line = layer_annotations(*layer.as_layer_data_tuple(), frame)
     assert box.geometry.equals(shapely.box(0.5, 0.5, 4.5, 2.5))  # data = world; +0.5: pixel edges
     assert box.color == (255, 0, 0) and box.class_name is None and box.object_type == "annotation"
     assert ellipse.geometry.area == pytest.approx(np.pi * 2 * 1, rel=0.01)
     assert repaired.geometry.is_valid and repaired.geometry.area == pytest.approx(50)
     assert isinstance(line.geometry, LineString) and line.geometry.length == pytest.approx(np.hypot(5, 5))
-    roi_layer = layers_module.Shapes([np.array([[0, 0], [0, 4], [2, 4], [2, 0]])], shape_type="rectangle",
-                                     metadata={"napari_care_role": "roi"})  # fmt: skip
+    roi_layer = layers_module.Shapes(
+        [np.array([[0, 0], [0, 4], [2, 4], [2, 0]])],
+        shape_type="rectangle",
+        metadata={"napari_care_role": "roi"},
+    )
     [roi] = layer_annotations(*roi_layer.as_layer_data_tuple(), frame)
     assert roi.class_name == ROI_CLASS
 
@@ -270,20 +347,28 @@ def test_shapes_drawn_by_hand(tmp_path):
 def test_other_layers_and_rotated_layers_are_refused():
     with pytest.raises(ValueError, match="image layer cannot be written"):
         layer_annotations(np.zeros((2, 2)), {"name": "img"}, "image", Level0Frame())
-    rotated = layers_module.Shapes([np.array([[0, 0], [0, 4], [2, 4]])], shape_type="polygon", rotate=30, name="turned")
+    rotated = layers_module.Shapes(
+        [np.array([[0, 0], [0, 4], [2, 4]])], shape_type="polygon", rotate=30, name="turned"
+    )
     with pytest.raises(ValueError, match="'turned' is rotated"):
         layer_annotations(*rotated.as_layer_data_tuple(), Level0Frame())
 
 
 names = st.text(st.characters(blacklist_categories=("Cs",)), max_size=10)
 values = st.floats(allow_nan=True, allow_infinity=True, width=32)
-vertices = st.lists(st.tuples(st.floats(-50, 500, width=32), st.floats(-50, 500, width=32)), min_size=2, max_size=7)
+vertices = st.lists(
+    st.tuples(st.floats(-50, 500, width=32), st.floats(-50, 500, width=32)), min_size=2, max_size=7
+)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(shapes=st.lists(st.tuples(vertices, st.sampled_from(["polygon", "path", "rectangle", "ellipse"]), names, values),
-                       max_size=6),
-       scale=st.sampled_from([(1.0, 1.0), (0.25, 0.5), (0.499, 0.499)]))  # fmt: skip
+@given(
+    shapes=st.lists(
+        st.tuples(vertices, st.sampled_from(["polygon", "path", "rectangle", "ellipse"]), names, values),
+        max_size=6,
+    ),
+    scale=st.sampled_from([(1.0, 1.0), (0.25, 0.5), (0.499, 0.499)]),
+)
 def test_generated_layers_always_give_valid_files(tmp_path, shapes, scale):
     data, types, classes, measured = [], [], [], []
     for points, shape_type, class_name, value in shapes:
@@ -299,10 +384,13 @@ def test_generated_layers_always_give_valid_files(tmp_path, shapes, scale):
     # The tuple napari hands a writer (made by hand: napari's own triangulation of random
     # self-intersecting polygons fails before any writer is called).
     attributes = {
-        "name": "generated", "shape_type": types, "edge_color": np.tile([1.0, 0.0, 0.0, 1.0], (len(data), 1)),
+        "name": "generated",
+        "shape_type": types,
+        "edge_color": np.tile([1.0, 0.0, 0.0, 1.0], (len(data), 1)),
         "features": pd.DataFrame({"class": classes, "Ünïcode µm": measured}) if shapes else pd.DataFrame(),
-        "metadata": {"napari_care_frame": frame.to_dict()}, **frame.placement(),
-    }  # fmt: skip
+        "metadata": {"napari_care_frame": frame.to_dict()},
+        **frame.placement(),
+    }
     path = tmp_path / "generated.geojson"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # degenerate shapes are skipped with a warning
@@ -321,23 +409,37 @@ def ogrinfo_count(path: Path | str) -> int | None:
     """Features GDAL finds in the file, or None when ogrinfo is not installed."""
     if shutil.which("ogrinfo") is None:
         return None
-    done = subprocess.run(["ogrinfo", "-ro", "-al", "-so", str(path)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        ["ogrinfo", "-ro", "-al", "-so", str(path)], capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr
     return int(done.stdout.split("Feature Count: ")[1].split()[0])
 
 
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(labels=st.lists(st.lists(st.integers(0, 4), min_size=6, max_size=6), min_size=1, max_size=6),
-       cell=st.sampled_from([1.0, 0.37, 448.0]), scale=st.sampled_from([(1.0, 1.0), (0.5, 0.5), (0.26, 0.25)]),
-       class_name=names)  # fmt: skip
+@given(
+    labels=st.lists(st.lists(st.integers(0, 4), min_size=6, max_size=6), min_size=1, max_size=6),
+    cell=st.sampled_from([1.0, 0.37, 448.0]),
+    scale=st.sampled_from([(1.0, 1.0), (0.5, 0.5), (0.26, 0.25)]),
+    class_name=names,
+)
 def test_generated_labels_layers_always_give_valid_files(tmp_path, labels, cell, scale, class_name):
     labels = np.array(labels, dtype=np.int32)
     frame = Level0Frame(scale)
     slide = SimpleNamespace(mpp=(scale[1], scale[0]))
-    features = pd.DataFrame({"index": np.arange(5), "class": ["", class_name, class_name, "B", "C"],
-                             "value": [np.nan, np.inf, 1.5, np.nan, -2.0]})  # fmt: skip
-    attributes = {"name": "generated", "features": features, "metadata": {"napari_care_frame": frame.to_dict()},
-                  **placement(slide, (12.5, 7.25), cell)}  # fmt: skip
+    features = pd.DataFrame(
+        {
+            "index": np.arange(5),
+            "class": ["", class_name, class_name, "B", "C"],
+            "value": [np.nan, np.inf, 1.5, np.nan, -2.0],
+        }
+    )
+    attributes = {
+        "name": "generated",
+        "features": features,
+        "metadata": {"napari_care_frame": frame.to_dict()},
+        **placement(slide, (12.5, 7.25), cell),
+    }
     path = tmp_path / "labels.geojson.gz"
     write_geojson_layers(str(path), [(labels, attributes, "labels")])
     with gzip.open(path, "rt", encoding="utf-8") as handle:
@@ -350,7 +452,8 @@ def test_generated_labels_layers_always_give_valid_files(tmp_path, labels, cell,
         assert geometry.is_valid
         area += geometry.area
         assert "value" not in item["properties"].get("measurements", {}) or np.isfinite(
-            item["properties"]["measurements"]["value"])  # fmt: skip
+            item["properties"]["measurements"]["value"]
+        )
     assert area == pytest.approx((labels > 0).sum() * cell**2, rel=1e-3, abs=0.05)
     count = ogrinfo_count(f"/vsigzip/{path}")  # a str: Path would fold the double slash GDAL needs
     assert count is None or count == len(present)
@@ -358,10 +461,22 @@ def test_generated_labels_layers_always_give_valid_files(tmp_path, labels, cell,
 
 def test_shapes_and_points_drawn_on_an_imported_layer_are_new_objects(tmp_path):
     """napari copies the last row into a new shape's features; the drawing must not join that object."""
-    source = write_json(tmp_path / "in.geojson", {"type": "FeatureCollection", "features": [
-        feature({"type": "Polygon", "coordinates": [SQUARE, HOLE]}, {"objectType": "annotation"}, str(uuid.uuid4())),
-        feature({"type": "Point", "coordinates": [5, 5]}, {"objectType": "annotation"}, str(uuid.uuid4())),
-    ]})  # fmt: skip
+    source = write_json(
+        tmp_path / "in.geojson",
+        {
+            "type": "FeatureCollection",
+            "features": [
+                feature(
+                    {"type": "Polygon", "coordinates": [SQUARE, HOLE]},
+                    {"objectType": "annotation"},
+                    str(uuid.uuid4()),
+                ),
+                feature(
+                    {"type": "Point", "coordinates": [5, 5]}, {"objectType": "annotation"}, str(uuid.uuid4())
+                ),
+            ],
+        },
+    )
     shapes_data, points_data = read_geojson_layers(source, frame=FRAME)
     shapes = layers_module.Layer.create(*shapes_data)
     points = layers_module.Layer.create(*points_data)

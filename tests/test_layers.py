@@ -12,8 +12,12 @@ from napari_care._layers import put_layer, visible_box_level0
 
 def test_visible_box_scales_the_displayed_levels_corners_to_level0():
     slide = SimpleNamespace(level_downsamples=[1.0, 4.0, 16.0], dimensions=[(10_000, 8_000)])
-    layer = SimpleNamespace(metadata={"slide": slide}, multiscale=True, data_level=1,
-                            corner_pixels=np.array([[100, 200], [299, 2_999]]))  # (row, col) at level 1
+    layer = SimpleNamespace(
+        metadata={"slide": slide},
+        multiscale=True,
+        data_level=1,
+        corner_pixels=np.array([[100, 200], [299, 2_999]]),
+    )  # (row, col) at level 1
     # columns 200..2999 of level 1 cover level-0 x 800..12000, clipped to the slide's 10000
     assert visible_box_level0(layer) == (800.0, 400.0, 10_000.0, 1_200.0)
     layer.data_level = 0
@@ -26,12 +30,19 @@ def test_put_layer_updates_in_place_keeping_what_the_user_set(kind):
 
     viewer = ViewerModel()
     data = np.arange(12, dtype=np.int32 if kind == "labels" else np.float32).reshape(3, 4)
-    kwargs = {"name": "CARE x", "scale": (2.0, 2.0), "translate": (1.0, 1.0), "opacity": 0.5,
-              "metadata": {"napari_care_role": "x", "source": "CARE"}}
+    kwargs = {
+        "name": "CARE x",
+        "scale": (2.0, 2.0),
+        "translate": (1.0, 1.0),
+        "opacity": 0.5,
+        "metadata": {"napari_care_role": "x", "source": "CARE"},
+    }
     first = put_layer(viewer, data, kwargs, kind)
     first.visible = False  # by hand
     first.opacity = 0.9
-    second = put_layer(viewer, data[:2] * 2, {**kwargs, "scale": (4.0, 4.0), "metadata": {"source": "MIL"}}, kind)
+    second = put_layer(
+        viewer, data[:2] * 2, {**kwargs, "scale": (4.0, 4.0), "metadata": {"source": "MIL"}}, kind
+    )
     assert second is first and len(viewer.layers) == 1
     np.testing.assert_array_equal(second.data, data[:2] * 2)
     assert tuple(second.scale) == (4.0, 4.0) and not second.visible
@@ -48,10 +59,15 @@ def test_put_layer_updates_roi_rectangles_in_place_as_their_number_changes():
     def roi(n: int, shift: float):
         rectangles = [np.array([[0, 0], [0, 10], [5, 10], [5, 0]], float) + shift + 20 * i for i in range(n)]
         labels = [f"region {i}" for i in range(n)]
-        kwargs = {"name": "CARE ROI", "shape_type": "rectangle", "edge_width": 2.0, "face_color": "transparent",
-                  "edge_color": ["#ffd700"] + ["#00e5ff"] * (n - 1),
-                  "features": {"region": list(range(n)), "label": labels},
-                  "text": {"string": "{label}", "size": 11, "color": "white"}}
+        kwargs = {
+            "name": "CARE ROI",
+            "shape_type": "rectangle",
+            "edge_width": 2.0,
+            "face_color": "transparent",
+            "edge_color": ["#ffd700"] + ["#00e5ff"] * (n - 1),
+            "features": {"region": list(range(n)), "label": labels},
+            "text": {"string": "{label}", "size": 11, "color": "white"},
+        }
         return rectangles, kwargs
 
     first = put_layer(viewer, *roi(1, 0.0), "shapes")
@@ -62,7 +78,9 @@ def test_put_layer_updates_roi_rectangles_in_place_as_their_number_changes():
         assert layer.shape_type == ["rectangle"] * n
         assert all(np.allclose(a, b) for a, b in zip(layer.data, rectangles, strict=True))
         assert layer.edge_width == [2.0] * n
-        np.testing.assert_allclose(layer.edge_color[:, :3], [[1, 215 / 255, 0]] + [[0, 229 / 255, 1]] * (n - 1))
+        np.testing.assert_allclose(
+            layer.edge_color[:, :3], [[1, 215 / 255, 0]] + [[0, 229 / 255, 1]] * (n - 1)
+        )
         assert list(layer.features["label"]) == [f"region {i}" for i in range(n)]
         assert list(layer.text.values) == [f"region {i}" for i in range(n)]  # the text template stays
 
@@ -119,7 +137,10 @@ def test_layer_draw_puts_layers_one_per_turn(qtbot):
     first = put_layer(viewer, np.zeros((2, 3), np.float32), {"name": "slide"}, "image")
     assert viewer.layers.selection.active is first
     draw = LayerDraw(viewer)
-    layers = [(np.zeros((2, 3), np.int32), {"name": "a"}, "labels"), (np.ones((2, 3), np.float32), {"name": "b"}, "image")]
+    layers = [
+        (np.zeros((2, 3), np.int32), {"name": "a"}, "labels"),
+        (np.ones((2, 3), np.float32), {"name": "b"}, "image"),
+    ]
     draw.start(layers)
     assert len(viewer.layers) == 1 and draw.pending
     qtbot.waitUntil(lambda: not draw.pending, timeout=1000)

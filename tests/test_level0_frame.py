@@ -28,7 +28,9 @@ def test_every_placement_round_trips_to_level0():
     assert np.allclose(FRAME.data_to_level0(data, place["scale"], place["translate"]), xy)
 
 
-@pytest.mark.parametrize(("origin", "pixel"), [((0.0, 0.0), 1.0), ((1000.0, 0.0), 20.0), ((12.5, 7.25), 0.37)])
+@pytest.mark.parametrize(
+    ("origin", "pixel"), [((0.0, 0.0), 1.0), ((1000.0, 0.0), 20.0), ((12.5, 7.25), 0.37)]
+)
 def test_a_raster_placement_is_undone_by_raster_origin(origin, pixel):
     place = FRAME.raster_placement(origin, pixel)
     (x0, y0), size = FRAME.raster_origin(place["scale"], place["translate"])

@@ -47,7 +47,9 @@ def test_reader_accepts_slide_files(manifest):
 
 def test_slide_reader_patterns_are_the_backends_suffixes(manifest):
     """napari.yaml stays static YAML; this keeps its slide patterns in step with the backend registry."""
-    (reader,) = [reader for reader in manifest.contributions.readers if reader.command == "napari-care.get_reader"]
+    (reader,) = [
+        reader for reader in manifest.contributions.readers if reader.command == "napari-care.get_reader"
+    ]
     assert sorted(reader.filename_patterns) == sorted(f"*{suffix}" for suffix in slide_suffixes())
 
 

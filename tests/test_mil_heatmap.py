@@ -75,7 +75,9 @@ def test_bad_features_name_the_checkpoint(trained):
     with pytest.raises(ValueError, match="NaN"):
         head.apply(np.full((2, DIM), np.nan, np.float32))
     bag = np.zeros((3, DIM), np.float32)
-    with pytest.raises(ValueError, match=r"abmil\.json was trained on 'fake' features, these come from 'default'"):
+    with pytest.raises(
+        ValueError, match=r"abmil\.json was trained on 'fake' features, these come from 'default'"
+    ):
         head.apply(bag, encoder="default")  # same width, another encoder: refused, not silently wrong
     assert head.apply(bag, encoder="fake").attention.shape == (3,)
 
@@ -110,8 +112,9 @@ def test_apply_standardises_with_the_training_statistics(trained):
     np.testing.assert_allclose(mean, result.model.feature_mean.numpy())
     bag = np.random.default_rng(3).normal(0, 0.3, (9, DIM)).astype(np.float32)
     identity = ABMIL(head.model.config).eval()
-    identity.load_state_dict({k: v for k, v in head.model.state_dict().items() if not k.startswith("feature_")},
-                             strict=False)
+    identity.load_state_dict(
+        {k: v for k, v in head.model.state_dict().items() if not k.startswith("feature_")}, strict=False
+    )
     with torch.no_grad():
         logits, attention = identity(torch.from_numpy((bag - mean) / std))
     out = head.apply(bag)

@@ -55,12 +55,12 @@ def test_cls_tile_readout_keeps_the_most_salient_20x_tile():
     model.set_feature_stats(torch.full((D,), 1.0), torch.full((D,), 2.0))
     tokens = torch.ones(3, N_TOKENS, D)  # standardised: all zeros
     tokens[0, FIRST_20X_TOKEN + 7] += 6.0  # the outlier 20x tile of region 0: standardised 3
-    tokens[0, 0] += 20.0                   # a larger outlier at 5x is not a 20x tile
+    tokens[0, 0] += 20.0  # a larger outlier at 5x is not a 20x tile
     tokens[1, FIRST_20X_TOKEN + 2, :4] -= 4.0
     tokens[1, FIRST_20X_TOKEN + 3] += 8.0  # the largest, but missing
     present = torch.ones(3, N_TOKENS, dtype=torch.bool)
     present[1, FIRST_20X_TOKEN + 3] = False
-    present[2, FIRST_20X_TOKEN:] = False   # no 20x tile at all
+    present[2, FIRST_20X_TOKEN:] = False  # no 20x tile at all
     instances = model.mil_instances(tokens, present)
     torch.testing.assert_close(instances[:, :32], model(tokens, present).cls)
     expected_tiles = torch.zeros(3, D)
@@ -71,9 +71,13 @@ def test_cls_tile_readout_keeps_the_most_salient_20x_tile():
     cls_model = tiny(readout="cls")
     cls_model.set_feature_stats(model.feature_mean, model.feature_std)
     cls_state, tile_state = cls_model.state_dict(), model.state_dict()
-    assert cls_state.keys() == tile_state.keys() and all(torch.equal(cls_state[k], tile_state[k]) for k in cls_state)
-    losses = [m.pretraining_loss(tokens, present, generator=torch.Generator().manual_seed(0))[0]
-              for m in (cls_model, model)]
+    assert cls_state.keys() == tile_state.keys() and all(
+        torch.equal(cls_state[k], tile_state[k]) for k in cls_state
+    )
+    losses = [
+        m.pretraining_loss(tokens, present, generator=torch.Generator().manual_seed(0))[0]
+        for m in (cls_model, model)
+    ]
     torch.testing.assert_close(losses[0], losses[1])
 
 
@@ -105,9 +109,9 @@ def test_missing_tokens_do_not_leak():
 def test_sample_mask_respects_presence_and_ratio():
     model = tiny(mask_ratio=0.5)
     present = torch.ones(4, N_TOKENS, dtype=torch.bool)
-    present[1, 6:] = False   # 6 present tokens
-    present[2, 1:] = False   # a single token: nothing to mask
-    present[3, 2:] = False   # 2 tokens: mask one, keep one
+    present[1, 6:] = False  # 6 present tokens
+    present[2, 1:] = False  # a single token: nothing to mask
+    present[3, 2:] = False  # 2 tokens: mask one, keep one
     masked = model.sample_mask(present, torch.Generator().manual_seed(0))
     assert masked.sum(dim=1).tolist() == [10, 3, 0, 1]  # round(0.5 * 21) = 10 (round half to even)
     assert not (masked & ~present).any()
@@ -147,22 +151,31 @@ def test_assemble_region_tokens_places_tiles():
     origin = np.array([100, 50])  # grids need not start at (0, 0)
     coords_5x = origin + np.array([[0, 0], [896, 0]])
     coords_10x = origin + np.array([[448, 448], [896 + 448, 0]])
-    coords_20x = origin + np.array([[224 * 3, 224 * 1], [896, 896 - 224], [5000, 5000]])  # the last: no region
-    features = [np.full((len(c), 4), value, dtype=np.float32) for c, value in
-                ((coords_5x, 0), (coords_10x, 0), (coords_20x, 0))]
+    coords_20x = origin + np.array(
+        [[224 * 3, 224 * 1], [896, 896 - 224], [5000, 5000]]
+    )  # the last: no region
+    features = [
+        np.full((len(c), 4), value, dtype=np.float32)
+        for c, value in ((coords_5x, 0), (coords_10x, 0), (coords_20x, 0))
+    ]
     for m, c in enumerate((coords_5x, coords_10x, coords_20x)):
         features[m][:, 0] = 100 * (m + 1) + np.arange(len(c))  # identifies the tile
-    result = assemble_region_tokens(tuple(features), (coords_5x, coords_10x, coords_20x),
-                                    region_size_level0=region, slide_id="s")
+    result = assemble_region_tokens(
+        tuple(features), (coords_5x, coords_10x, coords_20x), region_size_level0=region, slide_id="s"
+    )
     assert result.tokens.shape == (2, 21, 4) and result.slide_id == "s"
-    assert np.array_equal(np.argwhere(result.token_present),
-                          [[0, 0], [0, 4], [0, 12], [1, 0], [1, 2], [1, 17]])
-    assert result.tokens[0, 4, 0] == 200 and result.tokens[1, 2, 0] == 201       # 10x (1,1) and (1,0)
-    assert result.tokens[0, 12, 0] == 300 and result.tokens[1, 17, 0] == 301     # 20x (3,1) and (0,3)
+    assert np.array_equal(
+        np.argwhere(result.token_present), [[0, 0], [0, 4], [0, 12], [1, 0], [1, 2], [1, 17]]
+    )
+    assert result.tokens[0, 4, 0] == 200 and result.tokens[1, 2, 0] == 201  # 10x (1,1) and (1,0)
+    assert result.tokens[0, 12, 0] == 300 and result.tokens[1, 17, 0] == 301  # 20x (3,1) and (0,3)
     assert result.tokens[1, 0, 0] == 101 and result.tokens[0, 1, 0] == 0
     with pytest.raises(ValueError, match="different D"):
-        assemble_region_tokens((features[0], features[1], np.zeros((3, 5))), (coords_5x, coords_10x, coords_20x),
-                               region_size_level0=region)
+        assemble_region_tokens(
+            (features[0], features[1], np.zeros((3, 5))),
+            (coords_5x, coords_10x, coords_20x),
+            region_size_level0=region,
+        )
 
 
 def _structured_slides(n_slides=2, regions=48, dim=D, seed=0) -> list[RegionTokens]:
@@ -199,8 +212,9 @@ def test_mem_pretraining_learns(tmp_path):
 
 def test_mem_resume_matches_an_uninterrupted_run(tmp_path):
     slides = _structured_slides(regions=20)
-    model_config = MixMagConfig(in_dim=D, dim=16, depth=1, heads=2, objective="cmem", feature_noise=0.1,
-                                dropout=0.1)
+    model_config = MixMagConfig(
+        in_dim=D, dim=16, depth=1, heads=2, objective="cmem", feature_noise=0.1, dropout=0.1
+    )
     config = MEMTrainConfig(steps=6, batch_size=8, warmup_steps=2, checkpoint_every=3, log_every=1)
     full = run_to_end(train_mem(slides, model_config, tmp_path / "full", config))
     interrupted = train_mem(slides, model_config, tmp_path / "cut", config)
@@ -209,8 +223,9 @@ def test_mem_resume_matches_an_uninterrupted_run(tmp_path):
             break
     interrupted.close()
     assert not (tmp_path / "cut" / "mem_final.json").exists()
-    resumed = run_to_end(train_mem(slides, None, tmp_path / "cut", config,
-                                   resume_from=tmp_path / "cut" / "mem_step000003"))
+    resumed = run_to_end(
+        train_mem(slides, None, tmp_path / "cut", config, resume_from=tmp_path / "cut" / "mem_step000003")
+    )
     assert resumed.losses == full.losses
     for key, value in full.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
@@ -222,9 +237,13 @@ def test_mem_resume_errors(tmp_path):
     run_to_end(train_mem(slides, MixMagConfig(in_dim=D, dim=16, depth=1, heads=2), tmp_path, config))
     narrow = [RegionTokens(s.tokens[:, :, :8], s.token_present, s.region_coords, 896.0) for s in slides]
     with pytest.raises(FeatureDimMismatch, match=f"expects D={D} features but the encoder 'uni' gives 8"):
-        run_to_end(train_mem(narrow, None, tmp_path, config, resume_from=tmp_path / "mem_final", encoder="uni"))
+        run_to_end(
+            train_mem(narrow, None, tmp_path, config, resume_from=tmp_path / "mem_final", encoder="uni")
+        )
     with pytest.raises(ValueError, match="pass model_config=None to resume"):
-        run_to_end(train_mem(slides, MixMagConfig(in_dim=D), tmp_path, config, resume_from=tmp_path / "mem_final"))
+        run_to_end(
+            train_mem(slides, MixMagConfig(in_dim=D), tmp_path, config, resume_from=tmp_path / "mem_final")
+        )
     plain = tiny()
     save_checkpoint(tmp_path / "plain", plain, plain.config)
     with pytest.raises(ValueError, match="no MEM training state"):
@@ -233,9 +252,14 @@ def test_mem_resume_errors(tmp_path):
         run_to_end(train_mem(slides, None, tmp_path, config))
 
 
-@pytest.mark.parametrize(("readout", "per_slide"), [("cls", lambda s: len(s.tokens)),
-                                                    ("cls+tile", lambda s: len(s.tokens)),
-                                                    ("tokens", lambda s: int(s.token_present[:, 5:].sum()))])
+@pytest.mark.parametrize(
+    ("readout", "per_slide"),
+    [
+        ("cls", lambda s: len(s.tokens)),
+        ("cls+tile", lambda s: len(s.tokens)),
+        ("tokens", lambda s: int(s.token_present[:, 5:].sum())),
+    ],
+)
 def test_region_bags(readout, per_slide):
     slides = _structured_slides(regions=10)
     model = tiny(readout=readout)
@@ -255,8 +279,12 @@ def test_mem_standardises_tokens_with_the_pool_statistics(tmp_path):
     from napari_care.core.checkpoint import load_checkpoint
 
     scale = np.logspace(-3, 1, D)  # dimensions of very different scale, as with the built-in descriptor
-    slides = [RegionTokens((s.tokens * scale + 5.0).astype(np.float32), s.token_present, s.region_coords, 896.0,
-                           s.slide_id) for s in _structured_slides(regions=12)]
+    slides = [
+        RegionTokens(
+            (s.tokens * scale + 5.0).astype(np.float32), s.token_present, s.region_coords, 896.0, s.slide_id
+        )
+        for s in _structured_slides(regions=12)
+    ]
     model_config = MixMagConfig(in_dim=D, dim=16, depth=1, heads=2)
     config = MEMTrainConfig(steps=2, batch_size=4, warmup_steps=0)
     model = run_to_end(train_mem(slides, model_config, tmp_path, config)).model
@@ -265,13 +293,19 @@ def test_mem_standardises_tokens_with_the_pool_statistics(tmp_path):
     np.testing.assert_allclose(model.feature_std.numpy(), present.std(0), rtol=1e-4)
     # raw tokens through the model == standardised tokens through an identity-statistics twin
     twin = MixMagEncoder(model_config).eval()
-    twin.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("feature_")}, strict=False)
+    twin.load_state_dict(
+        {k: v for k, v in model.state_dict().items() if not k.startswith("feature_")}, strict=False
+    )
     tokens, token_present = torch.from_numpy(slides[0].tokens), torch.from_numpy(slides[0].token_present)
     with torch.no_grad():
-        torch.testing.assert_close(model(tokens, token_present).cls,
-                                   twin((tokens - model.feature_mean) / model.feature_std, token_present).cls)
+        torch.testing.assert_close(
+            model(tokens, token_present).cls,
+            twin((tokens - model.feature_mean) / model.feature_std, token_present).cls,
+        )
     # the 20x tiles' ZCA whitening (cls+tile readout): W (C + shrinkage) W = I, W symmetric
-    tiles = np.concatenate([s.tokens[:, FIRST_20X_TOKEN:][s.token_present[:, FIRST_20X_TOKEN:]] for s in slides])
+    tiles = np.concatenate(
+        [s.tokens[:, FIRST_20X_TOKEN:][s.token_present[:, FIRST_20X_TOKEN:]] for s in slides]
+    )
     tiles = (tiles - present.mean(0)) / present.std(0)
     covariance = np.cov(tiles.T, bias=True)
     whitening = model.tile_whitening.double().numpy()
@@ -282,15 +316,29 @@ def test_mem_standardises_tokens_with_the_pool_statistics(tmp_path):
         model.set_tile_whitening(torch.eye(D - 1))
     # the statistics travel in the checkpoint
     loaded = load_checkpoint(tmp_path / "mem_final", MixMagEncoder)[0]
-    np.testing.assert_allclose(region_bags(loaded, slides[:1])["s0"], region_bags(model, slides[:1])["s0"],
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        region_bags(loaded, slides[:1])["s0"], region_bags(model, slides[:1])["s0"], rtol=1e-5, atol=1e-6
+    )
     # a checkpoint from before the statistics loads as the identity
     old = save_checkpoint(tmp_path / "old", twin, model_config)
-    save_file({k: v for k, v in twin.state_dict().items() if k not in ("feature_mean", "feature_std", "tile_whitening")},
-              str(tmp_path / "old.safetensors"), metadata={"format": "napari_care.checkpoint"})
+    save_file(
+        {
+            k: v
+            for k, v in twin.state_dict().items()
+            if k not in ("feature_mean", "feature_std", "tile_whitening")
+        },
+        str(tmp_path / "old.safetensors"),
+        metadata={"format": "napari_care.checkpoint"},
+    )
     loaded = load_checkpoint(old, MixMagEncoder)[0]
     assert torch.equal(loaded.feature_mean, torch.zeros(D)) and torch.equal(loaded.feature_std, torch.ones(D))
     assert torch.equal(loaded.tile_whitening, torch.eye(D))
-    raw = run_to_end(train_mem(slides, model_config, tmp_path / "raw",
-                               MEMTrainConfig(steps=1, batch_size=4, warmup_steps=0, standardise_tokens=False))).model
+    raw = run_to_end(
+        train_mem(
+            slides,
+            model_config,
+            tmp_path / "raw",
+            MEMTrainConfig(steps=1, batch_size=4, warmup_steps=0, standardise_tokens=False),
+        )
+    ).model
     assert torch.equal(raw.feature_std, torch.ones(D)) and torch.equal(raw.tile_whitening, torch.eye(D))

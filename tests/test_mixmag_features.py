@@ -33,8 +33,9 @@ REGION = 896  # level-0 pixels of a region on a 0.5 um/px slide
 def slide(tmp_path):
     """2 x 2 regions of tissue (a purple 20x tile marks one slot) and a glass column on the right."""
     blocks = [(0, 0, 2 * REGION, 2 * REGION, PINK), (REGION + 224, 448, REGION + 448, 672, PURPLE)]
-    return FakeSlide(slide_image(2 * REGION, 2 * REGION + 600, blocks, noise=0), tmp_path / "s.svs",
-                     factors=(1, 3, 8))
+    return FakeSlide(
+        slide_image(2 * REGION, 2 * REGION + 600, blocks, noise=0), tmp_path / "s.svs", factors=(1, 3, 8)
+    )
 
 
 def test_grids_tile_each_region_exactly_and_read_the_nearest_finer_level(slide):
@@ -51,7 +52,7 @@ def test_grids_tile_each_region_exactly_and_read_the_nearest_finer_level(slide):
             inside = np.all((grid.coords >= region) & (grid.coords < region + REGION), axis=1)
             assert inside.sum() == (REGION // size) ** 2
             for x, y in grid.coords[inside] - region:
-                footprint[y:y + size, x:x + size] += 1
+                footprint[y : y + size, x : x + size] += 1
         assert (footprint == 2).all()  # 10x and 20x tiles each cover the region once, no gap, no overlap
 
 
@@ -72,7 +73,9 @@ def test_a_box_keeps_the_regions_it_meets_whole(slide):
     assert boxed[0].coords.tolist() == [[448, 0], [896, 0]]  # the two regions the box meets
     for part, full, side in zip(boxed, whole, (1, 2, 4), strict=True):
         inside = np.isin(full.grid[:, 0] // side, (1, 2)) & (full.grid[:, 1] // side == 0)
-        np.testing.assert_array_equal(part.coords, full.coords[inside])  # every tile of those regions, no other
+        np.testing.assert_array_equal(
+            part.coords, full.coords[inside]
+        )  # every tile of those regions, no other
 
 
 def test_fine_tiles_off_tissue_are_missing(tmp_path):
@@ -118,8 +121,9 @@ def test_file_round_trip_and_errors(slide, tmp_path):
         np.testing.assert_array_equal(a.coords, b.coords)
         assert (a.patch_size_px, a.patch_size_level0, a.mpp) == (b.patch_size_px, b.patch_size_level0, b.mpp)
     assert [pf.magnification for pf in back.levels] == [5.0, 10.0, 20.0]
-    for a, b in zip(mf.region_of_tile + mf.position_in_region, back.region_of_tile + back.position_in_region,
-                    strict=True):
+    for a, b in zip(
+        mf.region_of_tile + mf.position_in_region, back.region_of_tile + back.position_in_region, strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FileNotFoundError, match="not found"):
         load_mixmag(tmp_path / "nothing.h5")
@@ -153,25 +157,58 @@ def test_mixmag_job_writes_one_file_and_the_cli_trains_on_it(make_pyramid, tmp_p
     assert row["status"] == "done", row
     target = tmp_path / "out" / "tiny.mixmag.h5"
     mf = load_mixmag(target)
-    assert mf.slide_id == "tiny" and mf.tile_counts == (4, 9, 25)  # the slide ends inside the second row and column
+    assert mf.slide_id == "tiny" and mf.tile_counts == (
+        4,
+        9,
+        25,
+    )  # the slide ends inside the second row and column
     assert mixmag_job(SlideJob(pyramid.path, 0.5), tmp_path / "out", options)["status"] == "skipped"
     assert mixmag_job(SlideJob(tmp_path / "missing.tif"), tmp_path / "out", options)["status"] == "failed"
 
     from napari_care.cli.app import main
 
     runner = CliRunner()
-    result = runner.invoke(main, ["pretrain", "mixmag", str(target), "--out", str(tmp_path / "mem"), "--steps", "2",
-                                  "--batch-size", "4", "--dim", "32", "--quiet"])
+    result = runner.invoke(
+        main,
+        [
+            "pretrain",
+            "mixmag",
+            str(target),
+            "--out",
+            str(tmp_path / "mem"),
+            "--steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--dim",
+            "32",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "1 slides, 2 steps" in result.output
     for index in range(6):  # copies named as slides: the slide id is the file name
         shutil.copy(target, tmp_path / "out" / f"s{index}{SUFFIX}")
     target.unlink()
-    (tmp_path / "labels.csv").write_text("slide_id,label,split\n" + "".join(
-        f"s{i},{i % 2},{['train', 'train', 'val', 'val', 'test', 'test'][i]}\n" for i in range(6)))
-    result = runner.invoke(main, ["train-mil", str(tmp_path / "labels.csv"), str(tmp_path / "out"), "--mem",
-                                  str(tmp_path / "mem" / "mem_final.json"), "--out", str(tmp_path / "mil"),
-                                  "--max-epochs", "2", "--quiet"])
+    (tmp_path / "labels.csv").write_text(
+        "slide_id,label,split\n"
+        + "".join(f"s{i},{i % 2},{['train', 'train', 'val', 'val', 'test', 'test'][i]}\n" for i in range(6))
+    )
+    result = runner.invoke(
+        main,
+        [
+            "train-mil",
+            str(tmp_path / "labels.csv"),
+            str(tmp_path / "out"),
+            "--mem",
+            str(tmp_path / "mem" / "mem_final.json"),
+            "--out",
+            str(tmp_path / "mil"),
+            "--max-epochs",
+            "2",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     with np.load(tmp_path / "mil" / "attention.npz") as attention:
         assert list(attention["offsets"]) == [0, 4, 8, 12, 16, 20, 24]  # one instance per region

@@ -46,17 +46,17 @@ def test_grid_edges_count_and_duplicates():
 
 def test_boundary_recall_with_tolerance():
     grid = full_grid(8, 2)
-    truth = (grid[:, 0] >= 4).astype(int)                   # true boundary between x=3 and x=4
+    truth = (grid[:, 0] >= 4).astype(int)  # true boundary between x=3 and x=4
     assert boundary_recall(truth, truth, grid) == 1.0
-    shifted_one = (grid[:, 0] >= 5).astype(int)             # one patch off
+    shifted_one = (grid[:, 0] >= 5).astype(int)  # one patch off
     assert boundary_recall(shifted_one, truth, grid, tolerance=0) == 0.0
     assert boundary_recall(shifted_one, truth, grid, tolerance=1) == 1.0
-    shifted_two = (grid[:, 0] >= 2).astype(int)             # two patches off
+    shifted_two = (grid[:, 0] >= 2).astype(int)  # two patches off
     assert boundary_recall(shifted_two, truth, grid, tolerance=1) == 0.0
     assert boundary_recall(shifted_two, truth, grid, tolerance=2) == 1.0
-    half = np.where(grid[:, 1] == 0, truth, 0)               # only the top row is cut
+    half = np.where(grid[:, 1] == 0, truth, 0)  # only the top row is cut
     assert boundary_recall(half, truth, grid) == 0.5
-    assert boundary_recall(truth, np.zeros(len(grid), int), grid) == 1.0   # no true boundary
+    assert boundary_recall(truth, np.zeros(len(grid), int), grid) == 1.0  # no true boundary
     with pytest.raises(ValueError, match="tolerance"):
         boundary_recall(truth, truth, grid, tolerance=-1)
 
@@ -66,7 +66,7 @@ def test_region_coherence_counts_fragments():
     assert region_coherence(np.array([0, 0, 1]), grid) == 1.0
     assert region_coherence(np.array([0, 1, 0]), grid) == pytest.approx(2 / 3)
     # Diagonal neighbours are not connected (4-neighbourhood).
-    square = full_grid(2, 2)                                 # (0,0) (1,0) (0,1) (1,1)
+    square = full_grid(2, 2)  # (0,0) (1,0) (0,1) (1,1)
     assert region_coherence(np.array([0, 1, 1, 0]), square) == pytest.approx(2 / 4)
 
 

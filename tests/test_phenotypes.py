@@ -11,15 +11,29 @@ def result_of(region_of_patch: np.ndarray, features: np.ndarray) -> CareResult:
     """A CareResult with the given regions (mean features, uniform weights)."""
     n_regions = int(region_of_patch.max()) + 1
     sizes = np.bincount(region_of_patch, minlength=n_regions)
-    region_features = np.stack([features[region_of_patch == r].mean(0) for r in range(n_regions)]).astype(np.float32)
+    region_features = np.stack([features[region_of_patch == r].mean(0) for r in range(n_regions)]).astype(
+        np.float32
+    )
     weights = np.full(n_regions, 1.0 / n_regions, np.float32)
     n = len(region_of_patch)
     return CareResult(
-        region_of_patch=region_of_patch, region_features=region_features, alpha=(sizes / n).astype(np.float32),
-        beta=weights, a=weights, roi=0, roi_feature=region_features[0], slide_embedding=region_features.mean(0),
-        patch_attention=(weights / sizes)[region_of_patch].astype(np.float32), rsl=0.0, expected_rank=0.0,
-        block_of_patch=region_of_patch, candidate_rank=np.zeros(n, np.int64),
-        grid=np.stack([np.arange(n), np.zeros(n, np.int64)], axis=1), k=8, mode="training-free")
+        region_of_patch=region_of_patch,
+        region_features=region_features,
+        alpha=(sizes / n).astype(np.float32),
+        beta=weights,
+        a=weights,
+        roi=0,
+        roi_feature=region_features[0],
+        slide_embedding=region_features.mean(0),
+        patch_attention=(weights / sizes)[region_of_patch].astype(np.float32),
+        rsl=0.0,
+        expected_rank=0.0,
+        block_of_patch=region_of_patch,
+        candidate_rank=np.zeros(n, np.int64),
+        grid=np.stack([np.arange(n), np.zeros(n, np.int64)], axis=1),
+        k=8,
+        mode="training-free",
+    )
 
 
 @pytest.fixture()
@@ -35,11 +49,11 @@ def strip_slide():
 
 def test_median_descriptor_keeps_a_region_with_its_majority_tissue(strip_slide):
     result, features = strip_slide
-    median = phenotype_groups(result, 2, patch_features=features)     # the default with patch features
+    median = phenotype_groups(result, 2, patch_features=features)  # the default with patch features
     assert median.group_of_region.tolist() == [0, 0, 0, 1, 1, 1, 0]
     mean = phenotype_groups(result, 2, patch_features=features, descriptor="mean")
-    assert mean.group_of_region.tolist() == [1, 1, 1, 0, 0, 0, 0]       # the strip drags region 6 to B
-    embedding = phenotype_groups(result, 2)                             # no patch features: CARE's embedding
+    assert mean.group_of_region.tolist() == [1, 1, 1, 0, 0, 0, 0]  # the strip drags region 6 to B
+    embedding = phenotype_groups(result, 2)  # no patch features: CARE's embedding
     np.testing.assert_array_equal(embedding.group_of_region, mean.group_of_region)
     np.testing.assert_array_equal(median.group_of_patch, median.group_of_region[result.region_of_patch])
 
@@ -50,7 +64,7 @@ def test_descriptors_are_standardised_medians_and_means(strip_slide):
     median = region_descriptors(result, features)
     assert median.shape == (7, 2)
     np.testing.assert_allclose(median[6, 0], np.median(standardised[60:]), rtol=1e-6)
-    np.testing.assert_allclose(median[:, 1], 0.0)                       # a constant dimension stays 0
+    np.testing.assert_allclose(median[:, 1], 0.0)  # a constant dimension stays 0
     mean = region_descriptors(result, features, descriptor="mean")
     np.testing.assert_allclose(mean[6, 0], standardised[60:].mean(), rtol=1e-6)
     raw = region_descriptors(result, features, descriptor="median", standardize=False)

@@ -73,9 +73,12 @@ def test_negative_labels_are_no_region_and_empty_grid_gives_nothing():
 
 @pytest.mark.parametrize(
     ("labels", "kwargs", "message"),
-    [(np.zeros(4, dtype=int), {}, "2-D integer"), (np.zeros((2, 2)), {}, "2-D integer"),
-     (np.zeros((2, 2), dtype=int), {"cell_size_px": 0}, "cell_size_px")],
-)  # fmt: skip
+    [
+        (np.zeros(4, dtype=int), {}, "2-D integer"),
+        (np.zeros((2, 2)), {}, "2-D integer"),
+        (np.zeros((2, 2), dtype=int), {"cell_size_px": 0}, "cell_size_px"),
+    ],
+)
 def test_bad_input_is_named(labels, kwargs, message):
     with pytest.raises(ValueError, match=message):
         label_grid_polygons(labels, **kwargs)

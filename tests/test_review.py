@@ -109,8 +109,12 @@ def test_rasterize_by_cell_centre():
 
 def test_csv_round_trip(tmp_path):
     attention = PatchAttention(np.array([[110.0, 60.0]]), np.array([1.0]), CELL)
-    rows = review_agreement([Annotation(cell_box(1, 1, 5, 3), class_name="Tümor")], square_grid(),
-                            roi_ids=[0], attention=attention)  # fmt: skip
+    rows = review_agreement(
+        [Annotation(cell_box(1, 1, 5, 3), class_name="Tümor")],
+        square_grid(),
+        roi_ids=[0],
+        attention=attention,
+    )
     write_review_csv(tmp_path / "review.csv", rows)
     with open(tmp_path / "review.csv", newline="", encoding="utf-8") as handle:
         back = list(csv.DictReader(handle))
@@ -159,8 +163,11 @@ def test_large_region_and_smooth_annotation_agree_within_005():
 
 def test_review_of_a_region_table_takes_roi_and_attention_from_its_columns():
     annotations = [Annotation(cell_box(1, 1, 5, 3), class_name="Tumor")]
-    columns = {"region": np.array([-1, 0, 1]), "is_roi": np.array([False, True, False]),
-               "a": np.array([np.nan, 0.7, 0.3])}  # fmt: skip
+    columns = {
+        "region": np.array([-1, 0, 1]),
+        "is_roi": np.array([False, True, False]),
+        "a": np.array([np.nan, 0.7, 0.3]),
+    }
     rows = review_region_table(annotations, square_grid(), columns)
     assert [(r["target"], r["region_id"]) for r in rows] == [("roi", "0"), ("region", 0)]
     assert rows[0]["attention_inside"] == pytest.approx(8 * 0.7 / 16)

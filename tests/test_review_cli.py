@@ -42,15 +42,24 @@ def write_output(folder: Path, stem: str = "slide", *, tiles: bool = False) -> P
     folder.mkdir(parents=True, exist_ok=True)
     labels = square_labels()
     polygons = label_grid_polygons(labels, origin_xy=ORIGIN, cell_size_px=CELL)
-    table = RegionTable(region_id=np.array([0, 1]), n_patches=np.array([16, 6]), alpha=np.array([0.7, 0.3]),
-                        beta=np.array([0.7, 0.3]), a=np.array([0.7, 0.3]), group=np.array([0, 1]), roi_ids=(0,))  # fmt: skip
+    table = RegionTable(
+        region_id=np.array([0, 1]),
+        n_patches=np.array([16, 6]),
+        alpha=np.array([0.7, 0.3]),
+        beta=np.array([0.7, 0.3]),
+        a=np.array([0.7, 0.3]),
+        group=np.array([0, 1]),
+        roi_ids=(0,),
+    )
     objects = region_features(polygons, table) + roi_features(polygons, (0,), table=table)
     if tiles:
         rows, cols = np.nonzero(labels >= 0)
         coords = np.stack([ORIGIN[0] + cols * CELL, ORIGIN[1] + rows * CELL], axis=1)
         attention = np.where(labels[rows, cols] == 1, 0.01, 0.0)
         attention[(rows == 1) & (cols == 1)] = 0.9  # one hot patch in region 0
-        objects += tile_features(coords, CELL, {"CARE attention": attention, "CARE region id": labels[rows, cols]})
+        objects += tile_features(
+            coords, CELL, {"CARE attention": attention, "CARE region id": labels[rows, cols]}
+        )
     write_geojson(folder / f"{stem}.regions.geojson", objects, bounds_offset=OFFSET)
     summary = folder / f"{stem}.care.json"
     summary.write_text(json.dumps({"software": "napari-care", "roi": 0, "patch_size_level0": CELL}))
@@ -88,7 +97,9 @@ def test_output_is_rebuilt_from_the_geojson(tmp_path):
     assert output.stem == "slide" and output.roi_ids == (0,)
     assert output.grid.cell_size_px == pytest.approx(CELL)
     assert output.grid.origin_xy == pytest.approx((ORIGIN[0] - OFFSET[0], ORIGIN[1] - OFFSET[1]))
-    assert np.array_equal(output.grid.labels, square_labels()[:5])  # cropped to the regions: no empty last row
+    assert np.array_equal(
+        output.grid.labels, square_labels()[:5]
+    )  # cropped to the regions: no empty last row
     # no tiles in the file: attention is a / n per patch (region 0: 0.7 / 16, region 1: 0.3 / 6)
     assert sorted(set(np.round(output.attention.attention, 6))) == [0.04375, 0.05]
     assert output.attention.attention.sum() == pytest.approx(1.0)
@@ -129,14 +140,22 @@ def test_locate_output_variants(tmp_path):
 
 def test_review_by_hand(tmp_path, cli):
     summary = write_output(tmp_path / "out")
-    annotations = write_annotations(tmp_path / "tumor.geojson", Annotation(cells(1, 1, 5, 3), class_name="Tumor"),
-                                    Annotation(shapely.Point(0, 0), class_name="Tumor"))  # fmt: skip
+    annotations = write_annotations(
+        tmp_path / "tumor.geojson",
+        Annotation(cells(1, 1, 5, 3), class_name="Tumor"),
+        Annotation(shapely.Point(0, 0), class_name="Tumor"),
+    )
     result = cli(summary, annotations, "--out", tmp_path / "review.csv")
     assert result.exit_code == 0, result.output
     assert "2 rows ->" in result.output and "Tumor" in result.output
     roi, region = read_csv(tmp_path / "review.csv")
     assert (roi["slide"], roi["class"], roi["n_objects"], roi["target"], roi["region_id"]) == (
-        "slide", "Tumor", "1", "roi", "0")  # fmt: skip
+        "slide",
+        "Tumor",
+        "1",
+        "roi",
+        "0",
+    )
     assert (region["target"], region["region_id"]) == ("region", "0")  # region 1 only touches the box
     for row in (roi, region):
         # 8 of region 0's 16 cells; the annotation is those 8 cells
@@ -154,11 +173,16 @@ def test_review_folder_with_stem_all_regions_and_tiles(tmp_path, cli):
     write_output(tmp_path / "out", "a")
     write_output(tmp_path / "out", "b", tiles=True)
     annotations = write_annotations(tmp_path / "a.geojson", Annotation(cells(1, 1, 2, 2), class_name="Hit"))
-    result = cli(tmp_path / "out", annotations, "--out", tmp_path / "r.csv", "--stem", "b", "--all-regions", "--quiet")
+    result = cli(
+        tmp_path / "out", annotations, "--out", tmp_path / "r.csv", "--stem", "b", "--all-regions", "--quiet"
+    )
     assert result.exit_code == 0, result.output
     rows = read_csv(tmp_path / "r.csv")
     assert [(r["slide"], r["target"], r["region_id"]) for r in rows] == [
-        ("b", "roi", "0"), ("b", "region", "0"), ("b", "region", "1")]  # fmt: skip
+        ("b", "roi", "0"),
+        ("b", "region", "0"),
+        ("b", "region", "1"),
+    ]
     assert rows[0]["pointing_game"] == "True"  # the 0.9 tile is cell (1, 1)
     assert float(rows[0]["attention_inside"]) == pytest.approx(0.9 / (0.9 + 6 * 0.01))
     assert float(rows[2]["dice"]) == 0.0

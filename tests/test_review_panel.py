@@ -41,12 +41,26 @@ def scene(make_napari_viewer, make_pyramid):
     labels = np.full((6, 6), -1)
     labels[1:5, 1:5] = 0
     labels[0, :] = 1
-    table = pd.DataFrame({"index": [0, 1, 2], "region": [-1, 0, 1], "patches": [-1, 16, 6],
-                          "area_um2": [np.nan, 6400.0, 2400.0], "alpha": [np.nan, 0.7, 0.3],
-                          "beta": [np.nan, 0.7, 0.3], "a": [np.nan, 0.7, 0.3], "is_roi": [False, True, False],
-                          "group": [-1, 0, 1]})  # fmt: skip
-    regions = viewer.add_labels(labels + 1, name="CARE regions", features=table,
-                                metadata={"napari_care_role": "regions"}, **placement(slide, ORIGIN, CELL))  # fmt: skip
+    table = pd.DataFrame(
+        {
+            "index": [0, 1, 2],
+            "region": [-1, 0, 1],
+            "patches": [-1, 16, 6],
+            "area_um2": [np.nan, 6400.0, 2400.0],
+            "alpha": [np.nan, 0.7, 0.3],
+            "beta": [np.nan, 0.7, 0.3],
+            "a": [np.nan, 0.7, 0.3],
+            "is_roi": [False, True, False],
+            "group": [-1, 0, 1],
+        }
+    )
+    regions = viewer.add_labels(
+        labels + 1,
+        name="CARE regions",
+        features=table,
+        metadata={"napari_care_role": "regions"},
+        **placement(slide, ORIGIN, CELL),
+    )
     yield viewer, slide, slide_layer, regions, labels
     slide.close()
 
@@ -59,8 +73,13 @@ def test_panel_imports_computes_exports(scene, tmp_path):
     viewer.window.add_dock_widget(panel, name="review")
     assert panel.slide_layer.value is slide_layer and slide.mpp == pytest.approx((0.5, 0.5))
     source = tmp_path / "pathologist.geojson"
-    write_geojson(source, [Annotation(cells(1, 1, 5, 3), class_name="Tumor", color=(200, 0, 0)),
-                           Annotation(shapely.Point(100, 100), class_name="Mitosis")])  # fmt: skip
+    write_geojson(
+        source,
+        [
+            Annotation(cells(1, 1, 5, 3), class_name="Tumor", color=(200, 0, 0)),
+            Annotation(shapely.Point(100, 100), class_name="Mitosis"),
+        ],
+    )
     shapes, points = panel.import_annotations(source)
     assert panel.annotation_layer.value is shapes and type(points).__name__ == "Points"
     corners = np.asarray(cells(1, 1, 5, 3).exterior.coords)[:-1]
@@ -69,7 +88,10 @@ def test_panel_imports_computes_exports(scene, tmp_path):
     assert np.allclose(shapes.edge_color[0], [200 / 255, 0, 0, 1]) and "2 objects" in panel.status.value
 
     rows = panel.compute()
-    assert [(r["class"], r["target"], r["region_id"]) for r in rows] == [("Tumor", "roi", "0"), ("Tumor", "region", 0)]
+    assert [(r["class"], r["target"], r["region_id"]) for r in rows] == [
+        ("Tumor", "roi", "0"),
+        ("Tumor", "region", 0),
+    ]
     for row in rows:
         assert row["dice"] == pytest.approx(2 / 3) and row["iou"] == pytest.approx(0.5)
         assert row["attention_inside"] == pytest.approx(8 * 0.7 / 16) and row["pointing_game"] is False

@@ -115,7 +115,8 @@ def test_concurrent_callers_get_one_valid_sample(cache, small_spec):
     assert not errors and len(set(paths)) == 1
     assert load_synthetic_slide(paths[0]).labels.shape == (48, 64)
     assert sorted(p.name for p in (cache / "samples").iterdir()) == sorted(
-        [paths[0].name, paths[0].name.replace(".ome.tif", ".truth.npz")])
+        [paths[0].name, paths[0].name.replace(".ome.tif", ".truth.npz")]
+    )
 
 
 def test_cache_folder_defaults_to_the_user_cache(monkeypatch):

@@ -234,10 +234,13 @@ def test_concurrent_reads_equal_serial_reads(make_pyramid):
     pyramid = make_pyramid(shape=(1100, 2300), tile_shape=(128, 192), level_count=2, compression="jpeg")
     rng = np.random.default_rng(7)
     regions = [
-        ((int(rng.integers(-100, 2300)), int(rng.integers(-100, 1100))), int(rng.integers(0, 3)),
-         (int(rng.integers(1, 400)), int(rng.integers(1, 400))))
+        (
+            (int(rng.integers(-100, 2300)), int(rng.integers(-100, 1100))),
+            int(rng.integers(0, 3)),
+            (int(rng.integers(1, 400)), int(rng.integers(1, 400))),
+        )
         for _ in range(150)
-    ]  # fmt: skip
+    ]
     with quiet_open(pyramid.path) as serial_slide:
         assert serial_slide.file_level_count == 2 and serial_slide.level_count == 3  # level 2 is made lazily
         serial = [serial_slide.read_region(*region) for region in regions]

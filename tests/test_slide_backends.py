@@ -148,13 +148,17 @@ def test_a_new_backend_file_registers_itself_and_opens_its_files(grey_backend_fi
         assert slide.backend == "grey" and slide.vendor == "fake-vendor"
         assert slide.mpp == (0.5, 0.5) and slide.mpp_source == "fake"
         assert slide.dimensions[0] == (400, 300)
-        np.testing.assert_array_equal(slide.read_region((10, 20), 0, (50, 40)), np.full((40, 50, 3), 77, np.uint8))
+        np.testing.assert_array_equal(
+            slide.read_region((10, 20), 0, (50, 40)), np.full((40, 50, 3), 77, np.uint8)
+        )
 
 
 def test_a_backend_that_fails_passes_the_file_on(grey_backend_file, tmp_path):
     path = tmp_path / "scan.svs"
     path.write_text("not a slide")
-    with pytest.raises(SlideReadError, match=r"\(openslide: .*; tiff: not a TIFF file; grey: not a grey file\)$"):
+    with pytest.raises(
+        SlideReadError, match=r"\(openslide: .*; tiff: not a TIFF file; grey: not a grey file\)$"
+    ):
         open_slide(path)  # a backend of the default rank is the last fallback
 
 
@@ -163,5 +167,7 @@ def test_finding_the_backends_loads_no_file_library():
         "import sys, json; from napari_care.core.slide.backends import registered_backends; "
         "registered_backends(); print(json.dumps([m for m in ('tifffile', 'openslide') if m in sys.modules]))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []

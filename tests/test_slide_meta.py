@@ -86,7 +86,10 @@ def test_ome_calibration_parser():
 
 
 def test_aperio_fields_and_mpp():
-    description = "Aperio Image Library v11.2.1\r\n46000x32914 (256x256) JPEG/RGB Q=30|AppMag = 20|MPP = 0.4990|Filename = CMU-1"
+    description = (
+        "Aperio Image Library v11.2.1\r\n46000x32914 (256x256) JPEG/RGB Q=30"
+        "|AppMag = 20|MPP = 0.4990|Filename = CMU-1"
+    )
     fields = slide_meta.aperio_fields(description)
     assert fields["AppMag"] == "20" and fields["Filename"] == "CMU-1"
     assert slide_meta.aperio_mpp(fields) == (0.499, 0.499)

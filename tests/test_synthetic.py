@@ -127,13 +127,15 @@ def tile_statistics(slide, level: int, tile_px: int = 224, purity: float = 0.97)
     """
     image = read_level(slide.path, level)
     side_level0 = tile_px * 2**level
-    ys, xs = np.mgrid[0:image.shape[0] - tile_px + 1:tile_px // 2, 0:image.shape[1] - tile_px + 1:tile_px // 2]
+    ys, xs = np.mgrid[
+        0 : image.shape[0] - tile_px + 1 : tile_px // 2, 0 : image.shape[1] - tile_px + 1 : tile_px // 2
+    ]
     corners = np.stack([xs.ravel(), ys.ravel()], axis=1)
     fractions = slide.truth_fractions(corners * 2**level, side_level0)
     keep = fractions.max(axis=1) >= purity
     features = []
     for x, y in corners[keep]:
-        tile = image[y:y + tile_px, x:x + tile_px].reshape(-1, 3).astype(np.float32)
+        tile = image[y : y + tile_px, x : x + tile_px].reshape(-1, 3).astype(np.float32)
         features.append(np.concatenate([tile.mean(axis=0), tile.std(axis=0)]))
     return np.array(features), fractions[keep].argmax(axis=1)
 
@@ -263,7 +265,12 @@ def test_full_size_default_build(tmp_path):
     assert seconds < 30, seconds
     with tifffile.TiffFile(full.path) as tif:
         assert [level.shape[:2] for level in tif.series[0].levels] == [
-            (12288, 16384), (6144, 8192), (3072, 4096), (1536, 2048), (768, 1024)]
+            (12288, 16384),
+            (6144, 8192),
+            (3072, 4096),
+            (1536, 2048),
+            (768, 1024),
+        ]
     assert full.labels.shape == (768, 1024)
     assert (np.bincount(full.labels.ravel(), minlength=7) > 1000).all()
     for level in (1, 2):  # 1 and 2 um/px (0.5 is checked on small slides)

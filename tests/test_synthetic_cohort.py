@@ -41,7 +41,9 @@ def test_detail_label_is_atypia_inside_the_same_nests():
     positive, info_pos = slide_layout("detail", True, size_px=1536, mpp=0.5, seed=4)
     negative, info_neg = slide_layout("detail", False, size_px=1536, mpp=0.5, seed=4)
     assert info_neg["atypical_nests"] == 0 and not (negative == ATYPICAL).any()
-    assert info_pos["atypical_nests"] >= 1 and 0 < (positive == ATYPICAL).mean() < 0.5 * tumour_share(positive)
+    assert info_pos["atypical_nests"] >= 1 and 0 < (positive == ATYPICAL).mean() < 0.5 * tumour_share(
+        positive
+    )
     # the same nests, only the detail inside some of them differs
     np.testing.assert_array_equal(np.isin(positive, (TUMOUR, ATYPICAL)), negative == TUMOUR)
 
@@ -69,7 +71,9 @@ def test_build_is_deterministic_and_reused(tmp_path):
     assert first.slide_ids == ("detail_000", "detail_001")
     with open(first.labels_csv, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert [(r["slide_id"], int(r["label"])) for r in rows] == list(zip(first.slide_ids, first.labels, strict=True))
+    assert [(r["slide_id"], int(r["label"])) for r in rows] == list(
+        zip(first.slide_ids, first.labels, strict=True)
+    )
     info = json.loads((first.folder / "cohort.json").read_text())
     assert [s["atypical_share"] > 0 for s in info["slides"]] == [bool(label) for label in first.labels]
     second = build_cohort(tmp_path / "b", "detail", **options)

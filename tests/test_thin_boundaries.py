@@ -31,8 +31,11 @@ def test_the_segment_commands_default_to_the_segment_options():
     assert defaults["k"] == DEFAULT_K
     for name in ("segment", "extract", "demo"):
         command = main.commands[name]
-        shown = {param.name: param.get_default(click.Context(command)) for param in command.params
-                 if isinstance(param, CoreDefault) and param.name in defaults}
+        shown = {
+            param.name: param.get_default(click.Context(command))
+            for param in command.params
+            if isinstance(param, CoreDefault) and param.name in defaults
+        }
         assert shown and shown == {name: defaults[name] for name in shown}, name
 
 
@@ -67,14 +70,17 @@ def test_stage_clock_counts_the_pace_from_the_first_report():
     assert stages.seconds_left(later) is None
 
 
-@pytest.mark.parametrize(("n_slides", "workers", "scheduler", "expected"), [
-    (1, None, None, 0),  # one slide runs in this process
-    (5, 0, None, 0),
-    (5, 2, None, 2),
-    (2, 8, None, 2),  # at most one worker per slide
-    (1, 3, None, 1),
-    (5, None, "tcp://host:8786", None),
-])
+@pytest.mark.parametrize(
+    ("n_slides", "workers", "scheduler", "expected"),
+    [
+        (1, None, None, 0),  # one slide runs in this process
+        (5, 0, None, 0),
+        (5, 2, None, 2),
+        (2, 8, None, 2),  # at most one worker per slide
+        (1, 3, None, 1),
+        (5, None, "tcp://host:8786", None),
+    ],
+)
 def test_cohort_workers(n_slides, workers, scheduler, expected):
     assert cohort_workers(n_slides, workers=workers, scheduler=scheduler) == expected
 

@@ -99,7 +99,8 @@ def test_whole_slide_run_draws_three_aligned_layers(viewer_widget, qtbot):
     napari_status = image.get_status(viewer.cursor.position, world=True)
     viewer.status = napari_status
     assert viewer.status["coordinates"].startswith(
-        f"{napari_status['coordinates']} | CARE region {region} (a={result.care.a[region]:.3g}) · attention ")
+        f"{napari_status['coordinates']} | CARE region {region} (a={result.care.a[region]:.3g}) · attention "
+    )
 
     layers_before = list(viewer.layers)
     widget.k.value = 4
@@ -113,8 +114,12 @@ def care_layers_now(widget):
     from napari_care._care_layers import care_layers
 
     controller = widget.controller
-    return care_layers(controller.result, controller.result_layer.metadata["slide"], widget.display_options(),
-                       controller.mil_output)
+    return care_layers(
+        controller.result,
+        controller.result_layer.metadata["slide"],
+        widget.display_options(),
+        controller.mil_output,
+    )
 
 
 def assert_layers_show_the_last_result(viewer, widget) -> None:
@@ -124,7 +129,9 @@ def assert_layers_show_the_last_result(viewer, widget) -> None:
     np.testing.assert_array_equal(viewer.layers[ATTENTION].data, attention[0])
     assert viewer.layers[ATTENTION].opacity == pytest.approx(attention[1]["opacity"])
     shapes = viewer.layers[ROI]
-    assert len(shapes.data) == len(roi[0]) and all(np.allclose(a, b) for a, b in zip(shapes.data, roi[0], strict=True))
+    assert len(shapes.data) == len(roi[0]) and all(
+        np.allclose(a, b) for a, b in zip(shapes.data, roi[0], strict=True)
+    )
     assert list(shapes.features["label"]) == roi[1]["features"]["label"]
 
 
@@ -159,7 +166,9 @@ def test_a_draw_puts_one_layer_per_turn_and_the_window_repaints_them_at_once(vie
     regions, image = viewer.layers[REGIONS], slide_layer(viewer)
     result = controller.result
     (x, y), (gx, gy) = result.features.coords[0], result.features.grid[0]
-    np.testing.assert_array_equal(np.round(regions.world_to_data(image.data_to_world((y, x)))).astype(int), (gy, gx))
+    np.testing.assert_array_equal(
+        np.round(regions.world_to_data(image.data_to_world((y, x)))).astype(int), (gy, gx)
+    )
 
     # in place (the layers exist): one layer per turn again, the canvas held, not the whole window
     canvas, updated = viewer.window._qt_viewer.canvas.native, []
@@ -228,8 +237,16 @@ def test_widget_options_reach_the_core_call(viewer_widget, qtbot):
     widget.e_star.value = 0.3
     widget.lambda_spf.value = 0.2
     widget.n_groups.value = 3
-    expected = SegmentOptions(encoder="default", magnification=10.0, k=5, tissue_threshold=0.08, min_tissue=0.5,
-                              e_star=0.3, lambda_spf=0.2, n_groups=3)
+    expected = SegmentOptions(
+        encoder="default",
+        magnification=10.0,
+        k=5,
+        tissue_threshold=0.08,
+        min_tissue=0.5,
+        e_star=0.3,
+        lambda_spf=0.2,
+        n_groups=3,
+    )
     assert widget.segment_options() == expected
     session = widget.controller.session(widget.slide_layer.value)
     assert None in session._tissue and session._encoders  # the warm-up made them before any Run
@@ -244,7 +261,8 @@ def test_widget_options_reach_the_core_call(viewer_widget, qtbot):
 
 
 def test_visible_field_encodes_only_the_tiles_in_view_then_only_new_ones_after_a_pan(
-        viewer_widget, qtbot, monkeypatch):
+    viewer_widget, qtbot, monkeypatch
+):
     viewer, widget = viewer_widget
     session = widget.controller.session(widget.slide_layer.value)
     slide = session.slide
@@ -262,8 +280,9 @@ def test_visible_field_encodes_only_the_tiles_in_view_then_only_new_ones_after_a
 
     width = box[2] - box[0]
     counter.tiles = 0
-    panned = show_view(viewer, qtbot, center_level0=((box[0] + box[2]) / 2 + width / 2, (box[1] + box[3]) / 2),
-                       zoom=1.0)
+    panned = show_view(
+        viewer, qtbot, center_level0=((box[0] + box[2]) / 2 + width / 2, (box[1] + box[3]) / 2), zoom=1.0
+    )
     run_and_wait(widget, qtbot)
     now = tile_grid(slide, magnification=20.0, tissue=session.tissue(None), min_tissue=0.25, box=panned)
     seen = {tuple(cell) for cell in in_view.grid}
@@ -373,7 +392,9 @@ def test_the_review_panel_is_a_section_of_the_widget(make_napari_viewer):
     assert widget.review.viewer is widget.viewer
 
 
-def test_the_widget_from_the_plugin_menu_runs_through_naparis_proxy(make_napari_viewer, widget_slide_path, qtbot):
+def test_the_widget_from_the_plugin_menu_runs_through_naparis_proxy(
+    make_napari_viewer, widget_slide_path, qtbot
+):
     """napari hands plugin widgets a PublicOnlyProxy of the viewer: a run must draw through it
     without touching private attributes via the proxy (which warns, and once crashed the draw)."""
     import warnings
@@ -406,4 +427,6 @@ def test_closing_the_widget_mid_draw_stops_it_and_the_window_repaints_again(view
     assert controller._drawing.pending and not canvas.updatesEnabled()
     widget.native.deleteLater()
     qtbot.waitUntil(lambda: not controller._drawing.pending, timeout=RUN_TIMEOUT_MS)
-    assert window.updatesEnabled() and canvas.updatesEnabled() and all(dock.updatesEnabled() for dock in docks)
+    assert (
+        window.updatesEnabled() and canvas.updatesEnabled() and all(dock.updatesEnabled() for dock in docks)
+    )

@@ -22,8 +22,9 @@ def test_mil_checkpoint_from_train_mil_runs_in_the_widget(viewer_widget, qtbot, 
     torch.manual_seed(0)
     encoder = widget.controller.session(widget.slide_layer.value).encoder(widget.segment_options())
     config = ABMILConfig(in_dim=encoder.embed_dim, hidden=16, attn_dim=8, n_classes=2)
-    checkpoint = save_checkpoint(tmp_path / "abmil", ABMIL(config).eval(), config,
-                                 extra_state={"class_names": ["benign", "tumour"]})
+    checkpoint = save_checkpoint(
+        tmp_path / "abmil", ABMIL(config).eval(), config, extra_state={"class_names": ["benign", "tumour"]}
+    )
     widget.mil_head.value = checkpoint
     widget.normalisation.value = "raw"
     widget.scope.value = "whole slide"
@@ -31,7 +32,8 @@ def test_mil_checkpoint_from_train_mil_runs_in_the_widget(viewer_widget, qtbot, 
     result = widget.controller.result
     expected = load_mil_head(checkpoint).apply(result.features.features)
     assert widget.status.value.endswith(
-        f"MIL predicts {expected.predicted} (p={expected.probabilities.max():.2f})")
+        f"MIL predicts {expected.predicted} (p={expected.probabilities.max():.2f})"
+    )
     heatmap = viewer.layers[ATTENTION]
     assert heatmap.metadata["source"] == "MIL"
     shown = heatmap.data[result.features.grid[:, 1], result.features.grid[:, 0]]
@@ -39,13 +41,16 @@ def test_mil_checkpoint_from_train_mil_runs_in_the_widget(viewer_widget, qtbot, 
     assert not np.allclose(shown, result.care.patch_attention, rtol=1e-2)  # not CARE's attention
 
     wrong = ABMILConfig(in_dim=encoder.embed_dim + 1, hidden=16, attn_dim=8, n_classes=2)
-    widget.mil_head.value = save_checkpoint(tmp_path / "wrong", ABMIL(wrong), wrong,
-                                            extra_state={"class_names": ["a", "b"]})
+    widget.mil_head.value = save_checkpoint(
+        tmp_path / "wrong", ABMIL(wrong), wrong, extra_state={"class_names": ["a", "b"]}
+    )
     run_and_wait(widget, qtbot)
     assert widget.status.value.startswith("failed:") and "wrong" in widget.status.value
 
 
-def test_a_region_head_draws_its_region_attention_over_the_patches(viewer_widget, qtbot, tmp_path, monkeypatch):
+def test_a_region_head_draws_its_region_attention_over_the_patches(
+    viewer_widget, qtbot, tmp_path, monkeypatch
+):
     import torch
 
     from napari_care.core.checkpoint import save_checkpoint
@@ -61,8 +66,12 @@ def test_a_region_head_draws_its_region_attention_over_the_patches(viewer_widget
     in_dim = session.encoder(widget.segment_options()).embed_dim
     mixer = MixMagEncoder(MixMagConfig(in_dim=in_dim, dim=16, depth=1, heads=2)).eval()
     config = ABMILConfig(in_dim=mixer.instance_dim, hidden=16, attn_dim=8, n_classes=2)
-    head_path = save_checkpoint(tmp_path / "mil" / "abmil", ABMIL(config).eval(), config,
-                                extra_state={"class_names": ["benign", "tumour"], "encoder": "mixmag"})
+    head_path = save_checkpoint(
+        tmp_path / "mil" / "abmil",
+        ABMIL(config).eval(),
+        config,
+        extra_state={"class_names": ["benign", "tumour"], "encoder": "mixmag"},
+    )
     save_region_encoder(tmp_path / "mil", RegionEncoder(mixer, "default", 896, 0.5))
     widget.mil_head.value = head_path
     widget.normalisation.value = "raw"
@@ -72,13 +81,18 @@ def test_a_region_head_draws_its_region_attention_over_the_patches(viewer_widget
     regions = run_to_end(session.attend_regions(widget.segment_options(), load_mil_head(head_path)))
     expected = patch_output(regions, result.features.coords, result.features.patch_size_level0)
     assert widget.status.value.endswith(
-        f"MIL predicts {expected.predicted} (p={expected.probabilities.max():.2f})")
+        f"MIL predicts {expected.predicted} (p={expected.probabilities.max():.2f})"
+    )
     heatmap = viewer.layers[ATTENTION]
     shown = heatmap.data[result.features.grid[:, 1], result.features.grid[:, 0]]
     inside = np.isfinite(expected.attention)
-    assert 0.5 < inside.mean() < 1 and len(np.unique(expected.attention[inside])) == len(regions.output.attention)
+    assert 0.5 < inside.mean() < 1 and len(np.unique(expected.attention[inside])) == len(
+        regions.output.attention
+    )
     np.testing.assert_allclose(shown[inside], expected.attention[inside], rtol=1e-5)
-    assert (shown[~inside] == heatmap.metadata["off_tissue"]).all()  # patches of no region: drawn as off tissue
+    assert (
+        shown[~inside] == heatmap.metadata["off_tissue"]
+    ).all()  # patches of no region: drawn as off tissue
 
     def no_region(*args, **kwargs):  # e.g. zoomed in at a tissue edge: no region has enough tissue
         return None
@@ -87,5 +101,7 @@ def test_a_region_head_draws_its_region_attention_over_the_patches(viewer_widget
     monkeypatch.setattr(type(session), "attend_regions", no_region)
     run_and_wait(widget, qtbot)
     assert widget.status.value.endswith("MIL: no region of the head on tissue here")
-    assert widget.status.value.startswith(f"{widget.controller.result.care.n_regions} regions over")  # still drawn
+    assert widget.status.value.startswith(
+        f"{widget.controller.result.care.n_regions} regions over"
+    )  # still drawn
     assert (viewer.layers[ATTENTION].data == viewer.layers[ATTENTION].metadata["off_tissue"]).all()

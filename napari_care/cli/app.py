@@ -70,25 +70,58 @@ def cluster_defaults() -> dict:
 def segment_options(function):
     """The options shared by ``segment`` and ``extract``: what to compute, where, and on which cluster."""
     options = [
-        core_option(segment_defaults, "--encoder", type=str,
-                    help="Patch encoder: default, a preset (uni, conch_v1_5, ...) or timm:<model name>."),
-        click.option("--weights", type=click.Path(exists=True, dir_okay=False), default=None,
-                     help="Local weights file for the encoder."),
+        core_option(
+            segment_defaults,
+            "--encoder",
+            type=str,
+            help="Patch encoder: default, a preset (uni, conch_v1_5, ...) or timm:<model name>.",
+        ),
+        click.option(
+            "--weights",
+            type=click.Path(exists=True, dir_okay=False),
+            default=None,
+            help="Local weights file for the encoder.",
+        ),
         core_option(segment_defaults, "--magnification", type=float, help="Target magnification."),
-        core_option(segment_defaults, "--tile-size", "tile_size_px", type=int,
-                    help="Tile side in pixels at the target magnification."),
+        core_option(
+            segment_defaults,
+            "--tile-size",
+            "tile_size_px",
+            type=int,
+            help="Tile side in pixels at the target magnification.",
+        ),
         core_option(segment_defaults, "--min-tissue", type=float, help="Minimum tissue share of a tile."),
-        click.option("--mpp", type=float, default=None,
-                     help="Micrometres per level-0 pixel for slides without one (CSV mpp wins)."),
-        click.option("--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder."),
-        click.option("--overwrite", is_flag=True, help="Redo slides whose outputs exist (default: skip them)."),
-        click.option("--workers", type=click.IntRange(min=0), default=None,
-                     help="Worker processes of the local dask cluster [default: one per two cores, at most one "
-                          "per slide]; 0 runs in this process (the default for a single slide)."),
-        core_option(cluster_defaults, "--threads-per-worker", type=click.IntRange(min=1),
-                    help="Slides each worker runs at once."),
-        click.option("--scheduler", default=None, metavar="ADDRESS",
-                     help="Run on an existing dask cluster (e.g. tcp://host:8786) instead of a local one."),
+        click.option(
+            "--mpp",
+            type=float,
+            default=None,
+            help="Micrometres per level-0 pixel for slides without one (CSV mpp wins).",
+        ),
+        click.option(
+            "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder."
+        ),
+        click.option(
+            "--overwrite", is_flag=True, help="Redo slides whose outputs exist (default: skip them)."
+        ),
+        click.option(
+            "--workers",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Worker processes of the local dask cluster [default: one per two cores, at most one "
+            "per slide]; 0 runs in this process (the default for a single slide).",
+        ),
+        core_option(
+            cluster_defaults,
+            "--threads-per-worker",
+            type=click.IntRange(min=1),
+            help="Slides each worker runs at once.",
+        ),
+        click.option(
+            "--scheduler",
+            default=None,
+            metavar="ADDRESS",
+            help="Run on an existing dask cluster (e.g. tcp://host:8786) instead of a local one.",
+        ),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
     for option in reversed(options):
@@ -96,8 +129,18 @@ def segment_options(function):
     return function
 
 
-def run_jobs(job_function, slides: tuple[str, ...], mpp: float | None, *, out_dir: Path, workers: int | None,
-             threads_per_worker: int, scheduler: str | None, quiet: bool, **kwargs) -> None:
+def run_jobs(
+    job_function,
+    slides: tuple[str, ...],
+    mpp: float | None,
+    *,
+    out_dir: Path,
+    workers: int | None,
+    threads_per_worker: int,
+    scheduler: str | None,
+    quiet: bool,
+    **kwargs,
+) -> None:
     """Run a per-slide job over the slides (a dask cohort, or in this process), print and save a summary.
 
     Exits 2 on bad arguments (no slides, colliding names, an unreachable scheduler) and 1 when
@@ -130,14 +173,22 @@ def run_jobs(job_function, slides: tuple[str, ...], mpp: float | None, *, out_di
                 client = start_cluster(stack, scheduler, n_workers, threads_per_worker, len(jobs))
             elif reports_progress(job_function):  # a bar per stage of the slide
                 kwargs["on_progress"] = stack.enter_context(contextlib.closing(StageBars(quiet=quiet)))
-            work = run_cohort(job_function, jobs, client=client, on_row=finished.append,
-                              out_dir=Path(out_dir).absolute(), **kwargs)
+            work = run_cohort(
+                job_function,
+                jobs,
+                client=client,
+                on_row=finished.append,
+                out_dir=Path(out_dir).absolute(),
+                **kwargs,
+            )
             with contextlib.closing(work):
                 rows = drive(work, quiet=quiet, unit="slide")
     except KeyboardInterrupt:
         print_table(finished)
-        fail(f"interrupted after {len(finished)} of {len(jobs)} slides; run the same command again to resume",
-             EXIT_FAILED)
+        fail(
+            f"interrupted after {len(finished)} of {len(jobs)} slides; run the same command again to resume",
+            EXIT_FAILED,
+        )
     print_table(rows)
     summary = write_summary(rows, summary_path(out_dir, job_function))
     click.echo(f"summary: {summary}")
@@ -145,8 +196,13 @@ def run_jobs(job_function, slides: tuple[str, ...], mpp: float | None, *, out_di
         sys.exit(EXIT_FAILED)
 
 
-def start_cluster(stack: contextlib.ExitStack, scheduler: str | None, n_workers: int | None, threads_per_worker: int,
-                  n_slides: int):
+def start_cluster(
+    stack: contextlib.ExitStack,
+    scheduler: str | None,
+    n_workers: int | None,
+    threads_per_worker: int,
+    n_slides: int,
+):
     """A dask client, closed with ``stack``: on a new local cluster of ``n_workers`` or on ``scheduler``.
 
     Prints the cluster's size and dashboard; exits 2 when the scheduler cannot be reached.
@@ -154,12 +210,16 @@ def start_cluster(stack: contextlib.ExitStack, scheduler: str | None, n_workers:
     from napari_care.core.cohort import cohort_client, dashboard_link  # lazy: CLI start-up
 
     try:
-        client = stack.enter_context(cohort_client(scheduler, n_workers=n_workers,
-                                                   threads_per_worker=threads_per_worker))
+        client = stack.enter_context(
+            cohort_client(scheduler, n_workers=n_workers, threads_per_worker=threads_per_worker)
+        )
     except (OSError, ValueError) as error:  # unreachable or malformed address
         fail(f"cannot reach the dask scheduler at {scheduler}: {error}")
     workers = len(client.scheduler_info(n_workers=-1)["workers"])
-    click.echo(f"{n_slides} slides on {workers} dask workers; dashboard: {dashboard_link(client) or 'none'}", err=True)
+    click.echo(
+        f"{n_slides} slides on {workers} dask workers; dashboard: {dashboard_link(client) or 'none'}",
+        err=True,
+    )
     return client
 
 
@@ -168,7 +228,9 @@ def print_table(rows: list[dict]) -> None:
     width = max([len(Path(r["slide"]).name) for r in rows] + [5])
     click.echo(f"{'slide':{width}}  {'status':8} {'seconds':>8}  detail")
     for row in rows:
-        click.echo(f"{Path(row['slide']).name:{width}}  {row['status']:8} {row['seconds']:8.1f}  {row['detail']}")
+        click.echo(
+            f"{Path(row['slide']).name:{width}}  {row['status']:8} {row['seconds']:8.1f}  {row['detail']}"
+        )
     counts = {s: sum(r["status"] == s for r in rows) for s in ("done", "skipped", "failed")}
     click.echo(", ".join(f"{n} {s}" for s, n in counts.items()))
 
@@ -183,52 +245,132 @@ COHORT_HELP = """
 """
 
 
-@main.command(help="""Segment slides into CARE regions; write <stem>.features.h5, .regions.geojson, .care.json.
-""" + COHORT_HELP)
+@main.command(
+    help="""Segment slides into CARE regions; write <stem>.features.h5, .regions.geojson, .care.json.
+"""
+    + COHORT_HELP
+)
 @click.argument("slides", nargs=-1, required=True)
 @segment_options
 @core_option(segment_defaults, "--k", type=int, help="Block side in patches.")
-@click.option("--care", "care_checkpoint", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A trained CARE checkpoint (default: training-free).")
+@click.option(
+    "--care",
+    "care_checkpoint",
+    type=click.Path(exists=True, dir_okay=False),
+    default=None,
+    help="A trained CARE checkpoint (default: training-free).",
+)
 @core_option(segment_defaults, "--groups", "n_groups", type=int, help="Phenotype groups.")
 @click.option("--tiles", is_flag=True, help="Also write per-tile attention as QuPath tile objects.")
-def segment(slides, encoder, weights, magnification, tile_size_px, min_tissue, mpp, out_dir, overwrite, workers,
-            threads_per_worker, scheduler, quiet, k, care_checkpoint, n_groups, tiles) -> None:
+def segment(
+    slides,
+    encoder,
+    weights,
+    magnification,
+    tile_size_px,
+    min_tissue,
+    mpp,
+    out_dir,
+    overwrite,
+    workers,
+    threads_per_worker,
+    scheduler,
+    quiet,
+    k,
+    care_checkpoint,
+    n_groups,
+    tiles,
+) -> None:
     from napari_care.core.jobs import segment_job  # lazy: CLI start-up
     from napari_care.core.segment import SegmentOptions  # lazy: CLI start-up
 
-    options = SegmentOptions(encoder=encoder, encoder_weights=weights, care_checkpoint=care_checkpoint,
-                             magnification=magnification, tile_size_px=tile_size_px, k=k, min_tissue=min_tissue,
-                             n_groups=n_groups)
-    run_jobs(segment_job, slides, mpp, out_dir=out_dir, workers=workers, threads_per_worker=threads_per_worker,
-             scheduler=scheduler, quiet=quiet, options=options, overwrite=overwrite, tiles=tiles)
+    options = SegmentOptions(
+        encoder=encoder,
+        encoder_weights=weights,
+        care_checkpoint=care_checkpoint,
+        magnification=magnification,
+        tile_size_px=tile_size_px,
+        k=k,
+        min_tissue=min_tissue,
+        n_groups=n_groups,
+    )
+    run_jobs(
+        segment_job,
+        slides,
+        mpp,
+        out_dir=out_dir,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        scheduler=scheduler,
+        quiet=quiet,
+        options=options,
+        overwrite=overwrite,
+        tiles=tiles,
+    )
 
 
-@main.command(help="""Extract patch features to <stem>.features.h5 (TRIDENT/CLAM layout).
+@main.command(
+    help="""Extract patch features to <stem>.features.h5 (TRIDENT/CLAM layout).
 
     With --mixmag: mixed-magnification features instead, each region at three
     magnifications, the finest at --magnification, to <stem>.mixmag.h5.
-""" + COHORT_HELP)
+"""
+    + COHORT_HELP
+)
 @click.argument("slides", nargs=-1, required=True)
 @segment_options
 @click.option("--mixmag", is_flag=True, help="Mixed-magnification features (e.g. 5x, 10x, 20x) instead.")
-def extract(slides, encoder, weights, magnification, tile_size_px, min_tissue, mpp, out_dir, overwrite, workers,
-            threads_per_worker, scheduler, quiet, mixmag) -> None:
+def extract(
+    slides,
+    encoder,
+    weights,
+    magnification,
+    tile_size_px,
+    min_tissue,
+    mpp,
+    out_dir,
+    overwrite,
+    workers,
+    threads_per_worker,
+    scheduler,
+    quiet,
+    mixmag,
+) -> None:
     from napari_care.core.jobs import extract_job  # lazy: CLI start-up
     from napari_care.core.mixmag_features import mixmag_job  # lazy: CLI start-up
     from napari_care.core.segment import SegmentOptions  # lazy: CLI start-up
 
     job_function = mixmag_job if mixmag else extract_job
-    options = SegmentOptions(encoder=encoder, encoder_weights=weights, magnification=magnification,
-                             tile_size_px=tile_size_px, min_tissue=min_tissue)
-    run_jobs(job_function, slides, mpp, out_dir=out_dir, workers=workers,
-             threads_per_worker=threads_per_worker, scheduler=scheduler, quiet=quiet, options=options,
-             overwrite=overwrite)
+    options = SegmentOptions(
+        encoder=encoder,
+        encoder_weights=weights,
+        magnification=magnification,
+        tile_size_px=tile_size_px,
+        min_tissue=min_tissue,
+    )
+    run_jobs(
+        job_function,
+        slides,
+        mpp,
+        out_dir=out_dir,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        scheduler=scheduler,
+        quiet=quiet,
+        options=options,
+        overwrite=overwrite,
+    )
 
 
 @main.command()
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("napari-care-demo"),
-              show_default=True, help="Folder for the results.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=Path("napari-care-demo"),
+    show_default=True,
+    help="Folder for the results.",
+)
 @core_option(segment_defaults, "--k", type=int, help="Block side in patches.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path, k: int, quiet: bool) -> None:

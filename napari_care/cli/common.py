@@ -26,7 +26,11 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
 
 
 class StageBars:
-    """Progress reports shown as tqdm bars on stderr, one bar per stage (the previous one closes)."""
+    """Progress reports shown as tqdm bars on stderr, one bar per stage (the previous one closes).
+
+    A stage's bar shows from its first report of work done: a run that stops on bad input
+    before doing any prints its error alone.
+    """
 
     def __init__(self, *, quiet: bool = False, unit: str = "it") -> None:
         self.quiet, self.unit = quiet, unit
@@ -37,9 +41,17 @@ class StageBars:
 
         bar = self.bars.get(report.stage)
         if bar is None:
+            if report.done <= 0:
+                return
             self.close()
-            bar = self.bars[report.stage] = tqdm(total=max(report.total, 1), desc=report.stage, unit=self.unit,
-                                                 disable=self.quiet, leave=False, file=sys.stderr)
+            bar = self.bars[report.stage] = tqdm(
+                total=max(report.total, 1),
+                desc=report.stage,
+                unit=self.unit,
+                disable=self.quiet,
+                leave=False,
+                file=sys.stderr,
+            )
         bar.total = max(report.total, 1)
         bar.n = min(report.done, bar.total)
         bar.set_postfix_str(report.message[-60:], refresh=True)
@@ -70,7 +82,9 @@ class CoreDefault(click.Option):
     imports no core module. A default that is None is not shown.
     """
 
-    def __init__(self, param_decls: list[str], *, defaults: Callable[[], Mapping[str, Any]], **attrs: Any) -> None:
+    def __init__(
+        self, param_decls: list[str], *, defaults: Callable[[], Mapping[str, Any]], **attrs: Any
+    ) -> None:
         attrs.setdefault("show_default", True)
         super().__init__(param_decls, **attrs)
         self.defaults = defaults
@@ -98,5 +112,8 @@ def field_defaults(options_type: type) -> dict[str, Any]:
 
 def keyword_defaults(function: Callable[..., Any]) -> dict[str, Any]:
     """The defaults of a function's parameters, by name."""
-    return {name: parameter.default for name, parameter in inspect.signature(function).parameters.items()
-            if parameter.default is not inspect.Parameter.empty}
+    return {
+        name: parameter.default
+        for name, parameter in inspect.signature(function).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }

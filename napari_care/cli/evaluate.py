@@ -32,18 +32,32 @@ def register(main: click.Group) -> None:
     @click.argument("embeddings", type=click.Path(exists=True, path_type=Path))
     @click.argument("labels_csv", type=EXISTING_FILE)
     @click.option("--out", "report_path", type=ANY_PATH, required=True, help="Report (.json) to write.")
-    @core_option(evaluation_defaults, "--task", type=click.Choice(["classification", "survival"]),
-                 help="Labels: slide_id,label or slide_id,time,event.")
-    @click.option("--care", "care_checkpoint", type=EXISTING_FILE, default=None,
-                  help="For a feature folder: the CARE checkpoint (default: training-free CARE).")
-    @core_option(evaluation_defaults, "--which", type=click.Choice(["slide", "roi"]),
-                 help="For a feature folder: the slide embedding or the ROI feature.")
+    @core_option(
+        evaluation_defaults,
+        "--task",
+        type=click.Choice(["classification", "survival"]),
+        help="Labels: slide_id,label or slide_id,time,event.",
+    )
+    @click.option(
+        "--care",
+        "care_checkpoint",
+        type=EXISTING_FILE,
+        default=None,
+        help="For a feature folder: the CARE checkpoint (default: training-free CARE).",
+    )
+    @core_option(
+        evaluation_defaults,
+        "--which",
+        type=click.Choice(["slide", "roi"]),
+        help="For a feature folder: the slide embedding or the ROI feature.",
+    )
     @core_option(evaluation_defaults, "--folds", type=int)
     @core_option(evaluation_defaults, "--seed", type=int)
     @click.option("--save-embeddings", type=ANY_PATH, default=None, help="Also write the embeddings (.npz).")
     @click.option("--quiet", is_flag=True, help="No progress bars.")
-    def evaluate(embeddings, labels_csv, report_path, task, care_checkpoint, which, folds, seed, save_embeddings,
-                 quiet) -> None:
+    def evaluate(
+        embeddings, labels_csv, report_path, task, care_checkpoint, which, folds, seed, save_embeddings, quiet
+    ) -> None:
         """The CARE paper's linear/kNN (or Cox) protocol on frozen slide embeddings.
 
         EMBEDDINGS: an .npz (arrays slide_id + embedding, or one array per slide id), a CSV
@@ -52,7 +66,9 @@ def register(main: click.Group) -> None:
         from napari_care.core import embedding_files  # lazy: CLI start-up
         from napari_care.core.evaluate import evaluate_embeddings  # lazy: CLI start-up
 
-        slide_ids, vectors = run_or_fail(embedding_files.slide_embeddings(embeddings, care_checkpoint, which), quiet)
+        slide_ids, vectors = run_or_fail(
+            embedding_files.slide_embeddings(embeddings, care_checkpoint, which), quiet
+        )
         if save_embeddings:
             embedding_files.save_embeddings(save_embeddings, slide_ids, vectors)
         x, labels, used = or_fail(embedding_files.labelled_embeddings, slide_ids, vectors, labels_csv, task)
@@ -62,6 +78,10 @@ def register(main: click.Group) -> None:
         report.write_report(report_path)
         click.echo(f"{len(used)} slides, {folds} folds, task {task}")
         for model, metrics in report.summary.items():
-            click.echo(f"{model:9} " + ", ".join(f"{name} {value['mean']:.3f} +- {value['std']:.3f}"
-                                                 for name, value in metrics.items()))
+            click.echo(
+                f"{model:9} "
+                + ", ".join(
+                    f"{name} {value['mean']:.3f} +- {value['std']:.3f}" for name, value in metrics.items()
+                )
+            )
         click.echo(f"report: {report_path}")

@@ -79,10 +79,14 @@ class CareResult:
         n_patches, n_regions = len(self.region_of_patch), len(self.region_features)
         for name in ("patch_attention", "block_of_patch", "candidate_rank", "grid"):
             if len(getattr(self, name)) != n_patches:
-                raise ValueError(f"CareResult.{name} has {len(getattr(self, name))} rows, expected {n_patches}")
+                raise ValueError(
+                    f"CareResult.{name} has {len(getattr(self, name))} rows, expected {n_patches}"
+                )
         for name in ("alpha", "beta", "a"):
             if getattr(self, name).shape != (n_regions,):
-                raise ValueError(f"CareResult.{name} has shape {getattr(self, name).shape}, expected ({n_regions},)")
+                raise ValueError(
+                    f"CareResult.{name} has shape {getattr(self, name).shape}, expected ({n_regions},)"
+                )
         if n_patches and (self.region_of_patch.min() < 0 or self.region_of_patch.max() >= n_regions):
             raise ValueError(f"CareResult.region_of_patch must hold ids 0..{n_regions - 1}")
         if not 0 <= self.roi < n_regions:

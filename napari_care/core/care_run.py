@@ -19,8 +19,13 @@ if TYPE_CHECKING:  # torch stays unimported until a model is used
     from napari_care.core.models.care import CareModel
 
 
-def segment_features(features: np.ndarray, grid: np.ndarray, *, config: CareFreeConfig | None = None,
-                     model: CareModel | None = None) -> CareResult:
+def segment_features(
+    features: np.ndarray,
+    grid: np.ndarray,
+    *,
+    config: CareFreeConfig | None = None,
+    model: CareModel | None = None,
+) -> CareResult:
     """Adaptive regions, weights and embeddings of one slide from its patch features.
 
     Parameters

@@ -61,7 +61,11 @@ def checkpoint_paths(path: str | Path) -> tuple[Path, Path, Path]:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
             break
-    return path.with_name(name + ".safetensors"), path.with_name(name + ".json"), path.with_name(name + ".state.pt")
+    return (
+        path.with_name(name + ".safetensors"),
+        path.with_name(name + ".json"),
+        path.with_name(name + ".state.pt"),
+    )
 
 
 def _dotted_name(obj: type) -> str:
@@ -71,8 +75,9 @@ def _dotted_name(obj: type) -> str:
 def _import_class(dotted: str, json_path: Path) -> type:
     # Importing a class named in a file is code execution: only our own package is trusted.
     if not dotted.startswith("napari_care."):
-        raise ValueError(f"{json_path}: class {dotted!r} is outside napari_care; "
-                         "pass model_cls to load it explicitly")
+        raise ValueError(
+            f"{json_path}: class {dotted!r} is outside napari_care; pass model_cls to load it explicitly"
+        )
     module_name, _, class_name = dotted.rpartition(".")
     try:
         return getattr(importlib.import_module(module_name), class_name)
@@ -92,8 +97,9 @@ def _split_extra(extra_state: Mapping[str, Any] | None) -> tuple[dict, dict]:
     return as_json, as_torch
 
 
-def save_checkpoint(path: str | Path, model: torch.nn.Module, config: Any, *,
-                    extra_state: Mapping[str, Any] | None = None) -> Path:
+def save_checkpoint(
+    path: str | Path, model: torch.nn.Module, config: Any, *, extra_state: Mapping[str, Any] | None = None
+) -> Path:
     """Save a model, its config and optional extra state atomically.
 
     Parameters
@@ -155,15 +161,18 @@ def read_checkpoint_description(path: str | Path) -> dict:
     json_path = checkpoint_paths(path)[1]
     if not json_path.exists():
         if given.is_file() and given.suffix.lower() in FOREIGN_WEIGHT_SUFFIXES:
-            raise ValueError(f"{given}: not a napari_care checkpoint: no config JSON next to it ({json_path.name}); "
-                             "napari_care checkpoints are <name>.json + <name>.safetensors, written by "
-                             "`napari-care train`, `pretrain` or `train-mil`")
+            raise ValueError(
+                f"{given}: not a napari_care checkpoint: no config JSON next to it ({json_path.name}); "
+                "napari_care checkpoints are <name>.json + <name>.safetensors, written by "
+                "`napari-care train`, `pretrain` or `train-mil`"
+            )
         raise FileNotFoundError(f"checkpoint description {json_path} does not exist")
     try:
         description = json.loads(json_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
-        raise ValueError(f"{json_path} is not a napari_care checkpoint: its description is not JSON ({error})"
-                         ) from error
+        raise ValueError(
+            f"{json_path} is not a napari_care checkpoint: its description is not JSON ({error})"
+        ) from error
     if not isinstance(description, dict) or description.get("format") != FORMAT_NAME:
         found = description.get("format") if isinstance(description, dict) else type(description).__name__
         raise ValueError(f"{json_path} is not a napari_care checkpoint (format={found!r})")
@@ -188,8 +197,12 @@ def _config_from_dict(config_cls: type, fields: Any, json_path: Path) -> Any:
         raise ValueError(f"{json_path}: its config does not fit {config_cls.__name__}: {error}") from error
 
 
-def load_checkpoint(path: str | Path, model_cls: type[torch.nn.Module] | None = None, *,
-                    map_location: str | torch.device = "cpu") -> tuple[torch.nn.Module, Any, dict]:
+def load_checkpoint(
+    path: str | Path,
+    model_cls: type[torch.nn.Module] | None = None,
+    *,
+    map_location: str | torch.device = "cpu",
+) -> tuple[torch.nn.Module, Any, dict]:
     """Rebuild a model from a checkpoint.
 
     Parameters
@@ -219,10 +232,16 @@ def load_checkpoint(path: str | Path, model_cls: type[torch.nn.Module] | None = 
     weights_path, json_path, state_path = checkpoint_paths(path)
     description = read_checkpoint_description(path)
     saved_class = description["model_class"]
-    if model_cls is not None and saved_class.startswith("napari_care.") and saved_class != _dotted_name(model_cls):
+    if (
+        model_cls is not None
+        and saved_class.startswith("napari_care.")
+        and saved_class != _dotted_name(model_cls)
+    ):
         # another of the project's models (an explicit class is trusted over a name from elsewhere)
-        raise ValueError(f"{json_path} holds the model {saved_class.rpartition('.')[2]}, "
-                         f"expected {model_cls.__name__} ({saved_class})")
+        raise ValueError(
+            f"{json_path} holds the model {saved_class.rpartition('.')[2]}, "
+            f"expected {model_cls.__name__} ({saved_class})"
+        )
     model_cls = model_cls or _import_class(description["model_class"], json_path)
     config_cls = _import_class(description["config_class"], json_path)
     config = _config_from_dict(config_cls, description["config"], json_path)
@@ -231,13 +250,16 @@ def load_checkpoint(path: str | Path, model_cls: type[torch.nn.Module] | None = 
         raise FileNotFoundError(f"{json_path}: its weights {weights_path.name} are missing")
     try:
         state = load_file(str(weights_path), device=str(map_location))
-    except Exception as error:  # safetensors raises its own error type, OSError, or ValueError for a bad header
+    except (
+        Exception
+    ) as error:  # safetensors raises its own error type, OSError, or ValueError for a bad header
         raise ValueError(f"{weights_path} is corrupt: {error}") from error
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:  # missing/unexpected keys or shapes that differ from the config
-        raise ValueError(f"{weights_path} does not fit {model_cls.__name__} built from {json_path.name}: "
-                         f"{error}") from error
+        raise ValueError(
+            f"{weights_path} does not fit {model_cls.__name__} built from {json_path.name}: {error}"
+        ) from error
     model.eval()
     extra = dict(description.get("extra") or {})
     if description.get("state_file"):
@@ -248,8 +270,9 @@ def load_checkpoint(path: str | Path, model_cls: type[torch.nn.Module] | None = 
     return model, config, extra
 
 
-def check_feature_dim(config: Any, feature_dim: int, *, checkpoint: str | Path = "in memory",
-                      encoder: str = "default") -> None:
+def check_feature_dim(
+    config: Any, feature_dim: int, *, checkpoint: str | Path = "in memory", encoder: str = "default"
+) -> None:
     """Raise :class:`FeatureDimMismatch` when features do not fit a model's ``in_dim``.
 
     Parameters
@@ -265,5 +288,7 @@ def check_feature_dim(config: Any, feature_dim: int, *, checkpoint: str | Path =
     """
     expected = int(config.in_dim)
     if expected != int(feature_dim):
-        raise FeatureDimMismatch(f"checkpoint {checkpoint} expects D={expected} features "
-                                 f"but the encoder '{encoder}' gives {int(feature_dim)}")
+        raise FeatureDimMismatch(
+            f"checkpoint {checkpoint} expects D={expected} features "
+            f"but the encoder '{encoder}' gives {int(feature_dim)}"
+        )

@@ -68,8 +68,13 @@ def cohort_workers(n_slides: int, *, workers: int | None = None, scheduler: str 
 
 
 @contextlib.contextmanager
-def cohort_client(scheduler: str | None = None, *, n_workers: int | None = None, threads_per_worker: int = 1,
-                  dashboard_address: str = ":8787") -> Iterator[Client]:
+def cohort_client(
+    scheduler: str | None = None,
+    *,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    dashboard_address: str = ":8787",
+) -> Iterator[Client]:
     """A dask client on a new local cluster of worker processes, or on a running scheduler.
 
     Parameters
@@ -100,15 +105,25 @@ def cohort_client(scheduler: str | None = None, *, n_workers: int | None = None,
         return
     n_workers = default_workers() if n_workers is None else n_workers
     if n_workers < 1 or threads_per_worker < 1:
-        raise ValueError(f"a local cluster needs at least 1 worker and 1 thread per worker; "
-                         f"got {n_workers} and {threads_per_worker}")
+        raise ValueError(
+            f"a local cluster needs at least 1 worker and 1 thread per worker; "
+            f"got {n_workers} and {threads_per_worker}"
+        )
     # dask pins each worker's BLAS/OpenMP to 1 thread; give each slide thread its share of the cores
     threads = str(max(1, (os.cpu_count() or 1) // (n_workers * threads_per_worker)))
     env = {name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     # processes, not threads: encoders and CARE hold the GIL for long stretches
-    with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=True,
-                      dashboard_address=dashboard_address, silence_logs=logging.ERROR, env=env) as cluster, \
-            Client(cluster) as client:
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=True,
+            dashboard_address=dashboard_address,
+            silence_logs=logging.ERROR,
+            env=env,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
         yield client
 
 
@@ -170,7 +185,9 @@ def run_cohort(
         failed += row["status"] == "failed"
         if on_row is not None:
             on_row(row)
-        return Progress(STAGE, done, len(jobs), f"{Path(row['slide']).name}: {row['status']}; {failed} failed")
+        return Progress(
+            STAGE, done, len(jobs), f"{Path(row['slide']).name}: {row['status']}; {failed} failed"
+        )
 
     yield Progress(STAGE, 0, len(jobs), "starting")
     if client is None:
@@ -180,7 +197,8 @@ def run_cohort(
 
     from distributed import as_completed  # dask.distributed only for cohorts
 
-    # keys name the slide on the dashboard, and are unique per run: a shared scheduler must not hand back old results
+    # keys name the slide on the dashboard, and are unique per run: a shared scheduler must not hand
+    # back old results
     prefix = f"{getattr(job_function, '__name__', 'job')}-{uuid.uuid4().hex[:8]}"
     futures = [client.submit(job_function, job, key=f"{prefix}-{job.stem}", **job_kwargs) for job in jobs]
     index_of = {future.key: index for index, future in enumerate(futures)}

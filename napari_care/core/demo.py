@@ -45,8 +45,8 @@ class DemoReport:
         lines = [f"slide:    {self.slide}"]
         lines += [f"{kind + ':':9} {path}" for kind, path in self.outputs.items()]
         lines += [
-            f"patches:  {self.patches}, adaptive regions: {self.regions} (fixed k x k blocks: {self.blocks}), "
-            f"ROI: region {self.roi}",
+            f"patches:  {self.patches}, adaptive regions: {self.regions} "
+            f"(fixed k x k blocks: {self.blocks}), ROI: region {self.roi}",
             f"region purity against the planted tissue types: adaptive {self.purity_adaptive:.3f}, "
             f"fixed blocks {self.purity_fixed:.3f}",
             f"phenotype groups vs planted types: adjusted Rand index {self.group_ari:.3f}",

@@ -22,8 +22,11 @@ from napari_care.core.train.feature_views import encoder_name, iter_slide_embedd
 PathLike = str | os.PathLike[str]
 
 
-def slide_embeddings(path: PathLike, care_checkpoint: PathLike | None = None, which: str = "slide",
-                     ) -> ProgressGen[tuple[list[str], np.ndarray]]:
+def slide_embeddings(
+    path: PathLike,
+    care_checkpoint: PathLike | None = None,
+    which: str = "slide",
+) -> ProgressGen[tuple[list[str], np.ndarray]]:
     """Slide ids and ``[S, E]`` embeddings from a file, or CARE on a folder of feature files.
 
     A generator of :class:`~napari_care.core.progress.Progress` (one report per embedded
@@ -54,7 +57,9 @@ def slide_embeddings(path: PathLike, care_checkpoint: PathLike | None = None, wh
         from napari_care.core.models.care import CareModel  # torch: for a checkpoint
 
         model, config, _ = load_checkpoint(care_checkpoint, CareModel)
-        check_feature_dim(config, slides[0].feature_dim, checkpoint=care_checkpoint, encoder=encoder_name(slides))
+        check_feature_dim(
+            config, slides[0].feature_dim, checkpoint=care_checkpoint, encoder=encoder_name(slides)
+        )
     vectors = yield from iter_slide_embeddings(slides, model, which)
     return [slide.slide_id for slide in slides], vectors
 
@@ -79,11 +84,17 @@ def load_embeddings(path: PathLike) -> tuple[list[str], np.ndarray]:
                 key = next((name for name in ("embedding", "embeddings") if name in data.files), None)
                 if key is None:
                     raise ValueError(f"{path}: has slide_id but no 'embedding' array")
-                slide_ids, vectors = [str(s) for s in data["slide_id"]], np.asarray(data[key], dtype=np.float64)
+                slide_ids, vectors = (
+                    [str(s) for s in data["slide_id"]],
+                    np.asarray(data[key], dtype=np.float64),
+                )
             else:
                 slide_ids = list(data.files)
-                vectors = np.stack([np.ravel(data[name]).astype(np.float64) for name in slide_ids]) \
-                    if slide_ids else np.zeros((0, 0))
+                vectors = (
+                    np.stack([np.ravel(data[name]).astype(np.float64) for name in slide_ids])
+                    if slide_ids
+                    else np.zeros((0, 0))
+                )
     elif suffix == ".csv":
         with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = [row for row in csv.reader(handle) if row]
@@ -112,8 +123,12 @@ def save_embeddings(path: PathLike, slide_ids: list[str], vectors: np.ndarray) -
     return Path(path)
 
 
-def labelled_embeddings(slide_ids: list[str], vectors: np.ndarray, labels_csv: PathLike, task: str,
-                        ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def labelled_embeddings(
+    slide_ids: list[str],
+    vectors: np.ndarray,
+    labels_csv: PathLike,
+    task: str,
+) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Embeddings and labels of the labelled slides that have an embedding, in label order.
 
     Parameters
@@ -145,8 +160,10 @@ def labelled_embeddings(slide_ids: list[str], vectors: np.ndarray, labels_csv: P
     row_of = {slide_id: number for number, slide_id in enumerate(slide_ids)}
     used = [row for row in rows if row["slide_id"].strip() in row_of]
     if not used:
-        raise ValueError(f"{labels_csv}: no labelled slide has an embedding "
-                         f"(labels name e.g. {[r['slide_id'] for r in rows[:3]]}, embeddings {slide_ids[:3]})")
+        raise ValueError(
+            f"{labels_csv}: no labelled slide has an embedding "
+            f"(labels name e.g. {[r['slide_id'] for r in rows[:3]]}, embeddings {slide_ids[:3]})"
+        )
     x = np.asarray(vectors)[[row_of[row["slide_id"].strip()] for row in used]]
     if task == "classification":
         labels = np.array([row["label"].strip() for row in used])

@@ -117,7 +117,9 @@ def json_safe(value):
     return value
 
 
-def fold_indices(strata: np.ndarray, folds: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def fold_indices(
+    strata: np.ndarray, folds: int = 5, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Stratified (train, val, test) index arrays: test part ``i``, validation part ``i+1``."""
     if folds < 3:
         raise ValueError(f"folds must be at least 3 (train, validation, test), got {folds}")
@@ -126,7 +128,9 @@ def fold_indices(strata: np.ndarray, folds: int = 5, seed: int = 0) -> list[tupl
     result = []
     for fold in range(folds):
         test, val = parts[fold], parts[(fold + 1) % folds]
-        train = np.sort(np.concatenate([parts[i] for i in range(folds) if i not in (fold, (fold + 1) % folds)]))
+        train = np.sort(
+            np.concatenate([parts[i] for i in range(folds) if i not in (fold, (fold + 1) % folds)])
+        )
         result.append((train, val, test))
     return result
 
@@ -144,14 +148,19 @@ def classification_metrics(labels: np.ndarray, proba: np.ndarray) -> dict[str, f
         if n_classes == 2:
             auroc = roc_auc_score(labels, proba[:, 1])
         else:
-            auroc = roc_auc_score(labels, proba, multi_class="ovr", average="macro", labels=np.arange(n_classes))
+            auroc = roc_auc_score(
+                labels, proba, multi_class="ovr", average="macro", labels=np.arange(n_classes)
+            )
     except ValueError:
         auroc = float("nan")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "y_pred contains classes not in y_true" on small parts
         balanced = balanced_accuracy_score(labels, predicted)
-    return {"balanced_accuracy": float(balanced), "auroc": float(auroc),
-            "weighted_f1": float(f1_score(labels, predicted, average="weighted", zero_division=0))}
+    return {
+        "balanced_accuracy": float(balanced),
+        "auroc": float(auroc),
+        "weighted_f1": float(f1_score(labels, predicted, average="weighted", zero_division=0)),
+    }
 
 
 def concordance_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float:
@@ -171,13 +180,15 @@ def concordance_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> 
     event = np.asarray(event).astype(bool).ravel()
     risk = np.asarray(risk, dtype=np.float64).ravel()
     if not len(time) == len(event) == len(risk):
-        raise ValueError(f"concordance_index: lengths differ (time {len(time)}, event {len(event)}, risk {len(risk)})")
+        raise ValueError(
+            f"concordance_index: lengths differ (time {len(time)}, event {len(event)}, risk {len(risk)})"
+        )
     if not (np.isfinite(time).all() and np.isfinite(risk).all()):
         raise ValueError("concordance_index: time and risk must be finite")
     comparable = concordant = 0.0
     chunk = max(1, 2**22 // max(1, len(time)))  # bounds the [chunk, S] pair matrices
     for start in range(0, len(time), chunk):
-        t_i, e_i, r_i = (a[start:start + chunk, None] for a in (time, event, risk))
+        t_i, e_i, r_i = (a[start : start + chunk, None] for a in (time, event, risk))
         pairs = e_i & ((t_i < time) | ((t_i == time) & ~event))
         comparable += pairs.sum()
         concordant += (pairs & (r_i > risk)).sum() + 0.5 * (pairs & (r_i == risk)).sum()
@@ -191,7 +202,7 @@ def _cox_objective(beta, x_sorted, event_sorted, last_of_tie, penalty):
     eta = x_sorted @ beta
     shift = eta.max()
     weight = np.exp(eta - shift)
-    risk_sum = np.cumsum(weight)[last_of_tie]                       # sum over t_j >= t_i
+    risk_sum = np.cumsum(weight)[last_of_tie]  # sum over t_j >= t_i
     weighted_x = np.cumsum(weight[:, None] * x_sorted, axis=0)[last_of_tie]
     n_events = max(1, event_sorted.sum())
     log_lik = np.sum((eta - np.log(risk_sum) - shift)[event_sorted])
@@ -213,8 +224,14 @@ def fit_cox_ridge(x: np.ndarray, time: np.ndarray, event: np.ndarray, penalty: f
     Minimises ``-logPL / n_events + penalty / 2 * ||beta||^2`` (Breslow ties) with L-BFGS.
     """
     x_sorted, event_sorted, last_of_tie = _sorted_for_cox(np.asarray(x, dtype=np.float64), time, event)
-    result = minimize(_cox_objective, np.zeros(x.shape[1]), args=(x_sorted, event_sorted, last_of_tie, penalty),
-                      jac=True, method="L-BFGS-B", options={"maxiter": 1000})
+    result = minimize(
+        _cox_objective,
+        np.zeros(x.shape[1]),
+        args=(x_sorted, event_sorted, last_of_tie, penalty),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 1000},
+    )
     return result.x
 
 
@@ -250,12 +267,16 @@ def _fit_cox(x_train, surv_train, x_val, surv_val):
     std[std == 0] = 1.0
     x_train, x_val = (x_train - mean) / std, (x_val - mean) / std
     x_val_sorted, event_val_sorted, last_of_tie = _sorted_for_cox(x_val, surv_val[:, 0], surv_val[:, 1])
-    betas = [fit_cox_ridge(x_train, surv_train[:, 0], surv_train[:, 1], penalty) for penalty in COX_PENALTY_GRID]
+    betas = [
+        fit_cox_ridge(x_train, surv_train[:, 0], surv_train[:, 1], penalty) for penalty in COX_PENALTY_GRID
+    ]
     losses = [_cox_objective(beta, x_val_sorted, event_val_sorted, last_of_tie, 0.0)[0] for beta in betas]
     best = int(np.argmin(losses))  # first minimum: the strongest penalty
     beta = betas[best]
-    return (lambda x: ((x - mean) / std) @ beta), {"penalty": float(COX_PENALTY_GRID[best]),
-                                                   "val_neg_log_pl": float(losses[best])}
+    return (lambda x: ((x - mean) / std) @ beta), {
+        "penalty": float(COX_PENALTY_GRID[best]),
+        "val_neg_log_pl": float(losses[best]),
+    }
 
 
 def _check_inputs(embeddings, labels, task):
@@ -275,8 +296,15 @@ def _check_inputs(embeddings, labels, task):
     return x, labels
 
 
-def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, task: str = "classification",
-                        folds: int = 5, seed: int = 0, models: Sequence[str] | None = None) -> EvalReport:
+def evaluate_embeddings(
+    embeddings: np.ndarray,
+    labels: np.ndarray,
+    *,
+    task: str = "classification",
+    folds: int = 5,
+    seed: int = 0,
+    models: Sequence[str] | None = None,
+) -> EvalReport:
     """Run the paper's protocol on frozen embeddings.
 
     Parameters
@@ -311,15 +339,24 @@ def evaluate_embeddings(embeddings: np.ndarray, labels: np.ndarray, *, task: str
     values, counts = np.unique(strata, return_counts=True)
     if len(values) < 2 or counts.min() < folds:
         what = "class" if task == "classification" else "event status"
-        raise ValueError(f"labels: each {what} needs at least folds={folds} samples and there must be two; "
-                         f"counts {dict(zip(values.tolist(), counts.tolist(), strict=True))}")
+        raise ValueError(
+            f"labels: each {what} needs at least folds={folds} samples and there must be two; "
+            f"counts {dict(zip(values.tolist(), counts.tolist(), strict=True))}"
+        )
     # Hundreds of tiny fits: thread start-up in BLAS/OpenMP costs more than it saves (the
     # authors' code limits threads too); one thread is ~10x faster on small data.
     with threadpool_limits(limits=1):
-        per_fold = [_evaluate_fold(fold, split, x, labels, y, len(class_names), models)
-                    for fold, split in enumerate(fold_indices(strata, folds, seed))]
-    summary = {name: {metric: _mean_std([fold.metrics[name][metric] for fold in per_fold])
-                      for metric in per_fold[0].metrics[name]} for name in models}
+        per_fold = [
+            _evaluate_fold(fold, split, x, labels, y, len(class_names), models)
+            for fold, split in enumerate(fold_indices(strata, folds, seed))
+        ]
+    summary = {
+        name: {
+            metric: _mean_std([fold.metrics[name][metric] for fold in per_fold])
+            for metric in per_fold[0].metrics[name]
+        }
+        for name in models
+    }
     return EvalReport(task, len(x), folds, seed, [str(name) for name in class_names], per_fold, summary)
 
 

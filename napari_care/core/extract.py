@@ -57,7 +57,8 @@ def _checked(encoder, features, n_tiles: int, slide, coords: np.ndarray) -> np.n
     features = np.asarray(features, dtype=np.float32)
     if features.ndim != 2 or len(features) != n_tiles:
         raise ValueError(
-            f"encoder {encoder.cfg.name!r} returned shape {features.shape} for {n_tiles} tiles; expected [B, D]"
+            f"encoder {encoder.cfg.name!r} returned shape {features.shape} for {n_tiles} tiles; "
+            "expected [B, D]"
         )
     bad = ~np.isfinite(features).all(axis=1)
     if bad.any():

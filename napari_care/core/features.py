@@ -68,7 +68,8 @@ class PatchFeatures:
             raise ValueError(f"{len(self.features)} feature rows but {len(self.coords)} coords")
         if self.patch_size_px <= 0 or self.patch_size_level0 <= 0:
             raise ValueError(
-                f"patch sizes must be positive, got {self.patch_size_px} px / {self.patch_size_level0} level-0 px"
+                f"patch sizes must be positive, got {self.patch_size_px} px / "
+                f"{self.patch_size_level0} level-0 px"
             )
         self.patch_size_px = int(self.patch_size_px)
         self.patch_size_level0 = float(self.patch_size_level0)

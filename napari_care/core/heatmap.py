@@ -34,8 +34,14 @@ def normalise(attention: np.ndarray, mode: str = "min-max") -> np.ndarray:
     raise ValueError(f"unknown normalisation {mode!r}; choose one of {', '.join(NORMALISATIONS)}")
 
 
-def heatmap_raster(grid: np.ndarray, attention: np.ndarray, stride_level0: float, *, mode: str = "min-max",
-                   blur_patches: float = 0.0) -> GridRaster:
+def heatmap_raster(
+    grid: np.ndarray,
+    attention: np.ndarray,
+    stride_level0: float,
+    *,
+    mode: str = "min-max",
+    blur_patches: float = 0.0,
+) -> GridRaster:
     """Normalised attention as a raster, NaN where there is no tissue patch.
 
     Parameters
@@ -55,7 +61,9 @@ def heatmap_raster(grid: np.ndarray, attention: np.ndarray, stride_level0: float
     raster = rasterize(grid, normalise(attention, mode), stride_level0, fill=np.nan, dtype=np.float32)
     if blur_patches > 0 and raster.values.size:
         tissue = np.isfinite(raster.values)
-        weighted = ndimage.gaussian_filter(np.where(tissue, raster.values, 0.0), blur_patches, mode="constant")
+        weighted = ndimage.gaussian_filter(
+            np.where(tissue, raster.values, 0.0), blur_patches, mode="constant"
+        )
         weight = ndimage.gaussian_filter(tissue.astype(np.float32), blur_patches, mode="constant")
         blurred = np.where(tissue, weighted / np.maximum(weight, 1e-12), np.nan).astype(np.float32)
         raster = GridRaster(blurred, raster.origin_gx, raster.origin_gy, raster.stride_level0)

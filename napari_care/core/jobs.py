@@ -83,7 +83,9 @@ def _read_csv(path: Path, default_mpp: float | None) -> list[SlideJob]:
         reader = csv.DictReader(handle)
         columns = {name.strip().lower(): name for name in reader.fieldnames or []}
         if "path" not in columns:
-            raise ValueError(f"{path}: a slide list needs a 'path' column (found: {', '.join(columns) or 'none'})")
+            raise ValueError(
+                f"{path}: a slide list needs a 'path' column (found: {', '.join(columns) or 'none'})"
+            )
         jobs = []
         for line, row in enumerate(reader, start=2):
             slide = Path(row[columns["path"]].strip())
@@ -102,11 +104,15 @@ def check_unique_stems(jobs: Sequence[SlideJob]) -> None:
     seen: dict[str, Path] = {}
     for job in jobs:
         if job.stem in seen:
-            raise ValueError(f"{seen[job.stem]} and {job.path} share the name {job.stem!r}: their outputs would collide")
+            raise ValueError(
+                f"{seen[job.stem]} and {job.path} share the name {job.stem!r}: their outputs would collide"
+            )
         seen[job.stem] = job.path
 
 
-def remove_partial_files(out_dir: str | Path, stem: str, suffixes: Iterable[str] = SUFFIXES.values()) -> list[Path]:
+def remove_partial_files(
+    out_dir: str | Path, stem: str, suffixes: Iterable[str] = SUFFIXES.values()
+) -> list[Path]:
     """Delete the temporary files that a killed run left while writing slide ``stem``'s outputs.
 
     An atomic write removes its temporary file when it fails, but a process that is killed
@@ -174,7 +180,9 @@ def run_job(job: SlideJob, marker: Path, work: Callable[[Any], str], *, overwrit
             warnings.simplefilter("ignore")  # a missing mpp is this row's reason, not a warning on a worker
             with open_slide(job.path, mpp=job.mpp) as slide:
                 if slide.mpp is None:
-                    raise ValueError("the file has no pixel size (mpp); give --mpp or an 'mpp' column in the slide CSV")
+                    raise ValueError(
+                        "the file has no pixel size (mpp); give --mpp or an 'mpp' column in the slide CSV"
+                    )
                 detail = work(slide)
     except Exception as error:  # a bad slide is a row in the summary, not the end of the cohort
         return _row(job, "failed", _reason(error), started)
@@ -190,13 +198,21 @@ _ENCODER_LOCK = threading.Lock()
 
 
 def shared_encoder(options: SegmentOptions):
-    """The encoder ``options`` name, built once per process: a worker loads its weights once, not per slide."""
+    """The encoder ``options`` name, built once per process: a worker loads its weights once,
+    not per slide."""
     with _ENCODER_LOCK:  # two slide threads of one worker must not both load the weights
         return _load_encoder(options.encoder, options.encoder_weights, options.device)
 
 
-def segment_job(job: SlideJob, out_dir: str | Path, options: SegmentOptions, *, overwrite: bool = False,
-                tiles: bool = False, on_progress: ProgressCallback = None) -> Row:
+def segment_job(
+    job: SlideJob,
+    out_dir: str | Path,
+    options: SegmentOptions,
+    *,
+    overwrite: bool = False,
+    tiles: bool = False,
+    on_progress: ProgressCallback = None,
+) -> Row:
     """Segment one slide; write ``<stem>.features.h5``, ``.regions.geojson`` and ``.care.json`` (the marker).
 
     ``on_progress`` is called with the slide's :class:`~napari_care.core.progress.Progress`
@@ -214,8 +230,14 @@ def segment_job(job: SlideJob, out_dir: str | Path, options: SegmentOptions, *, 
     return run_job(job, marker, work, overwrite=overwrite)
 
 
-def extract_job(job: SlideJob, out_dir: str | Path, options: SegmentOptions, *, overwrite: bool = False,
-                on_progress: ProgressCallback = None) -> Row:
+def extract_job(
+    job: SlideJob,
+    out_dir: str | Path,
+    options: SegmentOptions,
+    *,
+    overwrite: bool = False,
+    on_progress: ProgressCallback = None,
+) -> Row:
     """Extract one slide's patch features to ``<stem>.features.h5`` (the marker).
 
     ``on_progress`` as in :func:`segment_job`.
@@ -224,12 +246,19 @@ def extract_job(job: SlideJob, out_dir: str | Path, options: SegmentOptions, *, 
 
     def work(slide) -> str:
         tissue = tissue_mask(slide, saturation_threshold=options.tissue_threshold)
-        grid = tile_grid(slide, mpp=options.mpp, magnification=None if options.mpp else options.magnification,
-                         tile_size_px=options.tile_size_px, min_tissue=options.min_tissue, tissue=tissue)
+        grid = tile_grid(
+            slide,
+            mpp=options.mpp,
+            magnification=None if options.mpp else options.magnification,
+            tile_size_px=options.tile_size_px,
+            min_tissue=options.min_tissue,
+            tissue=tissue,
+        )
         if len(grid) == 0:
             raise NoTissueError(f"{job.path.name}: no tissue in the slide")
-        features = run_to_end(extract_features(slide, grid, shared_encoder(options), batch_size=options.batch_size),
-                              on_progress)
+        features = run_to_end(
+            extract_features(slide, grid, shared_encoder(options), batch_size=options.batch_size), on_progress
+        )
         features.slide_id = job.stem
         save_features(target, features)
         return f"{len(features)} patches"

@@ -40,7 +40,9 @@ class Level0Frame:
     bounds_offset: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
-    def from_mpp(cls, mpp: Sequence[float] | None, bounds_offset: Sequence[float] = (0.0, 0.0)) -> Level0Frame:
+    def from_mpp(
+        cls, mpp: Sequence[float] | None, bounds_offset: Sequence[float] = (0.0, 0.0)
+    ) -> Level0Frame:
         """The frame of a slide with micrometres per level-0 pixel ``mpp`` = (x, y), or None.
 
         Parameters
@@ -50,8 +52,10 @@ class Level0Frame:
         bounds_offset
             The slide's bounds offset (x, y) in level-0 pixels.
         """
-        return cls((float(mpp[1]), float(mpp[0])) if mpp else (1.0, 1.0),
-                   (float(bounds_offset[0]), float(bounds_offset[1])))  # fmt: skip
+        return cls(
+            (float(mpp[1]), float(mpp[0])) if mpp else (1.0, 1.0),
+            (float(bounds_offset[0]), float(bounds_offset[1])),
+        )
 
     @classmethod
     def from_slide_metadata(cls, metadata: Mapping, *, use_bounds: bool = True) -> Level0Frame:
@@ -93,15 +97,19 @@ class Level0Frame:
         return np.stack([rowcol[:, 1] / self.scale[1] + 0.5, rowcol[:, 0] / self.scale[0] + 0.5], axis=1)
 
     def level0_to_data(self, xy_level0: np.ndarray) -> np.ndarray:
-        """``[N, 2]`` level-0 (x, y) -> the (row, col) = (y, x) data of a layer placed by :meth:`placement`."""
+        """``[N, 2]`` level-0 (x, y) -> the (row, col) = (y, x) data of a layer placed by
+        :meth:`placement`."""
         return np.asarray(xy_level0, dtype=np.float64).reshape(-1, 2)[:, [1, 0]]
 
     def placement(self) -> dict[str, tuple[float, float]]:
         """``scale`` and ``translate`` of a layer whose data are level-0 (row, col) = (y, x) coordinates."""
         return self._placement((0.0, 0.0), 1.0)
 
-    def raster_placement(self, origin_level0: Sequence[float], pixel_level0: float) -> dict[str, tuple[float, float]]:
-        """``scale`` and ``translate`` of a raster whose pixel (0, 0) covers level-0 [x0, x0 + p) x [y0, y0 + p).
+    def raster_placement(
+        self, origin_level0: Sequence[float], pixel_level0: float
+    ) -> dict[str, tuple[float, float]]:
+        """``scale`` and ``translate`` of a raster whose pixel (0, 0) covers level-0
+        [x0, x0 + p) x [y0, y0 + p).
 
         Parameters
         ----------
@@ -119,23 +127,30 @@ class Level0Frame:
         half = pixel_level0 / 2
         return self._placement((x0 + half, y0 + half), pixel_level0)
 
-    def data_to_level0(self, rowcol: np.ndarray, scale: Sequence[float], translate: Sequence[float]) -> np.ndarray:
+    def data_to_level0(
+        self, rowcol: np.ndarray, scale: Sequence[float], translate: Sequence[float]
+    ) -> np.ndarray:
         """``[N, 2]`` data (row, col) of a layer placed by ``scale``/``translate`` -> level-0 (x, y).
 
         Only the last two axes of ``rowcol``, ``scale`` and ``translate`` are used.
         """
         rowcol = np.asarray(rowcol, dtype=np.float64)[:, -2:]
-        world = rowcol * np.asarray(scale, dtype=np.float64)[-2:] + np.asarray(translate, dtype=np.float64)[-2:]
+        world = (
+            rowcol * np.asarray(scale, dtype=np.float64)[-2:] + np.asarray(translate, dtype=np.float64)[-2:]
+        )
         return self.world_to_level0(world)
 
-    def raster_origin(self, scale: Sequence[float],
-                      translate: Sequence[float]) -> tuple[tuple[float, float], tuple[float, float]]:
-        """Level-0 (x, y) of a raster's pixel (0, 0) corner and its pixel size (x, y): :meth:`raster_placement` undone."""
+    def raster_origin(
+        self, scale: Sequence[float], translate: Sequence[float]
+    ) -> tuple[tuple[float, float], tuple[float, float]]:
+        """Level-0 (x, y) of a raster's pixel (0, 0) corner and its pixel size (x, y):
+        :meth:`raster_placement` undone."""
         corners = self.data_to_level0(np.array([[-0.5, -0.5], [0.5, 0.5]]), scale, translate)
         (x0, y0), size = corners[0].tolist(), (corners[1] - corners[0]).tolist()
         return (float(x0), float(y0)), (float(size[0]), float(size[1]))
 
     def _placement(self, start_xy: tuple[float, float], step_level0: float) -> dict[str, tuple[float, float]]:
-        """The placement of data whose (row, col) = (j, i) is level-0 (start_x + i * step, start_y + j * step)."""
-        (row, col), = self.level0_to_world(np.array([start_xy])).tolist()
+        """The placement of data whose (row, col) = (j, i) is level-0
+        (start_x + i * step, start_y + j * step)."""
+        ((row, col),) = self.level0_to_world(np.array([start_xy])).tolist()
         return {"scale": (step_level0 * self.scale[0], step_level0 * self.scale[1]), "translate": (row, col)}

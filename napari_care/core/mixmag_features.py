@@ -83,17 +83,29 @@ class MixMagFeatures:
 
     def __post_init__(self) -> None:
         if not len(self.levels) == len(self.region_of_tile) == len(self.position_in_region) == 3:
-            raise ValueError("MixMagFeatures needs features, regions and positions at 5x, 10x and 20x (three each)")
+            raise ValueError(
+                "MixMagFeatures needs features, regions and positions at 5x, 10x and 20x (three each)"
+            )
         dims = {pf.embed_dim for pf in self.levels}
         if len(dims) != 1:
             raise ValueError(f"MixMagFeatures: the three magnifications have different D: {sorted(dims)}")
         self.region_of_tile = tuple(np.asarray(r, dtype=np.int64).ravel() for r in self.region_of_tile)
-        self.position_in_region = tuple(np.asarray(p, dtype=np.int64).ravel() for p in self.position_in_region)
-        for name, pf, regions, positions, side in zip(MAGNIFICATION_NAMES, self.levels, self.region_of_tile,
-                                                      self.position_in_region, TILES_PER_SIDE, strict=True):
+        self.position_in_region = tuple(
+            np.asarray(p, dtype=np.int64).ravel() for p in self.position_in_region
+        )
+        for name, pf, regions, positions, side in zip(
+            MAGNIFICATION_NAMES,
+            self.levels,
+            self.region_of_tile,
+            self.position_in_region,
+            TILES_PER_SIDE,
+            strict=True,
+        ):
             if not len(pf) == len(regions) == len(positions):
-                raise ValueError(f"MixMagFeatures {name}: {len(pf)} tiles, {len(regions)} region indices, "
-                                 f"{len(positions)} positions")
+                raise ValueError(
+                    f"MixMagFeatures {name}: {len(pf)} tiles, {len(regions)} region indices, "
+                    f"{len(positions)} positions"
+                )
             if len(pf) and not (regions.min() >= 0 and regions.max() < self.n_regions):
                 raise ValueError(f"MixMagFeatures {name}: region index outside 0..{self.n_regions - 1}")
             if len(pf) and not (positions.min() >= 0 and positions.max() < side * side):
@@ -132,15 +144,20 @@ class MixMagFeatures:
         """
         from napari_care.core.models.mixmag import RegionTokens  # torch only when asked
 
-        tokens = np.zeros((self.n_regions, sum(s * s for s in TILES_PER_SIDE), self.levels[0].embed_dim), np.float32)
+        tokens = np.zeros(
+            (self.n_regions, sum(s * s for s in TILES_PER_SIDE), self.levels[0].embed_dim), np.float32
+        )
         present = np.zeros(tokens.shape[:2], dtype=bool)
         first_slot = 0
-        for pf, regions, positions, side in zip(self.levels, self.region_of_tile, self.position_in_region,
-                                                TILES_PER_SIDE, strict=True):
+        for pf, regions, positions, side in zip(
+            self.levels, self.region_of_tile, self.position_in_region, TILES_PER_SIDE, strict=True
+        ):
             tokens[regions, first_slot + positions] = pf.features
             present[regions, first_slot + positions] = True
             first_slot += side * side
-        return RegionTokens(tokens, present, self.levels[0].coords.copy(), self.region_size_level0, self.slide_id)
+        return RegionTokens(
+            tokens, present, self.levels[0].coords.copy(), self.region_size_level0, self.slide_id
+        )
 
 
 def _regions_of(coarse: TileGrid, fine_grid_xy: np.ndarray, side: int) -> np.ndarray:
@@ -148,9 +165,15 @@ def _regions_of(coarse: TileGrid, fine_grid_xy: np.ndarray, side: int) -> np.nda
     return grid_rows(coarse.grid, np.asarray(fine_grid_xy) // side)
 
 
-def mixmag_grids(slide, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, min_tissue: float = 0.25,
-                 tissue: TissueMask | None = None, box: tuple[float, float, float, float] | None = None,
-                 ) -> tuple[TileGrid, TileGrid, TileGrid]:
+def mixmag_grids(
+    slide,
+    *,
+    region_size_px: int = 896,
+    mpp: float = DEFAULT_MPP,
+    min_tissue: float = 0.25,
+    tissue: TissueMask | None = None,
+    box: tuple[float, float, float, float] | None = None,
+) -> tuple[TileGrid, TileGrid, TileGrid]:
     """The tile grids at 5x, 10x and 20x of a slide's regions on tissue.
 
     Parameters
@@ -176,27 +199,47 @@ def mixmag_grids(slide, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, 
         5x (one tile per region), 10x and 20x (only tiles inside those regions).
     """
     if int(region_size_px) != region_size_px or region_size_px < 4 or region_size_px % 4:
-        raise ValueError(f"region_size_px must be a positive multiple of 4 (pixels at 20x), got {region_size_px}")
+        raise ValueError(
+            f"region_size_px must be a positive multiple of 4 (pixels at 20x), got {region_size_px}"
+        )
     if slide.mpp is None:
-        raise ValueError(f"slide {slide.path} has no pixel size (mpp); open it with open_slide(path, mpp=...) "
-                         "to extract mixed-magnification features")
+        raise ValueError(
+            f"slide {slide.path} has no pixel size (mpp); open it with open_slide(path, mpp=...) "
+            "to extract mixed-magnification features"
+        )
     if tissue is None and min_tissue > 0:
         tissue = tissue_mask(slide)
     tile_size_px = int(region_size_px) // 4
     grids, where = [], box
     for side in TILES_PER_SIDE:
-        grid = tile_grid(slide, mpp=mpp * 4 / side, tile_size_px=tile_size_px, min_tissue=min_tissue, tissue=tissue,
-                         box=where)
+        grid = tile_grid(
+            slide,
+            mpp=mpp * 4 / side,
+            tile_size_px=tile_size_px,
+            min_tissue=min_tissue,
+            tissue=tissue,
+            box=where,
+        )
         if side == 1 and box is not None and len(grid):  # finer tiles only over the chosen regions
             where = (*grid.coords.min(axis=0), *(grid.coords.max(axis=0) + grid.tile_size_level0))
         grids.append(grid if side == 1 else grid.take(_regions_of(grids[0], grid.grid, side) >= 0))
     return grids[0], grids[1], grids[2]
 
 
-def extract_mixmag(slide, encoder, *, region_size_px: int = 896, mpp: float = DEFAULT_MPP, min_tissue: float = 0.25,
-                   tissue: TissueMask | None = None, box: tuple[float, float, float, float] | None = None,
-                   cache: FeatureCache | None = None, batch_size: int = 64, num_workers: int | None = None,
-                   cancel: CancelSignal = None) -> Generator[Progress, None, MixMagFeatures]:
+def extract_mixmag(
+    slide,
+    encoder,
+    *,
+    region_size_px: int = 896,
+    mpp: float = DEFAULT_MPP,
+    min_tissue: float = 0.25,
+    tissue: TissueMask | None = None,
+    box: tuple[float, float, float, float] | None = None,
+    cache: FeatureCache | None = None,
+    batch_size: int = 64,
+    num_workers: int | None = None,
+    cancel: CancelSignal = None,
+) -> Generator[Progress, None, MixMagFeatures]:
     """Encode every region on tissue at 5x, 10x and 20x.
 
     Parameters
@@ -226,19 +269,34 @@ def extract_mixmag(slide, encoder, *, region_size_px: int = 896, mpp: float = DE
     -------
     MixMagFeatures
     """
-    grids = mixmag_grids(slide, region_size_px=region_size_px, mpp=mpp, min_tissue=min_tissue, tissue=tissue, box=box)
+    grids = mixmag_grids(
+        slide, region_size_px=region_size_px, mpp=mpp, min_tissue=min_tissue, tissue=tissue, box=box
+    )
     total, done = sum(len(grid) for grid in grids), 0
     levels, regions, positions = [], [], []
     for name, grid, side in zip(MAGNIFICATION_NAMES, grids, TILES_PER_SIDE, strict=True):
-        work = extract_features(slide, grid, encoder, batch_size=batch_size, num_workers=num_workers,
-                                cache=cache, cancel=cancel)
-        levels.append((yield from map_progress(work, lambda report, offset=done, name=name: Progress(
-            report.stage, offset + report.done, total, f"{name}: {report.message}"))))
+        work = extract_features(
+            slide, grid, encoder, batch_size=batch_size, num_workers=num_workers, cache=cache, cancel=cancel
+        )
+        levels.append(
+            (
+                yield from map_progress(
+                    work,
+                    lambda report, offset=done, name=name: Progress(
+                        report.stage, offset + report.done, total, f"{name}: {report.message}"
+                    ),
+                )
+            )
+        )
         regions.append(_regions_of(grids[0], grid.grid, side))
         positions.append((grid.grid[:, 1] % side) * side + grid.grid[:, 0] % side)
         done += len(grid)
-    yield Progress(STAGE, total, total, f"{Path(slide.path).name}: {len(grids[0])} regions, "
-                                        f"{total} tiles at 3 magnifications")
+    yield Progress(
+        STAGE,
+        total,
+        total,
+        f"{Path(slide.path).name}: {len(grids[0])} regions, {total} tiles at 3 magnifications",
+    )
     return MixMagFeatures(tuple(levels), tuple(regions), tuple(positions), float(min_tissue))  # type: ignore[arg-type]
 
 
@@ -253,18 +311,32 @@ def save_mixmag(path: str | os.PathLike[str], mf: MixMagFeatures) -> Path:
 
     path = Path(path)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
-        f.attrs.update({"format": FORMAT, "format_version": FORMAT_VERSION, "encoder": mf.encoder,
-                        "slide_id": mf.slide_id, "region_size_level0": mf.region_size_level0,
-                        "magnifications": list(MAGNIFICATION_NAMES), "min_tissue": mf.min_tissue})
-        for name, pf, regions, positions in zip(MAGNIFICATION_NAMES, mf.levels, mf.region_of_tile,
-                                                mf.position_in_region, strict=True):
+        f.attrs.update(
+            {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "encoder": mf.encoder,
+                "slide_id": mf.slide_id,
+                "region_size_level0": mf.region_size_level0,
+                "magnifications": list(MAGNIFICATION_NAMES),
+                "min_tissue": mf.min_tissue,
+            }
+        )
+        for name, pf, regions, positions in zip(
+            MAGNIFICATION_NAMES, mf.levels, mf.region_of_tile, mf.position_in_region, strict=True
+        ):
             features = f.create_dataset(f"features_{name}", data=pf.features)
             f.create_dataset(f"coords_{name}", data=pf.coords)
             f.create_dataset(f"region_{name}", data=regions)
             f.create_dataset(f"position_{name}", data=positions)
-            features.attrs.update({"patch_size_px": pf.patch_size_px, "patch_size_level0": pf.patch_size_level0,
-                                   "mpp": np.nan if pf.mpp is None else pf.mpp,
-                                   "magnification": np.nan if pf.magnification is None else pf.magnification})
+            features.attrs.update(
+                {
+                    "patch_size_px": pf.patch_size_px,
+                    "patch_size_level0": pf.patch_size_level0,
+                    "mpp": np.nan if pf.mpp is None else pf.mpp,
+                    "magnification": np.nan if pf.magnification is None else pf.magnification,
+                }
+            )
     return path
 
 
@@ -296,10 +368,16 @@ def load_mixmag(path: str | os.PathLike[str]) -> MixMagFeatures:
     path = Path(path)
     with open_hdf5(path, "mixed-magnification feature file") as f:
         if _text(f.attrs.get("format", "")) != FORMAT:
-            raise ValueError(f"{path}: not a mixed-magnification feature file (no format={FORMAT!r} attribute; "
-                             "write one with `napari-care extract --mixmag`)")
-        missing = [f"{kind}_{name}" for name in MAGNIFICATION_NAMES for kind in ("features", "coords", "region",
-                                                                                  "position") if f"{kind}_{name}" not in f]
+            raise ValueError(
+                f"{path}: not a mixed-magnification feature file (no format={FORMAT!r} attribute; "
+                "write one with `napari-care extract --mixmag`)"
+            )
+        missing = [
+            f"{kind}_{name}"
+            for name in MAGNIFICATION_NAMES
+            for kind in ("features", "coords", "region", "position")
+            if f"{kind}_{name}" not in f
+        ]
         if missing:
             raise ValueError(f"{path}: missing dataset(s) {missing}")
         encoder, slide_id = _text(f.attrs.get("encoder", "")), _text(f.attrs.get("slide_id", "")) or path.name
@@ -308,10 +386,17 @@ def load_mixmag(path: str | os.PathLike[str]) -> MixMagFeatures:
         for name in MAGNIFICATION_NAMES:
             attrs = f[f"features_{name}"].attrs
             mpp = float(attrs["mpp"])
-            levels.append(PatchFeatures(
-                features=f[f"features_{name}"][()], coords=f[f"coords_{name}"][()],
-                patch_size_px=int(attrs["patch_size_px"]), patch_size_level0=float(attrs["patch_size_level0"]),
-                mpp=mpp if np.isfinite(mpp) else None, encoder=encoder, slide_id=slide_id))
+            levels.append(
+                PatchFeatures(
+                    features=f[f"features_{name}"][()],
+                    coords=f[f"coords_{name}"][()],
+                    patch_size_px=int(attrs["patch_size_px"]),
+                    patch_size_level0=float(attrs["patch_size_level0"]),
+                    mpp=mpp if np.isfinite(mpp) else None,
+                    encoder=encoder,
+                    slide_id=slide_id,
+                )
+            )
             regions.append(f[f"region_{name}"][()])
             positions.append(f[f"position_{name}"][()])
     try:
@@ -320,8 +405,9 @@ def load_mixmag(path: str | os.PathLike[str]) -> MixMagFeatures:
         raise ValueError(f"{path}: {error}") from error
 
 
-def mixmag_job(job, out_dir: str | os.PathLike[str], options, *, overwrite: bool = False,
-               on_progress=None) -> dict[str, Any]:
+def mixmag_job(
+    job, out_dir: str | os.PathLike[str], options, *, overwrite: bool = False, on_progress=None
+) -> dict[str, Any]:
     """Extract one slide's mixed-magnification features to ``<stem>.mixmag.h5``; return its status row.
 
     The per-slide job of ``napari-care extract --mixmag``, framed like
@@ -352,9 +438,18 @@ def mixmag_job(job, out_dir: str | os.PathLike[str], options, *, overwrite: bool
 
     def work(slide) -> str:
         tissue = tissue_mask(slide, saturation_threshold=options.tissue_threshold)
-        mf = run_to_end(extract_mixmag(slide, shared_encoder(options), region_size_px=4 * options.tile_size_px,
-                                       mpp=options.mpp or 10.0 / options.magnification, min_tissue=options.min_tissue,
-                                       tissue=tissue, batch_size=options.batch_size), on_progress)
+        mf = run_to_end(
+            extract_mixmag(
+                slide,
+                shared_encoder(options),
+                region_size_px=4 * options.tile_size_px,
+                mpp=options.mpp or 10.0 / options.magnification,
+                min_tissue=options.min_tissue,
+                tissue=tissue,
+                batch_size=options.batch_size,
+            ),
+            on_progress,
+        )
         if mf.n_regions == 0:
             raise NoTissueError(f"{job.path.name}: no region with tissue")
         for pf in mf.levels:

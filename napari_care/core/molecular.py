@@ -73,10 +73,12 @@ def _read_rows(path: Path) -> tuple[list[str], list[list[str]]]:
 
             frame = pd.read_parquet(path)
         except ImportError as error:
-            raise ValueError(f"{path}: reading Parquet needs pandas and pyarrow ({error}); "
-                             "or save the table as CSV") from error
-        return [str(c) for c in frame.columns], [["" if v is None else str(v) for v in row]
-                                                 for row in frame.itertuples(index=False)]
+            raise ValueError(
+                f"{path}: reading Parquet needs pandas and pyarrow ({error}); or save the table as CSV"
+            ) from error
+        return [str(c) for c in frame.columns], [
+            ["" if v is None else str(v) for v in row] for row in frame.itertuples(index=False)
+        ]
     with open(path, newline="", encoding="utf-8-sig") as handle:
         reader = csv.reader(handle)
         header = next(reader, None)
@@ -106,7 +108,9 @@ def _keyed(path: Path) -> tuple[list[str], list[str], list[list[str]]]:
 def _numbers(cells: list[list[str]], path: Path) -> np.ndarray | None:
     """The cells as float64 (empty or NA as NaN); None when some cell is text."""
     try:
-        return np.array([[float(c) if c not in ("", "NA", "NaN", "nan") else np.nan for c in row] for row in cells])
+        return np.array(
+            [[float(c) if c not in ("", "NA", "NaN", "nan") else np.nan for c in row] for row in cells]
+        )
     except ValueError:
         return None
 
@@ -137,7 +141,8 @@ def load_rna_table(path: str | Path, *, log1p: bool = False) -> RNATable:
         values = np.log1p(values)
     empty = np.isnan(values).all(axis=0)
     if empty.any():
-        raise ValueError(f"{path}: genes without any value, e.g. {[g for g, e in zip(genes, empty, strict=False) if e][:3]}")
+        examples = [g for g, e in zip(genes, empty, strict=False) if e][:3]
+        raise ValueError(f"{path}: genes without any value, e.g. {examples}")
     # A missing value becomes the gene's mean, i.e. 0 after standardisation.
     values = np.where(np.isnan(values), np.nanmean(values, axis=0), values)
     return RNATable(tuple(slide_ids), values.astype(np.float32), tuple(genes))
@@ -169,7 +174,7 @@ def load_protein_table(path: str | Path, *, top_k: int = PROTEIN_TOP_K) -> Prote
         tokens = np.full((len(cells), top_k), -1, dtype=np.int64)
         for row, row_cells in enumerate(cells):
             named = [index[cell] for cell in row_cells if cell][:top_k]
-            tokens[row, :len(named)] = named
+            tokens[row, : len(named)] = named
     if tokens.shape[1] < top_k:
         tokens = np.pad(tokens, ((0, 0), (0, top_k - tokens.shape[1])), constant_values=-1)
     if (tokens[:, 0] < 0).any():
@@ -223,8 +228,14 @@ class RNAEncoder(nn.Module):
         self.embed = nn.Linear(self.chunk, config.dim)
         self.position = nn.Parameter(torch.randn(1, config.n_tokens + 1, config.dim) * 0.02)
         self.cls_token = nn.Parameter(torch.randn(1, 1, config.dim) * 0.02)
-        layer = nn.TransformerEncoderLayer(config.dim, config.heads, int(config.dim * config.mlp_ratio),
-                                           config.dropout, batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            config.dim,
+            config.heads,
+            int(config.dim * config.mlp_ratio),
+            config.dropout,
+            batch_first=True,
+            norm_first=True,
+        )
         self.encoder = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(config.dim)
         self.out = nn.Linear(config.dim, config.out_dim)
@@ -238,7 +249,9 @@ class RNAEncoder(nn.Module):
     def forward(self, values: torch.Tensor) -> torch.Tensor:
         """``[B, G]`` gene values -> ``[B, out_dim]``."""
         if values.dim() != 2 or values.shape[1] != self.config.in_dim:
-            raise ValueError(f"RNAEncoder expects [B, {self.config.in_dim}] gene values, got {tuple(values.shape)}")
+            raise ValueError(
+                f"RNAEncoder expects [B, {self.config.in_dim}] gene values, got {tuple(values.shape)}"
+            )
         x = (values - self.gene_mean) / self.gene_std
         x = nn.functional.pad(x, (0, self.chunk * self.config.n_tokens - x.shape[1]))
         tokens = self.embed(x.view(len(x), self.config.n_tokens, self.chunk))
@@ -287,7 +300,9 @@ class ProteinEncoder(nn.Module):
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """``[B, k]`` long token ids -> ``[B, out_dim]``."""
         if tokens.dim() != 2 or tokens.shape[1] != self.config.top_k:
-            raise ValueError(f"ProteinEncoder expects [B, {self.config.top_k}] tokens, got {tuple(tokens.shape)}")
+            raise ValueError(
+                f"ProteinEncoder expects [B, {self.config.top_k}] tokens, got {tuple(tokens.shape)}"
+            )
         present = (tokens >= 0).to(self.rank.weight.dtype)
         embedded = self.protein(tokens.clamp_min(0)) + self.rank.weight
         pooled = (embedded * present[..., None]).sum(1) / present.sum(1, keepdim=True).clamp_min(1.0)

@@ -37,17 +37,30 @@ def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
 def region_polygons(result: SegmentResult) -> dict[int, Any]:
     """Region id -> shapely polygon in level-0 pixels, exact on patch-grid edges."""
     raster = region_raster(result)
-    return label_grid_polygons(raster.values, origin_xy=raster.origin_level0, cell_size_px=raster.stride_level0)
+    return label_grid_polygons(
+        raster.values, origin_xy=raster.origin_level0, cell_size_px=raster.stride_level0
+    )
 
 
-def geojson_features(result: SegmentResult, *, roi_threshold: float = 1.0, tiles: bool = False,
-                     polygons: dict[int, Any] | None = None) -> list[Annotation]:
+def geojson_features(
+    result: SegmentResult,
+    *,
+    roi_threshold: float = 1.0,
+    tiles: bool = False,
+    polygons: dict[int, Any] | None = None,
+) -> list[Annotation]:
     """Regions (detections by phenotype group), ROIs (annotations "CARE ROI") and optional tiles."""
     table = region_table(result)
     rois = tuple(int(r) for r in roi_regions(result, roi_threshold))
     measurements = RegionTable(
-        region_id=table["region"], n_patches=table["patches"], alpha=table["alpha"], beta=table["beta"],
-        a=table["a"], area_um2=table["area_um2"] if result.slide_mpp else None, group=table["group"], roi_ids=rois,
+        region_id=table["region"],
+        n_patches=table["patches"],
+        alpha=table["alpha"],
+        beta=table["beta"],
+        a=table["a"],
+        area_um2=table["area_um2"] if result.slide_mpp else None,
+        group=table["group"],
+        roi_ids=rois,
     )
     mpp = result.slide_mpp[0] if result.slide_mpp else None
     metadata = care_metadata(encoder=result.options.encoder, k=result.care.k, mpp=mpp, mode=result.care.mode)
@@ -56,9 +69,14 @@ def geojson_features(result: SegmentResult, *, roi_threshold: float = 1.0, tiles
     features += roi_features(polygons, rois, table=measurements, mpp=mpp, metadata=metadata)
     if tiles:
         care = result.care
-        features += tile_features(result.features.coords, result.grid.tile_size_level0, {
-            "CARE attention": care.patch_attention, "CARE region id": care.region_of_patch,
-        })
+        features += tile_features(
+            result.features.coords,
+            result.grid.tile_size_level0,
+            {
+                "CARE attention": care.patch_attention,
+                "CARE region id": care.region_of_patch,
+            },
+        )
     return features
 
 
@@ -74,8 +92,12 @@ def summary(result: SegmentResult, slide: Slide) -> dict[str, Any]:
     care = result.care
     return {
         "software": f"napari-care {__version__}",
-        "slide": {"path": str(slide.path), "mpp": list(slide.mpp) if slide.mpp else None,
-                  "mpp_source": slide.mpp_source, "dimensions": list(slide.dimensions[0])},
+        "slide": {
+            "path": str(slide.path),
+            "mpp": list(slide.mpp) if slide.mpp else None,
+            "mpp_source": slide.mpp_source,
+            "dimensions": list(slide.dimensions[0]),
+        },
         "options": result.options.to_dict(),
         "box_level0": list(result.box) if result.box else None,
         "mode": care.mode,
@@ -90,16 +112,26 @@ def summary(result: SegmentResult, slide: Slide) -> dict[str, Any]:
     }
 
 
-def write_outputs(result: SegmentResult, slide: Slide, out_dir: str | Path, stem: str, *,
-                  roi_threshold: float = 1.0, tiles: bool = False) -> dict[str, Path]:
+def write_outputs(
+    result: SegmentResult,
+    slide: Slide,
+    out_dir: str | Path,
+    stem: str,
+    *,
+    roi_threshold: float = 1.0,
+    tiles: bool = False,
+) -> dict[str, Path]:
     """Write ``<stem>.features.h5``, ``<stem>.regions.geojson`` and ``<stem>.care.json``.
 
     The summary is written last: its presence marks a finished slide (cohort runs skip it).
     """
     paths = output_paths(out_dir, stem)
     save_features(paths["features"], result.features)
-    write_geojson(paths["geojson"], geojson_features(result, roi_threshold=roi_threshold, tiles=tiles),
-                  bounds_offset=slide.bounds_offset)
+    write_geojson(
+        paths["geojson"],
+        geojson_features(result, roi_threshold=roi_threshold, tiles=tiles),
+        bounds_offset=slide.bounds_offset,
+    )
     with atomic_open(paths["summary"], "w") as handle:
         json.dump(summary(result, slide), handle, indent=2)
     return paths

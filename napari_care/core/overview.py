@@ -12,15 +12,34 @@ from napari_care.core.regions import region_raster, roi_boxes
 from napari_care.core.segment import SegmentResult
 from napari_care.core.slide.handle import Slide
 
-GROUP_COLOURS = np.array([
-    (230, 159, 0), (86, 180, 233), (0, 158, 115), (240, 228, 66), (0, 114, 178), (213, 94, 0),
-    (204, 121, 167), (136, 34, 85), (68, 170, 153), (153, 153, 51), (51, 34, 136), (221, 204, 119),
-], dtype=np.float32)  # fmt: skip
+GROUP_COLOURS = np.array(
+    [
+        (230, 159, 0),
+        (86, 180, 233),
+        (0, 158, 115),
+        (240, 228, 66),
+        (0, 114, 178),
+        (213, 94, 0),
+        (204, 121, 167),
+        (136, 34, 85),
+        (68, 170, 153),
+        (153, 153, 51),
+        (51, 34, 136),
+        (221, 204, 119),
+    ],
+    dtype=np.float32,
+)
 ROI_COLOUR = np.array([255, 215, 0], dtype=np.uint8)
 
 
-def _on_thumbnail(raster_values: np.ndarray, origin_xy: tuple[float, float], cell_level0: float,
-                  shape: tuple[int, int], thumb_downsample: float, fill) -> np.ndarray:
+def _on_thumbnail(
+    raster_values: np.ndarray,
+    origin_xy: tuple[float, float],
+    cell_level0: float,
+    shape: tuple[int, int],
+    thumb_downsample: float,
+    fill,
+) -> np.ndarray:
     """Resample a patch-grid raster onto thumbnail pixels (nearest cell)."""
     rows = (np.arange(shape[0]) + 0.5) * thumb_downsample
     cols = (np.arange(shape[1]) + 0.5) * thumb_downsample
@@ -36,11 +55,16 @@ def _on_thumbnail(raster_values: np.ndarray, origin_xy: tuple[float, float], cel
 def turbo(values: np.ndarray) -> np.ndarray:
     """A compact polynomial approximation of the turbo colormap; [..] in [0, 1] -> [.., 3] uint8."""
     x = np.clip(values, 0.0, 1.0)[..., None]
-    coeffs = np.array([
-        [0.13572138, 0.09140261, 0.10667330], [4.61539260, 2.19418839, 12.64194608],
-        [-42.66032258, 4.84296658, -60.58204836], [132.13108234, -14.18503333, 110.36276771],
-        [-152.94239396, 4.27729857, -89.90310912], [59.28637943, 2.82956604, 27.34824973],
-    ])  # fmt: skip
+    coeffs = np.array(
+        [
+            [0.13572138, 0.09140261, 0.10667330],
+            [4.61539260, 2.19418839, 12.64194608],
+            [-42.66032258, 4.84296658, -60.58204836],
+            [132.13108234, -14.18503333, 110.36276771],
+            [-152.94239396, 4.27729857, -89.90310912],
+            [59.28637943, 2.82956604, 27.34824973],
+        ]
+    )
     rgb = sum(coeffs[i] * x**i for i in range(len(coeffs)))
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
@@ -53,13 +77,17 @@ def render_overview(result: SegmentResult, slide: Slide, *, max_size: int = 1200
     downsample = slide.dimensions[0][0] / thumb.shape[1]
     shape = thumb.shape[:2]
     regions = region_raster(result)
-    region_px = _on_thumbnail(regions.values, regions.origin_level0, regions.stride_level0, shape, downsample, -1)
+    region_px = _on_thumbnail(
+        regions.values, regions.origin_level0, regions.stride_level0, shape, downsample, -1
+    )
     tissue = region_px >= 0
     group_px = np.where(tissue, result.group_of_region[np.maximum(region_px, 0)], 0)
     colours = GROUP_COLOURS[group_px % len(GROUP_COLOURS)]
     left = np.where(tissue[..., None], 0.55 * thumb + 0.45 * colours, thumb)
     left[find_boundaries(region_px, mode="inner") & tissue] = (40, 40, 40)
-    heat = heatmap_raster(result.features.grid, result.care.patch_attention, result.grid.stride_level0, mode="rank")
+    heat = heatmap_raster(
+        result.features.grid, result.care.patch_attention, result.grid.stride_level0, mode="rank"
+    )
     heat_px = _on_thumbnail(heat.values, heat.origin_level0, heat.stride_level0, shape, downsample, np.nan)
     right = thumb.copy()
     has_heat = np.isfinite(heat_px)

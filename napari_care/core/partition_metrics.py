@@ -19,7 +19,9 @@ from napari_care.core.models.care_blocks import DEFAULT_K, block_partition, chec
 def _labels(values: np.ndarray, name: str, n: int | None = None) -> np.ndarray:
     array = np.asarray(values)
     if array.ndim != 1 or array.dtype.kind not in "iub":
-        raise ValueError(f"{name} must be a 1-d integer array of per-patch labels, got {array.dtype} {array.shape}")
+        raise ValueError(
+            f"{name} must be a 1-d integer array of per-patch labels, got {array.dtype} {array.shape}"
+        )
     if n is not None and len(array) != n:
         raise ValueError(f"{name} has {len(array)} entries, expected {n} (one per patch)")
     return array.astype(np.int64, copy=False)
@@ -76,7 +78,7 @@ def grid_edges(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     grid = check_grid(grid)
     low = grid.min(axis=0)
-    width = int(grid[:, 0].max() - low[0]) + 2   # one spare column so x + 1 never wraps
+    width = int(grid[:, 0].max() - low[0]) + 2  # one spare column so x + 1 never wraps
     key = (grid[:, 1] - low[1]) * width + (grid[:, 0] - low[0])
     order = np.argsort(key, kind="stable")
     sorted_key = key[order]
@@ -91,7 +93,9 @@ def grid_edges(grid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(firsts), np.concatenate(seconds)
 
 
-def boundary_recall(region_of_patch: np.ndarray, truth: np.ndarray, grid: np.ndarray, tolerance: int = 0) -> float:
+def boundary_recall(
+    region_of_patch: np.ndarray, truth: np.ndarray, grid: np.ndarray, tolerance: int = 0
+) -> float:
     """Share of true boundary edges that the regions also cut.
 
     A true boundary edge joins two adjacent patches with different truth labels. With
@@ -132,8 +136,9 @@ def region_coherence(region_of_patch: np.ndarray, grid: np.ndarray) -> float:
     region = _labels(region_of_patch, "region_of_patch", len(grid))
     first, second = grid_edges(grid)
     same = region[first] == region[second]
-    graph = scipy.sparse.coo_matrix((np.ones(int(same.sum())), (first[same], second[same])),
-                                    shape=(len(grid), len(grid)))
+    graph = scipy.sparse.coo_matrix(
+        (np.ones(int(same.sum())), (first[same], second[same])), shape=(len(grid), len(grid))
+    )
     _, piece = scipy.sparse.csgraph.connected_components(graph, directed=False)
     piece_size = np.bincount(piece)
     # The largest piece of each region: sort pieces by (region, size) and keep the last per region.

@@ -64,8 +64,13 @@ class Phenotypes:
         return len(self.centroids)
 
 
-def region_descriptors(result: CareResult, patch_features: np.ndarray | None = None, *,
-                       descriptor: str = "median", standardize: bool = True) -> np.ndarray:
+def region_descriptors(
+    result: CareResult,
+    patch_features: np.ndarray | None = None,
+    *,
+    descriptor: str = "median",
+    standardize: bool = True,
+) -> np.ndarray:
     """``[R, F]`` float64 descriptor of each region, the space the phenotype groups are found in.
 
     Parameters
@@ -99,17 +104,23 @@ def region_descriptors(result: CareResult, patch_features: np.ndarray | None = N
     return (described - mean) / std
 
 
-def _patch_descriptors(result: CareResult, descriptor: str, patch_features: np.ndarray | None,
-                       ) -> tuple[np.ndarray, np.ndarray]:
-    """The patch features (float32 or float64) and each region's median or mean of them, ``[R, D]`` float64."""
+def _patch_descriptors(
+    result: CareResult,
+    descriptor: str,
+    patch_features: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The patch features (float32 or float64) and each region's median or mean of them,
+    ``[R, D]`` float64."""
     if patch_features is None:
         raise ValueError(f"descriptor={descriptor!r} needs patch_features (or use descriptor='embedding')")
     features = np.asarray(patch_features)
     if features.dtype not in (np.float32, np.float64):
         features = features.astype(np.float32)
     if features.ndim != 2 or len(features) != result.n_patches:
-        raise ValueError(f"patch_features must have shape [{result.n_patches}, D] (one row per patch of the "
-                         f"result), got {features.shape}")
+        raise ValueError(
+            f"patch_features must have shape [{result.n_patches}, D] (one row per patch of the "
+            f"result), got {features.shape}"
+        )
     # Medians and means commute with a per-dimension standardisation (a positive scale and a
     # shift), so they are taken on the features as they are and only the [R, D] result is
     # standardised: no N x D copy.
@@ -118,14 +129,26 @@ def _patch_descriptors(result: CareResult, descriptor: str, patch_features: np.n
     else:
         order = np.argsort(result.region_of_patch, kind="stable")
         ends = np.cumsum(np.bincount(result.region_of_patch, minlength=result.n_regions))
-        described = np.stack([np.median(features[order[start:end]], axis=0)
-                              for start, end in zip(np.r_[0, ends[:-1]], ends, strict=True)]).astype(np.float64)
+        described = np.stack(
+            [
+                np.median(features[order[start:end]], axis=0)
+                for start, end in zip(np.r_[0, ends[:-1]], ends, strict=True)
+            ]
+        ).astype(np.float64)
     return features, described
 
 
-def phenotype_groups(result: CareResult, n_groups: int = 4, *, patch_features: np.ndarray | None = None,
-                     descriptor: str | None = None, weighting: str = "patches", seed: int = 0,
-                     n_init: int = 10, standardize: bool = True) -> Phenotypes:
+def phenotype_groups(
+    result: CareResult,
+    n_groups: int = 4,
+    *,
+    patch_features: np.ndarray | None = None,
+    descriptor: str | None = None,
+    weighting: str = "patches",
+    seed: int = 0,
+    n_init: int = 10,
+    standardize: bool = True,
+) -> Phenotypes:
     """Group the regions of a CARE result by k-means on their descriptors.
 
     Parameters
@@ -172,7 +195,8 @@ def phenotype_groups(result: CareResult, n_groups: int = 4, *, patch_features: n
         # more (about 0.1 s) than the clustering itself.
         with threadpool_limits(1):
             labels = KMeans(n_clusters=n_groups, n_init=n_init, random_state=seed).fit_predict(
-                features, sample_weight=weights)
+                features, sample_weight=weights
+            )
     # Order groups by patch count (largest first), ties by lowest first region, for stable ids.
     patches = np.bincount(labels, weights=result.region_sizes, minlength=n_groups)
     first_region = np.array([np.flatnonzero(labels == group)[0] for group in range(n_groups)])
@@ -181,11 +205,16 @@ def phenotype_groups(result: CareResult, n_groups: int = 4, *, patch_features: n
     rename[order] = np.arange(n_groups)
     group_of_region = rename[labels]
     centroids = np.stack([features[group_of_region == group].mean(axis=0) for group in range(n_groups)])
-    return Phenotypes(group_of_region=group_of_region, group_of_patch=group_of_region[result.region_of_patch],
-                      centroids=centroids.astype(np.float32))
+    return Phenotypes(
+        group_of_region=group_of_region,
+        group_of_patch=group_of_region[result.region_of_patch],
+        centroids=centroids.astype(np.float32),
+    )
 
 
-def tissue_map(grid: np.ndarray, value_of_patch: np.ndarray, *, background: int = -1) -> tuple[np.ndarray, tuple[int, int]]:
+def tissue_map(
+    grid: np.ndarray, value_of_patch: np.ndarray, *, background: int = -1
+) -> tuple[np.ndarray, tuple[int, int]]:
     """Rasterise per-patch integer values (groups, regions) onto the patch grid.
 
     Parameters

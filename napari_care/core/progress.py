@@ -44,7 +44,9 @@ class Progress:
 ProgressGen = Generator[Progress, None, T]
 
 
-def run_to_end(work: Generator[Progress, None, T], on_progress: Callable[[Progress], None] | None = None) -> T:
+def run_to_end(
+    work: Generator[Progress, None, T], on_progress: Callable[[Progress], None] | None = None
+) -> T:
     """Drive a progress generator to its end and return its result.
 
     Parameters
@@ -67,7 +69,9 @@ def run_to_end(work: Generator[Progress, None, T], on_progress: Callable[[Progre
             on_progress(report)
 
 
-def map_progress(work: Generator[Progress, None, T], change: Callable[[Progress], Progress]) -> Generator[Progress, None, T]:
+def map_progress(
+    work: Generator[Progress, None, T], change: Callable[[Progress], Progress]
+) -> Generator[Progress, None, T]:
     """Pass on ``work``'s reports changed by ``change`` (another stage name, an offset in a larger
     run...) and return its result."""
     while True:

@@ -37,8 +37,14 @@ class GridRaster:
         return (self.origin_gx * self.stride_level0, self.origin_gy * self.stride_level0)
 
 
-def rasterize(grid: np.ndarray, values: np.ndarray, stride_level0: float, *, fill: float | int = 0,
-              dtype: np.dtype | type | None = None) -> GridRaster:
+def rasterize(
+    grid: np.ndarray,
+    values: np.ndarray,
+    stride_level0: float,
+    *,
+    fill: float | int = 0,
+    dtype: np.dtype | type | None = None,
+) -> GridRaster:
     """Place per-patch ``values`` at their grid cells.
 
     Parameters

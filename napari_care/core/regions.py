@@ -37,8 +37,13 @@ class RoiBox:
 
 def region_raster(result: SegmentResult) -> GridRaster:
     """Region id of every patch on the patch grid; ``NO_REGION`` (-1) where there is none."""
-    return rasterize(result.features.grid, result.care.region_of_patch, result.grid.stride_level0,
-                     fill=NO_REGION, dtype=np.int32)
+    return rasterize(
+        result.features.grid,
+        result.care.region_of_patch,
+        result.grid.stride_level0,
+        fill=NO_REGION,
+        dtype=np.int32,
+    )
 
 
 def region_table(result: SegmentResult) -> dict[str, np.ndarray]:
@@ -80,6 +85,12 @@ def roi_boxes(result: SegmentResult, threshold: float = 1.0) -> list[RoiBox]:
         cells = grid[region_of_patch == region]
         (gx0, gy0), (gx1, gy1) = cells.min(axis=0), cells.max(axis=0)
         box = (gx0 * stride, gy0 * stride, gx1 * stride + size, gy1 * stride + size)
-        boxes.append(RoiBox(int(region), tuple(float(v) for v in box), float(result.care.a[region]),
-                            int(region) == result.care.roi))
+        boxes.append(
+            RoiBox(
+                int(region),
+                tuple(float(v) for v in box),
+                float(result.care.a[region]),
+                int(region) == result.care.roi,
+            )
+        )
     return boxes

@@ -52,8 +52,11 @@ def cache_dir() -> Path:
 
 def build_defaults() -> dict[str, Any]:
     """The keyword defaults of :func:`build_synthetic_slide` that a spec may set (palette as a dict)."""
-    defaults = {name: p.default for name, p in inspect.signature(build_synthetic_slide).parameters.items()
-                if p.kind is p.KEYWORD_ONLY and name != "workers"}
+    defaults = {
+        name: p.default
+        for name, p in inspect.signature(build_synthetic_slide).parameters.items()
+        if p.kind is p.KEYWORD_ONLY and name != "workers"
+    }
     defaults["palette"] = dataclasses.asdict(defaults["palette"])
     return defaults
 
@@ -83,7 +86,9 @@ def load_sample_spec(path: str | os.PathLike[str] | None = None) -> dict[str, An
         raise ValueError(f"{path}: unknown spec keys {unknown}; known: {sorted(spec)}")
     palette = {**spec["palette"], **given.pop("palette", {})}
     spec.update(given)
-    spec["palette"] = {key: tuple(value) if isinstance(value, list) else value for key, value in palette.items()}
+    spec["palette"] = {
+        key: tuple(value) if isinstance(value, list) else value for key, value in palette.items()
+    }
     return spec
 
 
@@ -93,8 +98,11 @@ def spec_key(spec: dict[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
 
 
-def iter_offline_sample(*, rebuild: bool = False, spec_path: str | os.PathLike[str] | None = None,
-                        ) -> Generator[Progress, None, Path]:
+def iter_offline_sample(
+    *,
+    rebuild: bool = False,
+    spec_path: str | os.PathLike[str] | None = None,
+) -> Generator[Progress, None, Path]:
     """Build the offline sample into the cache unless it is there; yields progress, returns its path.
 
     Parameters
@@ -152,8 +160,15 @@ def cmu_small_region_path(*, url: str = CMU_SMALL_REGION_URL) -> Path:
     folder = cache_dir() / "downloads"
     name = "CMU-1-Small-Region.svs"
     try:
-        return Path(pooch.retrieve(url, known_hash=f"sha256:{CMU_SMALL_REGION_SHA256}", fname=name,
-                                   path=folder, progressbar=False))
+        return Path(
+            pooch.retrieve(
+                url,
+                known_hash=f"sha256:{CMU_SMALL_REGION_SHA256}",
+                fname=name,
+                path=folder,
+                progressbar=False,
+            )
+        )
     except Exception as error:  # requests' network errors, a checksum mismatch, a full disk
         raise RuntimeError(
             f"Could not download {name} from {url} ({type(error).__name__}); "

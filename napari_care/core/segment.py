@@ -221,7 +221,9 @@ def segment(
     if model is None and options.care_checkpoint:
         model = load_care_model(options.care_checkpoint, in_dim=features.embed_dim)
     care = _run_care(features, options, model)
-    groups = phenotype_groups(care, n_groups=options.n_groups, patch_features=features.features).group_of_region
+    groups = phenotype_groups(
+        care, n_groups=options.n_groups, patch_features=features.features
+    ).group_of_region
     yield Progress("segment", 1, 1, f"{care.n_regions} regions, ROI = region {care.roi}")
     return SegmentResult(
         features=features,

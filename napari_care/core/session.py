@@ -99,8 +99,18 @@ class SegmentSession:
         yield Progress("encoder", 0, 1, f"loading encoder {options.encoder}")
         encoder = self.encoder(options)
         model = self.model(options, encoder.embed_dim)
-        return (yield from segment(self.slide, options, box=box, tissue=tissue, cache=self.cache,
-                                   encoder=encoder, model=model, cancel=cancel))
+        return (
+            yield from segment(
+                self.slide,
+                options,
+                box=box,
+                tissue=tissue,
+                cache=self.cache,
+                encoder=encoder,
+                model=model,
+                cancel=cancel,
+            )
+        )
 
     def attend_regions(
         self,
@@ -124,16 +134,29 @@ class SegmentSession:
         """
         region_encoder = head.region_encoder
         if region_encoder is None:
-            raise ValueError(f"MIL head {head.path} was trained on region tokens, but its mixing encoder "
-                             "(mem_encoder.json beside it, written by train-mil --mem from .mixmag.h5 files) is missing")
+            raise ValueError(
+                f"MIL head {head.path} was trained on region tokens, but its mixing encoder "
+                "(mem_encoder.json beside it, written by train-mil --mem from .mixmag.h5 files) is missing"
+            )
         name = region_encoder.patch_encoder
         weights = options.encoder_weights if options.encoder == name else None
         yield Progress("encoder", 0, 1, f"loading encoder {name} for the head's regions")
         encoder = self.encoder(replace(options, encoder=name, encoder_weights=weights))
         min_tissue = options.min_tissue if region_encoder.min_tissue is None else region_encoder.min_tissue
-        return (yield from attend_regions(self.slide, head, region_encoder, encoder, box=box,
-                                            tissue=self.tissue(options.tissue_threshold), cache=self.cache,
-                                            min_tissue=min_tissue, batch_size=options.batch_size, cancel=cancel))
+        return (
+            yield from attend_regions(
+                self.slide,
+                head,
+                region_encoder,
+                encoder,
+                box=box,
+                tissue=self.tissue(options.tissue_threshold),
+                cache=self.cache,
+                min_tissue=min_tissue,
+                batch_size=options.batch_size,
+                cancel=cancel,
+            )
+        )
 
     def run_with_mil(
         self,
@@ -158,10 +181,14 @@ class SegmentSession:
         if mil_head.encoder == "mixmag":  # a head on region tokens: regions, then patches
             regions = yield from self.attend_regions(options, mil_head, box, cancel)
             if regions is None:  # zoomed in where no region has enough tissue: the segmentation still shows
-                output = MilOutput(np.full(len(result.features), np.nan, np.float32), np.zeros(0, np.float32), "")
+                output = MilOutput(
+                    np.full(len(result.features), np.nan, np.float32), np.zeros(0, np.float32), ""
+                )
             else:
                 output = patch_output(regions, result.features.coords, result.features.patch_size_level0)
-                yield Progress("mil", 1, 1, f"MIL predicts {output.predicted} from {regions.n_regions} regions")
+                yield Progress(
+                    "mil", 1, 1, f"MIL predicts {output.predicted} from {regions.n_regions} regions"
+                )
         else:
             yield Progress("mil", 0, 1, f"MIL attention over {len(result.features)} patches")
             output = mil_head.apply(result.features.features, encoder=result.features.encoder)

@@ -156,8 +156,8 @@ def target_downsample(
         raise ValueError(f"mpp must be positive micrometres per pixel, got {mpp}")
     if slide_mpp is None:
         raise ValueError(
-            f"slide {slide.path} has no pixel size (mpp); open it with open_slide(path, mpp=...) to give one, "
-            "or tile it by pyramid level with level=/downsample="
+            f"slide {slide.path} has no pixel size (mpp); open it with open_slide(path, mpp=...) "
+            "to give one, or tile it by pyramid level with level=/downsample="
         )
     return mpp / slide_mpp, mpp
 

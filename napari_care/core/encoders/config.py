@@ -99,7 +99,9 @@ class EncoderCfg:
         if self.pooling not in POOLINGS:
             raise ValueError(f"EncoderCfg {self.name!r}: pooling {self.pooling!r} is not one of {POOLINGS}")
         if self.input_size <= 0 or self.embed_dim <= 0 or self.native_mpp <= 0:
-            raise ValueError(f"EncoderCfg {self.name!r}: input_size, embed_dim and native_mpp must be positive")
+            raise ValueError(
+                f"EncoderCfg {self.name!r}: input_size, embed_dim and native_mpp must be positive"
+            )
         if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
             raise ValueError(f"EncoderCfg {self.name!r}: mean and std need 3 values, std > 0")
         if not 0.0 < self.crop_pct <= 1.0:
@@ -147,10 +149,13 @@ def check_tiles(tiles: object, encoder_name: str) -> np.ndarray:
     if tiles.dtype != np.uint8:
         raise TypeError(f"{encoder_name}.encode(tiles): expected dtype uint8 RGB, got {tiles.dtype}")
     if tiles.ndim != 4 or tiles.shape[3] != 3:
-        raise ValueError(f"{encoder_name}.encode(tiles): expected shape [B, H, W, 3], got {list(tiles.shape)}")
+        raise ValueError(
+            f"{encoder_name}.encode(tiles): expected shape [B, H, W, 3], got {list(tiles.shape)}"
+        )
     if tiles.shape[1] != tiles.shape[2] or tiles.shape[1] == 0:
         raise ValueError(
-            f"{encoder_name}.encode(tiles): tiles must be square and non-empty, got {tiles.shape[1]}x{tiles.shape[2]}"
+            f"{encoder_name}.encode(tiles): tiles must be square and non-empty, "
+            f"got {tiles.shape[1]}x{tiles.shape[2]}"
         )
     return tiles
 
@@ -162,6 +167,7 @@ def check_finite(embeddings: np.ndarray, encoder_name: str) -> np.ndarray:
         bad = np.flatnonzero(~finite_per_tile)
         raise FloatingPointError(
             f"encoder {encoder_name!r} produced NaN/inf embeddings for {bad.size} of {len(embeddings)} tiles "
-            f"(first: tile {int(bad[0])}); the weights may be corrupt or the model overflowed in reduced precision"
+            f"(first: tile {int(bad[0])}); the weights may be corrupt "
+            "or the model overflowed in reduced precision"
         )
     return embeddings

@@ -58,19 +58,68 @@ MAX_BLOB_AREA_PX = 500.0  # caps the mean blob area (at 1 um/px) where blobs mer
 STAIN_RANGES = {"h": (-0.2, 2.0), "e": (-0.2, 1.2), "d": (-0.4, 0.8), "od": (0.0, 1.6)}  # histogram spans
 
 FEATURE_NAMES: tuple[str, ...] = (
-    "tissue_share", "nonwhite_share", "dark_share",
+    "tissue_share",
+    "nonwhite_share",
+    "dark_share",
     *(f"{stain}_{stat}" for stain in ("h", "e", "d", "od") for stat in ("mean", "std", "p10", "p50", "p90")),
-    "tissue_h_mean", "tissue_e_mean", "tissue_d_mean", "tissue_od_mean", "tissue_h_fraction",
-    "r_mean", "g_mean", "b_mean", "r_std", "g_std", "b_std", "sat_mean", "sat_std", "value_mean",
-    "opp_a_mean", "opp_b_mean", "opp_a_std", "opp_b_std", "hue_cos", "hue_sin",
-    "grad_od_1um", "grad_od_2um", "grad_od_4um", "grad_h_1um", "grad_h_2um", "grad_h_4um",
-    "coherence_4um", "coherence_8um", "localvar_od_2um", "localvar_od_4um", "localvar_h_2um", "localvar_h_4um",
-    "autocorr_od_1", "autocorr_od_2", "autocorr_od_4", "autocorr_od_8", "autocorr_h_1", "autocorr_h_3",
-    "rank_low_1um", "rank_mid_1um", "rank_high_1um", "rank_low_2um", "rank_mid_2um", "rank_high_2um",
-    "block_std_h", "block_std_e", "block_std_od",
-    "nuclei1_share", "nuclei1_count", "nuclei1_mean_area", "nuclei1_thickness", "nuclei1_tissue_share",
-    "nuclei2_share", "nuclei2_count", "nuclei2_mean_area", "nuclei2_thickness",
-    "nuclei_local_share", "nuclei_local_count",
+    "tissue_h_mean",
+    "tissue_e_mean",
+    "tissue_d_mean",
+    "tissue_od_mean",
+    "tissue_h_fraction",
+    "r_mean",
+    "g_mean",
+    "b_mean",
+    "r_std",
+    "g_std",
+    "b_std",
+    "sat_mean",
+    "sat_std",
+    "value_mean",
+    "opp_a_mean",
+    "opp_b_mean",
+    "opp_a_std",
+    "opp_b_std",
+    "hue_cos",
+    "hue_sin",
+    "grad_od_1um",
+    "grad_od_2um",
+    "grad_od_4um",
+    "grad_h_1um",
+    "grad_h_2um",
+    "grad_h_4um",
+    "coherence_4um",
+    "coherence_8um",
+    "localvar_od_2um",
+    "localvar_od_4um",
+    "localvar_h_2um",
+    "localvar_h_4um",
+    "autocorr_od_1",
+    "autocorr_od_2",
+    "autocorr_od_4",
+    "autocorr_od_8",
+    "autocorr_h_1",
+    "autocorr_h_3",
+    "rank_low_1um",
+    "rank_mid_1um",
+    "rank_high_1um",
+    "rank_low_2um",
+    "rank_mid_2um",
+    "rank_high_2um",
+    "block_std_h",
+    "block_std_e",
+    "block_std_od",
+    "nuclei1_share",
+    "nuclei1_count",
+    "nuclei1_mean_area",
+    "nuclei1_thickness",
+    "nuclei1_tissue_share",
+    "nuclei2_share",
+    "nuclei2_count",
+    "nuclei2_mean_area",
+    "nuclei2_thickness",
+    "nuclei_local_share",
+    "nuclei_local_count",
 )
 EMBED_DIM = len(FEATURE_NAMES)
 
@@ -80,7 +129,8 @@ EMBED_DIM = len(FEATURE_NAMES)
 _LOG_OFFSETS = {"share": 0.01, "count": 0.02, "grad_": 0.003, "localvar_": 1e-5}
 _LOG_INDEX = np.array([i for i, name in enumerate(FEATURE_NAMES) if any(key in name for key in _LOG_OFFSETS)])
 _LOG_OFFSET = np.array(
-    [next(offset for key, offset in _LOG_OFFSETS.items() if key in FEATURE_NAMES[i]) for i in _LOG_INDEX], np.float32
+    [next(offset for key, offset in _LOG_OFFSETS.items() if key in FEATURE_NAMES[i]) for i in _LOG_INDEX],
+    np.float32,
 )
 
 DEFAULT_CFG = EncoderCfg(
@@ -93,7 +143,8 @@ DEFAULT_CFG = EncoderCfg(
     embed_dim=EMBED_DIM,
     pooling="descriptor",
     license="part of napari_care; no third-party weights",
-    description=f"built-in H&E descriptor ({EMBED_DIM} dims, numpy, no weights): stains, colour, texture, nuclei",
+    description=f"built-in H&E descriptor ({EMBED_DIM} dims, numpy, no weights): "
+    "stains, colour, texture, nuclei",
 )
 
 
@@ -102,7 +153,7 @@ def raw_descriptor(tiles: np.ndarray) -> np.ndarray:
 
     Chunks of the batch run in a small thread pool: numpy releases the GIL in its loops.
     """
-    chunks = [tiles[start:start + CHUNK_TILES] for start in range(0, len(tiles), CHUNK_TILES)]
+    chunks = [tiles[start : start + CHUNK_TILES] for start in range(0, len(tiles), CHUNK_TILES)]
     if len(chunks) == 1:
         return _describe_chunk(chunks[0])
     return np.concatenate(list(_thread_pool().map(_describe_chunk, chunks)))
@@ -144,19 +195,24 @@ def _share(mask: np.ndarray) -> np.ndarray:
     return mask.reshape(len(mask), -1).mean(axis=1)
 
 
-def _stains(h: np.ndarray, od_mean: np.ndarray, hed_2um: np.ndarray, od_mean_2um: np.ndarray,
-            tissue_2um: np.ndarray) -> list[np.ndarray]:
+def _stains(
+    h: np.ndarray, od_mean: np.ndarray, hed_2um: np.ndarray, od_mean_2um: np.ndarray, tissue_2um: np.ndarray
+) -> list[np.ndarray]:
     """Colour-deconvolution statistics: per stain mean, spread, percentiles; tissue means."""
     batch = len(h)
     maps = {"h": hed_2um[:, 0], "e": hed_2um[:, 1], "d": hed_2um[:, 2], "od": od_mean_2um}
-    finest = {"h": h.reshape(batch, -1), "od": od_mean.reshape(batch, -1)}  # spread at the finest scale at hand
+    finest = {
+        "h": h.reshape(batch, -1),
+        "od": od_mean.reshape(batch, -1),
+    }  # spread at the finest scale at hand
     features: list[np.ndarray] = []
     for name, values in maps.items():
         features += [values.mean(axis=1), finest.get(name, values).std(axis=1)]
         features += list(ops.histogram_quantiles(values, *STAIN_RANGES[name], (0.1, 0.5, 0.9)).T)
     tissue_count = tissue_2um.sum(axis=1) + TISSUE_PRIOR_PX
-    tissue_h, tissue_e, tissue_d, tissue_od = ((values * tissue_2um).sum(axis=1) / tissue_count
-                                               for values in maps.values())
+    tissue_h, tissue_e, tissue_d, tissue_od = (
+        (values * tissue_2um).sum(axis=1) / tissue_count for values in maps.values()
+    )
     h_fraction = tissue_h / (np.abs(tissue_h) + np.abs(tissue_e) + 1e-3)
     return [*features, tissue_h, tissue_e, tissue_d, tissue_od, h_fraction]
 
@@ -171,10 +227,21 @@ def _colour(rgb: np.ndarray) -> list[np.ndarray]:
     # so that the faint tint of glass counts for little.
     norm = np.sqrt(opp_a * opp_a + opp_b * opp_b) + 1e-3
     return [
-        r.mean(axis=1), g.mean(axis=1), b.mean(axis=1), r.std(axis=1), g.std(axis=1), b.std(axis=1),
-        saturation.mean(axis=1), saturation.std(axis=1), value.mean(axis=1),
-        opp_a.mean(axis=1), opp_b.mean(axis=1), opp_a.std(axis=1), opp_b.std(axis=1),
-        (saturation * opp_a / norm).mean(axis=1), (saturation * opp_b / norm).mean(axis=1),
+        r.mean(axis=1),
+        g.mean(axis=1),
+        b.mean(axis=1),
+        r.std(axis=1),
+        g.std(axis=1),
+        b.std(axis=1),
+        saturation.mean(axis=1),
+        saturation.std(axis=1),
+        value.mean(axis=1),
+        opp_a.mean(axis=1),
+        opp_b.mean(axis=1),
+        opp_a.std(axis=1),
+        opp_b.std(axis=1),
+        (saturation * opp_a / norm).mean(axis=1),
+        (saturation * opp_b / norm).mean(axis=1),
     ]
 
 
@@ -184,14 +251,24 @@ def _texture(
     """Multi-scale texture of the OD and haematoxylin maps."""
     od_4um, h_4um = ops.mean_pool(od_2um, 2), ops.mean_pool(h_2um, 2)
     return [
-        ops.gradient_magnitude(od_1um), ops.gradient_magnitude(od_2um), ops.gradient_magnitude(od_4um),
-        ops.gradient_magnitude(h_1um), ops.gradient_magnitude(h_2um), ops.gradient_magnitude(h_4um),
-        ops.coherence(od_2um, 2), ops.coherence(od_2um, 4),
-        ops.local_variance(od_1um, od_2um), ops.local_variance(od_2um, od_4um),
-        ops.local_variance(h_1um, h_2um), ops.local_variance(h_2um, h_4um),
-        *ops.autocorrelation(od_1um, (1, 2, 4, 8)).T, *ops.autocorrelation(h_1um, (1, 3)).T,
-        *ops.neighbour_rank_shares(od_1um, 0.02).T, *ops.neighbour_rank_shares(od_2um, 0.02).T,
-        ops.mean_pool(h_2um, 4).std(axis=(1, 2)), ops.mean_pool(e_2um, 4).std(axis=(1, 2)),
+        ops.gradient_magnitude(od_1um),
+        ops.gradient_magnitude(od_2um),
+        ops.gradient_magnitude(od_4um),
+        ops.gradient_magnitude(h_1um),
+        ops.gradient_magnitude(h_2um),
+        ops.gradient_magnitude(h_4um),
+        ops.coherence(od_2um, 2),
+        ops.coherence(od_2um, 4),
+        ops.local_variance(od_1um, od_2um),
+        ops.local_variance(od_2um, od_4um),
+        ops.local_variance(h_1um, h_2um),
+        ops.local_variance(h_2um, h_4um),
+        *ops.autocorrelation(od_1um, (1, 2, 4, 8)).T,
+        *ops.autocorrelation(h_1um, (1, 3)).T,
+        *ops.neighbour_rank_shares(od_1um, 0.02).T,
+        *ops.neighbour_rank_shares(od_2um, 0.02).T,
+        ops.mean_pool(h_2um, 4).std(axis=(1, 2)),
+        ops.mean_pool(e_2um, 4).std(axis=(1, 2)),
         ops.mean_pool(od_4um, 2).std(axis=(1, 2)),
     ]
 
@@ -255,8 +332,9 @@ class DescriptorEncoder:
 
 
 @register_encoder(DEFAULT_CFG)
-def _create_default(cfg: EncoderCfg, *, weights: str | None = None, model_kwargs: dict | None = None,
-                    **_device: Any) -> DescriptorEncoder:
+def _create_default(
+    cfg: EncoderCfg, *, weights: str | None = None, model_kwargs: dict | None = None, **_device: Any
+) -> DescriptorEncoder:
     # The device does not matter to numpy; weights and model arguments would be a mistake.
     if weights is not None or model_kwargs:
         raise ValueError(

@@ -38,7 +38,7 @@ def reference_tiles(slides_dir: str | Path) -> np.ndarray:
         image = tifffile.imread(Path(slides_dir) / name)
         height, width = image.shape[:2]
         tiles += [
-            image[y:y + REFERENCE_TILE_PX, x:x + REFERENCE_TILE_PX]
+            image[y : y + REFERENCE_TILE_PX, x : x + REFERENCE_TILE_PX]
             for y in range(0, height - REFERENCE_TILE_PX + 1, REFERENCE_TILE_PX)
             for x in range(0, width - REFERENCE_TILE_PX + 1, REFERENCE_TILE_PX)
         ]

@@ -13,7 +13,9 @@ import numpy as np
 #: haematoxylin, eosin, DAB), as in scikit-image's ``rgb_from_hed``; rows are
 #: normalised to unit length before inversion.
 RGB_FROM_HED = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
-HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)).astype(np.float32)
+HED_FROM_RGB = np.linalg.inv(RGB_FROM_HED / np.linalg.norm(RGB_FROM_HED, axis=1, keepdims=True)).astype(
+    np.float32
+)
 
 
 def block_sum(tiles: np.ndarray, out_px: int) -> tuple[np.ndarray, int]:
@@ -38,10 +40,10 @@ def block_sum(tiles: np.ndarray, out_px: int) -> tuple[np.ndarray, int]:
     width = summed.shape[-1] - 3 * (factor - 1)
     across = summed[..., :width].copy()
     for dx in range(1, factor):
-        across += summed[..., 3 * dx:3 * dx + width]
+        across += summed[..., 3 * dx : 3 * dx + width]
     planar = np.empty((batch, 3, out_px, out_px), np.uint16)
     for channel in range(3):
-        planar[:, channel] = across[..., channel::3 * factor]
+        planar[:, channel] = across[..., channel :: 3 * factor]
     return planar, factor * factor
 
 
@@ -67,7 +69,9 @@ def mean_pool(image: np.ndarray, factor: int) -> np.ndarray:
     return total
 
 
-def histogram_quantiles(values: np.ndarray, lo: float, hi: float, quantiles: tuple[float, ...], bins: int = 64) -> np.ndarray:
+def histogram_quantiles(
+    values: np.ndarray, lo: float, hi: float, quantiles: tuple[float, ...], bins: int = 64
+) -> np.ndarray:
     """Per-tile quantiles of ``values [B, P]`` from a ``bins``-bin histogram on [lo, hi].
 
     One ``bincount`` for the whole batch instead of a sort per tile; the resolution
@@ -111,7 +115,9 @@ def coherence(image: np.ndarray, block: int, energy_floor: float = 1e-4) -> np.n
     anisotropy = np.sqrt((jxx - jyy) ** 2 + 4.0 * jxy * jxy)
     # Weight windows by their energy so that flat glass does not dilute the mean.
     windows = trace.shape[1] * trace.shape[2]
-    return (anisotropy.sum(axis=(1, 2)) / (trace.sum(axis=(1, 2)) + windows * energy_floor)).astype(np.float32)
+    return (anisotropy.sum(axis=(1, 2)) / (trace.sum(axis=(1, 2)) + windows * energy_floor)).astype(
+        np.float32
+    )
 
 
 def autocorrelation(image: np.ndarray, lags: tuple[int, ...], variance_floor: float = 1e-3) -> np.ndarray:
@@ -145,7 +151,7 @@ def neighbour_rank_shares(image: np.ndarray, margin: float) -> np.ndarray:
     for dy in (0, 1, 2):
         for dx in (0, 1, 2):
             if dy != 1 or dx != 1:
-                count += image[:, dy:dy + height, dx:dx + width] > centre
+                count += image[:, dy : dy + height, dx : dx + width] > centre
     total = float(height * width)
     low = (count <= 2).sum(axis=(1, 2)) / total
     high = (count >= 6).sum(axis=(1, 2)) / total
@@ -175,6 +181,8 @@ def eroded_share(mask: np.ndarray, prior_px: float = 20.0) -> np.ndarray:
     ``prior_px`` pixels are added to the denominator, so that a handful of pixels gives a
     share near 0 rather than a noisy 0 or 1.
     """
-    core = mask[:, 1:-1, 1:-1] & mask[:, :-2, 1:-1] & mask[:, 2:, 1:-1] & mask[:, 1:-1, :-2] & mask[:, 1:-1, 2:]
+    core = (
+        mask[:, 1:-1, 1:-1] & mask[:, :-2, 1:-1] & mask[:, 2:, 1:-1] & mask[:, 1:-1, :-2] & mask[:, 1:-1, 2:]
+    )
     inside = mask[:, 1:-1, 1:-1].sum(axis=(1, 2))
     return (core.sum(axis=(1, 2)) / (inside + prior_px)).astype(np.float32)

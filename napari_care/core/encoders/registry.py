@@ -123,7 +123,9 @@ def create_encoder(
     """
     cfg = get_encoder_cfg(name)
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
-        raise TypeError(f"create_encoder(weights=...): expected a path or string, got {type(weights).__name__}")
+        raise TypeError(
+            f"create_encoder(weights=...): expected a path or string, got {type(weights).__name__}"
+        )
     if isinstance(weights, os.PathLike):
         weights = str(Path(weights))
     factory = _FACTORIES.get(cfg.name, _timm_factory)
@@ -151,7 +153,7 @@ def _generic_timm_cfg(name: str) -> EncoderCfg:
     """
     return EncoderCfg(
         name=name,
-        arch=name[len(TIMM_PREFIX):],
+        arch=name[len(TIMM_PREFIX) :],
         input_size=224,
         mean=IMAGENET_MEAN,
         std=IMAGENET_STD,
@@ -160,5 +162,5 @@ def _generic_timm_cfg(name: str) -> EncoderCfg:
         pooling="head",
         license="see the timm model card of the weights you load",
         timm_kwargs={"num_classes": 0},
-        description=f"any timm model: {name[len(TIMM_PREFIX):]}",
+        description=f"any timm model: {name[len(TIMM_PREFIX) :]}",
     )

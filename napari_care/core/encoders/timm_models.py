@@ -72,7 +72,9 @@ class EmbeddingNet(nn.Module):
         if pooling == "attn_pool":
             if head_dim is None:
                 raise ValueError("pooling 'attn_pool' needs head_dim")
-            self.attn_pool_contrast = AttentionalPooler(head_dim, int(self.trunk.num_features), n_head=8, n_queries=1)
+            self.attn_pool_contrast = AttentionalPooler(
+                head_dim, int(self.trunk.num_features), n_head=8, n_queries=1
+            )
             self.ln_contrast = nn.LayerNorm(head_dim)
 
     @property
@@ -87,7 +89,7 @@ class EmbeddingNet(nn.Module):
         if self.pooling == "head":
             return self.trunk(x)
         tokens = self.trunk.forward_features(x)  # after the final norm
-        patch_tokens = tokens[:, self.trunk.num_prefix_tokens:]  # skips class and register tokens
+        patch_tokens = tokens[:, self.trunk.num_prefix_tokens :]  # skips class and register tokens
         if self.pooling == "cls":
             return tokens[:, 0]
         if self.pooling == "cls+mean":
@@ -127,7 +129,10 @@ class TorchEncoder:
         return self.cfg.embed_dim
 
     def __repr__(self) -> str:
-        return f"TorchEncoder({self.cfg.name!r}, embed_dim={self.embed_dim}, device={self.device}, weights={self.weights_source!r})"
+        return (
+            f"TorchEncoder({self.cfg.name!r}, embed_dim={self.embed_dim}, device={self.device}, "
+            f"weights={self.weights_source!r})"
+        )
 
     def preprocess(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
         """RGB uint8 ``[B, H, W, 3]`` -> normalised float ``[B, 3, S, S]`` on the device.
@@ -141,18 +146,26 @@ class TorchEncoder:
         x = batch.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float()
         resize_px = round(self.cfg.input_size / self.cfg.crop_pct)
         if x.shape[-1] != resize_px or x.shape[-2] != resize_px:
-            x = F.interpolate(x, size=(resize_px, resize_px), mode=self.cfg.interpolation,
-                              align_corners=False, antialias=True)
+            x = F.interpolate(
+                x,
+                size=(resize_px, resize_px),
+                mode=self.cfg.interpolation,
+                align_corners=False,
+                antialias=True,
+            )
         if resize_px != self.cfg.input_size:  # timm-style centre crop
             top = (resize_px - self.cfg.input_size) // 2
-            x = x[..., top:top + self.cfg.input_size, top:top + self.cfg.input_size]
+            x = x[..., top : top + self.cfg.input_size, top : top + self.cfg.input_size]
         x = (x / 255.0 - self._mean) / self._std
         return x.contiguous(memory_format=torch.channels_last)
 
     def forward_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Normalised ``[B, 3, S, S]`` on the device -> float32 embeddings ``[B, D]``."""
-        with torch.inference_mode(), torch.autocast(
-            device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
+            ),
         ):
             return self.model(x).float()
 
@@ -183,8 +196,12 @@ def build_timm_encoder(
         try:
             trunk = timm.create_model(cfg.arch, pretrained=False, **_resolve_layers(kwargs))
         except (RuntimeError, TypeError, ValueError, AssertionError) as err:
-            raise ValueError(f"encoder {cfg.name!r}: timm could not build {cfg.arch!r} with {kwargs}: {err}") from err
-        model = EmbeddingNet(trunk, cfg.pooling, head_dim=cfg.embed_dim if cfg.pooling == "attn_pool" else None)
+            raise ValueError(
+                f"encoder {cfg.name!r}: timm could not build {cfg.arch!r} with {kwargs}: {err}"
+            ) from err
+        model = EmbeddingNet(
+            trunk, cfg.pooling, head_dim=cfg.embed_dim if cfg.pooling == "attn_pool" else None
+        )
     if state is not None:
         load_into(model, trunk, state, source)
     cfg = _cfg_for_built_model(cfg, model)
@@ -243,6 +260,8 @@ def _cfg_for_built_model(cfg: EncoderCfg, model: EmbeddingNet) -> EncoderCfg:
             mean=tuple(float(m) for m in data_cfg["mean"]),
             std=tuple(float(s) for s in data_cfg["std"]),
             crop_pct=min(1.0, float(data_cfg.get("crop_pct", 1.0))),
-            interpolation=data_cfg["interpolation"] if data_cfg["interpolation"] in ("bilinear", "bicubic") else "bicubic",
+            interpolation=data_cfg["interpolation"]
+            if data_cfg["interpolation"] in ("bilinear", "bicubic")
+            else "bicubic",
         )
     return dataclasses.replace(cfg, **updates)

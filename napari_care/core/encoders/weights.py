@@ -48,7 +48,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise FileNotFoundError(f"weights file not found: {path}")
     if path.suffix.lower() not in WEIGHT_SUFFIXES:
-        raise ValueError(f"weights file {path}: unsupported type {path.suffix!r}; use one of {', '.join(WEIGHT_SUFFIXES)}")
+        raise ValueError(
+            f"weights file {path}: unsupported type {path.suffix!r}; use one of {', '.join(WEIGHT_SUFFIXES)}"
+        )
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file  # torch loads only when a model runs
@@ -58,7 +60,9 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             # weights_only: a checkpoint is data, never code to run.
             raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # the readers raise many types for a corrupt file
-        raise ValueError(f"weights file {path}: could not be read as a checkpoint ({type(err).__name__}: {err})") from err
+        raise ValueError(
+            f"weights file {path}: could not be read as a checkpoint ({type(err).__name__}: {err})"
+        ) from err
     return clean_state_dict(raw, source=str(path))
 
 
@@ -70,7 +74,10 @@ def clean_state_dict(raw: Any, source: str) -> dict[str, torch.Tensor]:
             break
         raw = raw[container]
     if not isinstance(raw, Mapping):
-        raise ValueError(f"weights {source}: expected a state dict (a mapping of names to tensors), got {type(raw).__name__}")
+        raise ValueError(
+            f"weights {source}: expected a state dict (a mapping of names to tensors), "
+            f"got {type(raw).__name__}"
+        )
     state: dict[str, torch.Tensor] = {}
     for key, value in raw.items():
         if not isinstance(value, torch.Tensor):
@@ -80,7 +87,7 @@ def clean_state_dict(raw: Any, source: str) -> dict[str, torch.Tensor]:
             stripped = False
             for prefix in _WRAPPER_PREFIXES:
                 if key.startswith(prefix):
-                    key, stripped = key[len(prefix):], True
+                    key, stripped = key[len(prefix) :], True
         if not key.startswith(_TRAINING_HEADS):
             state[key] = value
     if not state:
@@ -113,8 +120,11 @@ def convert_hf_dinov2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     for key, value in state.items():
         if key == "embeddings.mask_token":
             continue
-        match = re.match(r"^encoder\.layer\.(\d+)\.attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)"
-                         r"\.(weight|bias)$", key)
+        match = re.match(
+            r"^encoder\.layer\.(\d+)\.attention\.(?:attention\.)?(query|key|value|q_proj|k_proj|v_proj)"
+            r"\.(weight|bias)$",
+            key,
+        )
         if match:
             qkv.setdefault((int(match[1]), match[3]), {})[match[2][0]] = value  # "q", "k" or "v"
             continue
@@ -142,9 +152,13 @@ def fetch_hub_state_dict(hub_id: str, filename: str | None, encoder_name: str) -
     """
     from timm.models import load_state_dict_from_hf  # torch loads only when a model runs
 
-    hub_id = hub_id[len(HUB_PREFIX):] if hub_id.startswith(HUB_PREFIX) else hub_id
+    hub_id = hub_id[len(HUB_PREFIX) :] if hub_id.startswith(HUB_PREFIX) else hub_id
     try:
-        raw = load_state_dict_from_hf(hub_id, filename=filename) if filename else load_state_dict_from_hf(hub_id)
+        raw = (
+            load_state_dict_from_hf(hub_id, filename=filename)
+            if filename
+            else load_state_dict_from_hf(hub_id)
+        )
     except Exception as err:  # network, auth and cache errors come in many types
         raise RuntimeError(
             f"encoder {encoder_name!r}: could not get weights from Hugging Face {hub_id!r} "
@@ -171,14 +185,16 @@ def load_into(model: nn.Module, trunk: nn.Module, state: Mapping[str, torch.Tens
     expected = model.state_dict()
     if not any(key.startswith("trunk.") for key in state):
         state = {f"trunk.{key}": value for key, value in state.items()}
-    trunk_state = {key[len("trunk."):]: value for key, value in state.items() if key.startswith("trunk.")}
+    trunk_state = {key[len("trunk.") :]: value for key, value in state.items() if key.startswith("trunk.")}
     try:
         trunk_state = _timm_filter(trunk)(trunk_state, trunk)
     except Exception:  # a checkpoint of another shape can trip the filter: let the check below report it
         pass
     trunk_state = _drop_unused_classifier(trunk, trunk_state)
-    state = {**{k: v for k, v in state.items() if not k.startswith("trunk.")},
-             **{f"trunk.{k}": v for k, v in trunk_state.items()}}
+    state = {
+        **{k: v for k, v in state.items() if not k.startswith("trunk.")},
+        **{f"trunk.{k}": v for k, v in trunk_state.items()},
+    }
 
     missing = [key for key in expected if key not in state]
     unexpected = [key for key in state if key not in expected]
@@ -189,7 +205,7 @@ def load_into(model: nn.Module, trunk: nn.Module, state: Mapping[str, torch.Tens
     ]
     if missing or unexpected or mismatched:
         plain = all(key.startswith("trunk.") for key in expected)
-        show = (lambda key: key[len("trunk."):]) if plain else (lambda key: key)
+        show = (lambda key: key[len("trunk.") :]) if plain else (lambda key: key)
         lines = [f"weights {source} do not fit this architecture:"]
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
             if keys:

@@ -52,14 +52,23 @@ class RegionEncoder:
     min_tissue: float | None = None
 
     @classmethod
-    def of_features(cls, model: MixMagEncoder, features: MixMagFeatures, source: str | os.PathLike[str] = "",
-                    ) -> RegionEncoder:
-        """The region encoder of ``model`` applied to features extracted like ``features`` (read from ``source``)."""
+    def of_features(
+        cls,
+        model: MixMagEncoder,
+        features: MixMagFeatures,
+        source: str | os.PathLike[str] = "",
+    ) -> RegionEncoder:
+        """The region encoder of ``model`` applied to features extracted like ``features``
+        (read from ``source``)."""
         finest = features.levels[2]
         if finest.mpp is None:
-            raise ValueError(f"{source or features.slide_id}: mixed-magnification features without a pixel size (mpp)")
+            raise ValueError(
+                f"{source or features.slide_id}: mixed-magnification features without a pixel size (mpp)"
+            )
         min_tissue = float(features.min_tissue) if np.isfinite(features.min_tissue) else None
-        return cls(model.eval(), features.encoder, int(4 * finest.patch_size_px), float(finest.mpp), min_tissue)
+        return cls(
+            model.eval(), features.encoder, int(4 * finest.patch_size_px), float(finest.mpp), min_tissue
+        )
 
 
 def save_region_encoder(out_dir: str | os.PathLike[str], region_encoder: RegionEncoder) -> Path:
@@ -67,10 +76,18 @@ def save_region_encoder(out_dir: str | os.PathLike[str], region_encoder: RegionE
     from napari_care.core.checkpoint import save_checkpoint  # torch: loaded when a model is used
 
     model = region_encoder.model
-    return save_checkpoint(Path(out_dir) / REGION_ENCODER_FILE, model, model.config,
-                           extra_state={"kind": KIND, "patch_encoder": region_encoder.patch_encoder,
-                                        "region_size_px": region_encoder.region_size_px, "mpp": region_encoder.mpp,
-                                        "min_tissue": region_encoder.min_tissue})
+    return save_checkpoint(
+        Path(out_dir) / REGION_ENCODER_FILE,
+        model,
+        model.config,
+        extra_state={
+            "kind": KIND,
+            "patch_encoder": region_encoder.patch_encoder,
+            "region_size_px": region_encoder.region_size_px,
+            "mpp": region_encoder.mpp,
+            "min_tissue": region_encoder.min_tissue,
+        },
+    )
 
 
 def load_region_encoder(path: str | os.PathLike[str]) -> RegionEncoder:
@@ -92,16 +109,25 @@ def load_region_encoder(path: str | os.PathLike[str]) -> RegionEncoder:
     path = Path(path)
     json_path = checkpoint_paths(path / REGION_ENCODER_FILE if path.is_dir() else path)[1]
     if not json_path.is_file():
-        raise FileNotFoundError(f"{json_path}: the mixing encoder of this region head is missing "
-                                "(train-mil --mem writes it beside abmil.json)")
+        raise FileNotFoundError(
+            f"{json_path}: the mixing encoder of this region head is missing "
+            "(train-mil --mem writes it beside abmil.json)"
+        )
     model, _, extra = load_checkpoint(json_path, MixMagEncoder)
     missing = sorted({"patch_encoder", "region_size_px", "mpp"} - set(extra))
     if extra.get("kind") != KIND or missing:
-        raise ValueError(f"{json_path}: not a region encoder written by train-mil --mem "
-                         f"(missing {missing or 'its kind'}: which patch encoder and geometry made its tokens)")
+        raise ValueError(
+            f"{json_path}: not a region encoder written by train-mil --mem "
+            f"(missing {missing or 'its kind'}: which patch encoder and geometry made its tokens)"
+        )
     min_tissue = extra.get("min_tissue")
-    return RegionEncoder(model.eval(), str(extra["patch_encoder"]), int(extra["region_size_px"]), float(extra["mpp"]),
-                         None if min_tissue is None else float(min_tissue))
+    return RegionEncoder(
+        model.eval(),
+        str(extra["patch_encoder"]),
+        int(extra["region_size_px"]),
+        float(extra["mpp"]),
+        None if min_tissue is None else float(min_tissue),
+    )
 
 
 class MilOutput(NamedTuple):
@@ -160,8 +186,8 @@ class MilHead:
         Raises
         ------
         ValueError
-            When D differs from :attr:`in_dim` (a :class:`~napari_care.core.checkpoint.FeatureDimMismatch` naming the
-            checkpoint), the array is not ``[N, D]`` with N >= 1, or holds NaN/inf.
+            When D differs from :attr:`in_dim` (a :class:`~napari_care.core.checkpoint.FeatureDimMismatch`
+            naming the checkpoint), the array is not ``[N, D]`` with N >= 1, or holds NaN/inf.
         """
         import torch  # torch loads only when a model runs
 
@@ -169,14 +195,18 @@ class MilHead:
 
         features = np.asarray(features, dtype=np.float32)
         if features.ndim != 2 or len(features) == 0:
-            raise ValueError(f"MIL head {self.path}: features must be a non-empty [N, D] array, "
-                             f"got shape {features.shape}")
+            raise ValueError(
+                f"MIL head {self.path}: features must be a non-empty [N, D] array, got shape {features.shape}"
+            )
         if features.shape[1] != self.in_dim:
-            raise FeatureDimMismatch(f"MIL head {self.path} expects D={self.in_dim} features "
-                                     f"(encoder '{self.encoder}'), got D={features.shape[1]}")
+            raise FeatureDimMismatch(
+                f"MIL head {self.path} expects D={self.in_dim} features "
+                f"(encoder '{self.encoder}'), got D={features.shape[1]}"
+            )
         if encoder and self.encoder and encoder != self.encoder:
-            raise ValueError(f"MIL head {self.path} was trained on '{self.encoder}' features, "
-                             f"these come from '{encoder}'")
+            raise ValueError(
+                f"MIL head {self.path} was trained on '{self.encoder}' features, these come from '{encoder}'"
+            )
         if not np.isfinite(features).all():
             raise ValueError(f"MIL head {self.path}: features hold NaN or infinite values")
         with torch.no_grad():
@@ -222,8 +252,10 @@ def load_mil_head(path: str | os.PathLike[str]) -> MilHead:
     json_path = _description_path(Path(path))
     description = read_checkpoint_description(json_path)
     if description["model_class"] != ABMIL_CLASS:
-        raise ValueError(f"{json_path}: holds a {description['model_class']!r}, not an AB-MIL head "
-                         "(train one with `napari-care train-mil`)")
+        raise ValueError(
+            f"{json_path}: holds a {description['model_class']!r}, not an AB-MIL head "
+            "(train one with `napari-care train-mil`)"
+        )
     model, config, extra = load_checkpoint(json_path, ABMIL)
     class_names = [str(name) for name in extra.get("class_names", range(config.n_classes))]
     if len(class_names) != config.n_classes:
@@ -233,6 +265,8 @@ def load_mil_head(path: str | os.PathLike[str]) -> MilHead:
     if encoder == "mixmag" and checkpoint_paths(json_path.parent / REGION_ENCODER_FILE)[1].is_file():
         region_encoder = load_region_encoder(json_path.parent)
         if region_encoder.model.instance_dim != config.in_dim:
-            raise ValueError(f"{json_path}: its mixing encoder gives {region_encoder.model.instance_dim} values per "
-                             f"region, the head expects {config.in_dim}")
+            raise ValueError(
+                f"{json_path}: its mixing encoder gives {region_encoder.model.instance_dim} values per "
+                f"region, the head expects {config.in_dim}"
+            )
     return MilHead(json_path, int(config.in_dim), class_names, encoder, model, region_encoder)

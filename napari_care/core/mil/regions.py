@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from napari_care.core.feature_cache import FeatureCache
     from napari_care.core.tissue import TissueMask
 
+
 class RegionAttention(NamedTuple):
     """What :func:`attend_regions` returns.
 
@@ -53,10 +54,19 @@ class RegionAttention(NamedTuple):
     n_regions: int
 
 
-def attend_regions(slide: Any, head: MilHead, region_encoder: RegionEncoder, patch_encoder: Any, *,
-                     box: tuple[float, float, float, float] | None = None, tissue: TissueMask | None = None,
-                     cache: FeatureCache | None = None, min_tissue: float = 0.25, batch_size: int = 64,
-                     cancel: CancelSignal = None) -> Generator[Progress, None, RegionAttention | None]:
+def attend_regions(
+    slide: Any,
+    head: MilHead,
+    region_encoder: RegionEncoder,
+    patch_encoder: Any,
+    *,
+    box: tuple[float, float, float, float] | None = None,
+    tissue: TissueMask | None = None,
+    cache: FeatureCache | None = None,
+    min_tissue: float = 0.25,
+    batch_size: int = 64,
+    cancel: CancelSignal = None,
+) -> Generator[Progress, None, RegionAttention | None]:
     """Apply a region head to a slide, or to the regions that meet ``box`` (level-0 x0, y0, x1, y1).
 
     ``patch_encoder`` is the built encoder named by ``region_encoder.patch_encoder``.
@@ -69,14 +79,27 @@ def attend_regions(slide: Any, head: MilHead, region_encoder: RegionEncoder, pat
     """
     import torch  # torch loads only when a model runs
 
-    if (patch_encoder.cfg.name, patch_encoder.embed_dim) != (region_encoder.patch_encoder,
-                                                             region_encoder.model.config.in_dim):
-        raise ValueError(f"MIL head {head.path}: its regions were encoded with '{region_encoder.patch_encoder}' "
-                         f"(D={region_encoder.model.config.in_dim}), not '{patch_encoder.cfg.name}' "
-                         f"(D={patch_encoder.embed_dim})")
-    work = extract_mixmag(slide, patch_encoder, region_size_px=region_encoder.region_size_px, mpp=region_encoder.mpp,
-                          min_tissue=min_tissue, tissue=tissue, cache=cache, box=box, batch_size=batch_size,
-                          cancel=cancel)
+    if (patch_encoder.cfg.name, patch_encoder.embed_dim) != (
+        region_encoder.patch_encoder,
+        region_encoder.model.config.in_dim,
+    ):
+        raise ValueError(
+            f"MIL head {head.path}: its regions were encoded with '{region_encoder.patch_encoder}' "
+            f"(D={region_encoder.model.config.in_dim}), not '{patch_encoder.cfg.name}' "
+            f"(D={patch_encoder.embed_dim})"
+        )
+    work = extract_mixmag(
+        slide,
+        patch_encoder,
+        region_size_px=region_encoder.region_size_px,
+        mpp=region_encoder.mpp,
+        min_tissue=min_tissue,
+        tissue=tissue,
+        cache=cache,
+        box=box,
+        batch_size=batch_size,
+        cancel=cancel,
+    )
     # Its own stage, not "extract": the widget's time-left estimate is per stage.
     features = yield from map_progress(work, lambda report: replace(report, stage="regions"))
     if features.n_regions == 0:
@@ -84,14 +107,16 @@ def attend_regions(slide: Any, head: MilHead, region_encoder: RegionEncoder, pat
     yield Progress("mil", 0, 1, f"mixing {features.n_regions} regions")
     tokens = features.to_region_tokens()
     with torch.no_grad():
-        instances = region_encoder.model.mil_instances(torch.from_numpy(tokens.tokens),
-                                                       torch.from_numpy(tokens.token_present)).numpy()
+        instances = region_encoder.model.mil_instances(
+            torch.from_numpy(tokens.tokens), torch.from_numpy(tokens.token_present)
+        ).numpy()
     coords, size = _instance_squares(region_encoder.model.config.readout, tokens)
     return RegionAttention(head.apply(instances, encoder="mixmag"), coords, size, features.n_regions)
 
 
 def _instance_squares(readout: str, tokens) -> tuple[np.ndarray, float]:
-    """Top-left corners and side of the instances of ``mil_instances``: regions, or present 20x tiles in order."""
+    """Top-left corners and side of the instances of ``mil_instances``: regions, or present 20x
+    tiles in order."""
     if readout != "tokens":
         return tokens.region_coords, float(tokens.region_size_level0)
     side = TILES_PER_SIDE[-1]  # 20x tiles along a region's side, slots row-major
@@ -101,8 +126,13 @@ def _instance_squares(readout: str, tokens) -> tuple[np.ndarray, float]:
     return tokens.region_coords[region] + offsets, float(tile_level0)
 
 
-def attention_of_patches(patch_coords: np.ndarray, patch_size_level0: float, region_coords: np.ndarray,
-                         region_size_level0: float, attention: np.ndarray) -> np.ndarray:
+def attention_of_patches(
+    patch_coords: np.ndarray,
+    patch_size_level0: float,
+    region_coords: np.ndarray,
+    region_size_level0: float,
+    attention: np.ndarray,
+) -> np.ndarray:
     """Each patch takes the attention of the square (region or tile) that holds its centre; NaN outside all.
 
     Parameters
@@ -125,8 +155,10 @@ def attention_of_patches(patch_coords: np.ndarray, patch_size_level0: float, reg
     if len(attention) != len(region_coords):
         raise ValueError(f"{len(attention)} attention values for {len(region_coords)} squares")
     centres = np.asarray(patch_coords, dtype=np.float64).reshape(-1, 2) + patch_size_level0 / 2
-    rows = grid_rows(np.floor(region_coords / region_size_level0 + 0.5),  # corners sit on the grid
-                     np.floor(centres / region_size_level0))
+    rows = grid_rows(
+        np.floor(region_coords / region_size_level0 + 0.5),  # corners sit on the grid
+        np.floor(centres / region_size_level0),
+    )
     result = np.full(len(rows), np.nan, dtype=np.float32)
     result[rows >= 0] = attention[rows[rows >= 0]]
     return result
@@ -138,6 +170,11 @@ def patch_output(regions: RegionAttention, patch_coords: np.ndarray, patch_size_
     Each patch carries the weight of the instance (region or tile) under its centre, so the
     values do not sum to 1; NaN outside every instance.
     """
-    attention = attention_of_patches(patch_coords, patch_size_level0, regions.instance_coords,
-                                     regions.instance_size_level0, regions.output.attention)
+    attention = attention_of_patches(
+        patch_coords,
+        patch_size_level0,
+        regions.instance_coords,
+        regions.instance_size_level0,
+        regions.output.attention,
+    )
     return MilOutput(attention, regions.output.probabilities, regions.output.predicted)

@@ -67,7 +67,9 @@ class ABMILConfig:
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ABMILConfig.dropout must be in [0, 1), got {self.dropout}")
         if self.split_at and not 0 < self.split_at < self.in_dim:
-            raise ValueError(f"ABMILConfig.split_at must be 0 or in (0, in_dim={self.in_dim}), got {self.split_at}")
+            raise ValueError(
+                f"ABMILConfig.split_at must be 0 or in (0, in_dim={self.in_dim}), got {self.split_at}"
+            )
 
 
 class ABMILOutput(NamedTuple):
@@ -95,7 +97,9 @@ class GatedAttentionPool(nn.Module):
         self.embed = nn.Sequential(nn.Linear(in_dim, config.hidden), nn.ReLU(), nn.Dropout(config.dropout))
         self.attention = GatedAttention(config.hidden, config.attn_dim, config.dropout)
 
-    def forward(self, standardised: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, standardised: torch.Tensor, mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Bag features ``[B, H]`` and attention ``[B, N]`` of standardised bags ``[B, N, in_dim]``."""
         hidden = self.embed(standardised)  # [B, N, H]
         scores = self.attention(hidden)  # [B, N]
@@ -131,7 +135,9 @@ class ABMIL(nn.Module):
         self.register_buffer("feature_std", torch.ones(config.in_dim))
 
     @torch.no_grad()
-    def set_feature_stats(self, instances: torch.Tensor | Iterable[torch.Tensor], min_std: float = 1e-6) -> None:
+    def set_feature_stats(
+        self, instances: torch.Tensor | Iterable[torch.Tensor], min_std: float = 1e-6
+    ) -> None:
         """Standardise inputs with the per-dimension mean and std of the training instances.
 
         ``instances`` is one ``[M, D]`` tensor or an iterable of ``[M_i, D]`` bags; bags are
@@ -142,10 +148,16 @@ class ABMIL(nn.Module):
         """
         in_dim = self.config.in_dim
         bags = [instances] if isinstance(instances, torch.Tensor) else instances
-        count, mean, m2 = 0, torch.zeros(in_dim, dtype=torch.float64), torch.zeros(in_dim, dtype=torch.float64)
+        count, mean, m2 = (
+            0,
+            torch.zeros(in_dim, dtype=torch.float64),
+            torch.zeros(in_dim, dtype=torch.float64),
+        )
         for bag in bags:
             if bag.dim() != 2 or bag.shape[1] != in_dim:
-                raise ValueError(f"ABMIL.set_feature_stats needs [M, {in_dim}] instances, got {tuple(bag.shape)}")
+                raise ValueError(
+                    f"ABMIL.set_feature_stats needs [M, {in_dim}] instances, got {tuple(bag.shape)}"
+                )
             if len(bag) == 0:
                 continue
             bag = bag.detach().to("cpu", torch.float64)
@@ -167,7 +179,7 @@ class ABMIL(nn.Module):
         # Older checkpoints: the one pool's layers at the top level (before the pools), and the
         # gate branches as attention_v/u/w (before the pools used care_spf.GatedAttention).
         for key in [key for key in state_dict if key.startswith(prefix)]:
-            name = key[len(prefix):]
+            name = key[len(prefix) :]
             if name.split(".")[0] in ("embed", *_OLD_GATE_NAMES):
                 name = "pools.0." + name
             parts = name.split(".")
@@ -198,20 +210,28 @@ class ABMIL(nn.Module):
             bag = bag.unsqueeze(0)
             mask = None if mask is None else mask.unsqueeze(0)
         if bag.dim() != 3 or bag.shape[-1] != self.config.in_dim:
-            raise ValueError(f"ABMIL expects a bag [N, {self.config.in_dim}] or [B, N, {self.config.in_dim}], "
-                             f"got {tuple(bag.shape)}")
+            raise ValueError(
+                f"ABMIL expects a bag [N, {self.config.in_dim}] or [B, N, {self.config.in_dim}], "
+                f"got {tuple(bag.shape)}"
+            )
         if bag.shape[1] == 0:
             raise ValueError("ABMIL got an empty bag (no instances)")
         if mask is not None:
             if mask.shape != bag.shape[:2]:
-                raise ValueError(f"ABMIL mask shape {tuple(mask.shape)} does not match bag {tuple(bag.shape[:2])}")
+                raise ValueError(
+                    f"ABMIL mask shape {tuple(mask.shape)} does not match bag {tuple(bag.shape[:2])}"
+                )
             if not bool(mask.any(dim=1).all()):
                 raise ValueError("ABMIL got a bag whose instances are all masked out")
         standardised = (bag - self.feature_mean) / self.feature_std
-        blocks = ((standardised[..., :self.config.split_at], standardised[..., self.config.split_at:])
-                  if self.config.split_at else (standardised,))
-        bag_features, attentions = zip(*(pool(block, mask) for pool, block in zip(self.pools, blocks, strict=True)),
-                                       strict=True)
+        blocks = (
+            (standardised[..., : self.config.split_at], standardised[..., self.config.split_at :])
+            if self.config.split_at
+            else (standardised,)
+        )
+        bag_features, attentions = zip(
+            *(pool(block, mask) for pool, block in zip(self.pools, blocks, strict=True)), strict=True
+        )
         logits = self.classifier(torch.cat(bag_features, dim=-1))
         attention = torch.stack(attentions).mean(dim=0)
         if single:

@@ -79,10 +79,17 @@ class CareModel(nn.Module):
         self.embed = nn.Sequential(nn.Linear(config.in_dim, dim), nn.LayerNorm(dim))
         self.block_position = nn.Embedding(config.k * config.k, dim)
         nn.init.normal_(self.block_position.weight, std=0.02)
-        self.block_encoder = GroupEncoder(dim, config.heads, config.block_depth, with_query=True,
-                                          mlp_ratio=config.mlp_ratio, dropout=config.dropout)
-        self.region_encoder = GroupEncoder(dim, config.heads, config.region_depth, mlp_ratio=config.mlp_ratio,
-                                           dropout=config.dropout)
+        self.block_encoder = GroupEncoder(
+            dim,
+            config.heads,
+            config.block_depth,
+            with_query=True,
+            mlp_ratio=config.mlp_ratio,
+            dropout=config.dropout,
+        )
+        self.region_encoder = GroupEncoder(
+            dim, config.heads, config.region_depth, mlp_ratio=config.mlp_ratio, dropout=config.dropout
+        )
         self.gate = GatedAttention(dim, config.gate_dim, config.dropout)
         if config.affinity_prior == "input":
             # Weights of the training-free affinity (exp(0) = 1, kept positive: similarity
@@ -97,19 +104,33 @@ class CareModel(nn.Module):
         """Device of the parameters."""
         return self.embed[0].weight.device
 
-    def _with_input_prior(self, rho: torch.Tensor, features: torch.Tensor, grid: np.ndarray,
-                          slide_of_patch: np.ndarray, blocks, candidates) -> torch.Tensor:
-        """``softmax_c(exp(t) * log rho_input + s * log rho)``: the training-free affinity plus the learned one."""
+    def _with_input_prior(
+        self,
+        rho: torch.Tensor,
+        features: torch.Tensor,
+        grid: np.ndarray,
+        slide_of_patch: np.ndarray,
+        blocks,
+        candidates,
+    ) -> torch.Tensor:
+        """``softmax_c(exp(t) * log rho_input + s * log rho)``: the training-free affinity plus
+        the learned one."""
         cfg = self.config
-        free = CareFreeConfig(k=cfg.k, n_candidates=cfg.n_candidates,
-                              containment_temperature=cfg.containment_temperature,
-                              similarity_temperature=cfg.similarity_temperature)
-        prior = input_log_affinity(features.detach().float().cpu().numpy(), grid, slide_of_patch, blocks,
-                                   candidates, free)
+        free = CareFreeConfig(
+            k=cfg.k,
+            n_candidates=cfg.n_candidates,
+            containment_temperature=cfg.containment_temperature,
+            similarity_temperature=cfg.similarity_temperature,
+        )
+        prior = input_log_affinity(
+            features.detach().float().cpu().numpy(), grid, slide_of_patch, blocks, candidates, free
+        )
         log_rho = torch.as_tensor(prior, dtype=rho.dtype, device=rho.device)
         finite = torch.isfinite(log_rho)
         learned = rho.clamp_min(1e-30).log().masked_fill(~finite, 0.0)
-        combined = self.log_prior_scale.exp() * log_rho.masked_fill(~finite, 0.0) + self.affinity_scale * learned
+        combined = (
+            self.log_prior_scale.exp() * log_rho.masked_fill(~finite, 0.0) + self.affinity_scale * learned
+        )
         return torch.softmax(combined.masked_fill(~finite, float("-inf")), dim=1)
 
     def forward(self, features: torch.Tensor | np.ndarray, grid: torch.Tensor | np.ndarray) -> CareOutput:
@@ -126,15 +147,19 @@ class CareModel(nn.Module):
         -------
         CareOutput
         """
-        features = torch.as_tensor(features, dtype=torch.float32, device=self.device) \
-            if not isinstance(features, torch.Tensor) else features
+        features = (
+            torch.as_tensor(features, dtype=torch.float32, device=self.device)
+            if not isinstance(features, torch.Tensor)
+            else features
+        )
         if features.dim() != 2:
             raise ValueError(f"CareModel.forward expects features [N, D], got {tuple(features.shape)}")
         grid_array = check_grid(grid.cpu().numpy() if isinstance(grid, torch.Tensor) else grid, len(features))
         return self.forward_batch(features[None], grid_array[None]).slide(0)
 
-    def forward_batch(self, features: torch.Tensor, grid: torch.Tensor | np.ndarray,
-                      mask: torch.Tensor | None = None) -> CareBatchOutput:
+    def forward_batch(
+        self, features: torch.Tensor, grid: torch.Tensor | np.ndarray, mask: torch.Tensor | None = None
+    ) -> CareBatchOutput:
         """Run CARE on a padded batch of slides (see :func:`pad_slides`).
 
         Blocks, regions and weights never mix slides; all slides share one set of attention
@@ -161,8 +186,10 @@ class CareModel(nn.Module):
         mask = torch.ones(n_slides, n_max, dtype=torch.bool, device=device) if mask is None else mask.bool()
         grid_array = np.asarray(grid.cpu().numpy() if isinstance(grid, torch.Tensor) else grid)
         if mask.shape != (n_slides, n_max) or grid_array.shape != (n_slides, n_max, 2):
-            raise ValueError(f"CareModel: grid {grid_array.shape} and mask {tuple(mask.shape)} must be "
-                             f"[{n_slides}, {n_max}, 2] and [{n_slides}, {n_max}]")
+            raise ValueError(
+                f"CareModel: grid {grid_array.shape} and mask {tuple(mask.shape)} must be "
+                f"[{n_slides}, {n_max}, 2] and [{n_slides}, {n_max}]"
+            )
         mask_array = mask.cpu().numpy()
         if not mask_array.any(axis=1).all():
             raise ValueError("CareModel: every slide needs at least one patch (a mask row is all False)")
@@ -180,8 +207,9 @@ class CareModel(nn.Module):
         # Sub-region encoder and adaptive region generator.
         hidden = self.embed(real)
         position = self.block_position(torch.as_tensor(offset_in_block(patch_grid, cfg.k), device=device))
-        g_cls, g_q = self.block_encoder(hidden + position, blocks.block_of_patch, blocks.n_blocks,
-                                        cfg.max_tokens_per_chunk)
+        g_cls, g_q = self.block_encoder(
+            hidden + position, blocks.block_of_patch, blocks.n_blocks, cfg.max_tokens_per_chunk
+        )
         views = [hidden]
         if self.training and cfg.aug_noise_std > 0:
             views.append(hidden + cfg.aug_noise_std * torch.randn_like(hidden))
@@ -190,17 +218,22 @@ class CareModel(nn.Module):
             rho = self._with_input_prior(rho, real, patch_grid, slide_of_patch, blocks, candidates)
         containment = torch.as_tensor(candidates.containment, dtype=hidden.dtype, device=device)
         log_w, p = soft_assignment(rho, containment, candidate_ids, cfg.assignment_temperature)
-        choice, gate = hard_assignment(log_w, p, cfg.hard_assignment, training=self.training,
-                                       gumbel_tau=cfg.gumbel_tau)
+        choice, gate = hard_assignment(
+            log_w, p, cfg.hard_assignment, training=self.training, gumbel_tau=cfg.gumbel_tau
+        )
         chosen_block = candidate_ids.gather(1, choice[:, None])[:, 0].cpu().numpy()
 
         # Adaptive regions: dense ids in block order, which is slide-major.
         region_of_patch, region_block = dense_labels(chosen_block)
         n_regions = len(region_block)
         slide_of_region = blocks.slide_of_block[region_block]
-        local_region = np.arange(n_regions) - np.searchsorted(slide_of_region, np.arange(n_slides))[slide_of_region]
+        local_region = (
+            np.arange(n_regions) - np.searchsorted(slide_of_region, np.arange(n_slides))[slide_of_region]
+        )
         region_ids = torch.as_tensor(region_of_patch, device=device)
-        g_ar, _ = self.region_encoder(hidden * gate[:, None], region_of_patch, n_regions, cfg.max_tokens_per_chunk)
+        g_ar, _ = self.region_encoder(
+            hidden * gate[:, None], region_of_patch, n_regions, cfg.max_tokens_per_chunk
+        )
 
         # Semantic and prior fusion on padded [S, R_max] regions.
         slide_ids = torch.as_tensor(slide_of_patch, device=device)
@@ -209,7 +242,8 @@ class CareModel(nn.Module):
         coverage = hidden.new_zeros(n_regions).index_add(0, region_ids, gate) / patches_per_slide[slot[0]]
         r_max = int(local_region.max()) + 1
         region_mask = torch.zeros(n_slides, r_max, dtype=torch.bool, device=device).index_put(
-            slot, torch.ones(n_regions, dtype=torch.bool, device=device))
+            slot, torch.ones(n_regions, dtype=torch.bool, device=device)
+        )
         alpha = hidden.new_zeros(n_slides, r_max).index_put(slot, coverage)
         scores = hidden.new_zeros(n_slides, r_max).index_put(slot, self.gate(g_ar))
         beta, a, roi = fuse_region_weights(alpha, scores, region_mask, cfg.lambda_spf)
@@ -231,10 +265,23 @@ class CareModel(nn.Module):
         region_of_block[region_block] = local_region
         candidate_region = np.where(candidates.valid, region_of_block[np.maximum(candidates.blocks, 0)], -1)
         return CareBatchOutput(
-            patch_mask=mask, region_of_patch=padded(local_region[region_of_patch], -1),
+            patch_mask=mask,
+            region_of_patch=padded(local_region[region_of_patch], -1),
             block_of_patch=padded(blocks.block_of_patch - first_block[slide_of_patch], -1),
-            candidate_rank=padded(choice, -1), patch_attention=padded(patch_attention, 0.0),
-            region_mask=region_mask, region_features=region_features, alpha=alpha, beta=beta, a=a, roi=roi,
-            roi_feature=roi_feature, slide_embedding=slide_embedding, expected_rank=expected_rank, rsl=rsl,
-            grid=torch.as_tensor(grid_array, dtype=torch.long, device=device), k=cfg.k,
-            assignment=padded(p, 0.0), candidate_region=padded(candidate_region, -1))
+            candidate_rank=padded(choice, -1),
+            patch_attention=padded(patch_attention, 0.0),
+            region_mask=region_mask,
+            region_features=region_features,
+            alpha=alpha,
+            beta=beta,
+            a=a,
+            roi=roi,
+            roi_feature=roi_feature,
+            slide_embedding=slide_embedding,
+            expected_rank=expected_rank,
+            rsl=rsl,
+            grid=torch.as_tensor(grid_array, dtype=torch.long, device=device),
+            k=cfg.k,
+            assignment=padded(p, 0.0),
+            candidate_region=padded(candidate_region, -1),
+        )

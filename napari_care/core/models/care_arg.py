@@ -24,8 +24,12 @@ from napari_care.core.models.care_config import HARD_ASSIGNMENTS
 _TINY = 1e-30
 
 
-def candidate_affinity(patch_views: Sequence[torch.Tensor], block_views: Sequence[torch.Tensor],
-                       candidates: torch.Tensor, temperature: float) -> torch.Tensor:
+def candidate_affinity(
+    patch_views: Sequence[torch.Tensor],
+    block_views: Sequence[torch.Tensor],
+    candidates: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
     """Semantic affinity ``rho[j, c]`` of every patch to each of its candidate blocks.
 
     Parameters
@@ -59,16 +63,23 @@ def candidate_affinity(patch_views: Sequence[torch.Tensor], block_views: Sequenc
     return torch.stack(softmaxes).mean(0)
 
 
-def soft_assignment(rho: torch.Tensor, containment: torch.Tensor, candidates: torch.Tensor,
-                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def soft_assignment(
+    rho: torch.Tensor, containment: torch.Tensor, candidates: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``log w`` (``-inf`` at missing slots) and ``p = softmax(log w / temperature)``, both ``[M, c]``."""
     log_w = rho.clamp_min(_TINY).log() + containment.clamp_min(_TINY).log()
     log_w = log_w.masked_fill(candidates < 0, float("-inf"))
     return log_w, torch.softmax(log_w / temperature, dim=1)
 
 
-def hard_assignment(log_w: torch.Tensor, p: torch.Tensor, mode: str = "straight-through", *,
-                    training: bool = False, gumbel_tau: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def hard_assignment(
+    log_w: torch.Tensor,
+    p: torch.Tensor,
+    mode: str = "straight-through",
+    *,
+    training: bool = False,
+    gumbel_tau: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The candidate each patch joins, and a gate that carries the gradient of that choice.
 
     Parameters
@@ -94,8 +105,9 @@ def hard_assignment(log_w: torch.Tensor, p: torch.Tensor, mode: str = "straight-
     if mode not in HARD_ASSIGNMENTS:
         raise ValueError(f"hard assignment mode must be one of {HARD_ASSIGNMENTS}, got {mode!r}")
     if mode == "gumbel" and training:
-        sample = F.gumbel_softmax(p.clamp_min(_TINY).log().masked_fill(p == 0, float("-inf")), tau=gumbel_tau,
-                                  hard=True)
+        sample = F.gumbel_softmax(
+            p.clamp_min(_TINY).log().masked_fill(p == 0, float("-inf")), tau=gumbel_tau, hard=True
+        )
         choice = sample.argmax(dim=1)
         return choice, sample.gather(1, choice[:, None])[:, 0]
     choice = log_w.argmax(dim=1)
@@ -103,8 +115,9 @@ def hard_assignment(log_w: torch.Tensor, p: torch.Tensor, mode: str = "straight-
     return choice, 1.0 + chosen - chosen.detach()
 
 
-def region_structuring_loss(p: torch.Tensor, slide_of_patch: torch.Tensor, n_slides: int,
-                            e_star: float) -> tuple[torch.Tensor, torch.Tensor]:
+def region_structuring_loss(
+    p: torch.Tensor, slide_of_patch: torch.Tensor, n_slides: int, e_star: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Expected candidate rank per slide and the region structuring loss.
 
     ``E_bar`` = mean over a slide's patches of ``sum_c p[j, c] * c`` (rank 0 = nearest

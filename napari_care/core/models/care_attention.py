@@ -34,8 +34,9 @@ class GroupBatch:
     mask: torch.Tensor
 
 
-def group_batches(group_of_token: np.ndarray, n_groups: int, max_tokens: int,
-                  device: torch.device | str = "cpu") -> list[GroupBatch]:
+def group_batches(
+    group_of_token: np.ndarray, n_groups: int, max_tokens: int, device: torch.device | str = "cpu"
+) -> list[GroupBatch]:
     """Cut the non-empty groups into padded batches of at most ``max_tokens`` tokens each.
 
     Parameters
@@ -58,13 +59,18 @@ def group_batches(group_of_token: np.ndarray, n_groups: int, max_tokens: int,
     batches, first = [], 0
     while first < len(by_size):
         length = int(counts[by_size[first]])
-        groups = by_size[first:first + max(1, max_tokens // length)]
+        groups = by_size[first : first + max(1, max_tokens // length)]
         first += len(groups)
         slot = np.arange(length)
         mask = slot[None, :] < counts[groups][:, None]
         index = np.where(mask, order[np.minimum(starts[groups][:, None] + slot[None, :], len(order) - 1)], 0)
-        batches.append(GroupBatch(torch.as_tensor(groups, device=device), torch.as_tensor(index, device=device),
-                                  torch.as_tensor(mask, device=device)))
+        batches.append(
+            GroupBatch(
+                torch.as_tensor(groups, device=device),
+                torch.as_tensor(index, device=device),
+                torch.as_tensor(mask, device=device),
+            )
+        )
     return batches
 
 
@@ -87,8 +93,13 @@ class MultiHeadAttention(nn.Module):
         head_dim = dim // self.heads
         q = self.query(query).view(groups, n_query, self.heads, head_dim).transpose(1, 2)
         k, v = self.key_value(context).view(groups, -1, 2, self.heads, head_dim).permute(2, 0, 3, 1, 4)
-        attended = F.scaled_dot_product_attention(q, k, v, attn_mask=context_mask[:, None, None, :],
-                                                  dropout_p=self.dropout if self.training else 0.0)
+        attended = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=context_mask[:, None, None, :],
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         return self.out(attended.transpose(1, 2).reshape(groups, n_query, dim))
 
 
@@ -101,7 +112,9 @@ class SelfAttentionLayer(nn.Module):
         self.attention = MultiHeadAttention(dim, heads, dropout)
         self.norm_mlp = nn.LayerNorm(dim)
         hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim)
+        )
 
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """``tokens [G, L, E]``, ``mask [G, L]`` (True for real tokens) -> ``[G, L, E]``."""
@@ -127,8 +140,16 @@ class GroupEncoder(nn.Module):
         Transformer layer options.
     """
 
-    def __init__(self, dim: int, heads: int, depth: int, *, with_query: bool = False, mlp_ratio: float = 4.0,
-                 dropout: float = 0.0) -> None:
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        depth: int,
+        *,
+        with_query: bool = False,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.0,
+    ) -> None:
         super().__init__()
         self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * 0.02)
         self.layers = nn.ModuleList(SelfAttentionLayer(dim, heads, mlp_ratio, dropout) for _ in range(depth))
@@ -137,8 +158,9 @@ class GroupEncoder(nn.Module):
         self.cross_attention = MultiHeadAttention(dim, heads, dropout) if with_query else None
         self.norm_query = nn.LayerNorm(dim) if with_query else None
 
-    def forward(self, tokens: torch.Tensor, group_of_token: np.ndarray, n_groups: int,
-                max_tokens: int = 32768) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(
+        self, tokens: torch.Tensor, group_of_token: np.ndarray, n_groups: int, max_tokens: int = 32768
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Encode every group.
 
         Parameters
@@ -163,7 +185,9 @@ class GroupEncoder(nn.Module):
             groups = len(batch.groups)
             padded = tokens[batch.index] * batch.mask[..., None]
             sequence = torch.cat([self.cls_token.expand(groups, 1, dim), padded], dim=1)
-            mask = torch.cat([torch.ones(groups, 1, dtype=torch.bool, device=tokens.device), batch.mask], dim=1)
+            mask = torch.cat(
+                [torch.ones(groups, 1, dtype=torch.bool, device=tokens.device), batch.mask], dim=1
+            )
             for layer in self.layers:
                 sequence = layer(sequence, mask)
             sequence = self.norm(sequence)

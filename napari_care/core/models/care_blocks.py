@@ -40,7 +40,6 @@ DEFAULT_LAMBDA_SPF = 0.5
 DEFAULT_E_STAR = 0.5
 
 
-
 def neighbour_offsets(radius: int = 1) -> np.ndarray:
     """``[(2r+1)^2, 2]`` int64 (dx, dy) offsets of a square neighbourhood, row-major (dy outer).
 
@@ -136,7 +135,9 @@ def check_grid(grid: np.ndarray, n_patches: int | None = None, name: str = "grid
     return array.astype(np.int64, copy=False)
 
 
-def block_partition(grid: np.ndarray, k: int = DEFAULT_K, slide_of_patch: np.ndarray | None = None) -> BlockPartition:
+def block_partition(
+    grid: np.ndarray, k: int = DEFAULT_K, slide_of_patch: np.ndarray | None = None
+) -> BlockPartition:
     """Cut the patch grid into non-overlapping k x k blocks ``(gx // k, gy // k)``.
 
     Parameters
@@ -168,9 +169,13 @@ def block_partition(grid: np.ndarray, k: int = DEFAULT_K, slide_of_patch: np.nda
     keys, block_of_patch = np.unique(key, return_inverse=True)
     block_xy_unique = np.stack([keys % span[0] + low[0], (keys // span[0]) % span[1] + low[1]], axis=1)
     slide_of_block = keys // (span[0] * span[1])
-    return BlockPartition(k=k, block_of_patch=block_of_patch.reshape(-1), block_xy=block_xy_unique,
-                          slide_of_block=slide_of_block,
-                          neighbours=neighbour_blocks(block_xy_unique, slide_of_block, radius=1))
+    return BlockPartition(
+        k=k,
+        block_of_patch=block_of_patch.reshape(-1),
+        block_xy=block_xy_unique,
+        slide_of_block=slide_of_block,
+        neighbours=neighbour_blocks(block_xy_unique, slide_of_block, radius=1),
+    )
 
 
 def neighbour_blocks(block_xy: np.ndarray, slide_of_block: np.ndarray, radius: int = 1) -> np.ndarray:
@@ -199,8 +204,12 @@ def neighbour_blocks(block_xy: np.ndarray, slide_of_block: np.ndarray, radius: i
     return np.where(keys[position] == wanted, position, -1)
 
 
-def candidate_blocks(grid: np.ndarray, partition: BlockPartition, n_candidates: int = DEFAULT_N_CANDIDATES,
-                     temperature: float = DEFAULT_CONTAINMENT_TEMPERATURE) -> Candidates:
+def candidate_blocks(
+    grid: np.ndarray,
+    partition: BlockPartition,
+    n_candidates: int = DEFAULT_N_CANDIDATES,
+    temperature: float = DEFAULT_CONTAINMENT_TEMPERATURE,
+) -> Candidates:
     """The ``n_candidates`` blocks with the highest soft containment for each patch.
 
     Parameters
@@ -224,12 +233,12 @@ def candidate_blocks(grid: np.ndarray, partition: BlockPartition, n_candidates: 
     if temperature <= 0:
         raise ValueError(f"containment temperature must be positive, got {temperature}")
     grid = check_grid(grid, len(partition.block_of_patch))
-    neighbours = partition.neighbours[partition.block_of_patch]                      # [N, 9]
-    offset = grid[:, None, :] - partition.anchors[np.maximum(neighbours, 0)]         # [N, 9, 2]
+    neighbours = partition.neighbours[partition.block_of_patch]  # [N, 9]
+    offset = grid[:, None, :] - partition.anchors[np.maximum(neighbours, 0)]  # [N, 9, 2]
     distance2 = np.einsum("nij,nij->ni", offset, offset) / float(partition.k) ** 2
     distance2[neighbours < 0] = np.inf
     logits = -distance2 / temperature
-    logits -= logits.max(axis=1, keepdims=True)   # the own block is always present and finite
+    logits -= logits.max(axis=1, keepdims=True)  # the own block is always present and finite
     weight = np.exp(logits)
     containment = weight / weight.sum(axis=1, keepdims=True)
     order = np.argsort(distance2, axis=1, kind="stable")[:, :n_candidates]
@@ -256,7 +265,9 @@ def group_sum_matrix(group: np.ndarray, n_groups: int) -> scipy.sparse.csr_matri
     return scipy.sparse.csr_matrix((ones, (group, np.arange(len(group)))), shape=(n_groups, len(group)))
 
 
-def feature_moments(features: np.ndarray, *, eps: float = 1e-6, chunk_rows: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def feature_moments(
+    features: np.ndarray, *, eps: float = 1e-6, chunk_rows: int = 8192
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-dimension mean and standard deviation of ``features`` ``[N, D]``, without an N x D copy.
 
     Chunks of ``chunk_rows`` rows are summed in their own dtype, totals in float64; the
@@ -265,7 +276,7 @@ def feature_moments(features: np.ndarray, *, eps: float = 1e-6, chunk_rows: int 
     total = np.zeros(features.shape[1])
     total_sq = np.zeros(features.shape[1])
     for start in range(0, len(features), chunk_rows):
-        chunk = features[start:start + chunk_rows]
+        chunk = features[start : start + chunk_rows]
         total += chunk.sum(axis=0, dtype=np.float64)
         total_sq += np.einsum("nd,nd->d", chunk, chunk)
     mean = total / len(features)

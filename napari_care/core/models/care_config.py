@@ -97,8 +97,16 @@ class CareConfig:
     affinity_prior: str = "none"
 
     def __post_init__(self) -> None:
-        for name in ("in_dim", "embed_dim", "heads", "k", "block_depth", "region_depth", "gate_dim",
-                     "max_tokens_per_chunk"):
+        for name in (
+            "in_dim",
+            "embed_dim",
+            "heads",
+            "k",
+            "block_depth",
+            "region_depth",
+            "gate_dim",
+            "max_tokens_per_chunk",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"CareConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.embed_dim % self.heads:
@@ -108,18 +116,25 @@ class CareConfig:
         for name in ("lambda_spf", "dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"CareConfig.{name} must be in [0, 1], got {getattr(self, name)}")
-        for name in ("containment_temperature", "similarity_temperature", "assignment_temperature", "gumbel_tau",
-                     "mlp_ratio"):
+        for name in (
+            "containment_temperature",
+            "similarity_temperature",
+            "assignment_temperature",
+            "gumbel_tau",
+            "mlp_ratio",
+        ):
             if getattr(self, name) <= 0:
                 raise ValueError(f"CareConfig.{name} must be positive, got {getattr(self, name)}")
         if self.lambda_rsl < 0 or self.aug_noise_std < 0:
             raise ValueError("CareConfig.lambda_rsl and aug_noise_std must be >= 0")
         if self.affinity_prior not in AFFINITY_PRIORS:
-            raise ValueError(f"CareConfig.affinity_prior must be one of {AFFINITY_PRIORS}, "
-                             f"got {self.affinity_prior!r}")
+            raise ValueError(
+                f"CareConfig.affinity_prior must be one of {AFFINITY_PRIORS}, got {self.affinity_prior!r}"
+            )
         if self.hard_assignment not in HARD_ASSIGNMENTS:
-            raise ValueError(f"CareConfig.hard_assignment must be one of {HARD_ASSIGNMENTS}, "
-                             f"got {self.hard_assignment!r}")
+            raise ValueError(
+                f"CareConfig.hard_assignment must be one of {HARD_ASSIGNMENTS}, got {self.hard_assignment!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """The fields as a JSON-able dict."""

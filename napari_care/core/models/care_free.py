@@ -117,8 +117,9 @@ class CareFreeConfig:
         if self.beta not in BETA_MODES:
             raise ValueError(f"CareFreeConfig.beta must be one of {BETA_MODES}, got {self.beta!r}")
         if self.augmented_view not in AUGMENTED_VIEWS:
-            raise ValueError(f"CareFreeConfig.augmented_view must be one of {AUGMENTED_VIEWS}, "
-                             f"got {self.augmented_view!r}")
+            raise ValueError(
+                f"CareFreeConfig.augmented_view must be one of {AUGMENTED_VIEWS}, got {self.augmented_view!r}"
+            )
         if self.refine_iterations < 0:
             raise ValueError(f"CareFreeConfig.refine_iterations must be >= 0, got {self.refine_iterations}")
         if not 1 <= self.n_candidates <= 9:
@@ -135,13 +136,16 @@ class _BlockRows(NamedTuple):
 
 def _block_rows(partition: BlockPartition) -> _BlockRows:
     """The block grouping of :func:`_block_scores`, the same for every refinement pass."""
-    return _BlockRows(np.argsort(partition.block_of_patch, kind="stable"),
-                      np.cumsum(np.bincount(partition.block_of_patch, minlength=partition.n_blocks)),
-                      neighbour_blocks(partition.block_xy, partition.slide_of_block, radius=2))
+    return _BlockRows(
+        np.argsort(partition.block_of_patch, kind="stable"),
+        np.cumsum(np.bincount(partition.block_of_patch, minlength=partition.n_blocks)),
+        neighbour_blocks(partition.block_xy, partition.slide_of_block, radius=2),
+    )
 
 
-def _block_scores(features: np.ndarray, mean: np.ndarray, std: np.ndarray, unit_blocks: np.ndarray,
-                  blocks: _BlockRows) -> np.ndarray:
+def _block_scores(
+    features: np.ndarray, mean: np.ndarray, std: np.ndarray, unit_blocks: np.ndarray, blocks: _BlockRows
+) -> np.ndarray:
     """``[N, 25]`` cosine of each standardised patch feature with the blocks of its 5 x 5 block neighbourhood.
 
     Block by block: the patches of one block share one neighbourhood, so one small matrix
@@ -160,22 +164,25 @@ def _block_scores(features: np.ndarray, mean: np.ndarray, std: np.ndarray, unit_
             standardised *= scale
             standardised -= shift
             norms = np.maximum(np.linalg.norm(standardised, axis=1), _EPS)
-            scores[rows] = (standardised @ unit_blocks[np.maximum(blocks.neighbourhood[block], 0)].T) / norms[:, None]
+            scores[rows] = (standardised @ unit_blocks[np.maximum(blocks.neighbourhood[block], 0)].T) / norms[
+                :, None
+            ]
     return scores
 
 
-def _candidate_cosines(scores: np.ndarray, partition: BlockPartition, candidates: Candidates,
-                       patch_neighbours: np.ndarray | None) -> list[np.ndarray]:
+def _candidate_cosines(
+    scores: np.ndarray, partition: BlockPartition, candidates: Candidates, patch_neighbours: np.ndarray | None
+) -> list[np.ndarray]:
     """``[N, c]`` cosines of the patch view and, with ``patch_neighbours``, of the smoothed view.
 
     The smoothed view's cosine is the mean cosine over the patch's 3 x 3 grid neighbourhood
     (``patch_neighbours``, ``[N, 9]``) with the same candidate block.
     """
     own_xy = partition.block_xy[partition.block_of_patch]
-    candidate_offset = partition.block_xy[np.maximum(candidates.blocks, 0)] - own_xy[:, None, :]   # in [-1, 1]
-    candidate_offset[~candidates.valid] = 0      # missing slots: any column will do, they are masked later
+    candidate_offset = partition.block_xy[np.maximum(candidates.blocks, 0)] - own_xy[:, None, :]  # in [-1, 1]
+    candidate_offset[~candidates.valid] = 0  # missing slots: any column will do, they are masked later
 
-    def column(offset: np.ndarray) -> np.ndarray:    # (dx, dy) in [-2, 2] -> column of the 5 x 5 table
+    def column(offset: np.ndarray) -> np.ndarray:  # (dx, dy) in [-2, 2] -> column of the 5 x 5 table
         return (offset[..., 1] + 2) * 5 + offset[..., 0] + 2
 
     views = [np.take_along_axis(scores, column(candidate_offset), axis=1)]
@@ -199,17 +206,27 @@ def _masked_softmax(logits: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return weight / weight.sum(axis=1, keepdims=True)
 
 
-def _log_rho(features: np.ndarray, mean: np.ndarray, std: np.ndarray, raw_block_features: np.ndarray,
-             blocks: _BlockRows, partition: BlockPartition, candidates: Candidates, smoothing: np.ndarray | None,
-             config: CareFreeConfig) -> np.ndarray:
+def _log_rho(
+    features: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    raw_block_features: np.ndarray,
+    blocks: _BlockRows,
+    partition: BlockPartition,
+    candidates: Candidates,
+    smoothing: np.ndarray | None,
+    config: CareFreeConfig,
+) -> np.ndarray:
     """``[N, c]`` ``log rho`` of each patch's candidates (``-inf`` on missing slots)."""
     block_features = ((raw_block_features - mean) / std).astype(np.float32)
     unit_blocks = block_features / np.maximum(np.linalg.norm(block_features, axis=1, keepdims=True), _EPS)
     scores = _block_scores(features, mean, std, unit_blocks, blocks)
     cosines = _candidate_cosines(scores, partition, candidates, smoothing)
     # The mean of the views' softmaxes (g_cls = g_q, so the paper's four reduce to one or two).
-    rho = np.mean([_masked_softmax(cosine / config.similarity_temperature, candidates.valid) for cosine in cosines],
-                  axis=0)
+    rho = np.mean(
+        [_masked_softmax(cosine / config.similarity_temperature, candidates.valid) for cosine in cosines],
+        axis=0,
+    )
     with np.errstate(divide="ignore"):
         return np.where(candidates.valid, np.log(rho), -np.inf)
 
@@ -220,8 +237,15 @@ def _log_containment(candidates: Candidates) -> np.ndarray:
         return np.where(candidates.valid, np.log(candidates.containment), -np.inf)
 
 
-def _refined_log_rho(features: np.ndarray, mean: np.ndarray, std: np.ndarray, partition: BlockPartition,
-                     candidates: Candidates, smoothing: np.ndarray | None, config: CareFreeConfig) -> np.ndarray:
+def _refined_log_rho(
+    features: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    partition: BlockPartition,
+    candidates: Candidates,
+    smoothing: np.ndarray | None,
+    config: CareFreeConfig,
+) -> np.ndarray:
     """``[N, c]`` ``log rho`` after the single pass and ``config.refine_iterations`` refinements."""
     blocks, log_containment = _block_rows(partition), _log_containment(candidates)
     raw_block_features = group_mean(features, partition.block_of_patch, partition.n_blocks)
@@ -231,16 +255,25 @@ def _refined_log_rho(features: np.ndarray, mean: np.ndarray, std: np.ndarray, pa
             # Refinement: a block's feature is the mean of the patches that chose it (a
             # block that every patch left keeps its last feature).
             members = np.bincount(chosen_block, minlength=partition.n_blocks) > 0
-            raw_block_features = np.where(members[:, None],
-                                          group_mean(features, chosen_block, partition.n_blocks), raw_block_features)
-        log_rho = _log_rho(features, mean, std, raw_block_features, blocks, partition, candidates, smoothing, config)
+            raw_block_features = np.where(
+                members[:, None], group_mean(features, chosen_block, partition.n_blocks), raw_block_features
+            )
+        log_rho = _log_rho(
+            features, mean, std, raw_block_features, blocks, partition, candidates, smoothing, config
+        )
         choice = np.argmax(log_rho + log_containment, axis=1)
         chosen_block = np.take_along_axis(candidates.blocks, choice[:, None], axis=1)[:, 0]
     return log_rho
 
 
-def input_log_affinity(features: np.ndarray, grid: np.ndarray, slide_of_patch: np.ndarray,
-                       partition: BlockPartition, candidates: Candidates, config: CareFreeConfig) -> np.ndarray:
+def input_log_affinity(
+    features: np.ndarray,
+    grid: np.ndarray,
+    slide_of_patch: np.ndarray,
+    partition: BlockPartition,
+    candidates: Candidates,
+    config: CareFreeConfig,
+) -> np.ndarray:
     """``log rho`` of the training-free generator for given blocks and candidates (several slides).
 
     The affinity a learned :class:`~napari_care.core.models.care.CareModel` can start from
@@ -277,8 +310,9 @@ def input_log_affinity(features: np.ndarray, grid: np.ndarray, slide_of_patch: n
     if config.augmented_view == "smooth":
         smoothing = grid_neighbourhood(grid, slide_of_patch)
     dim = features.shape[1]
-    return _refined_log_rho(standardised, np.zeros(dim), np.ones(dim), partition, candidates, smoothing,
-                            config).astype(np.float32)
+    return _refined_log_rho(
+        standardised, np.zeros(dim), np.ones(dim), partition, candidates, smoothing, config
+    ).astype(np.float32)
 
 
 def segment_free(features: np.ndarray, grid: np.ndarray, config: CareFreeConfig | None = None) -> CareResult:
@@ -314,7 +348,9 @@ def segment_free(features: np.ndarray, grid: np.ndarray, config: CareFreeConfig 
     valid = candidates.valid
     smoothing = grid_neighbourhood(grid) if config.augmented_view == "smooth" else None
     # w = rho * C: argmax w is the hard choice, softmax(log w / t) the soft one.
-    log_w = _refined_log_rho(features, mean, std, partition, candidates, smoothing, config) + _log_containment(candidates)
+    log_w = _refined_log_rho(
+        features, mean, std, partition, candidates, smoothing, config
+    ) + _log_containment(candidates)
     candidate_rank = np.argmax(log_w, axis=1).astype(np.int64)
     chosen_block = np.take_along_axis(candidates.blocks, candidate_rank[:, None], axis=1)[:, 0]
     soft = _masked_softmax(log_w / config.assignment_temperature, valid)
@@ -333,10 +369,20 @@ def segment_free(features: np.ndarray, grid: np.ndarray, config: CareFreeConfig 
     a = config.lambda_spf * alpha + (1.0 - config.lambda_spf) * beta
     roi = int(np.argmax(a))
     return CareResult(
-        region_of_patch=region_of_patch, region_features=region_features,
-        alpha=alpha.astype(np.float32), beta=beta.astype(np.float32), a=a.astype(np.float32), roi=roi,
-        roi_feature=region_features[roi].copy(), slide_embedding=(a @ region_features).astype(np.float32),
+        region_of_patch=region_of_patch,
+        region_features=region_features,
+        alpha=alpha.astype(np.float32),
+        beta=beta.astype(np.float32),
+        a=a.astype(np.float32),
+        roi=roi,
+        roi_feature=region_features[roi].copy(),
+        slide_embedding=(a @ region_features).astype(np.float32),
         patch_attention=(a / sizes)[region_of_patch].astype(np.float32),
-        rsl=(expected_rank - config.e_star) ** 2, expected_rank=expected_rank,
-        block_of_patch=partition.block_of_patch, candidate_rank=candidate_rank, grid=grid, k=config.k,
-        mode="training-free")
+        rsl=(expected_rank - config.e_star) ** 2,
+        expected_rank=expected_rank,
+        block_of_patch=partition.block_of_patch,
+        candidate_rank=candidate_rank,
+        grid=grid,
+        k=config.k,
+        mode="training-free",
+    )

@@ -66,13 +66,21 @@ class CareOutput:
         return CareResult(
             region_of_patch=array(self.region_of_patch, np.int64),
             region_features=array(self.region_features, np.float32),
-            alpha=array(self.alpha, np.float32), beta=array(self.beta, np.float32), a=array(self.a, np.float32),
-            roi=int(self.roi), roi_feature=array(self.roi_feature, np.float32),
+            alpha=array(self.alpha, np.float32),
+            beta=array(self.beta, np.float32),
+            a=array(self.a, np.float32),
+            roi=int(self.roi),
+            roi_feature=array(self.roi_feature, np.float32),
             slide_embedding=array(self.slide_embedding, np.float32),
-            patch_attention=array(self.patch_attention, np.float32), rsl=float(self.rsl),
-            expected_rank=float(self.expected_rank), block_of_patch=array(self.block_of_patch, np.int64),
-            candidate_rank=array(self.candidate_rank, np.int64), grid=array(self.grid, np.int64), k=self.k,
-            mode="model")
+            patch_attention=array(self.patch_attention, np.float32),
+            rsl=float(self.rsl),
+            expected_rank=float(self.expected_rank),
+            block_of_patch=array(self.block_of_patch, np.int64),
+            candidate_rank=array(self.candidate_rank, np.int64),
+            grid=array(self.grid, np.int64),
+            k=self.k,
+            mode="model",
+        )
 
 
 @dataclass
@@ -120,16 +128,27 @@ class CareBatchOutput:
         patches = self.patch_mask[index]
         regions = self.region_mask[index]
         return CareOutput(
-            region_of_patch=self.region_of_patch[index][patches], block_of_patch=self.block_of_patch[index][patches],
-            candidate_rank=self.candidate_rank[index][patches], patch_attention=self.patch_attention[index][patches],
-            region_features=self.region_features[index][regions], alpha=self.alpha[index][regions],
-            beta=self.beta[index][regions], a=self.a[index][regions], roi=int(self.roi[index]),
-            roi_feature=self.roi_feature[index], slide_embedding=self.slide_embedding[index],
-            expected_rank=self.expected_rank[index], rsl=self.rsl[index], grid=self.grid[index][patches], k=self.k)
+            region_of_patch=self.region_of_patch[index][patches],
+            block_of_patch=self.block_of_patch[index][patches],
+            candidate_rank=self.candidate_rank[index][patches],
+            patch_attention=self.patch_attention[index][patches],
+            region_features=self.region_features[index][regions],
+            alpha=self.alpha[index][regions],
+            beta=self.beta[index][regions],
+            a=self.a[index][regions],
+            roi=int(self.roi[index]),
+            roi_feature=self.roi_feature[index],
+            slide_embedding=self.slide_embedding[index],
+            expected_rank=self.expected_rank[index],
+            rsl=self.rsl[index],
+            grid=self.grid[index][patches],
+            k=self.k,
+        )
 
 
-def pad_slides(slides: Sequence[tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]]
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def pad_slides(
+    slides: Sequence[tuple[torch.Tensor | np.ndarray, torch.Tensor | np.ndarray]],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Stack slides of different sizes into padded tensors for :meth:`CareModel.forward_batch`.
 
     Parameters
@@ -146,12 +165,16 @@ def pad_slides(slides: Sequence[tuple[torch.Tensor | np.ndarray, torch.Tensor | 
     if not slides:
         raise ValueError("pad_slides needs at least one slide")
     features = [torch.as_tensor(f, dtype=torch.float32) for f, _ in slides]
-    grids = [torch.as_tensor(np.asarray(g.cpu() if isinstance(g, torch.Tensor) else g), dtype=torch.long)
-             for _, g in slides]
+    grids = [
+        torch.as_tensor(np.asarray(g.cpu() if isinstance(g, torch.Tensor) else g), dtype=torch.long)
+        for _, g in slides
+    ]
     for number, (feature, grid) in enumerate(zip(features, grids, strict=True)):
         if feature.dim() != 2 or grid.shape != (len(feature), 2):
-            raise ValueError(f"slide {number}: features must be [N, D] and grid [N, 2], got "
-                             f"{tuple(feature.shape)} and {tuple(grid.shape)}")
+            raise ValueError(
+                f"slide {number}: features must be [N, D] and grid [N, 2], got "
+                f"{tuple(feature.shape)} and {tuple(grid.shape)}"
+            )
     device = features[0].device
     lengths = torch.tensor([len(f) for f in features])
     padded = torch.nn.utils.rnn.pad_sequence([f.to(device) for f in features], batch_first=True)

@@ -36,8 +36,9 @@ class GatedAttention(nn.Module):
         return self.score(self.value(regions) * self.gate(regions)).squeeze(-1)
 
 
-def fuse_region_weights(alpha: torch.Tensor, scores: torch.Tensor, region_mask: torch.Tensor,
-                        lambda_spf: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def fuse_region_weights(
+    alpha: torch.Tensor, scores: torch.Tensor, region_mask: torch.Tensor, lambda_spf: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Semantic weight, fused weight and ROI of padded regions.
 
     Parameters

@@ -70,9 +70,9 @@ class MixMagEncoder(nn.Module):
 
     config_cls = MixMagConfig
     token_magnification: torch.Tensor  # buffers: [21] magnification index (0, 1, 2) of each token slot,
-    feature_mean: torch.Tensor         # [D] and [D]: standardisation of tile embeddings,
+    feature_mean: torch.Tensor  # [D] and [D]: standardisation of tile embeddings,
     feature_std: torch.Tensor
-    tile_whitening: torch.Tensor       # [D, D]: whitening of standardised 20x tiles (cls+tile readout)
+    tile_whitening: torch.Tensor  # [D, D]: whitening of standardised 20x tiles (cls+tile readout)
 
     def __init__(self, config: MixMagConfig) -> None:
         super().__init__()
@@ -86,8 +86,15 @@ class MixMagEncoder(nn.Module):
         self.mask_token = nn.Parameter(torch.zeros(dim))
         for parameter in (self.mag_embed, self.pos_embed, self.cls_token, self.mask_token):
             nn.init.trunc_normal_(parameter, std=0.02)
-        layer = nn.TransformerEncoderLayer(dim, config.heads, int(dim * config.mlp_ratio), config.dropout,
-                                           activation="gelu", batch_first=True, norm_first=True)
+        layer = nn.TransformerEncoderLayer(
+            dim,
+            config.heads,
+            int(dim * config.mlp_ratio),
+            config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
+        )
         self.transformer = nn.TransformerEncoder(layer, config.depth, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(dim)
         self.predictor: nn.Module
@@ -100,7 +107,9 @@ class MixMagEncoder(nn.Module):
         self.register_buffer("token_magnification", _token_magnification(), persistent=False)
         self.register_buffer("feature_mean", torch.zeros(config.in_dim))
         self.register_buffer("feature_std", torch.ones(config.in_dim))
-        self.register_buffer("tile_whitening", torch.eye(config.in_dim))  # [D, D], applied to standardised tiles
+        self.register_buffer(
+            "tile_whitening", torch.eye(config.in_dim)
+        )  # [D, D], applied to standardised tiles
 
     @property
     def instance_dim(self) -> int:
@@ -118,17 +127,23 @@ class MixMagEncoder(nn.Module):
         """Standardise tile embeddings with per-dimension ``mean`` and ``std`` (``[D]`` each); a
         dimension whose std is below ``min_std`` (constant in the data) is only centred."""
         if mean.shape != (self.config.in_dim,) or std.shape != (self.config.in_dim,):
-            raise ValueError(f"MixMagEncoder.set_feature_stats needs mean and std of shape [{self.config.in_dim}], "
-                             f"got {tuple(mean.shape)} and {tuple(std.shape)}")
+            raise ValueError(
+                f"MixMagEncoder.set_feature_stats needs mean and std of shape [{self.config.in_dim}], "
+                f"got {tuple(mean.shape)} and {tuple(std.shape)}"
+            )
         self.feature_mean.copy_(mean)
         self.feature_std.copy_(torch.where(std < min_std, torch.ones_like(std), std))
 
     @torch.no_grad()
     def set_tile_whitening(self, whitening: torch.Tensor) -> None:
         """Whiten standardised 20x tiles with ``whitening`` ``[D, D]`` in the ``cls+tile`` readout."""
-        if whitening.shape != (self.config.in_dim, self.config.in_dim) or not bool(torch.isfinite(whitening).all()):
-            raise ValueError(f"MixMagEncoder.set_tile_whitening needs a finite [{self.config.in_dim}, "
-                             f"{self.config.in_dim}] matrix, got {tuple(whitening.shape)}")
+        if whitening.shape != (self.config.in_dim, self.config.in_dim) or not bool(
+            torch.isfinite(whitening).all()
+        ):
+            raise ValueError(
+                f"MixMagEncoder.set_tile_whitening needs a finite [{self.config.in_dim}, "
+                f"{self.config.in_dim}] matrix, got {tuple(whitening.shape)}"
+            )
         self.tile_whitening.copy_(whitening)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
@@ -145,21 +160,29 @@ class MixMagEncoder(nn.Module):
     def _check(self, tokens: torch.Tensor, token_present: torch.Tensor | None) -> torch.Tensor:
         expected = (N_TOKENS, self.config.in_dim)
         if tokens.dim() != 3 or tuple(tokens.shape[1:]) != expected:
-            raise ValueError(f"MixMagEncoder expects tokens [B, {N_TOKENS}, {self.config.in_dim}], "
-                             f"got {tuple(tokens.shape)}")
+            raise ValueError(
+                f"MixMagEncoder expects tokens [B, {N_TOKENS}, {self.config.in_dim}], "
+                f"got {tuple(tokens.shape)}"
+            )
         if token_present is None:
             return torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
         if token_present.shape != tokens.shape[:2]:
-            raise ValueError(f"token_present shape {tuple(token_present.shape)} does not match "
-                             f"tokens {tuple(tokens.shape[:2])}")
+            raise ValueError(
+                f"token_present shape {tuple(token_present.shape)} does not match "
+                f"tokens {tuple(tokens.shape[:2])}"
+            )
         return token_present.bool()
 
     def token_queries(self) -> torch.Tensor:
         """Magnification + position embedding of each token slot, ``[21, dim]``."""
         return self.mag_embed[self.token_magnification] + self.pos_embed
 
-    def forward(self, tokens: torch.Tensor, token_present: torch.Tensor | None = None,
-                token_masked: torch.Tensor | None = None) -> MixMagOutput:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        token_present: torch.Tensor | None = None,
+        token_masked: torch.Tensor | None = None,
+    ) -> MixMagOutput:
         """Encode regions into a :class:`MixMagOutput`.
 
         Parameters
@@ -182,8 +205,9 @@ class MixMagEncoder(nn.Module):
         return MixMagOutput(x[:, 0], x[:, 1:])
 
     @torch.no_grad()
-    def mil_instances(self, tokens: torch.Tensor, token_present: torch.Tensor | None = None, *,
-                      batch_size: int = 256) -> torch.Tensor:
+    def mil_instances(
+        self, tokens: torch.Tensor, token_present: torch.Tensor | None = None, *, batch_size: int = 256
+    ) -> torch.Tensor:
         """The AB-MIL bag of one slide: its regions' readout, ``[instances, instance_dim]``.
 
         With ``readout="cls"`` one instance per region (``[R, dim]``), with ``"cls+tile"``
@@ -193,7 +217,7 @@ class MixMagEncoder(nn.Module):
         present = self._check(tokens, token_present)
         parts = []
         for start in range(0, len(tokens), batch_size):
-            batch, batch_present = tokens[start:start + batch_size], present[start:start + batch_size]
+            batch, batch_present = tokens[start : start + batch_size], present[start : start + batch_size]
             out = self(batch, batch_present)
             if self.config.readout == "tokens":
                 parts.append(out.tokens[:, FIRST_20X_TOKEN:][batch_present[:, FIRST_20X_TOKEN:]])
@@ -203,7 +227,9 @@ class MixMagEncoder(nn.Module):
                 parts.append(out.cls)
         return torch.cat(parts) if parts else tokens.new_zeros((0, self.instance_dim))
 
-    def sample_mask(self, token_present: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample_mask(
+        self, token_present: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Draw which present tokens to mask, ``[B, 21]`` bool (``mask_ratio`` of each region)."""
         n_present = token_present.sum(dim=1)
         n_masked = torch.round(self.config.mask_ratio * n_present).long()
@@ -218,7 +244,9 @@ class MixMagEncoder(nn.Module):
             return self.predictor(out.cls.unsqueeze(1) + self.token_queries())
         return self.predictor(out.tokens)
 
-    def _reconstruction_loss(self, predicted: torch.Tensor, target: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    def _reconstruction_loss(
+        self, predicted: torch.Tensor, target: torch.Tensor, masked: torch.Tensor
+    ) -> torch.Tensor:
         if not bool(masked.any()):
             return predicted.sum() * 0.0  # nothing to predict (regions of a single token)
         predicted, target = predicted[masked], target[masked]
@@ -235,8 +263,13 @@ class MixMagEncoder(nn.Module):
         out = self(tokens, present, masked)
         return out, masked
 
-    def pretraining_loss(self, tokens: torch.Tensor, token_present: torch.Tensor | None = None, *,
-                         generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+    def pretraining_loss(
+        self,
+        tokens: torch.Tensor,
+        token_present: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """The MEM or CMEM loss of a batch of regions: ``(loss, parts)``, the scalar to minimise
         and its parts as floats (``"mem"``, ``"contrastive"``).
 
@@ -285,15 +318,20 @@ class RegionTokens:
     slide_id: str = ""
 
 
-def assemble_region_tokens(features: tuple[np.ndarray, np.ndarray, np.ndarray],
-                           coords: tuple[np.ndarray, np.ndarray, np.ndarray], *,
-                           region_size_level0: float, slide_id: str = "") -> RegionTokens:
+def assemble_region_tokens(
+    features: tuple[np.ndarray, np.ndarray, np.ndarray],
+    coords: tuple[np.ndarray, np.ndarray, np.ndarray],
+    *,
+    region_size_level0: float,
+    slide_id: str = "",
+) -> RegionTokens:
     """Group tile embeddings at 5x, 10x and 20x into region tokens.
 
     Each 5x tile is a region; a 10x or 20x tile belongs to the region (and slot) under its
     centre. Fine tiles under no 5x tile are dropped; slots with no tile stay missing. With
-    :class:`~napari_care.core.features.PatchFeatures` ``p5, p10, p20``: ``assemble_region_tokens((p5.features,
-    p10.features, p20.features), (p5.coords, p10.coords, p20.coords), region_size_level0=p5.patch_size_level0)``.
+    :class:`~napari_care.core.features.PatchFeatures` ``p5, p10, p20``:
+    ``assemble_region_tokens((p5.features, p10.features, p20.features), (p5.coords, p10.coords, p20.coords),
+    region_size_level0=p5.patch_size_level0)``.
 
     Parameters
     ----------

@@ -58,7 +58,11 @@ class MixMagConfig:
     proj_dim: int = 128
 
     def __post_init__(self) -> None:
-        choices = {"objective": ("mem", "cmem"), "readout": ("cls", "cls+tile", "tokens"), "loss": ("cosine", "mse")}
+        choices = {
+            "objective": ("mem", "cmem"),
+            "readout": ("cls", "cls+tile", "tokens"),
+            "loss": ("cosine", "mse"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"MixMagConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")

@@ -27,9 +27,11 @@ from napari_care.core.qupath.write import (
 )
 
 
-def raster_polygons(labels: np.ndarray, origin_xy: Sequence[float],
-                    pixel_size_xy: Sequence[float]) -> dict[int, BaseGeometry]:
-    """Exact level-0 polygons of every label (``>= 0``; ``-1`` = none) of a raster, also with non-square pixels.
+def raster_polygons(
+    labels: np.ndarray, origin_xy: Sequence[float], pixel_size_xy: Sequence[float]
+) -> dict[int, BaseGeometry]:
+    """Exact level-0 polygons of every label (``>= 0``; ``-1`` = none) of a raster, also with
+    non-square pixels.
 
     Parameters
     ----------
@@ -48,9 +50,15 @@ def raster_polygons(labels: np.ndarray, origin_xy: Sequence[float],
     return {key: shapely.transform(g, lambda xy: xy * stretch + (x0, y0)) for key, g in unit.items()}
 
 
-def annotations_from_labels(labels: np.ndarray, *, origin_xy: Sequence[float], pixel_size_xy: Sequence[float],
-                            rows: Sequence[Mapping[str, object]] = (), name_prefix: str = "label",
-                            color_of_label: Callable[[int], Color | None] | None = None) -> list[Annotation]:
+def annotations_from_labels(
+    labels: np.ndarray,
+    *,
+    origin_xy: Sequence[float],
+    pixel_size_xy: Sequence[float],
+    rows: Sequence[Mapping[str, object]] = (),
+    name_prefix: str = "label",
+    color_of_label: Callable[[int], Color | None] | None = None,
+) -> list[Annotation]:
     """One object per label value (> 0) of a raster, in increasing label order.
 
     Parameters
@@ -76,8 +84,16 @@ def annotations_from_labels(labels: np.ndarray, *, origin_xy: Sequence[float], p
         class_name = str(row.get("class") or "") or None
         name = str(row.get("name") or "") or f"{name_prefix} {value}"
         color = color_of_label(value) if color_of_label is not None else None
-        annotations.append(Annotation(geometry, str(row.get("object_type") or "annotation"), name, class_name,
-                                      color, row_measurements(row)))  # fmt: skip
+        annotations.append(
+            Annotation(
+                geometry,
+                str(row.get("object_type") or "annotation"),
+                name,
+                class_name,
+                color,
+                row_measurements(row),
+            )
+        )
     return annotations
 
 
@@ -95,17 +111,27 @@ def region_table_from_columns(columns: Mapping[str, object]) -> RegionTable:
     column = lambda name: np.asarray(columns[name])[keep] if name in columns else None  # noqa: E731
     is_roi = column("is_roi")
     return RegionTable(
-        region_id=column("region").astype(np.int64), n_patches=column("patches").astype(np.int64),
-        alpha=column("alpha"), beta=column("beta"), a=column("a"), area_um2=column("area_um2"),
+        region_id=column("region").astype(np.int64),
+        n_patches=column("patches").astype(np.int64),
+        alpha=column("alpha"),
+        beta=column("beta"),
+        a=column("a"),
+        area_um2=column("area_um2"),
         group=column("group"),
         roi_ids=tuple(int(r) for r in column("region")[is_roi.astype(bool)]) if is_roi is not None else (),
-    )  # fmt: skip
+    )
 
 
-def annotations_from_region_grid(region_of_cell: np.ndarray, table: RegionTable, *, origin_xy: Sequence[float],
-                                 cell_size_xy: Sequence[float], mpp: float | None = None,
-                                 run_info: Mapping[str, object] | None = None,
-                                 tiles: bool = False) -> list[Annotation]:
+def annotations_from_region_grid(
+    region_of_cell: np.ndarray,
+    table: RegionTable,
+    *,
+    origin_xy: Sequence[float],
+    cell_size_xy: Sequence[float],
+    mpp: float | None = None,
+    run_info: Mapping[str, object] | None = None,
+    tiles: bool = False,
+) -> list[Annotation]:
     """A CARE region grid as ``napari-care segment`` writes it: regions, ROI outlines, optional tiles.
 
     Parameters
@@ -127,13 +153,16 @@ def annotations_from_region_grid(region_of_cell: np.ndarray, table: RegionTable,
     polygons = raster_polygons(region_of_cell, origin_xy, cell_size_xy)
     metadata = care_metadata(mpp=mpp, **dict(run_info or {}))
     annotations = region_features(polygons, table, mpp=mpp, metadata=metadata)
-    annotations += roi_features(polygons, [r for r in table.roi_ids if r in polygons], table=table, mpp=mpp,
-                                metadata=metadata)  # fmt: skip
+    annotations += roi_features(
+        polygons, [r for r in table.roi_ids if r in polygons], table=table, mpp=mpp, metadata=metadata
+    )
     if tiles:
         (x0, y0), (width, height) = origin_xy, cell_size_xy
         rows, cols = np.nonzero(region_of_cell >= 0)
         region = region_of_cell[rows, cols]
-        weight = dict(zip(table.region_id.tolist(), np.asarray(table.a, dtype=np.float64).tolist(), strict=True))
+        weight = dict(
+            zip(table.region_id.tolist(), np.asarray(table.a, dtype=np.float64).tolist(), strict=True)
+        )
         cells = np.bincount(region)
         attention = np.array([weight.get(int(r), 0.0) for r in region]) / cells[region]
         coords = np.stack([x0 + cols * width, y0 + rows * height], axis=1)

@@ -100,8 +100,9 @@ class AnnotationShapes:
     summary: str
 
 
-def shapes_from_annotations(annotations: Sequence[Annotation], *, keep_lines: bool = True,
-                            keep_points: bool = True) -> AnnotationShapes:
+def shapes_from_annotations(
+    annotations: Sequence[Annotation], *, keep_lines: bool = True, keep_points: bool = True
+) -> AnnotationShapes:
     """Polygon rings, lines and points of ``annotations`` as flat tables, and a summary line.
 
     Parameters
@@ -116,8 +117,11 @@ def shapes_from_annotations(annotations: Sequence[Annotation], *, keep_lines: bo
     AnnotationShapes
         Rings first (every polygon's, in object order), then lines; points apart.
     """
-    polygonal = [i for i, a in enumerate(annotations)
-                 if isinstance(a.geometry, (Polygon, MultiPolygon)) and not a.geometry.is_empty]  # fmt: skip
+    polygonal = [
+        i
+        for i, a in enumerate(annotations)
+        if isinstance(a.geometry, (Polygon, MultiPolygon)) and not a.geometry.is_empty
+    ]
     geometries = np.array([annotations[i].geometry for i in polygonal], dtype=object)
     object_of_ring, part_of_ring, is_hole, ring_xy, ring_counts = _polygon_rings(geometries)
     shape_objects = np.asarray(polygonal, dtype=np.int64)[object_of_ring].tolist()
@@ -151,25 +155,54 @@ def shapes_from_annotations(annotations: Sequence[Annotation], *, keep_lines: bo
                 point_objects.append(index)
                 point_parts.append(part)
     vertices_xy = np.concatenate([ring_xy, *line_xy]) if line_xy else ring_xy
-    shapes = _shape_table(annotations, vertices_xy, [*ring_counts.tolist(), *(len(xy) for xy in line_xy)],
-                          shape_types, shape_objects, shape_parts, kinds, "exterior")  # fmt: skip
-    points = _shape_table(annotations, np.concatenate(point_xy) if point_xy else np.zeros((0, 2)),
-                          [1] * len(point_xy), ["point"] * len(point_xy), point_objects, point_parts, "point",
-                          "point")  # fmt: skip
+    shapes = _shape_table(
+        annotations,
+        vertices_xy,
+        [*ring_counts.tolist(), *(len(xy) for xy in line_xy)],
+        shape_types,
+        shape_objects,
+        shape_parts,
+        kinds,
+        "exterior",
+    )
+    points = _shape_table(
+        annotations,
+        np.concatenate(point_xy) if point_xy else np.zeros((0, 2)),
+        [1] * len(point_xy),
+        ["point"] * len(point_xy),
+        point_objects,
+        point_parts,
+        "point",
+        "point",
+    )
     extent = float(np.ptp(vertices_xy, axis=0).max()) if len(vertices_xy) else 0.0
     kept = len(set(shape_objects) | set(point_objects))
-    summary = (f"{kept} objects as {len(shapes)} shapes ({int(is_hole.sum())} holes as outlines) "
-               f"and {len(points)} points")  # fmt: skip
+    summary = (
+        f"{kept} objects as {len(shapes)} shapes ({int(is_hole.sum())} holes as outlines) "
+        f"and {len(points)} points"
+    )
     dropped = ", ".join(f"{n} {what}" for what, n in skipped.items() if n)
-    return AnnotationShapes(shapes, points, max(1.0, OUTLINE_WIDTH_SHARE * extent),
-                            summary + (f"; skipped {dropped}" if dropped else ""))  # fmt: skip
+    return AnnotationShapes(
+        shapes,
+        points,
+        max(1.0, OUTLINE_WIDTH_SHARE * extent),
+        summary + (f"; skipped {dropped}" if dropped else ""),
+    )
 
 
-def _polygon_rings(geometries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _polygon_rings(
+    geometries: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every ring of (Multi)Polygons in one vectorised pass: which geometry and part it belongs to,
     whether it is a hole, and its vertices (x, y) without the closing vertex, with their counts."""
     if not len(geometries):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, bool), np.zeros((0, 2)), np.zeros(0, np.int64)
+        return (
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, bool),
+            np.zeros((0, 2)),
+            np.zeros(0, np.int64),
+        )
     parts, object_of_part = shapely.get_parts(geometries, return_index=True)
     part_number = np.arange(len(parts)) - np.searchsorted(object_of_part, object_of_part)
     rings, part_of_ring = shapely.get_rings(parts, return_index=True)
@@ -180,15 +213,30 @@ def _polygon_rings(geometries: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return object_of_part[part_of_ring], part_number[part_of_ring], is_hole, open_xy, counts - 1
 
 
-def _shape_table(annotations: Sequence[Annotation], vertices_xy: np.ndarray, counts: list[int], shape_types: list[str],
-                 objects: list[int], parts: list[int], kinds: list[str] | str, new_kind: str) -> ShapeTable:
+def _shape_table(
+    annotations: Sequence[Annotation],
+    vertices_xy: np.ndarray,
+    counts: list[int],
+    shape_types: list[str],
+    objects: list[int],
+    parts: list[int],
+    kinds: list[str] | str,
+    new_kind: str,
+) -> ShapeTable:
     table = _features(annotations, objects, parts, kinds) if objects else {}
-    return ShapeTable(vertices_xy, np.asarray(counts, dtype=np.int64), shape_types, table,
-                      _new_object_defaults(table, new_kind), _object_colors(annotations, objects))  # fmt: skip
+    return ShapeTable(
+        vertices_xy,
+        np.asarray(counts, dtype=np.int64),
+        shape_types,
+        table,
+        _new_object_defaults(table, new_kind),
+        _object_colors(annotations, objects),
+    )
 
 
-def _features(annotations: Sequence[Annotation], objects: list[int], parts: list[int],
-              kinds: list[str] | str) -> dict[str, list]:
+def _features(
+    annotations: Sequence[Annotation], objects: list[int], parts: list[int], kinds: list[str] | str
+) -> dict[str, list]:
     """The features table of shapes or points: their object's properties and measurements, part and ring.
 
     Built per object, then spread over its items (a region with holes has several rings).
@@ -204,7 +252,10 @@ def _features(annotations: Sequence[Annotation], objects: list[int], parts: list
         values = np.asarray([row.get(column, fill.get(column, math.nan)) for row in rows], dtype=object)
         table[column] = values[position].tolist()
         if column == "class":
-            table["part"], table["ring"] = list(parts), [kinds] * len(objects) if isinstance(kinds, str) else kinds
+            table["part"], table["ring"] = (
+                list(parts),
+                [kinds] * len(objects) if isinstance(kinds, str) else kinds,
+            )
     return table
 
 
@@ -228,9 +279,11 @@ def _new_object_defaults(table: dict[str, list], kind: str) -> dict[str, object]
 def object_row(annotation: Annotation) -> dict[str, object]:
     """An object's feature row: id, type, name, class, lock, metadata (JSON) and its measurements."""
     row: dict[str, object] = {
-        "id": annotation.id, "object_type": annotation.object_type, "name": annotation.name or "",
+        "id": annotation.id,
+        "object_type": annotation.object_type,
+        "name": annotation.name or "",
         "class": annotation.class_name or "",
-    }  # fmt: skip
+    }
     if annotation.is_locked:
         row["is_locked"] = True
     if annotation.metadata:
@@ -244,7 +297,8 @@ def _object_colors(annotations: Sequence[Annotation], objects: list[int]) -> np.
     """``[n, 4]`` RGBA of each item: its object's colour, else its class's, else yellow."""
     unique, position = np.unique(np.asarray(objects, dtype=np.int64), return_inverse=True)
     colors = [
-        annotations[i].color or (name_color(annotations[i].class_name) if annotations[i].class_name else DEFAULT_COLOR)
+        annotations[i].color
+        or (name_color(annotations[i].class_name) if annotations[i].class_name else DEFAULT_COLOR)
         for i in unique.tolist()
     ]
     rgba = np.ones((len(unique), 4))
@@ -255,9 +309,15 @@ def _object_colors(annotations: Sequence[Annotation], objects: list[int]) -> np.
 # ---- and back: flat shapes and points -> objects ------------------------------------------------------
 
 
-def annotations_from_shapes(vertices_xy: Sequence[np.ndarray], shape_types: Sequence[str],
-                            rows: Sequence[Mapping[str, object]], colors: Sequence[Color | None], *,
-                            class_name: str | None = None, label: str = "shapes") -> list[Annotation]:
+def annotations_from_shapes(
+    vertices_xy: Sequence[np.ndarray],
+    shape_types: Sequence[str],
+    rows: Sequence[Mapping[str, object]],
+    colors: Sequence[Color | None],
+    *,
+    class_name: str | None = None,
+    label: str = "shapes",
+) -> list[Annotation]:
     """Objects of drawn shapes: one per ``id`` in their rows (rings, holes and parts put back together).
 
     Parameters
@@ -286,7 +346,9 @@ def annotations_from_shapes(vertices_xy: Sequence[np.ndarray], shape_types: Sequ
     """
     objects: dict[str, dict] = {}  # id -> {"row", "color", "parts": {part: [shell, *holes]}, "lines": [...]}
     degenerate = 0
-    for index, (xy, shape_type, row, color) in enumerate(zip(vertices_xy, shape_types, rows, colors, strict=True)):
+    for index, (xy, shape_type, row, color) in enumerate(
+        zip(vertices_xy, shape_types, rows, colors, strict=True)
+    ):
         key = object_key(row, index)
         entry = objects.setdefault(key, {"row": row, "color": color, "parts": {}, "lines": []})
         if shape_type not in POLYGONAL_TYPES:
@@ -309,8 +371,11 @@ def annotations_from_shapes(vertices_xy: Sequence[np.ndarray], shape_types: Sequ
         else:  # an exterior; a second one with the same part number is a part of its own
             entry["parts"][part if rings is None else (part, index)] = [ring]
     batch = PolygonBatch()  # every polygon in one vectorised pass (100,000 tiles: see bench_geojson)
-    slots = {key: batch.add(list(entry["parts"].values()), key, multi=len(entry["parts"]) > 1)
-             for key, entry in objects.items() if entry["parts"]}  # fmt: skip
+    slots = {
+        key: batch.add(list(entry["parts"].values()), key, multi=len(entry["parts"]) > 1)
+        for key, entry in objects.items()
+        if entry["parts"]
+    }
     polygons = _repaired(batch.build())
     annotations = []
     for key, entry in objects.items():
@@ -323,15 +388,19 @@ def annotations_from_shapes(vertices_xy: Sequence[np.ndarray], shape_types: Sequ
         if entry["lines"]:  # a line next to a polygon is an object of its own (fresh id)
             lines = entry["lines"]
             geometry = LineString(lines[0]) if len(lines) == 1 else MultiLineString(lines)
-            annotations.append(annotation_from_row(geometry, entry["row"], entry["color"],
-                                                   None if polygon is not None else key, class_name))  # fmt: skip
+            annotations.append(
+                annotation_from_row(
+                    geometry, entry["row"], entry["color"], None if polygon is not None else key, class_name
+                )
+            )
     if degenerate:
         warnings.warn(f"{label}: skipped {degenerate} shapes without area or length", stacklevel=3)
     return annotations
 
 
-def annotations_from_points(points_xy: np.ndarray, rows: Sequence[Mapping[str, object]],
-                            colors: Sequence[Color | None]) -> list[Annotation]:
+def annotations_from_points(
+    points_xy: np.ndarray, rows: Sequence[Mapping[str, object]], colors: Sequence[Color | None]
+) -> list[Annotation]:
     """Point objects: one per ``id`` in the points' rows (a MultiPoint when shared), else one per point.
 
     Parameters
@@ -342,12 +411,21 @@ def annotations_from_points(points_xy: np.ndarray, rows: Sequence[Mapping[str, o
         Each point's feature row and colour (see :func:`annotations_from_shapes`).
     """
     objects: dict[str, dict] = {}
-    for index, (point, row, color) in enumerate(zip(np.asarray(points_xy).tolist(), rows, colors, strict=True)):
+    for index, (point, row, color) in enumerate(
+        zip(np.asarray(points_xy).tolist(), rows, colors, strict=True)
+    ):
         key = object_key(row, index)
         objects.setdefault(key, {"row": row, "color": color, "points": []})["points"].append(point)
-    return [annotation_from_row(Point(e["points"][0]) if len(e["points"]) == 1 else MultiPoint(e["points"]),
-                                e["row"], e["color"], key, None)
-            for key, e in objects.items()]  # fmt: skip
+    return [
+        annotation_from_row(
+            Point(e["points"][0]) if len(e["points"]) == 1 else MultiPoint(e["points"]),
+            e["row"],
+            e["color"],
+            key,
+            None,
+        )
+        for key, e in objects.items()
+    ]
 
 
 def object_key(row: Mapping[str, object], index: int) -> str:
@@ -370,17 +448,27 @@ def row_measurements(row: Mapping[str, object]) -> dict[str, float]:
     return kept
 
 
-def annotation_from_row(geometry: BaseGeometry, row: Mapping[str, object], color: Color | None, key: str | None,
-                        class_name: str | None) -> Annotation:
-    """An object from a feature row; ``key`` (its ``id``) is kept unless made up (write_geojson checks it is a UUID)."""
+def annotation_from_row(
+    geometry: BaseGeometry,
+    row: Mapping[str, object],
+    color: Color | None,
+    key: str | None,
+    class_name: str | None,
+) -> Annotation:
+    """An object from a feature row; ``key`` (its ``id``) is kept unless made up
+    (write_geojson checks it is a UUID)."""
     metadata = row.get("metadata")
     return Annotation(
-        geometry, str(row.get("object_type") or "annotation"), str(row.get("name") or "") or None,
-        class_name or (str(row.get("class") or "") or None), color, row_measurements(row),
+        geometry,
+        str(row.get("object_type") or "annotation"),
+        str(row.get("name") or "") or None,
+        class_name or (str(row.get("class") or "") or None),
+        color,
+        row_measurements(row),
         id=key if key and not key.startswith("shape ") else str(uuid.uuid4()),
         metadata=json.loads(metadata) if isinstance(metadata, str) and metadata else {},
         is_locked=bool(row.get("is_locked", False) == True),  # noqa: E712 (numpy bools, NaN)
-    )  # fmt: skip
+    )
 
 
 def ellipse_ring(corners_xy: np.ndarray) -> np.ndarray:
@@ -397,7 +485,10 @@ def _repaired(geometries: list) -> list:
         return []
     invalid = np.flatnonzero(~shapely.is_valid(np.array(geometries, dtype=object)))
     for i in invalid.tolist():
-        parts = [p for p in shapely.get_parts(shapely.make_valid(geometries[i])).tolist()
-                 if isinstance(p, (Polygon, MultiPolygon))]  # fmt: skip
+        parts = [
+            p
+            for p in shapely.get_parts(shapely.make_valid(geometries[i])).tolist()
+            if isinstance(p, (Polygon, MultiPolygon))
+        ]
         geometries[i] = shapely.union_all(parts) if parts else Polygon()
     return geometries

@@ -84,8 +84,11 @@ class RegionTable:
     def measurements(self) -> dict[int, dict[str, float]]:
         """Region id -> QuPath measurement map."""
         columns: dict[str, np.ndarray] = {
-            "Patches": self.n_patches, "CARE alpha": self.alpha, "CARE beta": self.beta, "CARE a": self.a,
-        }  # fmt: skip
+            "Patches": self.n_patches,
+            "CARE alpha": self.alpha,
+            "CARE beta": self.beta,
+            "CARE a": self.a,
+        }
         if self.area_um2 is not None:
             columns["Area µm^2"] = self.area_um2
         if self.group is not None:
@@ -134,7 +137,8 @@ def region_features(
     Parameters
     ----------
     polygons
-        Region id -> polygon in level-0 pixels (from :func:`~napari_care.core.qupath.polygons.label_grid_polygons`).
+        Region id -> polygon in level-0 pixels
+        (from :func:`~napari_care.core.qupath.polygons.label_grid_polygons`).
         Regions with an empty geometry are skipped.
     table
         Per-region measurements; regions missing from it get only their id.

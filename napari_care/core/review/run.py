@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Generator, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,9 +32,16 @@ from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
 from napari_care.core.outputs import SUFFIXES
+from napari_care.core.progress import Progress, run_to_end
 from napari_care.core.qupath.objects import ROI_CLASS, Annotation
 from napari_care.core.qupath.read import read_geojson
-from napari_care.core.review.metrics import PatchAttention, RegionGrid, review_agreement, write_review_csv
+from napari_care.core.review.metrics import (
+    PatchAttention,
+    RegionGrid,
+    iter_review_agreement,
+    review_agreement,
+    write_review_csv,
+)
 
 REGION_ID = "CARE region id"
 PATCHES = "Patches"
@@ -123,18 +130,30 @@ def load_output(result: str | os.PathLike[str], stem: str | None = None) -> Segm
         raise ValueError(f"{geojson}: regions without a positive {PATCHES!r} measurement")
     cell_size = math.sqrt(sum(g.area for g in polygons.values()) / sum(patches.values()))
     grid = region_grid(polygons, cell_size)
-    roi_ids = tuple(sorted({int(a.measurements[REGION_ID]) for a in objects
-                            if a.class_name == ROI_CLASS and REGION_ID in a.measurements}))  # fmt: skip
+    roi_ids = tuple(
+        sorted(
+            {
+                int(a.measurements[REGION_ID])
+                for a in objects
+                if a.class_name == ROI_CLASS and REGION_ID in a.measurements
+            }
+        )
+    )
     if not roi_ids:
-        roi_ids = tuple(sorted(int(a.measurements[REGION_ID]) for a in regions if a.measurements.get("CARE ROI")))
+        roi_ids = tuple(
+            sorted(int(a.measurements[REGION_ID]) for a in regions if a.measurements.get("CARE ROI"))
+        )
     tiles = [a for a in objects if a.object_type == "tile" and TILE_ATTENTION in a.measurements]
     if tiles:
         bounds = shapely.bounds(np.array([t.geometry for t in tiles], dtype=object))
-        attention = PatchAttention(bounds[:, :2], np.array([t.measurements[TILE_ATTENTION] for t in tiles]),
-                                   float(np.median(bounds[:, 2] - bounds[:, 0])))  # fmt: skip
+        attention = PatchAttention(
+            bounds[:, :2],
+            np.array([t.measurements[TILE_ATTENTION] for t in tiles]),
+            float(np.median(bounds[:, 2] - bounds[:, 0])),
+        )
     else:
-        attention = attention_from_region_weights(grid, {int(a.measurements[REGION_ID]): a.measurements.get(WEIGHT, 0.0)
-                                            for a in regions})  # fmt: skip
+        weights = {int(a.measurements[REGION_ID]): a.measurements.get(WEIGHT, 0.0) for a in regions}
+        attention = attention_from_region_weights(grid, weights)
     return SegmentOutput(stem, geojson, polygons, roi_ids, grid, attention)
 
 
@@ -144,7 +163,9 @@ def region_grid(polygons: Mapping[int, BaseGeometry], cell_size_px: float) -> Re
     The grid's origin is the polygons' top-left corner, so it lies on a cell edge.
     """
     if not polygons or not cell_size_px > 0:
-        raise ValueError(f"region_grid: needs polygons and cell_size_px > 0 (got {len(polygons)}, {cell_size_px})")
+        raise ValueError(
+            f"region_grid: needs polygons and cell_size_px > 0 (got {len(polygons)}, {cell_size_px})"
+        )
     ids = list(polygons)
     bounds = shapely.bounds(np.array([polygons[r] for r in ids], dtype=object))
     x0, y0 = float(bounds[:, 0].min()), float(bounds[:, 1].min())
@@ -173,8 +194,9 @@ def attention_from_region_weights(grid: RegionGrid, weight_of_region: Mapping[in
     return PatchAttention(coords, weight[region] / cells[region], grid.cell_size_px)
 
 
-def review_region_table(annotations: Iterable[Annotation], grid: RegionGrid,
-                        region_columns: Mapping[str, object]) -> list[dict[str, object]]:
+def review_region_table(
+    annotations: Iterable[Annotation], grid: RegionGrid, region_columns: Mapping[str, object]
+) -> list[dict[str, object]]:
     """Agreement rows of annotations with CARE regions given as their grid and region table.
 
     Parameters
@@ -202,18 +224,37 @@ def review_region_table(annotations: Iterable[Annotation], grid: RegionGrid,
     return review_agreement(annotations, grid, roi_ids=roi_ids, attention=attention)
 
 
-def review_output(output: SegmentOutput, annotations: Iterable[Annotation], *,
-                  include_disjoint: bool = False) -> list[dict[str, object]]:
+def review_output(
+    output: SegmentOutput, annotations: Iterable[Annotation], *, include_disjoint: bool = False
+) -> list[dict[str, object]]:
     """Agreement rows of one slide's output (see :func:`~napari_care.core.review.metrics.review_agreement`),
     each starting with ``slide`` = the output's stem."""
-    rows = review_agreement(annotations, output.grid, roi_ids=output.roi_ids, attention=output.attention,
-                            region_polygons=output.region_polygons, include_disjoint=include_disjoint)
+    return run_to_end(iter_review_output(output, annotations, include_disjoint=include_disjoint))
+
+
+def iter_review_output(
+    output: SegmentOutput, annotations: Iterable[Annotation], *, include_disjoint: bool = False
+) -> Generator[Progress, None, list[dict[str, object]]]:
+    """:func:`review_output` as a generator of ``Progress("review", ...)`` reports."""
+    rows = yield from iter_review_agreement(
+        annotations,
+        output.grid,
+        roi_ids=output.roi_ids,
+        attention=output.attention,
+        region_polygons=output.region_polygons,
+        include_disjoint=include_disjoint,
+    )
     return [{"slide": output.stem, **row} for row in rows]
 
 
-def review_files(result: str | os.PathLike[str], annotations: str | os.PathLike[str],
-                 out_csv: str | os.PathLike[str], *, stem: str | None = None,
-                 include_disjoint: bool = False) -> list[dict[str, object]]:
+def review_files(
+    result: str | os.PathLike[str],
+    annotations: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str],
+    *,
+    stem: str | None = None,
+    include_disjoint: bool = False,
+) -> list[dict[str, object]]:
     """Review a segmentation output against an annotation file and write the rows as CSV (atomically).
 
     Parameters
@@ -229,15 +270,51 @@ def review_files(result: str | os.PathLike[str], annotations: str | os.PathLike[
     include_disjoint
         Also give rows for regions that do not touch an annotation class.
 
+    Returns
+    -------
+    list of dict
+        The rows written.
+
     Raises
     ------
     ValueError
         Unreadable or malformed inputs, named; or an annotation file without polygons.
+
+    See Also
+    --------
+    iter_review_files : the same, as a generator of progress reports (for a progress bar).
     """
-    output = load_output(result, stem)
+    work = iter_review_files(result, annotations, out_csv, stem=stem, include_disjoint=include_disjoint)
+    return run_to_end(work)
+
+
+def iter_review_files(
+    result: str | os.PathLike[str],
+    annotations: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str],
+    *,
+    stem: str | None = None,
+    include_disjoint: bool = False,
+) -> Generator[Progress, None, list[dict[str, object]]]:
+    """:func:`review_files` as a generator: yields :class:`~napari_care.core.progress.Progress` of the
+    stages ``"read"`` (the two files), ``"review"`` (annotation polygons) and ``"write"``, and
+    returns the rows.
+
+    Invalid annotation polygons are repaired on reading with one warning per file (see
+    :func:`~napari_care.core.qupath.read.read_geojson`).
+    """
+    stem, regions_path = locate_output(result, stem)
+    # one report once both files are read and checked: bad input fails before any progress shows
+    yield Progress("read", 0, 2, f"{regions_path.name}, {Path(annotations).name}")
+    output = load_output(regions_path)
     objects = read_geojson(annotations)
     if not any(isinstance(a.geometry, (Polygon, MultiPolygon)) and not a.geometry.is_empty for a in objects):
-        raise ValueError(f"{annotations}: no polygon annotations to compare with (lines and points are skipped)")
-    rows = review_output(output, objects, include_disjoint=include_disjoint)
+        raise ValueError(
+            f"{annotations}: no polygon annotations to compare with (lines and points are skipped)"
+        )
+    yield Progress("read", 2, 2, f"{len(objects):,} objects")
+    rows = yield from iter_review_output(output, objects, include_disjoint=include_disjoint)
+    yield Progress("write", 0, 1, Path(out_csv).name)
     write_review_csv(out_csv, rows)
+    yield Progress("write", 1, 1, f"{len(rows):,} rows")
     return rows

@@ -125,7 +125,9 @@ def register_backend(backend: SlideBackend) -> SlideBackend:
     """
     bad = [suffix for suffix in backend.suffixes if not suffix.startswith(".") or suffix != suffix.lower()]
     if bad:
-        raise ValueError(f"slide backend {backend.name!r}: suffixes must be lower case and start with '.': {bad}")
+        raise ValueError(
+            f"slide backend {backend.name!r}: suffixes must be lower case and start with '.': {bad}"
+        )
     if backend.name in _REGISTRY:
         raise ValueError(f"a slide backend named {backend.name!r} is already registered")
     _REGISTRY[backend.name] = backend

@@ -96,19 +96,25 @@ class Slide:
         self.bounds_offset = bounds_offset
         self._associated_loaders = dict(associated)
         self._on_close = on_close
-        self._executor = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="slide-tiles")
+        self._executor = ThreadPoolExecutor(
+            max_workers=min(8, os.cpu_count() or 2), thread_name_prefix="slide-tiles"
+        )
         self._cache = TileCache(cache_bytes)
         self._levels = [TiledLevel(src, self._cache, i, self._executor) for i, src in enumerate(sources)]
         self.file_level_count = len(self._levels)
         downsamples = [self._file_downsample(level) for level in self._levels]
         while max(self._levels[-1].height, self._levels[-1].width) > VIRTUAL_LEVEL_MAX_SIDE:
             parent = self._levels[-1]
-            self._levels.append(TiledLevel(DownsampledSource(parent), self._cache, len(self._levels), self._executor))
+            self._levels.append(
+                TiledLevel(DownsampledSource(parent), self._cache, len(self._levels), self._executor)
+            )
             downsamples.append(downsamples[-1] * 2.0)
         self.level_downsamples = downsamples
         self.dimensions = [(level.width, level.height) for level in self._levels]
         token = _file_token(path)
-        self.levels: list[da.Array] = [level.to_dask(f"napari-care-{token}-{i}") for i, level in enumerate(self._levels)]
+        self.levels: list[da.Array] = [
+            level.to_dask(f"napari-care-{token}-{i}") for i, level in enumerate(self._levels)
+        ]
 
     def _file_downsample(self, level: TiledLevel) -> float:
         base = self._levels[0]
@@ -218,7 +224,10 @@ class Slide:
 
     def __repr__(self) -> str:
         mpp = f"{self.mpp[0]:.4g} um/px ({self.mpp_source})" if self.mpp else "no mpp"
-        return f"<Slide {self.path.name}: {self.dimensions[0][0]}x{self.dimensions[0][1]}, {self.level_count} levels, {mpp}>"
+        return (
+            f"<Slide {self.path.name}: {self.dimensions[0][0]}x{self.dimensions[0][1]}, "
+            f"{self.level_count} levels, {mpp}>"
+        )
 
 
 def _file_token(path: Path) -> str:

@@ -123,7 +123,9 @@ def normalise_user_mpp(mpp: float | tuple[float, float] | None) -> tuple[float, 
         if not isinstance(mpp, numbers.Real) and len(mpp) != 2:
             raise ValueError
     except (TypeError, ValueError, IndexError):
-        raise ValueError(f"mpp must be a number or an (x, y) pair of micrometres per pixel, got {mpp!r}") from None
+        raise ValueError(
+            f"mpp must be a number or an (x, y) pair of micrometres per pixel, got {mpp!r}"
+        ) from None
     low, high = PLAUSIBLE_MPP
     # checked here because the chain would silently skip an implausible value and use the file's
     if not all(low <= v <= high for v in pair):

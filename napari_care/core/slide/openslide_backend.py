@@ -86,7 +86,9 @@ def open_openslide(path: Path, user_mpp: tuple[float, float] | None) -> SlidePar
     def loader(name: str) -> Callable[[], np.ndarray]:
         return lambda: composite_on_white(np.asarray(osr.associated_images[name]))
 
-    associated = {name: loader(name) for name in osr.associated_images if name in ("label", "macro", "thumbnail")}
+    associated = {
+        name: loader(name) for name in osr.associated_images if name in ("label", "macro", "thumbnail")
+    }
     return SlideParts(
         [OpenSlideLevelSource(osr, level) for level in range(osr.level_count)],
         calibration=slide_meta.Calibration(mpp, source, power),

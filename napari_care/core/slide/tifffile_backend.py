@@ -229,7 +229,9 @@ def open_tiff(path: Path, user_mpp: tuple[float, float] | None) -> SlideParts:
     elif tif.is_ndpi:
         vendor = "hamamatsu"
         ndpi = tif.ndpi_tags or {}
-        properties.update({f"hamamatsu.{k}": str(v) for k, v in ndpi.items() if isinstance(v, (int, float, str))})
+        properties.update(
+            {f"hamamatsu.{k}": str(v) for k, v in ndpi.items() if isinstance(v, (int, float, str))}
+        )
         power = slide_meta.objective_from_fields(ndpi.get("Magnification"))
     candidates.append(("tiff-resolution", slide_meta.resolution_mpp(first.tags)))
     if description and "tiff.ImageDescription" not in properties:

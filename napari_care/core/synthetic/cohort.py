@@ -111,9 +111,18 @@ def _stamp_nuclei(rng, canvas, centres, radius_um, amplitude, mpp, *, size_sd, i
     radius = radius_um / mpp * np.exp(np.clip(rng.normal(0.0, size_sd, n), -2 * size_sd, 2 * size_sd))
     stretch = np.sqrt(1.4 * np.exp(np.clip(rng.normal(0.0, 0.1, n), -0.2, 0.2)))
     amp = amplitude * rng.lognormal(0.0, 0.15, n)
-    stamp_blobs(canvas, rng, centres, (radius * stretch).astype(np.float32), (radius / stretch).astype(np.float32),
-                rng.uniform(0, 2 * math.pi, n).astype(np.float32), amp.astype(np.float32),
-                irregularity=irregularity, rim=rim, softness_px=max(0.6, 0.4 / mpp))
+    stamp_blobs(
+        canvas,
+        rng,
+        centres,
+        (radius * stretch).astype(np.float32),
+        (radius / stretch).astype(np.float32),
+        rng.uniform(0, 2 * math.pi, n).astype(np.float32),
+        amp.astype(np.float32),
+        irregularity=irregularity,
+        rim=rim,
+        softness_px=max(0.6, 0.4 / mpp),
+    )
 
 
 def paint_atypical_tumour(rng: np.random.Generator, size: int, mpp: float) -> tuple[np.ndarray, np.ndarray]:
@@ -132,7 +141,9 @@ def paint_atypical_tumour(rng: np.random.Generator, size: int, mpp: float) -> tu
     nuclei = np.zeros_like(h)
     _stamp_nuclei(rng, nuclei, centres, 6.0 * ATYPIA_SCALE, 1.0, mpp, size_sd=0.3, irregularity=0.3, rim=0.65)
     nucleoli = (centres[rng.random(len(centres)) < 0.8] + rng.normal(0, 1.5 / mpp, (1, 2))) % size
-    _stamp_nuclei(rng, nuclei, nucleoli.astype(np.float32), 2.0, 1.2, mpp, size_sd=0.15, irregularity=0.1, rim=0.0)
+    _stamp_nuclei(
+        rng, nuclei, nucleoli.astype(np.float32), 2.0, 1.2, mpp, size_sd=0.15, irregularity=0.1, rim=0.0
+    )
     h += nuclei * (0.85 + 0.3 * np.clip(periodic_noise(rng, size, 0.8 / mpp), -1.5, 1.5) / 1.5) * (1 - septa)
     return h, e
 
@@ -215,14 +226,19 @@ def layout_architecture(grid: _LayoutGrid, positive: bool) -> tuple[np.ndarray, 
     """
     rng = grid.rng
     labels = np.where(grid.tissue, STROMA, GLASS).astype(np.uint8)
-    placed, rings = 0, max(1, round(grid.size_um ** 2 / UM2_PER_RING))
+    placed, rings = 0, max(1, round(grid.size_um**2 / UM2_PER_RING))
     for _ in range(rings):
         diameter_um, thickness_um = rng.uniform(*RING_DIAMETER_UM), rng.uniform(*BAND_WIDTH_UM)
         centre_line_um = (diameter_um - thickness_um) / 2
         cord_um = math.pi * centre_line_um  # half the ring's centre line: two cords, one ring's tumour
-        drawn = ([(partial(grid.ring, radius_um=centre_line_um, thickness_um=thickness_um), diameter_um / 2)]
-                 if positive else [(partial(grid.cord, angle=angle, length_um=cord_um, thickness_um=thickness_um),
-                                    cord_um / 3) for angle in rng.uniform(0, math.pi, 2)])
+        drawn = (
+            [(partial(grid.ring, radius_um=centre_line_um, thickness_um=thickness_um), diameter_um / 2)]
+            if positive
+            else [
+                (partial(grid.cord, angle=angle, length_um=cord_um, thickness_um=thickness_um), cord_um / 3)
+                for angle in rng.uniform(0, math.pi, 2)
+            ]
+        )
         for shape in (grid.place(draw, footprint_um, SEPARATION_UM) for draw, footprint_um in drawn):
             if shape is not None:
                 labels[shape & grid.tissue] = TUMOUR
@@ -262,7 +278,9 @@ def layout_detail(grid: _LayoutGrid, positive: bool) -> tuple[np.ndarray, dict, 
 LAYOUTS = {"architecture": layout_architecture, "detail": layout_detail}
 
 
-def slide_layout(kind: str, positive: bool, *, size_px: int, mpp: float, seed: int) -> tuple[np.ndarray, dict]:
+def slide_layout(
+    kind: str, positive: bool, *, size_px: int, mpp: float, seed: int
+) -> tuple[np.ndarray, dict]:
     """The tissue map of one slide: ``[size_px / 8, size_px / 8]`` uint8 painter classes and its description.
 
     Layouts are drawn (seeded) until one holds every structure its kind asks for.
@@ -277,8 +295,12 @@ def slide_layout(kind: str, positive: bool, *, size_px: int, mpp: float, seed: i
         layout, info, complete = LAYOUTS[kind](_LayoutGrid(size_px // CELL_PX, CELL_PX * mpp, rng), positive)
         if complete:
             return layout, info
-    raise ValueError(f"{kind} slide of {size_px} px at {mpp} um/px: its structures do not fit in "
-                     f"{LAYOUT_TRIES} tries; use a larger size_px")
+    raise ValueError(
+        f"{kind} slide of {size_px} px at {mpp} um/px: its structures do not fit in "
+        f"{LAYOUT_TRIES} tries; use a larger size_px"
+    )
+
+
 PREFIX = {"architecture": "arch", "detail": "detail"}
 
 
@@ -301,8 +323,12 @@ def load_cohort(folder: str | os.PathLike[str]) -> Cohort:
         raise FileNotFoundError(f"{folder}: no cohort.json (not a cohort built by build_cohort)")
     info = json.loads(manifest.read_text(encoding="utf-8"))
     slides = info["slides"]
-    return Cohort(folder, info["recipe"]["kind"], tuple(s["slide_id"] for s in slides),
-                  tuple(int(s["label"]) for s in slides))
+    return Cohort(
+        folder,
+        info["recipe"]["kind"],
+        tuple(s["slide_id"] for s in slides),
+        tuple(int(s["label"]) for s in slides),
+    )
 
 
 def _complete(folder: Path, recipe: dict) -> Cohort | None:
@@ -318,8 +344,17 @@ def _complete(folder: Path, recipe: dict) -> Cohort | None:
 
 
 def iter_build_cohort(
-    folder: str | os.PathLike[str], kind: str, *, n_slides: int = 32, size_px: int = 3072, mpp: float = 0.5,
-    seed: int = 0, swatch_px: int = 1024, jpeg_quality: int = 85, workers: int | None = None, reuse: bool = True,
+    folder: str | os.PathLike[str],
+    kind: str,
+    *,
+    n_slides: int = 32,
+    size_px: int = 3072,
+    mpp: float = 0.5,
+    seed: int = 0,
+    swatch_px: int = 1024,
+    jpeg_quality: int = 85,
+    workers: int | None = None,
+    reuse: bool = True,
 ) -> Generator[Progress, None, Cohort]:
     """Write a labelled cohort of synthetic slides (see the module docstring).
 
@@ -358,8 +393,16 @@ def iter_build_cohort(
     """
     _check(kind, n_slides, size_px, mpp)
     folder = Path(folder)
-    recipe = {"version": COHORT_VERSION, "kind": kind, "n_slides": n_slides, "size_px": size_px, "mpp": mpp,
-              "seed": seed, "swatch_px": swatch_px, "jpeg_quality": jpeg_quality}
+    recipe = {
+        "version": COHORT_VERSION,
+        "kind": kind,
+        "n_slides": n_slides,
+        "size_px": size_px,
+        "mpp": mpp,
+        "seed": seed,
+        "swatch_px": swatch_px,
+        "jpeg_quality": jpeg_quality,
+    }
     if reuse and (done := _complete(folder, recipe)) is not None:
         yield Progress("cohort", n_slides, n_slides, f"{folder.name}: {n_slides} slides already built")
         return done
@@ -375,14 +418,31 @@ def iter_build_cohort(
         slide_seed = int(np.random.SeedSequence([seed, kind_code, index]).generate_state(1)[0])
         layout, info = slide_layout(kind, bool(label), size_px=size_px, mpp=mpp, seed=slide_seed)
         swatches = swatch_sets[slide_seed % SWATCH_VARIANTS]
-        painter = SlidePainter.create(layout, swatches, CELL_PX, mpp, slide_seed, DEFAULT_PALETTE.variation, 256)
+        painter = SlidePainter.create(
+            layout, swatches, CELL_PX, mpp, slide_seed, DEFAULT_PALETTE.variation, 256
+        )
         tissue = max(int((layout != GLASS).sum()), 1)
-        slides.append({"slide_id": slide_id, "label": int(label), **info,
-                       "tumour_share": round(float(np.isin(layout, (TUMOUR, ATYPICAL)).sum()) / tissue, 4),
-                       "atypical_share": round(float((layout == ATYPICAL).sum()) / tissue, 4)})
+        slides.append(
+            {
+                "slide_id": slide_id,
+                "label": int(label),
+                **info,
+                "tumour_share": round(float(np.isin(layout, (TUMOUR, ATYPICAL)).sum()) / tissue, 4),
+                "atypical_share": round(float((layout == ATYPICAL).sum()) / tissue, 4),
+            }
+        )
         file_uuid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"napari_care-cohort:{recipe}:{index}"))
-        for _ in write_pyramid(folder / f"{slide_id}.tif", painter.render, width=size_px, height=size_px, mpp=mpp,
-                               tile_size=256, jpeg_quality=jpeg_quality, workers=workers, uuid=file_uuid):
+        for _ in write_pyramid(
+            folder / f"{slide_id}.tif",
+            painter.render,
+            width=size_px,
+            height=size_px,
+            mpp=mpp,
+            tile_size=256,
+            jpeg_quality=jpeg_quality,
+            workers=workers,
+            uuid=file_uuid,
+        ):
             pass
         yield Progress("cohort", index + 1, n_slides, f"{slide_id} (label {label}) written")
     with atomic_open(folder / "cohort.json", "w") as handle:

@@ -52,8 +52,13 @@ class LayoutCanvas:
             y += fine_amplitude * self.noise(fine_scale)
         return x, y
 
-    def ellipse(self, xy: tuple[np.ndarray, np.ndarray], centre: tuple[float, float],
-                radii: tuple[float, float], wobble: float = 0.0) -> np.ndarray:
+    def ellipse(
+        self,
+        xy: tuple[np.ndarray, np.ndarray],
+        centre: tuple[float, float],
+        radii: tuple[float, float],
+        wobble: float = 0.0,
+    ) -> np.ndarray:
         """Cells inside an ellipse drawn in (warped) coordinates, its radius wobbling by noise."""
         x, y = xy
         r2 = ((x - centre[0]) / radii[0]) ** 2 + ((y - centre[1]) / radii[1]) ** 2
@@ -62,8 +67,13 @@ class LayoutCanvas:
         return r2 < 1.0
 
 
-def paint_epidermis(labels: np.ndarray, tissue: np.ndarray, canvas: LayoutCanvas,
-                    surface_side: np.ndarray, mean_um: float | None = None) -> None:
+def paint_epidermis(
+    labels: np.ndarray,
+    tissue: np.ndarray,
+    canvas: LayoutCanvas,
+    surface_side: np.ndarray,
+    mean_um: float | None = None,
+) -> None:
     """Paint a layered squamous epithelium along the outline of ``tissue`` facing ``surface_side``.
 
     ``surface_side`` marks the glass the skin surface faces; depth is measured from it.
@@ -94,8 +104,9 @@ def layout_default(canvas: LayoutCanvas) -> np.ndarray:
     cx, cy = 0.43 * c.aspect + jitter(0.02), 0.52 + jitter(0.02)
     rx, ry = 0.32 * c.aspect, 0.36
     main = ndimage.binary_fill_holes(c.ellipse(lobes, (cx, cy), (rx, ry), wobble=0.12))
-    fragment = c.ellipse(lobes, (0.88 * c.aspect + jitter(0.01), 0.27 + jitter(0.03)),
-                         (0.065 * c.aspect, 0.13), wobble=0.2)
+    fragment = c.ellipse(
+        lobes, (0.88 * c.aspect + jitter(0.01), 0.27 + jitter(0.03)), (0.065 * c.aspect, 0.13), wobble=0.2
+    )
     fragment &= ~ndimage.binary_dilation(main, iterations=max(2, c.rows // 40))
     labels[main | fragment] = STROMA
     fat_line = cy + 0.14 + 0.05 * c.noise(0.12)  # subcutis below a wavy line
@@ -104,13 +115,15 @@ def layout_default(canvas: LayoutCanvas) -> np.ndarray:
     tx, ty = cx + jitter(0.04), cy - 0.01 + jitter(0.02)
     tumour = c.ellipse(nests, (tx, ty), (0.19, 0.15), wobble=0.3)
     for angle in rng.uniform(0, 2 * math.pi, 3):  # satellite nests
-        tumour |= c.ellipse(nests, (tx + 0.24 * math.cos(angle), ty + 0.18 * math.sin(angle)),
-                            (0.04, 0.035), wobble=0.3)
+        tumour |= c.ellipse(
+            nests, (tx + 0.24 * math.cos(angle), ty + 0.18 * math.sin(angle)), (0.04, 0.035), wobble=0.3
+        )
     labels[main & tumour] = TUMOUR
     labels[main & tumour & c.ellipse(nests, (tx + jitter(0.02), ty), (0.095, 0.075), wobble=0.3)] = NECROSIS
     for angle in rng.uniform(0, 2 * math.pi, 1) + np.array([0.3, 2.4, 4.2]):
-        aggregate = c.ellipse(nests, (tx + 0.25 * math.cos(angle), ty + 0.2 * math.sin(angle)),
-                              (0.085, 0.07), wobble=0.3)
+        aggregate = c.ellipse(
+            nests, (tx + 0.25 * math.cos(angle), ty + 0.2 * math.sin(angle)), (0.085, 0.07), wobble=0.3
+        )
         labels[main & aggregate & (labels == STROMA)] = LYMPHOCYTES
     frag_core = c.ellipse(nests, (0.88 * c.aspect, 0.3), (0.05, 0.08), wobble=0.3)
     labels[fragment & frag_core] = TUMOUR
@@ -137,7 +150,9 @@ def layout_islands(canvas: LayoutCanvas) -> np.ndarray:
         island = c.ellipse(lobes, (x, y), (r, r * rng.uniform(0.7, 1.1)), wobble=0.2)
         labels[island] = FAT if index % 3 == 2 else STROMA
         kind = inclusions[index % len(inclusions)]
-        core = c.ellipse(lobes, (x + rng.uniform(-0.3, 0.3) * r, y + 0.2 * r), (0.55 * r, 0.45 * r), wobble=0.3)
+        core = c.ellipse(
+            lobes, (x + rng.uniform(-0.3, 0.3) * r, y + 0.2 * r), (0.55 * r, 0.45 * r), wobble=0.3
+        )
         if kind == EPIDERMIS:
             paint_epidermis(labels, island, c, c.y < y, mean_um=min(0.1, 0.35 * r) * c.height_um)
         elif kind == NECROSIS:

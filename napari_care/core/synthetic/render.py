@@ -66,8 +66,9 @@ def half_size(image: np.ndarray) -> np.ndarray:
     pad = ((0, image.shape[0] % 2), (0, image.shape[1] % 2), (0, 0))
     if any(p[1] for p in pad):
         image = np.pad(image, pad, mode="edge")
-    total = (image[0::2, 0::2].astype(np.uint16) + image[1::2, 0::2] + image[0::2, 1::2]
-             + image[1::2, 1::2] + 2)
+    total = (
+        image[0::2, 0::2].astype(np.uint16) + image[1::2, 0::2] + image[0::2, 1::2] + image[1::2, 1::2] + 2
+    )
     return (total >> 2).astype(np.uint8)
 
 
@@ -122,8 +123,17 @@ class SlidePainter:
     period_px: int
 
     @classmethod
-    def create(cls, render_labels_raw: np.ndarray, swatches: list[np.ndarray], downsample: int, mpp: float,
-               seed: int, stain_variation: float, tile_px: int, pen: np.ndarray | None = None) -> SlidePainter:
+    def create(
+        cls,
+        render_labels_raw: np.ndarray,
+        swatches: list[np.ndarray],
+        downsample: int,
+        mpp: float,
+        seed: int,
+        stain_variation: float,
+        tile_px: int,
+        pen: np.ndarray | None = None,
+    ) -> SlidePainter:
         """Blur the layout into score fields, pad the swatches and draw the slide-wide random fields.
 
         ``swatches`` holds one tileable ``[S, S, 3]`` swatch per render class; tiles of up to
@@ -132,30 +142,40 @@ class SlidePainter:
         rng = np.random.default_rng([seed, 7])
         rows, cols = render_labels_raw.shape
         n_classes = len(RENDER_CLASS_NAMES)
-        scores = np.stack([ndimage.gaussian_filter((render_labels_raw == k).astype(np.float32), 0.7)
-                           for k in range(n_classes)])
+        scores = np.stack(
+            [
+                ndimage.gaussian_filter((render_labels_raw == k).astype(np.float32), 0.7)
+                for k in range(n_classes)
+            ]
+        )
         cell_um = downsample * mpp
         size_px = swatches[0].shape[0]
         variant_field = periodic_noise(rng, (rows, cols), 700.0 / cell_um)
         if max(rows, cols) * downsample <= 2 * size_px:
             variant_field[:] = 1  # a slide this small shows no period; seams would only hurt
-        gain = 1 + stain_variation * np.stack([periodic_noise(rng, (rows, cols), 1500.0 / cell_um)
-                                               for _ in range(3)], axis=-1)
+        gain = 1 + stain_variation * np.stack(
+            [periodic_noise(rng, (rows, cols), 1500.0 / cell_um) for _ in range(3)], axis=-1
+        )
         # One global shift shared by all channels, plus independent per-channel drift; edge
         # padding covers tiles that reach past the slide's right and bottom edges.
         gain = gain * (1 + stain_variation * rng.uniform(-1, 1))
         pad_cells = -(-tile_px // downsample)
         gain = np.pad(gain, [(0, pad_cells), (0, pad_cells), (0, 0)], mode="edge").astype(np.float32)
-        boundary_noise = (0.7 * periodic_noise(rng, size_px, 4.0 / mpp)
-                          + 0.7 * periodic_noise(rng, size_px, 14.0 / mpp))
+        boundary_noise = 0.7 * periodic_noise(rng, size_px, 4.0 / mpp) + 0.7 * periodic_noise(
+            rng, size_px, 14.0 / mpp
+        )
+
         # Wrap-padding lets any tile read its window as one slice, with no modulo gather.
-        pad = lambda image: np.pad(image, [(0, tile_px), (0, tile_px)] + [(0, 0)] * (image.ndim - 2),  # noqa: E731
-                                   mode="wrap")
+        def pad(image: np.ndarray) -> np.ndarray:
+            return np.pad(image, [(0, tile_px), (0, tile_px)] + [(0, 0)] * (image.ndim - 2), mode="wrap")
+
         return cls(
             render_labels=scores.argmax(axis=0).astype(np.uint8),
             scores=scores,
-            swatches=[np.stack([pad(_pack_rgb(sw)), pad(_pack_rgb(_second_variant(k, sw)))])
-                      for k, sw in enumerate(swatches)],
+            swatches=[
+                np.stack([pad(_pack_rgb(sw)), pad(_pack_rgb(_second_variant(k, sw)))])
+                for k, sw in enumerate(swatches)
+            ],
             offsets_px=rng.integers(0, size_px, (n_classes, 2, 2)),
             variant_field=variant_field,
             gain=gain,
@@ -169,16 +189,23 @@ class SlidePainter:
         """The ``size`` x ``size`` window at (x0, y0) of a wrap-padded periodic image."""
         period = self.period_px
         if size <= padded.shape[0] - period:
-            return padded[y0 % period: y0 % period + size, x0 % period: x0 % period + size]
+            return padded[y0 % period : y0 % period + size, x0 % period : x0 % period + size]
         rows, cols = np.arange(y0, y0 + size) % period, np.arange(x0, x0 + size) % period
         return padded.take(rows, axis=0).take(cols, axis=1)
 
-    def _texture(self, render_class: int, x0: int, y0: int, size: int, variant: np.ndarray | None,
-                 use: int | None) -> np.ndarray:
+    def _texture(
+        self, render_class: int, x0: int, y0: int, size: int, variant: np.ndarray | None, use: int | None
+    ) -> np.ndarray:
         """Packed swatch pixels of one class for the tile at (x0, y0); ``use`` picks one variant."""
-        pieces = [self._window(self.swatches[render_class][v], x0 + self.offsets_px[render_class, v, 0],
-                               y0 + self.offsets_px[render_class, v, 1], size)
-                  for v in ((0, 1) if use is None else (use,))]
+        pieces = [
+            self._window(
+                self.swatches[render_class][v],
+                x0 + self.offsets_px[render_class, v, 0],
+                y0 + self.offsets_px[render_class, v, 1],
+                size,
+            )
+            for v in ((0, 1) if use is None else (use,))
+        ]
         if use is not None:
             return pieces[0].copy()
         return np.where(variant, pieces[0], pieces[1])
@@ -225,7 +252,7 @@ class SlidePainter:
         ds = self.downsample
         if size % ds == 0 and x0 % ds == 0 and y0 % ds == 0:
             blocks = size // ds
-            gain = self.gain[y0 // ds: y0 // ds + blocks, x0 // ds: x0 // ds + blocks]
+            gain = self.gain[y0 // ds : y0 // ds + blocks, x0 // ds : x0 // ds + blocks]
             darkness.reshape(blocks, ds, size, 3)[...] *= np.repeat(gain, ds, axis=1)[:, None]
         else:
             darkness *= upsample(self.gain[:rows, :cols])

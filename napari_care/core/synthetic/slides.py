@@ -37,8 +37,15 @@ from napari_care.core.synthetic.writer import write_pyramid
 GENERATOR_VERSION = "1"  # bump whenever the pixels or the truth of a given spec change
 TISSUE_TYPES = ("glass", "tumour", "stroma", "fat", "necrosis", "epidermis", "lymphocytes")
 # Display colours of the legend (RGB), one per tissue type id.
-TISSUE_COLOURS = ((255, 255, 255), (200, 30, 40), (240, 140, 180), (250, 220, 100),
-                  (120, 120, 120), (150, 80, 40), (50, 60, 200))
+TISSUE_COLOURS = (
+    (255, 255, 255),
+    (200, 30, 40),
+    (240, 140, 180),
+    (250, 220, 100),
+    (120, 120, 120),
+    (150, 80, 40),
+    (50, 60, 200),
+)
 LAYOUT_NAMES = tuple(LAYOUTS)
 
 
@@ -53,8 +60,9 @@ def truth_path_for(slide_path: str | os.PathLike[str]) -> Path:
     return slide_path.with_name(name + ".truth.npz")
 
 
-def truth_fractions(labels: np.ndarray, downsample: float, coords_level0_xy: np.ndarray,
-                    size_level0: float) -> np.ndarray:
+def truth_fractions(
+    labels: np.ndarray, downsample: float, coords_level0_xy: np.ndarray, size_level0: float
+) -> np.ndarray:
     """Share of each tissue type inside square patches, from a coarse label map.
 
     Parameters
@@ -173,8 +181,16 @@ def pen_mark_field(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return (0.8 * opacity * (labels == 0)).astype(np.float32)
 
 
-def _check_arguments(width: int, height: int, mpp: float, layout: str, tile_size: int,
-                     truth_downsample: int, swatch_px: int, jpeg_quality: int) -> None:
+def _check_arguments(
+    width: int,
+    height: int,
+    mpp: float,
+    layout: str,
+    tile_size: int,
+    truth_downsample: int,
+    swatch_px: int,
+    jpeg_quality: int,
+) -> None:
     if layout not in LAYOUTS:
         raise ValueError(f"layout {layout!r} is unknown; choose one of {', '.join(LAYOUTS)}")
     if width < 256 or height < 256:
@@ -186,14 +202,26 @@ def _check_arguments(width: int, height: int, mpp: float, layout: str, tile_size
     if not 1 <= jpeg_quality <= 100:
         raise ValueError(f"jpeg_quality must be within 1..100; got {jpeg_quality}")
     if truth_downsample < 1 or swatch_px < 256:
-        raise ValueError(f"truth_downsample must be >= 1 and swatch_px >= 256; got {truth_downsample}, {swatch_px}")
+        raise ValueError(
+            f"truth_downsample must be >= 1 and swatch_px >= 256; got {truth_downsample}, {swatch_px}"
+        )
 
 
 def iter_build_synthetic_slide(
-    path: str | os.PathLike[str], *, width: int = 16384, height: int = 12288, mpp: float = 0.5,
-    seed: int = 0, layout: str = "default", tile_size: int = 512, truth_downsample: int = 16,
-    swatch_px: int = 1024, jpeg_quality: int = 85, pen_marks: bool = False,
-    palette: StainPalette = DEFAULT_PALETTE, workers: int | None = None,
+    path: str | os.PathLike[str],
+    *,
+    width: int = 16384,
+    height: int = 12288,
+    mpp: float = 0.5,
+    seed: int = 0,
+    layout: str = "default",
+    tile_size: int = 512,
+    truth_downsample: int = 16,
+    swatch_px: int = 1024,
+    jpeg_quality: int = 85,
+    pen_marks: bool = False,
+    palette: StainPalette = DEFAULT_PALETTE,
+    workers: int | None = None,
 ) -> Generator[Progress, None, SyntheticSlide]:
     """Build a synthetic slide, yielding progress; returns the :class:`SyntheticSlide`.
 
@@ -213,26 +241,64 @@ def iter_build_synthetic_slide(
             swatches.append(job.result())
             yield Progress("textures", k + 1, n_classes, f"painted {RENDER_CLASS_NAMES[k]}")
     pen = pen_mark_field(render_labels, np.random.default_rng([seed, 2])) if pen_marks else None
-    painter = SlidePainter.create(render_labels, swatches, truth_downsample, mpp, seed,
-                                  palette.variation, tile_size, pen)
+    painter = SlidePainter.create(
+        render_labels, swatches, truth_downsample, mpp, seed, palette.variation, tile_size, pen
+    )
     labels = TYPE_OF_RENDER_CLASS[painter.render_labels]
 
-    slide = SyntheticSlide(path=path, truth_path=truth_path_for(path), labels=labels,
-                           downsample=truth_downsample, mpp=mpp, width=width, height=height,
-                           layout=layout, seed=seed)
+    slide = SyntheticSlide(
+        path=path,
+        truth_path=truth_path_for(path),
+        labels=labels,
+        downsample=truth_downsample,
+        mpp=mpp,
+        width=width,
+        height=height,
+        layout=layout,
+        seed=seed,
+    )
     # Truth first: whoever sees the slide file can rely on its truth being there.
     with atomic_open(slide.truth_path, "wb") as handle:
         np.savez_compressed(
-            handle, labels=labels, downsample=truth_downsample, mpp=mpp, width=width, height=height,
-            type_names=np.array(TISSUE_TYPES), type_colours=np.array(TISSUE_COLOURS, np.uint8),
-            layout=layout, seed=seed, slide_name=path.name, generator_version=GENERATOR_VERSION,
+            handle,
+            labels=labels,
+            downsample=truth_downsample,
+            mpp=mpp,
+            width=width,
+            height=height,
+            type_names=np.array(TISSUE_TYPES),
+            type_colours=np.array(TISSUE_COLOURS, np.uint8),
+            layout=layout,
+            seed=seed,
+            slide_name=path.name,
+            generator_version=GENERATOR_VERSION,
         )
-    recipe = (GENERATOR_VERSION, width, height, mpp, seed, layout, tile_size, truth_downsample, swatch_px,
-              jpeg_quality, pen_marks, palette)
+    recipe = (
+        GENERATOR_VERSION,
+        width,
+        height,
+        mpp,
+        seed,
+        layout,
+        tile_size,
+        truth_downsample,
+        swatch_px,
+        jpeg_quality,
+        pen_marks,
+        palette,
+    )
     try:
-        yield from write_pyramid(path, painter.render, width=width, height=height, mpp=mpp,
-                                 tile_size=tile_size, jpeg_quality=jpeg_quality, workers=workers,
-                                 uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"napari_care-synthetic:{recipe}")))
+        yield from write_pyramid(
+            path,
+            painter.render,
+            width=width,
+            height=height,
+            mpp=mpp,
+            tile_size=tile_size,
+            jpeg_quality=jpeg_quality,
+            workers=workers,
+            uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"napari_care-synthetic:{recipe}")),
+        )
     except BaseException:
         slide.truth_path.unlink(missing_ok=True)  # no truth without its slide
         raise
@@ -240,10 +306,20 @@ def iter_build_synthetic_slide(
 
 
 def build_synthetic_slide(
-    path: str | os.PathLike[str], *, width: int = 16384, height: int = 12288, mpp: float = 0.5,
-    seed: int = 0, layout: str = "default", tile_size: int = 512, truth_downsample: int = 16,
-    swatch_px: int = 1024, jpeg_quality: int = 85, pen_marks: bool = False,
-    palette: StainPalette = DEFAULT_PALETTE, workers: int | None = None,
+    path: str | os.PathLike[str],
+    *,
+    width: int = 16384,
+    height: int = 12288,
+    mpp: float = 0.5,
+    seed: int = 0,
+    layout: str = "default",
+    tile_size: int = 512,
+    truth_downsample: int = 16,
+    swatch_px: int = 1024,
+    jpeg_quality: int = 85,
+    pen_marks: bool = False,
+    palette: StainPalette = DEFAULT_PALETTE,
+    workers: int | None = None,
 ) -> SyntheticSlide:
     """Write a synthetic H&E slide (pyramidal OME-TIFF) and its ground truth.
 
@@ -279,7 +355,20 @@ def build_synthetic_slide(
     -------
     The slide's :class:`SyntheticSlide` (paths, label map, downsample, mpp, type names).
     """
-    return run_to_end(iter_build_synthetic_slide(
-        path, width=width, height=height, mpp=mpp, seed=seed, layout=layout, tile_size=tile_size,
-        truth_downsample=truth_downsample, swatch_px=swatch_px, jpeg_quality=jpeg_quality,
-        pen_marks=pen_marks, palette=palette, workers=workers))
+    return run_to_end(
+        iter_build_synthetic_slide(
+            path,
+            width=width,
+            height=height,
+            mpp=mpp,
+            seed=seed,
+            layout=layout,
+            tile_size=tile_size,
+            truth_downsample=truth_downsample,
+            swatch_px=swatch_px,
+            jpeg_quality=jpeg_quality,
+            pen_marks=pen_marks,
+            palette=palette,
+            workers=workers,
+        )
+    )

@@ -44,7 +44,15 @@ DEFAULT_PALETTE = StainPalette()
 
 # Render classes: the tissue types 0..6, plus the keratin and basal layers of the epidermis.
 RENDER_CLASS_NAMES = (
-    "glass", "tumour", "stroma", "fat", "necrosis", "epidermis", "lymphocytes", "keratin", "basal",
+    "glass",
+    "tumour",
+    "stroma",
+    "fat",
+    "necrosis",
+    "epidermis",
+    "lymphocytes",
+    "keratin",
+    "basal",
 )
 TYPE_OF_RENDER_CLASS = np.array([0, 1, 2, 3, 4, 5, 6, 5, 5], dtype=np.uint8)
 
@@ -57,16 +65,19 @@ def periodic_noise(rng: np.random.Generator, size_px: int | tuple[int, int], sca
     """
     shape = (size_px, size_px) if isinstance(size_px, int) else tuple(size_px)
     white = rng.standard_normal(shape, dtype=np.float32)
-    f2 = (fft.fftfreq(shape[0]).astype(np.float32)[:, None] ** 2
-          + fft.rfftfreq(shape[1]).astype(np.float32)[None, :] ** 2)
+    f2 = (
+        fft.fftfreq(shape[0]).astype(np.float32)[:, None] ** 2
+        + fft.rfftfreq(shape[1]).astype(np.float32)[None, :] ** 2
+    )
     spectrum = fft.rfft2(white) * np.exp(np.float32(-2.0 * (math.pi * scale_px) ** 2) * f2)
     field = fft.irfft2(spectrum, s=shape)
     field -= field.mean()
     return field / (field.std() + 1e-8)
 
 
-def fibre_noise(rng: np.random.Generator, size_px: int, period_px: float, angle_rad: float,
-                spread_rad: float) -> np.ndarray:
+def fibre_noise(
+    rng: np.random.Generator, size_px: int, period_px: float, angle_rad: float, spread_rad: float
+) -> np.ndarray:
     """Tileable band-pass noise whose streaks run along ``angle_rad`` (wavy fibres)."""
     white = rng.standard_normal((size_px, size_px), dtype=np.float32)
     fy = fft.fftfreq(size_px).astype(np.float32)[:, None]
@@ -80,8 +91,9 @@ def fibre_noise(rng: np.random.Generator, size_px: int, period_px: float, angle_
     return field / (field.std() + 1e-8)
 
 
-def jittered_grid(rng: np.random.Generator, size_px: int, spacing_px: float,
-                  jitter: float = 0.4, keep: float = 1.0) -> np.ndarray:
+def jittered_grid(
+    rng: np.random.Generator, size_px: int, spacing_px: float, jitter: float = 0.4, keep: float = 1.0
+) -> np.ndarray:
     """Points on a tileable jittered grid, ``[n, 2]`` (x, y) pixels; ``keep`` thins them."""
     cells = max(1, round(size_px / spacing_px))
     step = size_px / cells
@@ -92,10 +104,19 @@ def jittered_grid(rng: np.random.Generator, size_px: int, spacing_px: float,
     return (points * step) % size_px
 
 
-def stamp_blobs(canvas: np.ndarray, rng: np.random.Generator, centres_xy: np.ndarray,
-                radius_x_px: np.ndarray, radius_y_px: np.ndarray, angle_rad: np.ndarray,
-                amplitude: np.ndarray, *, irregularity: float = 0.08, rim: float = 0.0,
-                softness_px: float = 1.0) -> None:
+def stamp_blobs(
+    canvas: np.ndarray,
+    rng: np.random.Generator,
+    centres_xy: np.ndarray,
+    radius_x_px: np.ndarray,
+    radius_y_px: np.ndarray,
+    angle_rad: np.ndarray,
+    amplitude: np.ndarray,
+    *,
+    irregularity: float = 0.08,
+    rim: float = 0.0,
+    softness_px: float = 1.0,
+) -> None:
     """Add irregular elliptic blobs (nuclei, dots) into ``canvas`` in place, wrapping around.
 
     The outline radius wobbles with random 2nd and 3rd harmonics (``irregularity``);
@@ -133,8 +154,9 @@ def stamp_blobs(canvas: np.ndarray, rng: np.random.Generator, centres_xy: np.nda
         if rim:
             alpha *= (1 - rim) + rim * np.minimum(r / edge, 1) ** 3
         alpha *= amplitude[sl, None, None]
-        flat = ((iy.astype(np.int64) % size_y)[:, :, None] * size_x
-                + (ix.astype(np.int64) % size_x)[:, None, :])
+        flat = (iy.astype(np.int64) % size_y)[:, :, None] * size_x + (ix.astype(np.int64) % size_x)[
+            :, None, :
+        ]
         total += np.bincount(flat.ravel(), weights=alpha.ravel(), minlength=canvas.size)
     canvas += total.reshape(canvas.shape).astype(np.float32)
 
@@ -161,10 +183,17 @@ def voronoi_edges(seeds_xy: np.ndarray, size_px: int, cell_px: float) -> np.ndar
         for di in (-1, 0, 1):
             neighbour = seeds[(index[:, None] + dj) % cells, (index[None, :] + di) % cells]
             # Unwrap the neighbour's seed to this cell's side of the torus.
-            sx = neighbour[..., 0] + np.round(((index[None, :] + di) * step - neighbour[..., 0]) / size_px) * size_px
-            sy = neighbour[..., 1] + np.round(((index[:, None] + dj) * step - neighbour[..., 1]) / size_px) * size_px
-            seed = np.stack([np.repeat(np.repeat(a, pixels_per_cell, axis=0), pixels_per_cell, axis=1)
-                             for a in (sx, sy)]).astype(np.float32)
+            sx = (
+                neighbour[..., 0]
+                + np.round(((index[None, :] + di) * step - neighbour[..., 0]) / size_px) * size_px
+            )
+            sy = (
+                neighbour[..., 1]
+                + np.round(((index[:, None] + dj) * step - neighbour[..., 1]) / size_px) * size_px
+            )
+            seed = np.stack(
+                [np.repeat(np.repeat(a, pixels_per_cell, axis=0), pixels_per_cell, axis=1) for a in (sx, sy)]
+            ).astype(np.float32)
             d2 = (coords[None, :] - seed[0]) ** 2
             d2 += (coords[:, None] - seed[1]) ** 2
             first, second = d2 < best1, (d2 >= best1) & (d2 < best2)
@@ -185,13 +214,17 @@ def warp(field: np.ndarray, shift_x_px: np.ndarray, shift_y_px: np.ndarray) -> n
     return ndimage.map_coordinates(field, [yy + shift_y_px, xx + shift_x_px], order=1, mode="grid-wrap")
 
 
-def stains_to_rgb(h: np.ndarray, e: np.ndarray, palette: StainPalette = DEFAULT_PALETTE,
-           extra_od: np.ndarray | float = 0.0) -> np.ndarray:
+def stains_to_rgb(
+    h: np.ndarray, e: np.ndarray, palette: StainPalette = DEFAULT_PALETTE, extra_od: np.ndarray | float = 0.0
+) -> np.ndarray:
     """Beer-Lambert: stain concentrations (OD units) to an RGB uint8 image."""
     rgb = np.empty((*h.shape, 3), np.uint8)
     for channel in range(3):
-        od = (h * np.float32(palette.hematoxylin_od[channel]) + e * np.float32(palette.eosin_od[channel])
-              + extra_od)
+        od = (
+            h * np.float32(palette.hematoxylin_od[channel])
+            + e * np.float32(palette.eosin_od[channel])
+            + extra_od
+        )
         light = np.exp(-np.maximum(od, 0, out=od), out=od)
         light = light * np.float32(palette.glass_rgb[channel]) + np.float32(0.5)
         rgb[..., channel] = np.minimum(light, 255, out=light)
@@ -202,8 +235,20 @@ def stains_to_rgb(h: np.ndarray, e: np.ndarray, palette: StainPalette = DEFAULT_
 # Each returns (hematoxylin, eosin) concentration maps, float32 [size, size].
 
 
-def _nuclei(rng, canvas, centres, radius_um, elong, amplitude, mpp, *, irregularity=0.08, rim=0.0,
-            angle=None, angle_sd=math.pi):
+def _nuclei(
+    rng,
+    canvas,
+    centres,
+    radius_um,
+    elong,
+    amplitude,
+    mpp,
+    *,
+    irregularity=0.08,
+    rim=0.0,
+    angle=None,
+    angle_sd=math.pi,
+):
     """Stamp nuclei with log-normal sizes around ``radius_um`` (um) and elongation ``elong``."""
     n = len(centres)
     # Clipped log-normal spreads: pleomorphism without rare giants that slow the stamping.
@@ -211,8 +256,18 @@ def _nuclei(rng, canvas, centres, radius_um, elong, amplitude, mpp, *, irregular
     stretch = np.sqrt(elong * np.exp(np.clip(rng.normal(0.0, 0.1, n), -0.2, 0.2))).astype(np.float32)
     base = rng.uniform(0, 2 * math.pi, n) if angle is None else angle + rng.normal(0, angle_sd, n)
     amp = amplitude * rng.lognormal(0.0, 0.15, n).astype(np.float32)
-    stamp_blobs(canvas, rng, centres, radius * stretch, radius / stretch, base.astype(np.float32),
-                amp, irregularity=irregularity, rim=rim, softness_px=max(0.6, 0.4 / mpp))
+    stamp_blobs(
+        canvas,
+        rng,
+        centres,
+        radius * stretch,
+        radius / stretch,
+        base.astype(np.float32),
+        amp,
+        irregularity=irregularity,
+        rim=rim,
+        softness_px=max(0.6, 0.4 / mpp),
+    )
 
 
 def paint_glass(rng, size, mpp):
@@ -239,8 +294,18 @@ def paint_stroma(rng, size, mpp):
     e += 0.06 * periodic_noise(rng, size, 50 / mpp)
     h = 0.02 + 0.01 * periodic_noise(rng, size, 30 / mpp)
     centres = jittered_grid(rng, size, 40 / mpp, 0.5, keep=0.8)
-    _nuclei(rng, h, centres, 3.0, 6.0, 1.0, mpp, angle=angle + 0.35 * (mix[centres[:, 1].astype(int),
-            centres[:, 0].astype(int)] < 0.5), angle_sd=0.25, irregularity=0.05)
+    _nuclei(
+        rng,
+        h,
+        centres,
+        3.0,
+        6.0,
+        1.0,
+        mpp,
+        angle=angle + 0.35 * (mix[centres[:, 1].astype(int), centres[:, 0].astype(int)] < 0.5),
+        angle_sd=0.25,
+        irregularity=0.05,
+    )
     return h, np.clip(e, 0, None)
 
 
@@ -337,12 +402,22 @@ def paint_lymphocytes(rng, size, mpp):
     return np.clip(h, 0.05, None), e
 
 
-PAINTERS = (paint_glass, paint_tumour, paint_stroma, paint_fat, paint_necrosis, paint_spinous,
-            paint_lymphocytes, paint_keratin, paint_basal)
+PAINTERS = (
+    paint_glass,
+    paint_tumour,
+    paint_stroma,
+    paint_fat,
+    paint_necrosis,
+    paint_spinous,
+    paint_lymphocytes,
+    paint_keratin,
+    paint_basal,
+)
 
 
-def make_swatch(render_class: int, seed: int, size_px: int, mpp: float,
-                palette: StainPalette = DEFAULT_PALETTE) -> np.ndarray:
+def make_swatch(
+    render_class: int, seed: int, size_px: int, mpp: float, palette: StainPalette = DEFAULT_PALETTE
+) -> np.ndarray:
     """Paint the tileable RGB swatch ``[size_px, size_px, 3]`` uint8 of one render class.
 
     Parameters

@@ -41,8 +41,16 @@ def level_sizes(width: int, height: int) -> list[tuple[int, int]]:
 
 
 def write_pyramid(
-    path: str | os.PathLike[str], render: Callable[[int, int, int], np.ndarray], *, width: int,
-    height: int, mpp: float, tile_size: int, jpeg_quality: int, workers: int, uuid: str,
+    path: str | os.PathLike[str],
+    render: Callable[[int, int, int], np.ndarray],
+    *,
+    width: int,
+    height: int,
+    mpp: float,
+    tile_size: int,
+    jpeg_quality: int,
+    workers: int,
+    uuid: str,
 ) -> Generator[Progress, None, None]:
     """Write the slide painted by ``render(x0, y0, size)`` to ``path`` atomically, yielding progress.
 
@@ -83,7 +91,9 @@ def write_pyramid(
             return tx, ty, tile, (half_size(tile) if level1 is not None else None)
 
         with ThreadPoolExecutor(workers) as pool:
-            pending = deque(pool.submit(paint, *xy) for _, xy in zip(range(2 * tile_cols), order, strict=False))
+            pending = deque(
+                pool.submit(paint, *xy) for _, xy in zip(range(2 * tile_cols), order, strict=False)
+            )
             while pending:
                 tx, ty, tile, small = pending.popleft().result()
                 next_xy = next(order, None)
@@ -93,24 +103,42 @@ def write_pyramid(
                     raise _Cancelled
                 if level1 is not None:
                     y0, x0 = ty * half, tx * half
-                    block = level1[y0:y0 + half, x0:x0 + half]
+                    block = level1[y0 : y0 + half, x0 : x0 + half]
                     block[...] = small[: block.shape[0], : block.shape[1]]
                 yield tile
                 if tx == tile_cols - 1:
                     events.put(("progress", ty + 1, f"level 0: tile row {ty + 1} of {tile_rows}"))
 
     def write() -> None:
-        options = dict(photometric="rgb", tile=(tile_size, tile_size), compression="jpeg",
-                       compressionargs={"level": jpeg_quality}, resolutionunit="CENTIMETER",
-                       maxworkers=workers)
+        options = dict(
+            photometric="rgb",
+            tile=(tile_size, tile_size),
+            compression="jpeg",
+            compressionargs={"level": jpeg_quality},
+            resolutionunit="CENTIMETER",
+            maxworkers=workers,
+        )
         level1 = np.empty((sizes[1][1], sizes[1][0], 3), np.uint8) if len(sizes) > 1 else None
-        metadata = {"axes": "YXS", "Name": "napari_care synthetic H&E", "UUID": uuid,
-                    "PhysicalSizeX": mpp, "PhysicalSizeXUnit": "µm",
-                    "PhysicalSizeY": mpp, "PhysicalSizeYUnit": "µm"}
+        metadata = {
+            "axes": "YXS",
+            "Name": "napari_care synthetic H&E",
+            "UUID": uuid,
+            "PhysicalSizeX": mpp,
+            "PhysicalSizeXUnit": "µm",
+            "PhysicalSizeY": mpp,
+            "PhysicalSizeYUnit": "µm",
+        }
         with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
-            tif.write(tiles(level1), shape=(height, width, 3), dtype=np.uint8, subifds=len(sizes) - 1,
-                      resolution=(1e4 / mpp, 1e4 / mpp), metadata=metadata,
-                      software="napari_care synthetic", **options)
+            tif.write(
+                tiles(level1),
+                shape=(height, width, 3),
+                dtype=np.uint8,
+                subifds=len(sizes) - 1,
+                resolution=(1e4 / mpp, 1e4 / mpp),
+                metadata=metadata,
+                software="napari_care synthetic",
+                **options,
+            )
             image = level1
             for level in range(1, len(sizes)):
                 if level > 1:
@@ -118,8 +146,9 @@ def write_pyramid(
                 if stop.is_set():
                     raise _Cancelled
                 scale = 2**level
-                tif.write(image, subfiletype=1, resolution=(1e4 / (mpp * scale), 1e4 / (mpp * scale)),
-                          **options)
+                tif.write(
+                    image, subfiletype=1, resolution=(1e4 / (mpp * scale), 1e4 / (mpp * scale)), **options
+                )
                 events.put(("progress", tile_rows + level, f"level {level} of {len(sizes) - 1}"))
 
     def run() -> None:

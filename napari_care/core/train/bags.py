@@ -51,7 +51,9 @@ def load_region_tokens(path: PathLike) -> list[RegionTokens]:
     path = Path(path)
     files = sorted([*path.glob("*.npz"), *path.glob(f"*{SUFFIX}")]) if path.is_dir() else [path]
     if not files:
-        raise FileNotFoundError(f"{path}: no mixed-magnification feature files (*{SUFFIX}) or region tokens (*.npz)")
+        raise FileNotFoundError(
+            f"{path}: no mixed-magnification feature files (*{SUFFIX}) or region tokens (*.npz)"
+        )
     slides = []
     for file in files:
         if file.suffix.lower() in (".h5", ".hdf5"):
@@ -68,11 +70,22 @@ def load_region_tokens(path: PathLike) -> list[RegionTokens]:
             if missing:
                 raise ValueError(f"{file}: not a region-token file (missing {missing})")
             tokens = np.asarray(data["tokens"], dtype=np.float32)
-            coords = data["region_coords"] if "region_coords" in data.files else np.zeros((len(tokens), 2), np.int64)
+            coords = (
+                data["region_coords"]
+                if "region_coords" in data.files
+                else np.zeros((len(tokens), 2), np.int64)
+            )
             size = float(data["region_size_level0"]) if "region_size_level0" in data.files else 0.0
             slide_id = str(data["slide_id"]) if "slide_id" in data.files else file.name.removesuffix(".npz")
-            slides.append(RegionTokens(tokens, np.asarray(data["token_present"], dtype=bool),
-                                       np.asarray(coords, dtype=np.int64), size, slide_id))
+            slides.append(
+                RegionTokens(
+                    tokens,
+                    np.asarray(data["token_present"], dtype=bool),
+                    np.asarray(coords, dtype=np.int64),
+                    size,
+                    slide_id,
+                )
+            )
     return slides
 
 
@@ -132,8 +145,11 @@ def read_mil_bags(bags_dir: PathLike, mem_checkpoint: PathLike | None = None, de
     check_feature_dim(config, slides[0].tokens.shape[-1], checkpoint=mem_checkpoint, encoder="of the tokens")
     cls_width = config.dim if config.readout == "cls+tile" else 0
     feature_files = sorted(bags_dir.glob(f"*{SUFFIX}")) if bags_dir.is_dir() else []
-    region_encoder = (RegionEncoder.of_features(model, load_mixmag(feature_files[0]), feature_files[0])
-                      if feature_files else None)
+    region_encoder = (
+        RegionEncoder.of_features(model, load_mixmag(feature_files[0]), feature_files[0])
+        if feature_files
+        else None
+    )
     return MilBags(region_bags(model, slides, device=device), "mixmag", cls_width, region_encoder)
 
 

@@ -102,8 +102,9 @@ def _teacher_target(teacher_logits: torch.Tensor, center: torch.Tensor, config: 
     return torch.softmax((teacher_logits - center) / config.teacher_temperature, dim=-1)
 
 
-def _soft_cross_entropy(teacher_logits: torch.Tensor, center: torch.Tensor, student_logits: torch.Tensor,
-                        config: Stage1Config) -> torch.Tensor:
+def _soft_cross_entropy(
+    teacher_logits: torch.Tensor, center: torch.Tensor, student_logits: torch.Tensor, config: Stage1Config
+) -> torch.Tensor:
     """``[M]`` cross-entropy of centred, sharpened teacher targets against student outputs."""
     target = _teacher_target(teacher_logits, center, config)
     return -(target * torch.log_softmax(student_logits / config.student_temperature, dim=-1)).sum(-1)
@@ -120,17 +121,22 @@ def _mean_per_view(per_patch: torch.Tensor, rows: torch.Tensor, patches: torch.T
 class _Views:
     """Two views of each sub-slide of a step, as the 2B padded slides the models read."""
 
-    features: torch.Tensor   # [2B, N, D] clean (augmented) view features
-    grid: torch.Tensor       # [2B, N, 2]
-    valid: torch.Tensor      # [2B, N] real patches
-    masked: torch.Tensor     # [2B, N] patches masked in the student's input
+    features: torch.Tensor  # [2B, N, D] clean (augmented) view features
+    grid: torch.Tensor  # [2B, N, 2]
+    valid: torch.Tensor  # [2B, N] real patches
+    masked: torch.Tensor  # [2B, N] patches masked in the student's input
 
 
-def _draw_views(slides: Sequence[SlideFeatures], pool: list, config: Stage1Config, rng: np.random.Generator,
-                device: torch.device) -> _Views:
+def _draw_views(
+    slides: Sequence[SlideFeatures],
+    pool: list,
+    config: Stage1Config,
+    rng: np.random.Generator,
+    device: torch.device,
+) -> _Views:
     picks = rng.integers(len(pool), size=config.batch_size)
     views, masks = [], []
-    for _view in range(2):      # view-major order: slide i's views sit at i and B + i
+    for _view in range(2):  # view-major order: slide i's views sit at i and B + i
         for pick in picks:
             slide_index, patches = pool[pick]
             slide = slides[slide_index]
@@ -138,17 +144,26 @@ def _draw_views(slides: Sequence[SlideFeatures], pool: list, config: Stage1Confi
             chosen = patches[random_crop(slide.grid[patches], size, rng)]
             features = augment_features(slide.features[chosen], config.augmentation, rng)
             views.append((torch.from_numpy(features), slide.grid[chosen]))
-            n_masked = int(np.clip(round(rng.uniform(*config.mask_ratio) * len(chosen)), 1, max(1, len(chosen) - 1)))
+            n_masked = int(
+                np.clip(round(rng.uniform(*config.mask_ratio) * len(chosen)), 1, max(1, len(chosen) - 1))
+            )
             mask = np.zeros(len(chosen), dtype=bool)
             mask[rng.choice(len(chosen), n_masked, replace=False)] = True
             masks.append(torch.from_numpy(mask))
     features, grid, valid = pad_slides(views)
     masked = torch.nn.utils.rnn.pad_sequence(masks, batch_first=True)
-    return _Views(features.to(device), grid.to(device), valid.to(device), masked.to(device) & valid.to(device))
+    return _Views(
+        features.to(device), grid.to(device), valid.to(device), masked.to(device) & valid.to(device)
+    )
 
 
-def stage1_losses(student: Stage1Network, teacher: Stage1Network, views: _Views, centers: dict[str, torch.Tensor],
-                  config: Stage1Config) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
+def stage1_losses(
+    student: Stage1Network,
+    teacher: Stage1Network,
+    views: _Views,
+    centers: dict[str, torch.Tensor],
+    config: Stage1Config,
+) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
     """Total loss, its parts, and the teacher outputs the centres are updated with."""
     student_input = torch.where(views.masked[..., None], student.mask_token, views.features)
     out = student.care.forward_batch(student_input, views.grid, views.valid)
@@ -161,8 +176,9 @@ def stage1_losses(student: Stage1Network, teacher: Stage1Network, views: _Views,
         teacher_patch = teacher_tokens[views.masked[tokens_of]]
     batch = config.batch_size
     other_view = torch.cat([torch.arange(batch, 2 * batch), torch.arange(batch)]).to(teacher_slide.device)
-    slide_loss = _soft_cross_entropy(teacher_slide[other_view], centers["slide"],
-                                     student.slide_head(out.slide_embedding), config).mean()
+    slide_loss = _soft_cross_entropy(
+        teacher_slide[other_view], centers["slide"], student.slide_head(out.slide_embedding), config
+    ).mean()
     rows, cols = views.masked.nonzero(as_tuple=True)
     region_token = out.region_features[rows, out.region_of_patch[rows, cols]]
     per_patch = _soft_cross_entropy(teacher_patch, centers["patch"], student.patch_head(region_token), config)
@@ -171,23 +187,30 @@ def stage1_losses(student: Stage1Network, teacher: Stage1Network, views: _Views,
     total = slide_loss + config.mim_weight * mim_loss + student.care.config.lambda_rsl * rsl
     parts = {"slide": float(slide_loss.detach()), "mim": float(mim_loss.detach()), "rsl": float(rsl.detach())}
     if config.consistency_weight > 0:
-        consistency = _consistency_loss(student, views, out, _teacher_target(teacher_tokens, centers["patch"], config),
-                                        config)
+        consistency = _consistency_loss(
+            student, views, out, _teacher_target(teacher_tokens, centers["patch"], config), config
+        )
         total = total + config.consistency_weight * consistency
         parts["consistency"] = float(consistency.detach())
     return total, parts, {"slide": teacher_slide, "patch": teacher_patch}
 
 
-def _consistency_loss(student: Stage1Network, views: _Views, out, target: torch.Tensor,
-                      config: Stage1Config) -> torch.Tensor:
-    """``L_cons``: expected cross-entropy of each real patch's teacher ``target`` (``[real patches, prototypes]``,
-    row-major over ``views.valid``) under ``p`` over its candidate regions."""
+def _consistency_loss(
+    student: Stage1Network, views: _Views, out, target: torch.Tensor, config: Stage1Config
+) -> torch.Tensor:
+    """``L_cons``: expected cross-entropy of each real patch's teacher ``target``
+    (``[real patches, prototypes]``, row-major over ``views.valid``) under ``p`` over its candidate
+    regions."""
     rows, cols = views.valid.nonzero(as_tuple=True)
     # Log-probabilities once per region, then gathered per (patch, candidate); -1: no region.
-    region_log_prob = torch.log_softmax(student.patch_head(out.region_features) / config.student_temperature, dim=-1)
+    region_log_prob = torch.log_softmax(
+        student.patch_head(out.region_features) / config.student_temperature, dim=-1
+    )
     candidate_region = out.candidate_region[rows, cols]
     weight = out.assignment[rows, cols] * (candidate_region >= 0)
-    cross_entropy = -(target[:, None, :] * region_log_prob[rows[:, None], candidate_region.clamp_min(0)]).sum(-1)
+    cross_entropy = -(target[:, None, :] * region_log_prob[rows[:, None], candidate_region.clamp_min(0)]).sum(
+        -1
+    )
     per_patch = (weight * cross_entropy).sum(1) / weight.sum(1).clamp_min(1e-12)
     return _mean_per_view(per_patch, rows, views.valid.sum(1))
 
@@ -208,9 +231,17 @@ def _with_gain_group(saved: dict, optimizer) -> dict:
 
 
 def _training_state(step, student, teacher, centers, optimizer, config, losses, components) -> dict:
-    return {"kind": "care_stage1", "step": step, "train_config": config.to_dict(), "losses": losses,
-            "components": components, "student": student.state_dict(), "teacher": teacher.state_dict(),
-            "centers": dict(centers), "optimizer": optimizer.state_dict()}
+    return {
+        "kind": "care_stage1",
+        "step": step,
+        "train_config": config.to_dict(),
+        "losses": losses,
+        "components": components,
+        "student": student.state_dict(),
+        "teacher": teacher.state_dict(),
+        "centers": dict(centers),
+        "optimizer": optimizer.state_dict(),
+    }
 
 
 def _networks(care_config: CareConfig, config: Stage1Config, device: torch.device):
@@ -223,9 +254,15 @@ def _networks(care_config: CareConfig, config: Stage1Config, device: torch.devic
     return student.to(device), teacher.to(device)
 
 
-def train_care_stage1(slides: Sequence[SlideFeatures], model_config: CareConfig | None, out_dir: str | Path,
-                      config: Stage1Config = Stage1Config(), *, resume_from: str | Path | None = None,  # noqa: B008 (frozen)
-                      encoder: str = "default") -> ProgressGen[Stage1Result]:
+def train_care_stage1(
+    slides: Sequence[SlideFeatures],
+    model_config: CareConfig | None,
+    out_dir: str | Path,
+    config: Stage1Config = Stage1Config(),
+    *,
+    resume_from: str | Path | None = None,
+    encoder: str = "default",
+) -> ProgressGen[Stage1Result]:
     """Stage I pretraining of CARE; a generator of :class:`Progress` returning :class:`Stage1Result`.
 
     Parameters
@@ -257,8 +294,10 @@ def train_care_stage1(slides: Sequence[SlideFeatures], model_config: CareConfig 
         _, saved_config, state = load_checkpoint(resume_from, CareModel)
         check_feature_dim(saved_config, feature_dim, checkpoint=resume_from, encoder=encoder)
         if model_config is not None and model_config != saved_config:
-            raise ValueError(f"checkpoint {resume_from} was trained with {saved_config}, not {model_config}; "
-                             "pass model_config=None to resume")
+            raise ValueError(
+                f"checkpoint {resume_from} was trained with {saved_config}, not {model_config}; "
+                "pass model_config=None to resume"
+            )
         if state.get("kind") != "care_stage1" or "optimizer" not in state:
             raise ValueError(f"checkpoint {resume_from} holds no CARE Stage I training state to resume from")
         model_config = saved_config
@@ -268,13 +307,22 @@ def train_care_stage1(slides: Sequence[SlideFeatures], model_config: CareConfig 
     else:
         check_feature_dim(model_config, feature_dim, checkpoint="(new model config)", encoder=encoder)
     student, teacher = _networks(model_config, config, device)
-    centers = {"slide": torch.zeros(config.prototypes, device=device),
-               "patch": torch.zeros(config.prototypes, device=device)}
-    scales = {"care.affinity_scale", "care.log_prior_scale"}   # the generator's scalar weights (no decay)
-    weights, gains = ([p for name, p in student.named_parameters() if (name in scales) == gain] for gain in (0, 1))
-    optimizer = torch.optim.AdamW([{"params": weights, "lr_factor": 1.0}, {
-        "params": gains, "lr_factor": config.scale_lr_factor, "weight_decay": 0.0}], lr=config.lr,
-        weight_decay=config.weight_decay)
+    centers = {
+        "slide": torch.zeros(config.prototypes, device=device),
+        "patch": torch.zeros(config.prototypes, device=device),
+    }
+    scales = {"care.affinity_scale", "care.log_prior_scale"}  # the generator's scalar weights (no decay)
+    weights, gains = (
+        [p for name, p in student.named_parameters() if (name in scales) == gain] for gain in (0, 1)
+    )
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": weights, "lr_factor": 1.0},
+            {"params": gains, "lr_factor": config.scale_lr_factor, "weight_decay": 0.0},
+        ],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
+    )
     if state is not None:
         student.load_state_dict(state["student"])
         teacher.load_state_dict(state["teacher"])
@@ -287,14 +335,18 @@ def train_care_stage1(slides: Sequence[SlideFeatures], model_config: CareConfig 
         seed = step_seed(config.seed, step)
         views = _draw_views(slides, pool, config, np.random.default_rng(seed), device)
         for group in optimizer.param_groups:
-            group["lr"] = group["lr_factor"] * cosine_schedule(step, config.steps, config.warmup_steps, config.lr)
+            group["lr"] = group["lr_factor"] * cosine_schedule(
+                step, config.steps, config.warmup_steps, config.lr
+            )
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)  # the student's augmented patch view draws from the global generator
             loss, parts, teacher_outputs = stage1_losses(student, teacher, views, centers, config)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        momentum = 1.0 - (1.0 - config.teacher_momentum) * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+        momentum = 1.0 - (1.0 - config.teacher_momentum) * 0.5 * (
+            1.0 + math.cos(math.pi * step / config.steps)
+        )
         _update_teacher(student, teacher, momentum)
         for name, output in teacher_outputs.items():
             momentum_c = config.center_momentum if step else 0.0  # the first batch sets the centres
@@ -304,17 +356,31 @@ def train_care_stage1(slides: Sequence[SlideFeatures], model_config: CareConfig 
             components.setdefault(name, []).append(value)
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
-            yield Progress("care-stage1", done, config.steps,
-                           f"step {done}/{config.steps}: loss {losses[-1]:.4f} (slide {parts['slide']:.3f}, "
-                           f"mim {parts['mim']:.3f}, rsl {parts['rsl']:.4f})")
+            yield Progress(
+                "care-stage1",
+                done,
+                config.steps,
+                f"step {done}/{config.steps}: loss {losses[-1]:.4f} (slide {parts['slide']:.3f}, "
+                f"mim {parts['mim']:.3f}, rsl {parts['rsl']:.4f})",
+            )
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
-            path = save_checkpoint(out_dir / f"care_stage1_step{done:06d}", teacher.care, model_config,
-                                   extra_state=_training_state(done, student, teacher, centers, optimizer, config,
-                                                               losses, components))
+            path = save_checkpoint(
+                out_dir / f"care_stage1_step{done:06d}",
+                teacher.care,
+                model_config,
+                extra_state=_training_state(
+                    done, student, teacher, centers, optimizer, config, losses, components
+                ),
+            )
             yield Progress("care-stage1", done, config.steps, f"saved {path.name}")
-    final = save_checkpoint(out_dir / "care_stage1_final", teacher.care, model_config,
-                            extra_state=_training_state(config.steps, student, teacher, centers, optimizer, config,
-                                                        losses, components))
+    final = save_checkpoint(
+        out_dir / "care_stage1_final",
+        teacher.care,
+        model_config,
+        extra_state=_training_state(
+            config.steps, student, teacher, centers, optimizer, config, losses, components
+        ),
+    )
     yield Progress("care-stage1", config.steps, config.steps, f"saved {final.name}")
     model = teacher.care.eval()
     model.requires_grad_(True)  # frozen only as a teacher; the caller may fine-tune it

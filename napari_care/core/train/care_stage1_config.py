@@ -80,9 +80,22 @@ class Stage1Config:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.log_every, self.max_patches, self.min_patches, self.head_hidden,
-               self.head_bottleneck, self.prototypes) < 1:
-            raise ValueError("Stage1Config: steps, batch_size, log_every, patch limits and head sizes must be >= 1")
+        if (
+            min(
+                self.steps,
+                self.batch_size,
+                self.log_every,
+                self.max_patches,
+                self.min_patches,
+                self.head_hidden,
+                self.head_bottleneck,
+                self.prototypes,
+            )
+            < 1
+        ):
+            raise ValueError(
+                "Stage1Config: steps, batch_size, log_every, patch limits and head sizes must be >= 1"
+            )
         if self.checkpoint_every < 0 or self.warmup_steps < 0:
             raise ValueError("Stage1Config: checkpoint_every and warmup_steps must be >= 0")
         for name in ("crop_fraction", "mask_ratio"):
@@ -91,10 +104,17 @@ class Stage1Config:
                 raise ValueError(f"Stage1Config.{name} must satisfy 0 < low <= high <= 1, got {(low, high)}")
         if not 0.0 <= self.teacher_momentum < 1.0 or not 0.0 <= self.center_momentum < 1.0:
             raise ValueError("Stage1Config: teacher_momentum and center_momentum must be in [0, 1)")
-        if self.student_temperature <= 0 or self.teacher_temperature <= 0 or self.mim_weight < 0 \
-                or self.consistency_weight < 0 or self.scale_lr_factor <= 0:
-            raise ValueError("Stage1Config: temperatures and scale_lr_factor must be > 0, mim_weight and "
-                             "consistency_weight >= 0")
+        if (
+            self.student_temperature <= 0
+            or self.teacher_temperature <= 0
+            or self.mim_weight < 0
+            or self.consistency_weight < 0
+            or self.scale_lr_factor <= 0
+        ):
+            raise ValueError(
+                "Stage1Config: temperatures and scale_lr_factor must be > 0, mim_weight and "
+                "consistency_weight >= 0"
+            )
 
     def to_dict(self) -> dict:
         """The options as a JSON-able dict."""

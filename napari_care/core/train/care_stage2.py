@@ -70,8 +70,9 @@ class Stage2Network(nn.Module):
         self.care = care
         self.slide_head = nn.Linear(care.config.embed_dim, config.proj_dim)
         self.molecular = molecular
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / config.temperature)),
-                                        requires_grad=config.learn_temperature)
+        self.logit_scale = nn.Parameter(
+            torch.tensor(math.log(1.0 / config.temperature)), requires_grad=config.learn_temperature
+        )
 
     def slide_vectors(self, slide_embedding: torch.Tensor) -> torch.Tensor:
         """``[B, E]`` CARE slide embeddings -> ``[B, proj_dim]`` unit vectors."""
@@ -104,8 +105,10 @@ def matched_slides(slides: Sequence[SlideFeatures], table: MolecularTable) -> li
     matched = [slide for slide in slides if slide.slide_id in known]
     if len(matched) < 2:
         examples = [slide.slide_id for slide in slides[:3]]
-        raise ValueError(f"only {len(matched)} of {len(slides)} slides have a molecular profile "
-                         f"(slide ids such as {examples} vs table ids such as {list(table.slide_ids[:3])})")
+        raise ValueError(
+            f"only {len(matched)} of {len(slides)} slides have a molecular profile "
+            f"(slide ids such as {examples} vs table ids such as {list(table.slide_ids[:3])})"
+        )
     return matched
 
 
@@ -123,8 +126,11 @@ def _initial_care(init, model_config: CareConfig | None, feature_dim: int, encod
         care, care_config, extra = load_checkpoint(init, CareModel)
         check_feature_dim(care_config, feature_dim, checkpoint=init, encoder=encoder)
         network_state = extra.get("network") if extra.get("kind") == "care_stage2" else None
-        head = {key.removeprefix("slide_head."): value for key, value in (network_state or {}).items()
-                if key.startswith("slide_head.")}
+        head = {
+            key.removeprefix("slide_head."): value
+            for key, value in (network_state or {}).items()
+            if key.startswith("slide_head.")
+        }
         return care, head or None
     if model_config is None:
         raise ValueError("Stage II needs init (a CareModel or checkpoint), model_config, or resume_from")
@@ -134,27 +140,47 @@ def _initial_care(init, model_config: CareConfig | None, feature_dim: int, encod
         return CareModel(model_config), None
 
 
-def _batch(slides: Sequence[SlideFeatures], picks: np.ndarray, config: Stage2Config, rng: np.random.Generator):
+def _batch(
+    slides: Sequence[SlideFeatures], picks: np.ndarray, config: Stage2Config, rng: np.random.Generator
+):
     views = []
     for pick in picks:
         slide = slides[pick]
         chosen = random_crop(slide.grid, config.max_patches, rng)
-        views.append((torch.from_numpy(augment_features(slide.features[chosen], config.augmentation, rng)),
-                      slide.grid[chosen]))
+        views.append(
+            (
+                torch.from_numpy(augment_features(slide.features[chosen], config.augmentation, rng)),
+                slide.grid[chosen],
+            )
+        )
     return pad_slides(views)
 
 
 def _state(step, modality, network, optimizer, config, losses) -> dict:
     molecular_config = network.molecular.config
-    return {"kind": "care_stage2", "modality": modality, "step": step, "train_config": dataclasses.asdict(config),
-            "losses": losses, "molecular_config": dataclasses.asdict(molecular_config),
-            "network": network.state_dict(), "optimizer": optimizer.state_dict()}
+    return {
+        "kind": "care_stage2",
+        "modality": modality,
+        "step": step,
+        "train_config": dataclasses.asdict(config),
+        "losses": losses,
+        "molecular_config": dataclasses.asdict(molecular_config),
+        "network": network.state_dict(),
+        "optimizer": optimizer.state_dict(),
+    }
 
 
-def train_care_stage2(slides: Sequence[SlideFeatures], table: MolecularTable, out_dir: str | Path,
-                      config: Stage2Config = Stage2Config(), *, init: CareModel | str | Path | None = None,  # noqa: B008 (frozen)
-                      model_config: CareConfig | None = None, resume_from: str | Path | None = None,
-                      encoder: str = "default") -> ProgressGen[Stage2Result]:
+def train_care_stage2(
+    slides: Sequence[SlideFeatures],
+    table: MolecularTable,
+    out_dir: str | Path,
+    config: Stage2Config = Stage2Config(),
+    *,
+    init: CareModel | str | Path | None = None,
+    model_config: CareConfig | None = None,
+    resume_from: str | Path | None = None,
+    encoder: str = "default",
+) -> ProgressGen[Stage2Result]:
     """One Stage II phase; a generator of :class:`Progress` returning :class:`Stage2Result`.
 
     Parameters
@@ -192,8 +218,14 @@ def train_care_stage2(slides: Sequence[SlideFeatures], table: MolecularTable, ou
     if resume_from is not None:
         care, care_config, state = load_checkpoint(resume_from, CareModel)
         check_feature_dim(care_config, feature_dim, checkpoint=resume_from, encoder=encoder)
-        if state.get("kind") != "care_stage2" or state.get("modality") != modality or "optimizer" not in state:
-            raise ValueError(f"checkpoint {resume_from} holds no Stage II {modality} training state to resume from")
+        if (
+            state.get("kind") != "care_stage2"
+            or state.get("modality") != modality
+            or "optimizer" not in state
+        ):
+            raise ValueError(
+                f"checkpoint {resume_from} holds no Stage II {modality} training state to resume from"
+            )
         molecular_cls, molecular_config_cls = MODALITIES[modality]
         molecular = molecular_cls(molecular_config_cls(**state["molecular_config"]))
         head = None
@@ -210,8 +242,9 @@ def train_care_stage2(slides: Sequence[SlideFeatures], table: MolecularTable, ou
         network.slide_head.load_state_dict(head)
     network.to(device).train()
     network.care.requires_grad_(True)
-    optimizer = torch.optim.AdamW([p for p in network.parameters() if p.requires_grad], lr=config.lr,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for p in network.parameters() if p.requires_grad], lr=config.lr, weight_decay=config.weight_decay
+    )
     if state is not None:
         network.load_state_dict(state["network"])
         optimizer.load_state_dict(state["optimizer"])
@@ -240,32 +273,54 @@ def train_care_stage2(slides: Sequence[SlideFeatures], table: MolecularTable, ou
         if done % config.log_every == 0 or done == config.steps:
             yield Progress(stage, done, config.steps, f"step {done}/{config.steps}: loss {losses[-1]:.4f}")
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
-            path = save_checkpoint(out_dir / f"care_stage2_{modality}_step{done:06d}", network.care,
-                                   network.care.config, extra_state=_state(done, modality, network, optimizer,
-                                                                           config, losses))
+            path = save_checkpoint(
+                out_dir / f"care_stage2_{modality}_step{done:06d}",
+                network.care,
+                network.care.config,
+                extra_state=_state(done, modality, network, optimizer, config, losses),
+            )
             yield Progress(stage, done, config.steps, f"saved {path.name}")
-    final = save_checkpoint(out_dir / f"care_stage2_{modality}_final", network.care, network.care.config,
-                            extra_state=_state(config.steps, modality, network, optimizer, config, losses))
+    final = save_checkpoint(
+        out_dir / f"care_stage2_{modality}_final",
+        network.care,
+        network.care.config,
+        extra_state=_state(config.steps, modality, network, optimizer, config, losses),
+    )
     yield Progress(stage, config.steps, config.steps, f"saved {final.name}")
     return Stage2Result(network.eval(), modality, losses, final)
 
 
-def contrastive_loss(network: Stage2Network, features: torch.Tensor, grid: torch.Tensor, valid: torch.Tensor,
-                     molecular_inputs: torch.Tensor) -> torch.Tensor:
+def contrastive_loss(
+    network: Stage2Network,
+    features: torch.Tensor,
+    grid: torch.Tensor,
+    valid: torch.Tensor,
+    molecular_inputs: torch.Tensor,
+) -> torch.Tensor:
     """Symmetric InfoNCE of a padded slide batch against its molecular inputs, plus the weighted RSL."""
     out = network.care.forward_batch(features, grid, valid)
-    logits = network.logit_scale.exp() * network.slide_vectors(out.slide_embedding) @ \
-        network.molecule_vectors(molecular_inputs).T
+    logits = (
+        network.logit_scale.exp()
+        * network.slide_vectors(out.slide_embedding)
+        @ network.molecule_vectors(molecular_inputs).T
+    )
     target = torch.arange(len(logits), device=logits.device)
     info_nce = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
     return info_nce + network.care.config.lambda_rsl * out.rsl.mean()
 
 
-def pretrain_care_stage2(slides: Sequence[SlideFeatures], rna: RNATable | None, protein: ProteinTable | None,
-                         out_dir: str | Path, config: Stage2Config = Stage2Config(), *,  # noqa: B008 (frozen)
-                         init: CareModel | str | Path | None = None, model_config: CareConfig | None = None,
-                         resume_from: str | Path | None = None,
-                         encoder: str = "default") -> ProgressGen[list[Stage2Result]]:
+def pretrain_care_stage2(
+    slides: Sequence[SlideFeatures],
+    rna: RNATable | None,
+    protein: ProteinTable | None,
+    out_dir: str | Path,
+    config: Stage2Config = Stage2Config(),
+    *,
+    init: CareModel | str | Path | None = None,
+    model_config: CareConfig | None = None,
+    resume_from: str | Path | None = None,
+    encoder: str = "default",
+) -> ProgressGen[list[Stage2Result]]:
     """The paper's schedule: an RNA phase, then a protein phase started from its result.
 
     Either table may be None (that phase is skipped). ``resume_from`` may be a checkpoint
@@ -288,22 +343,36 @@ def pretrain_care_stage2(slides: Sequence[SlideFeatures], rna: RNATable | None, 
             continue
         resume = resume_from if modality == resume_modality else None
         start = results[-1].checkpoint if results else init
-        result = yield from train_care_stage2(slides, table, out_dir, config, init=None if resume else start,
-                                              model_config=model_config, resume_from=resume, encoder=encoder)
+        result = yield from train_care_stage2(
+            slides,
+            table,
+            out_dir,
+            config,
+            init=None if resume else start,
+            model_config=model_config,
+            resume_from=resume,
+            encoder=encoder,
+        )
         results.append(result)
     return results
 
 
 @torch.no_grad()
-def aligned_vectors(network: Stage2Network, slides: Sequence[SlideFeatures], table: MolecularTable
-                    ) -> tuple[np.ndarray, np.ndarray]:
+def aligned_vectors(
+    network: Stage2Network, slides: Sequence[SlideFeatures], table: MolecularTable
+) -> tuple[np.ndarray, np.ndarray]:
     """Unit slide and molecule vectors ``[S, proj_dim]`` of whole slides (eval mode), in slide order."""
     slides = matched_slides(slides, table)
     network.eval()
     device = network.care.device
-    slide_vectors = torch.cat([network.slide_vectors(
-        network.care(torch.from_numpy(slide.features).to(device), slide.grid).slide_embedding[None])
-        for slide in slides])
+    slide_vectors = torch.cat(
+        [
+            network.slide_vectors(
+                network.care(torch.from_numpy(slide.features).to(device), slide.grid).slide_embedding[None]
+            )
+            for slide in slides
+        ]
+    )
     inputs = molecular_inputs(table, [slide.slide_id for slide in slides]).to(device)
     return slide_vectors.cpu().numpy(), network.molecule_vectors(inputs).cpu().numpy()
 

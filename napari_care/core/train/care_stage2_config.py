@@ -63,8 +63,20 @@ class Stage2Config:
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if min(self.steps, self.batch_size, self.log_every, self.max_patches, self.proj_dim, self.molecular_dim) < 1:
-            raise ValueError("Stage2Config: steps, batch_size, log_every, max_patches and widths must be >= 1")
+        if (
+            min(
+                self.steps,
+                self.batch_size,
+                self.log_every,
+                self.max_patches,
+                self.proj_dim,
+                self.molecular_dim,
+            )
+            < 1
+        ):
+            raise ValueError(
+                "Stage2Config: steps, batch_size, log_every, max_patches and widths must be >= 1"
+            )
         if self.batch_size < 2:
             raise ValueError("Stage2Config.batch_size must be >= 2 (InfoNCE needs negatives)")
         if self.checkpoint_every < 0 or self.warmup_steps < 0 or self.temperature <= 0:

@@ -60,8 +60,10 @@ class SlideFeatures:
 
     def __post_init__(self) -> None:
         if self.features.ndim != 2 or self.grid.shape != (len(self.features), 2) or not len(self.features):
-            raise ValueError(f"slide {self.slide_id!r}: features must be [N, D] and grid [N, 2] with N > 0, "
-                             f"got {self.features.shape} and {self.grid.shape}")
+            raise ValueError(
+                f"slide {self.slide_id!r}: features must be [N, D] and grid [N, 2] with N > 0, "
+                f"got {self.features.shape} and {self.grid.shape}"
+            )
 
     @property
     def feature_dim(self) -> int:
@@ -106,11 +108,14 @@ def load_feature_folder(folder: str | os.PathLike[str]) -> list[SlideFeatures]:
         seen[slide_id] = path
         if not len(patch_features):
             raise ValueError(f"{path}: no patches")
-        slides.append(SlideFeatures(patch_features.features, patch_features.grid, slide_id, patch_features.encoder))
+        slides.append(
+            SlideFeatures(patch_features.features, patch_features.grid, slide_id, patch_features.encoder)
+        )
     dims = {slide.feature_dim for slide in slides}
     if len(dims) > 1:
-        raise ValueError(f"{folder}: feature files have different dimensions {sorted(dims)} "
-                         "(mixed encoders?)")
+        raise ValueError(
+            f"{folder}: feature files have different dimensions {sorted(dims)} (mixed encoders?)"
+        )
     return slides
 
 
@@ -197,7 +202,9 @@ class Augmentation:
             raise ValueError(f"Augmentation.scale_range must satisfy 0 < low <= high, got {self.scale_range}")
 
 
-def augment_features(features: np.ndarray, augmentation: Augmentation, rng: np.random.Generator) -> np.ndarray:
+def augment_features(
+    features: np.ndarray, augmentation: Augmentation, rng: np.random.Generator
+) -> np.ndarray:
     """An augmented float32 copy of a view's ``[n, D]`` features."""
     features = np.asarray(features, dtype=np.float32)
     out = features * np.float32(rng.uniform(*augmentation.scale_range))
@@ -209,8 +216,9 @@ def augment_features(features: np.ndarray, augmentation: Augmentation, rng: np.r
     return out
 
 
-def subslide_pool(slides: Sequence[SlideFeatures], max_patches: int, min_patches: int
-                  ) -> list[tuple[int, np.ndarray]]:
+def subslide_pool(
+    slides: Sequence[SlideFeatures], max_patches: int, min_patches: int
+) -> list[tuple[int, np.ndarray]]:
     """``(slide index, patch indices)`` of every sub-slide of every slide.
 
     Raises
@@ -218,8 +226,11 @@ def subslide_pool(slides: Sequence[SlideFeatures], max_patches: int, min_patches
     ValueError
         When no slide has a tissue piece of ``min_patches`` patches or more.
     """
-    pool = [(number, part) for number, slide in enumerate(slides)
-            for part in split_subslides(slide.grid, max_patches, min_patches)]
+    pool = [
+        (number, part)
+        for number, slide in enumerate(slides)
+        for part in split_subslides(slide.grid, max_patches, min_patches)
+    ]
     if not pool:
         raise ValueError(f"no slide has a tissue piece of at least {min_patches} patches to train on")
     return pool
@@ -241,8 +252,9 @@ def encoder_name(slides: Sequence[SlideFeatures]) -> str:
     return ", ".join(names) if names else "unknown"
 
 
-def iter_slide_embeddings(slides: Sequence[SlideFeatures], model=None, which: str = "slide"
-                          ) -> ProgressGen[np.ndarray]:
+def iter_slide_embeddings(
+    slides: Sequence[SlideFeatures], model=None, which: str = "slide"
+) -> ProgressGen[np.ndarray]:
     """CARE embeddings of whole slides; a generator of :class:`Progress` returning ``[S, E]`` float32.
 
     Parameters

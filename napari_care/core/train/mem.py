@@ -58,10 +58,14 @@ class _RegionPool:
         for index, slide in enumerate(slides):
             name = slide.slide_id or f"slides[{index}]"
             if slide.tokens.ndim != 3 or slide.tokens.shape[1] != N_TOKENS:
-                raise ValueError(f"{name}: region tokens must be [R, {N_TOKENS}, D], got {slide.tokens.shape}")
+                raise ValueError(
+                    f"{name}: region tokens must be [R, {N_TOKENS}, D], got {slide.tokens.shape}"
+                )
             if slide.token_present.shape != slide.tokens.shape[:2]:
-                raise ValueError(f"{name}: token_present {slide.token_present.shape} does not match "
-                                 f"tokens {slide.tokens.shape[:2]}")
+                raise ValueError(
+                    f"{name}: token_present {slide.token_present.shape} does not match "
+                    f"tokens {slide.tokens.shape[:2]}"
+                )
             rows = np.flatnonzero(slide.token_present.any(axis=1))
             if regions_per_slide is not None and len(rows) > regions_per_slide:
                 rows = np.sort(rng.choice(rows, regions_per_slide, replace=False))
@@ -84,9 +88,13 @@ class _RegionPool:
         count, total, total_sq = 0, np.zeros(self.feature_dim), np.zeros(self.feature_dim)
         for slide, rows in zip(self.slides, self.rows, strict=True):
             present = slide.tokens[rows][slide.token_present[rows]].astype(np.float64)
-            count, total, total_sq = count + len(present), total + present.sum(0), total_sq + (present ** 2).sum(0)
+            count, total, total_sq = (
+                count + len(present),
+                total + present.sum(0),
+                total_sq + (present**2).sum(0),
+            )
         mean = total / count
-        return torch.from_numpy(mean), torch.from_numpy(np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0)))
+        return torch.from_numpy(mean), torch.from_numpy(np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)))
 
     def tile_whitening(self, mean: torch.Tensor, std: torch.Tensor, shrinkage: float = 1e-3) -> torch.Tensor:
         """ZCA whitening ``[D, D]`` of the pool's present 20x tiles, standardised with ``mean``/``std``.
@@ -100,7 +108,11 @@ class _RegionPool:
         for slide, rows in zip(self.slides, self.rows, strict=True):
             tiles = slide.tokens[rows, FIRST_20X_TOKEN:][slide.token_present[rows, FIRST_20X_TOKEN:]]
             tiles = (tiles.astype(np.float64) - mean_np) / std_np
-            count, total, second_moment = count + len(tiles), total + tiles.sum(0), second_moment + tiles.T @ tiles
+            count, total, second_moment = (
+                count + len(tiles),
+                total + tiles.sum(0),
+                second_moment + tiles.T @ tiles,
+            )
         if count < 2:
             return torch.eye(self.feature_dim)
         tile_mean = total / count
@@ -120,15 +132,27 @@ class _RegionPool:
         return torch.from_numpy(tokens), torch.from_numpy(present)
 
 
-def _training_state(step: int, optimizer: torch.optim.Optimizer, config: MEMTrainConfig,
-                    losses: list[float]) -> dict:
-    return {"kind": "mem_training", "step": step, "train_config": dataclasses.asdict(config),
-            "losses": losses, "optimizer": optimizer.state_dict()}
+def _training_state(
+    step: int, optimizer: torch.optim.Optimizer, config: MEMTrainConfig, losses: list[float]
+) -> dict:
+    return {
+        "kind": "mem_training",
+        "step": step,
+        "train_config": dataclasses.asdict(config),
+        "losses": losses,
+        "optimizer": optimizer.state_dict(),
+    }
 
 
-def train_mem(slides: Sequence[RegionTokens], model_config: MixMagConfig | None, out_dir: str | Path,
-              config: MEMTrainConfig = MEMTrainConfig(), *, resume_from: str | Path | None = None,  # noqa: B008 (frozen)
-              encoder: str = "default") -> ProgressGen[MEMTrainResult]:
+def train_mem(
+    slides: Sequence[RegionTokens],
+    model_config: MixMagConfig | None,
+    out_dir: str | Path,
+    config: MEMTrainConfig = MEMTrainConfig(),
+    *,
+    resume_from: str | Path | None = None,
+    encoder: str = "default",
+) -> ProgressGen[MEMTrainResult]:
     """Pretrain a :class:`MixMagEncoder`; a generator of :class:`Progress` returning the result.
 
     Parameters
@@ -158,8 +182,10 @@ def train_mem(slides: Sequence[RegionTokens], model_config: MixMagConfig | None,
     if resume_from is not None:
         loaded, saved_config, extra = load_checkpoint(resume_from, MixMagEncoder)
         if model_config is not None and model_config != saved_config:
-            raise ValueError(f"checkpoint {resume_from} was trained with {saved_config}, not {model_config}; "
-                             "pass model_config=None to resume")
+            raise ValueError(
+                f"checkpoint {resume_from} was trained with {saved_config}, not {model_config}; "
+                "pass model_config=None to resume"
+            )
         model, model_config = cast(MixMagEncoder, loaded), saved_config
         check_feature_dim(model_config, pool.feature_dim, checkpoint=resume_from, encoder=encoder)
         if extra.get("kind") != "mem_training" or "optimizer" not in extra:
@@ -199,18 +225,32 @@ def train_mem(slides: Sequence[RegionTokens], model_config: MixMagConfig | None,
         if done % config.log_every == 0 or done == config.steps:
             yield Progress("mem", done, config.steps, f"step {done}/{config.steps}: loss {losses[-1]:.4f}")
         if config.checkpoint_every and done % config.checkpoint_every == 0 and done < config.steps:
-            path = save_checkpoint(out_dir / f"mem_step{done:06d}", model, model_config,
-                                   extra_state=_training_state(done, optimizer, config, losses))
+            path = save_checkpoint(
+                out_dir / f"mem_step{done:06d}",
+                model,
+                model_config,
+                extra_state=_training_state(done, optimizer, config, losses),
+            )
             yield Progress("mem", done, config.steps, f"saved {path.name}")
-    final = save_checkpoint(out_dir / "mem_final", model, model_config,
-                            extra_state=_training_state(config.steps, optimizer, config, losses))
+    final = save_checkpoint(
+        out_dir / "mem_final",
+        model,
+        model_config,
+        extra_state=_training_state(config.steps, optimizer, config, losses),
+    )
     yield Progress("mem", config.steps, config.steps, f"saved {final.name}")
     return MEMTrainResult(model.eval(), model_config, losses, final)
 
 
 @torch.no_grad()
-def region_bags(model: MixMagEncoder, slides: Sequence[RegionTokens], *, batch_size: int = 256,
-                device: str = "cpu", encoder: str = "default") -> dict[str, np.ndarray]:
+def region_bags(
+    model: MixMagEncoder,
+    slides: Sequence[RegionTokens],
+    *,
+    batch_size: int = 256,
+    device: str = "cpu",
+    encoder: str = "default",
+) -> dict[str, np.ndarray]:
     """AB-MIL bags from region tokens, for :func:`napari_care.core.train.mil.train_mil`.
 
     Parameters
@@ -235,7 +275,9 @@ def region_bags(model: MixMagEncoder, slides: Sequence[RegionTokens], *, batch_s
     model.eval().to(device)
     bags = {}
     for slide in slides:
-        check_feature_dim(model.config, slide.tokens.shape[-1], checkpoint=type(model).__name__, encoder=encoder)
+        check_feature_dim(
+            model.config, slide.tokens.shape[-1], checkpoint=type(model).__name__, encoder=encoder
+        )
         tokens = torch.from_numpy(np.ascontiguousarray(slide.tokens, dtype=np.float32)).to(device)
         present = torch.from_numpy(np.asarray(slide.token_present, dtype=bool)).to(device)
         bags[slide.slide_id] = model.mil_instances(tokens, present, batch_size=batch_size).cpu().numpy()

@@ -62,4 +62,6 @@ class MEMTrainConfig:
         if self.checkpoint_every < 0 or self.warmup_steps < 0:
             raise ValueError("MEMTrainConfig: checkpoint_every and warmup_steps must be >= 0")
         if self.regions_per_slide is not None and self.regions_per_slide < 1:
-            raise ValueError(f"MEMTrainConfig.regions_per_slide must be positive, got {self.regions_per_slide}")
+            raise ValueError(
+                f"MEMTrainConfig.regions_per_slide must be positive, got {self.regions_per_slide}"
+            )

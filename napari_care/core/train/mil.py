@@ -69,7 +69,9 @@ def read_slide_labels(csv_path: str | Path) -> tuple[list[str], list[str], list[
     labels = [row["label"].strip() for row in rows]
     if "split" not in columns:
         return slide_ids, labels, None
-    splits = [{"validation": "val"}.get(row["split"].strip().lower(), row["split"].strip().lower()) for row in rows]
+    splits = [
+        {"validation": "val"}.get(row["split"].strip().lower(), row["split"].strip().lower()) for row in rows
+    ]
     unknown = sorted(set(splits) - set(SPLITS))
     if unknown:
         raise ValueError(f"{csv_path}: split values must be train/val/test, found {unknown}")
@@ -87,7 +89,7 @@ def stratified_split(labels: np.ndarray, val_fraction: float, test_fraction: flo
         if len(members) - n_test - n_val < 1:
             raise ValueError(f"class {value!r} has {len(members)} slides: too few for a train/val/test split")
         split[members[:n_test]] = "test"
-        split[members[n_test:n_test + n_val]] = "val"
+        split[members[n_test : n_test + n_val]] = "val"
     return split.astype(str)
 
 
@@ -114,7 +116,9 @@ def _prepare_bags(slide_ids: list[str], bags: Mapping[str, object], csv_path: Pa
 
 
 @torch.no_grad()
-def _predict(model: ABMIL, bags: list[torch.Tensor], device: torch.device) -> tuple[np.ndarray, list[np.ndarray]]:
+def _predict(
+    model: ABMIL, bags: list[torch.Tensor], device: torch.device
+) -> tuple[np.ndarray, list[np.ndarray]]:
     model.eval()
     probabilities, attentions = [], []
     for bag in bags:
@@ -128,14 +132,22 @@ def _write_outputs(out_dir: Path, slide_ids, splits, labels, class_names, probab
     predictions_csv, attention_npz = out_dir / "predictions.csv", out_dir / "attention.npz"
     with atomic_open(predictions_csv, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["slide_id", "split", "label", "predicted"] + [f"prob_{name}" for name in class_names])
+        writer.writerow(
+            ["slide_id", "split", "label", "predicted"] + [f"prob_{name}" for name in class_names]
+        )
         for slide_id, split, label, probs in zip(slide_ids, splits, labels, probabilities, strict=True):
-            writer.writerow([slide_id, split, class_names[label], class_names[int(np.argmax(probs))]]
-                            + [f"{p:.6f}" for p in probs])
+            writer.writerow(
+                [slide_id, split, class_names[label], class_names[int(np.argmax(probs))]]
+                + [f"{p:.6f}" for p in probs]
+            )
     offsets = np.cumsum([0] + [len(a) for a in attentions]).astype(np.int64)
     with atomic_open(attention_npz, "wb") as handle:
-        np.savez(handle, slide_id=np.asarray(slide_ids, dtype=str), offsets=offsets,
-                 attention=np.concatenate(attentions))
+        np.savez(
+            handle,
+            slide_id=np.asarray(slide_ids, dtype=str),
+            offsets=offsets,
+            attention=np.concatenate(attentions),
+        )
     return predictions_csv, attention_npz
 
 
@@ -143,11 +155,22 @@ def load_attention(npz_path: str | Path) -> dict[str, np.ndarray]:
     """Read ``attention.npz`` written by :func:`train_mil`: slide_id -> attention ``[N]``."""
     with np.load(npz_path) as data:
         offsets, attention = data["offsets"], data["attention"]
-        return {str(slide_id): attention[offsets[i]:offsets[i + 1]] for i, slide_id in enumerate(data["slide_id"])}
+        return {
+            str(slide_id): attention[offsets[i] : offsets[i + 1]]
+            for i, slide_id in enumerate(data["slide_id"])
+        }
 
 
-def _train_epoch(model: ABMIL, optimizer: torch.optim.Optimizer, bags: list[torch.Tensor], labels: np.ndarray,
-                 class_weight: torch.Tensor | None, config: MILTrainConfig, epoch: int, device: torch.device) -> float:
+def _train_epoch(
+    model: ABMIL,
+    optimizer: torch.optim.Optimizer,
+    bags: list[torch.Tensor],
+    labels: np.ndarray,
+    class_weight: torch.Tensor | None,
+    config: MILTrainConfig,
+    epoch: int,
+    device: torch.device,
+) -> float:
     """One pass over the training bags in a seeded order; returns the mean loss."""
     seed = int(np.random.SeedSequence([config.seed, epoch]).generate_state(1)[0])
     generator = torch.Generator().manual_seed(seed)
@@ -158,7 +181,7 @@ def _train_epoch(model: ABMIL, optimizer: torch.optim.Optimizer, bags: list[torc
         for i in torch.randperm(len(bags), generator=generator).tolist():
             bag = bags[i]
             if config.max_instances is not None and len(bag) > config.max_instances:
-                bag = bag[torch.randperm(len(bag), generator=generator)[:config.max_instances]]
+                bag = bag[torch.randperm(len(bag), generator=generator)[: config.max_instances]]
             logits, _ = model(bag.to(device))
             target = torch.tensor([int(labels[i])], device=device)
             loss = F.cross_entropy(logits.unsqueeze(0), target, weight=class_weight)
@@ -169,9 +192,14 @@ def _train_epoch(model: ABMIL, optimizer: torch.optim.Optimizer, bags: list[torc
     return total / len(bags)
 
 
-def train_mil(labels_csv: str | Path, bags: Mapping[str, object], out_dir: str | Path,
-              config: MILTrainConfig = MILTrainConfig(), *,  # noqa: B008 (frozen)
-              encoder: str = "default") -> ProgressGen[MILTrainResult]:
+def train_mil(
+    labels_csv: str | Path,
+    bags: Mapping[str, object],
+    out_dir: str | Path,
+    config: MILTrainConfig = MILTrainConfig(),
+    *,
+    encoder: str = "default",
+) -> ProgressGen[MILTrainResult]:
     """Train an AB-MIL head; a generator of :class:`Progress` returning :class:`MILTrainResult`.
 
     Parameters
@@ -193,16 +221,25 @@ def train_mil(labels_csv: str | Path, bags: Mapping[str, object], out_dir: str |
     if len(class_names) < 2:
         raise ValueError(f"{labels_csv}: needs at least two classes, found {class_names}")
     labels = np.array([class_names.index(name) for name in label_names])
-    split_of = np.array(splits) if splits is not None else stratified_split(
-        labels, config.val_fraction, config.test_fraction, config.seed)
+    split_of = (
+        np.array(splits)
+        if splits is not None
+        else stratified_split(labels, config.val_fraction, config.test_fraction, config.seed)
+    )
     for split in SPLITS:
         if not (split_of == split).any():
             raise ValueError(f"{labels_csv}: no slide in the {split!r} split")
     all_bags = _prepare_bags(slide_ids, bags, labels_csv)
     index = {split: np.flatnonzero(split_of == split) for split in SPLITS}
     device = torch.device(config.device)
-    model_config = ABMILConfig(all_bags[0].shape[1], config.hidden, config.attn_dim, len(class_names), config.dropout,
-                               config.split_at)
+    model_config = ABMILConfig(
+        all_bags[0].shape[1],
+        config.hidden,
+        config.attn_dim,
+        len(class_names),
+        config.dropout,
+        config.split_at,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)  # initial weights from the run's seed, caller's RNG untouched
         model = ABMIL(model_config).to(device)
@@ -216,15 +253,27 @@ def train_mil(labels_csv: str | Path, bags: Mapping[str, object], out_dir: str |
         class_weight = torch.as_tensor(counts.sum() / np.maximum(counts, 1) / len(class_names)).to(device)
     best: tuple[float, int, dict | None] = (np.inf, -1, None)
     for epoch in range(config.max_epochs):
-        train_loss = _train_epoch(model, optimizer, [all_bags[i] for i in index["train"]], labels[index["train"]],
-                                  class_weight, config, epoch, device)
+        train_loss = _train_epoch(
+            model,
+            optimizer,
+            [all_bags[i] for i in index["train"]],
+            labels[index["train"]],
+            class_weight,
+            config,
+            epoch,
+            device,
+        )
         val_probs, _ = _predict(model, [all_bags[i] for i in index["val"]], device)
         val_true = val_probs[np.arange(len(val_probs)), labels[index["val"]]]
         val_loss = float(-np.mean(np.log(np.clip(val_true, 1e-12, None))))
         if val_loss < best[0]:
             best = (val_loss, epoch, copy.deepcopy(model.state_dict()))
-        yield Progress("mil", epoch + 1, config.max_epochs,
-                       f"epoch {epoch + 1}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+        yield Progress(
+            "mil",
+            epoch + 1,
+            config.max_epochs,
+            f"epoch {epoch + 1}: train loss {train_loss:.4f}, val loss {val_loss:.4f}",
+        )
         if epoch - best[1] >= config.patience:
             break
     if best[2] is None:
@@ -233,19 +282,36 @@ def train_mil(labels_csv: str | Path, bags: Mapping[str, object], out_dir: str |
     probabilities, attentions = _predict(model, all_bags, device)
     test = index["test"]
     test_metrics = classification_metrics(labels[test], probabilities[test])
-    metrics = {"test_auroc": test_metrics["auroc"], "test_balanced_accuracy": test_metrics["balanced_accuracy"],
-               "test_weighted_f1": test_metrics["weighted_f1"], "best_val_loss": best[0],
-               "best_epoch": best[1] + 1, "epochs_run": epoch + 1, "class_names": class_names,
-               "n_slides": {split: len(index[split]) for split in SPLITS}, "encoder": encoder,
-               "config": asdict(config)}
-    yield Progress("mil", epoch + 1, config.max_epochs,
-                   f"test AUROC {metrics['test_auroc']:.3f}, balanced accuracy {metrics['test_balanced_accuracy']:.3f}")
-    predictions_csv, attention_npz = _write_outputs(out_dir, slide_ids, split_of, labels, class_names,
-                                                    probabilities, attentions)
+    metrics = {
+        "test_auroc": test_metrics["auroc"],
+        "test_balanced_accuracy": test_metrics["balanced_accuracy"],
+        "test_weighted_f1": test_metrics["weighted_f1"],
+        "best_val_loss": best[0],
+        "best_epoch": best[1] + 1,
+        "epochs_run": epoch + 1,
+        "class_names": class_names,
+        "n_slides": {split: len(index[split]) for split in SPLITS},
+        "encoder": encoder,
+        "config": asdict(config),
+    }
+    yield Progress(
+        "mil",
+        epoch + 1,
+        config.max_epochs,
+        f"test AUROC {metrics['test_auroc']:.3f}, balanced accuracy {metrics['test_balanced_accuracy']:.3f}",
+    )
+    predictions_csv, attention_npz = _write_outputs(
+        out_dir, slide_ids, split_of, labels, class_names, probabilities, attentions
+    )
     metrics_json = out_dir / "metrics.json"
     with atomic_open(metrics_json, "w") as handle:
         json.dump(json_safe(metrics), handle, indent=2)
-    checkpoint = save_checkpoint(out_dir / "abmil", model, model_config,
-                                 extra_state=json_safe({"class_names": class_names, "encoder": encoder,
-                                                        "metrics": metrics}))
-    return MILTrainResult(model.eval(), class_names, metrics, checkpoint, predictions_csv, attention_npz, metrics_json)
+    checkpoint = save_checkpoint(
+        out_dir / "abmil",
+        model,
+        model_config,
+        extra_state=json_safe({"class_names": class_names, "encoder": encoder, "metrics": metrics}),
+    )
+    return MILTrainResult(
+        model.eval(), class_names, metrics, checkpoint, predictions_csv, attention_npz, metrics_json
+    )

@@ -54,5 +54,11 @@ class MILTrainConfig:
     def __post_init__(self) -> None:
         if self.max_epochs < 1 or self.patience < 1:
             raise ValueError("MILTrainConfig: max_epochs and patience must be positive")
-        if not (0 < self.val_fraction < 1 and 0 < self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
-            raise ValueError("MILTrainConfig: val_fraction and test_fraction must be in (0, 1) and sum below 1")
+        if not (
+            0 < self.val_fraction < 1
+            and 0 < self.test_fraction < 1
+            and self.val_fraction + self.test_fraction < 1
+        ):
+            raise ValueError(
+                "MILTrainConfig: val_fraction and test_fraction must be in (0, 1) and sum below 1"
+            )
