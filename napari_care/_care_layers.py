@@ -13,6 +13,7 @@ import numpy as np
 from napari_care._layer_draw import OneCallPerTurn, glyph_loaders, qt_window
 from napari_care._layers import ROLE_KEY, level0_to_world, placement, world_scale, world_units
 from napari_care.core.heatmap import heatmap_raster
+from napari_care.core.qupath.objects import group_color
 from napari_care.core.raster import GridRaster
 from napari_care.core.regions import region_raster, region_table, roi_boxes
 from napari_care.core.segment import SegmentResult
@@ -25,25 +26,6 @@ REGIONS = "CARE regions"
 ROI = "CARE ROI"
 ATTENTION = "CARE attention"
 COLOUR_BY = ("region", "group")
-GROUP_PALETTE = (
-    np.array(
-        [  # distinct, colour-blind friendly (Okabe-Ito, then Tol)
-            (230, 159, 0),
-            (86, 180, 233),
-            (0, 158, 115),
-            (240, 228, 66),
-            (0, 114, 178),
-            (213, 94, 0),
-            (204, 121, 167),
-            (136, 34, 85),
-            (68, 170, 153),
-            (153, 153, 51),
-            (51, 34, 136),
-            (221, 204, 119),
-        ]
-    )
-    / 255.0
-)
 
 # every character roi_layer's labels can hold, and those vispy measures every text's line height by
 ROI_LABEL_CHARACTERS = "ROI: region (a=)0123456789.e-+" + "ÅÉÑŐjgpqy"
@@ -90,7 +72,7 @@ def group_colormap(group_of_region: np.ndarray):
 
     colours: dict[int | None, Any] = {None: (0, 0, 0, 0), 0: (0, 0, 0, 0)}
     for region, group in enumerate(group_of_region):
-        colours[region + 1] = (*GROUP_PALETTE[int(group) % len(GROUP_PALETTE)], 1.0)
+        colours[region + 1] = (*(channel / 255 for channel in group_color(int(group))), 1.0)
     return DirectLabelColormap(color_dict=colours)
 
 

@@ -8,27 +8,11 @@ import numpy as np
 
 from napari_care.core.atomic import atomic_path
 from napari_care.core.heatmap import heatmap_raster
+from napari_care.core.qupath.objects import group_color
 from napari_care.core.regions import region_raster, roi_boxes
 from napari_care.core.segment import SegmentResult
 from napari_care.core.slide.handle import Slide
 
-GROUP_COLOURS = np.array(
-    [
-        (230, 159, 0),
-        (86, 180, 233),
-        (0, 158, 115),
-        (240, 228, 66),
-        (0, 114, 178),
-        (213, 94, 0),
-        (204, 121, 167),
-        (136, 34, 85),
-        (68, 170, 153),
-        (153, 153, 51),
-        (51, 34, 136),
-        (221, 204, 119),
-    ],
-    dtype=np.float32,
-)
 ROI_COLOUR = np.array([255, 215, 0], dtype=np.uint8)
 
 
@@ -82,7 +66,8 @@ def render_overview(result: SegmentResult, slide: Slide, *, max_size: int = 1200
     )
     tissue = region_px >= 0
     group_px = np.where(tissue, result.group_of_region[np.maximum(region_px, 0)], 0)
-    colours = GROUP_COLOURS[group_px % len(GROUP_COLOURS)]
+    palette = np.array([group_color(g) for g in range(int(group_px.max()) + 1)], np.float32)
+    colours = palette[group_px]
     left = np.where(tissue[..., None], 0.55 * thumb + 0.45 * colours, thumb)
     left[find_boundaries(region_px, mode="inner") & tissue] = (40, 40, 40)
     heat = heatmap_raster(

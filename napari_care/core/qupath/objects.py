@@ -37,29 +37,21 @@ REGION_COLOR: Color = (128, 128, 128)
 TILE_CLASS = "CARE tile"
 TILE_COLOR: Color = (0, 160, 255)
 
-# Kelly's colours of maximum contrast (without white/black), then a hash for the rest:
-# neighbouring phenotype groups stay easy to tell apart.
-_GROUP_PALETTE: tuple[Color, ...] = (
-    (230, 25, 75),
-    (60, 180, 75),
-    (0, 130, 200),
-    (245, 130, 48),
-    (145, 30, 180),
-    (70, 240, 240),
-    (240, 50, 230),
-    (210, 245, 60),
-    (250, 190, 212),
-    (0, 128, 128),
-    (220, 190, 255),
-    (170, 110, 40),
-    (255, 250, 200),
-    (128, 0, 0),
-    (170, 255, 195),
-    (128, 128, 0),
-    (255, 215, 180),
-    (0, 0, 128),
-    (255, 225, 25),
-    (128, 128, 128),
+# The one palette of phenotype groups, in the viewer, the overview PNG and QuPath alike:
+# colour-blind friendly (Okabe-Ito, then Tol), then a colour hashed from the class name.
+GROUP_PALETTE: tuple[Color, ...] = (
+    (230, 159, 0),
+    (86, 180, 233),
+    (0, 158, 115),
+    (240, 228, 66),
+    (0, 114, 178),
+    (213, 94, 0),
+    (204, 121, 167),
+    (136, 34, 85),
+    (68, 170, 153),
+    (153, 153, 51),
+    (51, 34, 136),
+    (221, 204, 119),
 )
 
 
@@ -118,8 +110,8 @@ def group_class_name(group: int) -> str:
 
 def group_color(group: int) -> Color:
     """A distinct, stable colour for a phenotype group."""
-    if 0 <= group < len(_GROUP_PALETTE):
-        return _GROUP_PALETTE[group]
+    if 0 <= group < len(GROUP_PALETTE):
+        return GROUP_PALETTE[group]
     return name_color(group_class_name(group))
 
 
