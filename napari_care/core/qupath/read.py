@@ -158,6 +158,10 @@ def _load_json(path: Path) -> object:
         raise ValueError(
             f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
         ) from error
+    except RecursionError as error:  # the parser recurses once per nesting level
+        raise ValueError(f"{path}: JSON nested too deeply to be GeoJSON") from error
+    except ValueError as error:  # e.g. an integer of more than 4,300 digits
+        raise ValueError(f"{path}: invalid JSON ({error})") from error
 
 
 def _feature_list(data: object, path: Path) -> list:
@@ -359,25 +363,36 @@ def _color(value: object) -> Color | None:
             return (r, g, b)  # the common case, without the clamping below
         try:
             return tuple(min(255, max(0, int(c))) for c in value[:3])  # type: ignore[return-value]
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # not numbers, NaN, or infinite
             return None
     return None
 
 
 def _measurements(value: object) -> dict[str, float]:
     """A flat map of finite numbers from a map or a QuPath 0.2 list of ``{name, value}``."""
-    if isinstance(value, list):
-        value = {item.get("name"): item.get("value") for item in value if isinstance(item, dict)}
+    if isinstance(value, list):  # names that are not text (lists, maps) name nothing
+        value = {
+            item.get("name"): item.get("value")
+            for item in value
+            if isinstance(item, dict) and isinstance(item.get("name"), (str, int, float))
+        }
     if not isinstance(value, dict):
         return {}
     return {
         str(name): float(number)
         for name, number in value.items()
-        if name is not None
-        and isinstance(number, (int, float))
-        and not isinstance(number, bool)
-        and math.isfinite(number)
+        if name is not None and _is_finite_number(number)
     }
+
+
+def _is_finite_number(value: object) -> bool:
+    """A JSON number that is finite as a float (a 400-digit integer is not)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
 
 
 def _repair_invalid(annotations: list[Annotation], path: Path) -> None:
