@@ -35,6 +35,8 @@ def open_or_fail(path: Path, mpp: float | None):
     """Open a slide, or exit 2 with a one-line message."""
     from napari_care.core.slide.handle import SlideReadError, open_slide  # lazy: CLI start-up
 
+    if Path(path).is_dir():
+        fail(f"{path} is a folder, not a slide file")
     try:
         return open_slide(path, mpp=mpp)
     except (FileNotFoundError, SlideReadError, ValueError) as error:
@@ -60,6 +62,29 @@ def segment_defaults() -> dict:
     return SegmentOptions().to_dict()
 
 
+def preflight_defaults() -> dict:
+    """The defaults of the checks before a run (:func:`~napari_care.core.preflight.preflight`)."""
+    from napari_care.core.preflight import preflight  # lazy: CLI start-up
+
+    return keyword_defaults(preflight)
+
+
+#: The command-line flag of each field of SegmentOptions that is an option of ``segment``/``extract``.
+FLAG_OF_OPTION = {
+    "k": "--k",
+    "n_groups": "--groups",
+    "tile_size_px": "--tile-size",
+    "magnification": "--magnification",
+    "min_tissue": "--min-tissue",
+    "max_tiles": "--max-tiles",
+}
+
+
+def fail_option(error) -> None:
+    """Exit 2 for an :class:`~napari_care.core.segment.OptionError`, naming the command-line flag."""
+    fail(f"{FLAG_OF_OPTION.get(error.option, error.option)} {error.value}: {error.expected}")
+
+
 def cluster_defaults() -> dict:
     """The defaults of a local dask cluster (:func:`~napari_care.core.cohort.cohort_client`)."""
     from napari_care.core.cohort import cohort_client  # lazy: CLI start-up
@@ -82,20 +107,48 @@ def segment_options(function):
             default=None,
             help="Local weights file for the encoder.",
         ),
-        core_option(segment_defaults, "--magnification", type=float, help="Target magnification."),
+        core_option(
+            segment_defaults,
+            "--magnification",
+            type=float,
+            help="Target magnification, above 0 and not above the scan's (see --allow-upsampling).",
+        ),
+        click.option(
+            "--allow-upsampling",
+            is_flag=True,
+            help="Accept a --magnification above the scan's (more than 10% above is refused otherwise).",
+        ),
         core_option(
             segment_defaults,
             "--tile-size",
             "tile_size_px",
             type=int,
-            help="Tile side in pixels at the target magnification.",
+            help="Tile side in pixels at the target magnification, 16-4096.",
         ),
-        core_option(segment_defaults, "--min-tissue", type=float, help="Minimum tissue share of a tile."),
+        core_option(
+            preflight_defaults,
+            "--max-tiles",
+            type=int,
+            help="Refuse a slide whose whole-slide grid at these options would have more tiles.",
+        ),
+        core_option(
+            segment_defaults, "--min-tissue", type=float, help="Minimum tissue share of a tile, 0-1."
+        ),
         click.option(
             "--mpp",
             type=float,
             default=None,
-            help="Micrometres per level-0 pixel for slides without one (CSV mpp wins).",
+            help="Micrometres per level-0 pixel for slides whose file has none (a CSV's mpp column "
+            "is that slide's, over the file's).",
+        ),
+        click.option(
+            "--force-mpp", is_flag=True, help="Use --mpp for every slide, over the file's calibration."
+        ),
+        click.option(
+            "--strict",
+            is_flag=True,
+            help="Fail a slide on a file tile that cannot be decoded (default: skip its patches, warn, "
+            "and count them in the summary).",
         ),
         click.option(
             "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder."
@@ -139,12 +192,18 @@ def run_jobs(
     threads_per_worker: int,
     scheduler: str | None,
     quiet: bool,
+    options,
+    force_mpp: bool = False,
+    max_tiles: int,
+    allow_upsampling: bool = False,
     **kwargs,
 ) -> None:
     """Run a per-slide job over the slides (a dask cohort, or in this process), print and save a summary.
 
-    Exits 2 on bad arguments (no slides, colliding names, an unreachable scheduler) and 1 when
-    any slide failed or the run was interrupted.
+    Everything that can be checked is checked first (:func:`~napari_care.core.preflight.preflight`).
+    Exits 2 on bad arguments (no slides, a missing slide, colliding names, an option out of
+    range, an unusable checkpoint or output folder, an unreachable scheduler) and 1 when any
+    slide failed or the run was interrupted.
     """
     from napari_care.core.cohort import cohort_workers, run_cohort  # lazy: CLI start-up
     from napari_care.core.jobs import (  # lazy: CLI start-up
@@ -152,18 +211,29 @@ def run_jobs(
         expand_slides,
         reports_progress,
         summary_path,
-        write_summary,
     )
+    from napari_care.core.preflight import PreflightError, preflight  # lazy: CLI start-up
+    from napari_care.core.segment import OptionError  # lazy: CLI start-up
 
     if scheduler is not None and workers is not None:
         fail("--workers sizes a local cluster; it cannot be given with --scheduler")
+    if force_mpp and mpp is None:
+        fail("--force-mpp needs --mpp")
     try:
-        jobs = expand_slides(list(slides), mpp)
+        jobs = expand_slides(list(slides), mpp, force_mpp=force_mpp)
         check_unique_stems(jobs)
     except (ValueError, OSError) as error:
         fail(str(error))
     if not jobs:
         fail("no slides to process")
+    try:
+        notes = preflight(jobs, out_dir, options, max_tiles=max_tiles, allow_upsampling=allow_upsampling)
+    except OptionError as error:
+        fail_option(error)
+    except PreflightError as error:
+        warn(error.notes)
+        fail(str(error))
+    warn(notes)
     n_workers = cohort_workers(len(jobs), workers=workers, scheduler=scheduler)  # 0: in this process
     finished: list[dict] = []  # in finishing order, for a run that is interrupted
     try:
@@ -179,21 +249,38 @@ def run_jobs(
                 client=client,
                 on_row=finished.append,
                 out_dir=Path(out_dir).absolute(),
+                options=options,
                 **kwargs,
             )
             with contextlib.closing(work):
                 rows = drive(work, quiet=quiet, unit="slide")
     except KeyboardInterrupt:
         print_table(finished)
+        save_summary(finished, summary_path(out_dir, job_function))
         fail(
             f"interrupted after {len(finished)} of {len(jobs)} slides; run the same command again to resume",
             EXIT_FAILED,
         )
     print_table(rows)
-    summary = write_summary(rows, summary_path(out_dir, job_function))
-    click.echo(f"summary: {summary}")
+    save_summary(rows, summary_path(out_dir, job_function))
     if any(row["status"] == "failed" for row in rows):
         sys.exit(EXIT_FAILED)
+
+
+def warn(notes) -> None:
+    """Print each warning on its own line of stderr."""
+    for note in notes:
+        click.echo(f"napari-care: warning: {note}", err=True)
+
+
+def save_summary(rows: list[dict], path: Path) -> None:
+    """Write the summary CSV and say where; a failure is a one-line error (exit 1), not a traceback."""
+    from napari_care.core.jobs import write_summary  # lazy: CLI start-up
+
+    try:
+        click.echo(f"summary: {write_summary(rows, path)}")
+    except OSError as error:
+        fail(f"cannot write the summary {path}: {error.strerror or error}", EXIT_FAILED)
 
 
 def start_cluster(
@@ -252,7 +339,7 @@ COHORT_HELP = """
 )
 @click.argument("slides", nargs=-1, required=True)
 @segment_options
-@core_option(segment_defaults, "--k", type=int, help="Block side in patches.")
+@core_option(segment_defaults, "--k", type=int, help="Block side in patches, 1-256.")
 @click.option(
     "--care",
     "care_checkpoint",
@@ -260,16 +347,26 @@ COHORT_HELP = """
     default=None,
     help="A trained CARE checkpoint (default: training-free).",
 )
-@core_option(segment_defaults, "--groups", "n_groups", type=int, help="Phenotype groups.")
+@core_option(
+    segment_defaults,
+    "--groups",
+    "n_groups",
+    type=int,
+    help="Phenotype groups, 2-64 (and at most the slide's regions).",
+)
 @click.option("--tiles", is_flag=True, help="Also write per-tile attention as QuPath tile objects.")
 def segment(
     slides,
     encoder,
     weights,
     magnification,
+    allow_upsampling,
     tile_size_px,
+    max_tiles,
     min_tissue,
     mpp,
+    force_mpp,
+    strict,
     out_dir,
     overwrite,
     workers,
@@ -293,6 +390,7 @@ def segment(
         k=k,
         min_tissue=min_tissue,
         n_groups=n_groups,
+        strict=strict,
     )
     run_jobs(
         segment_job,
@@ -303,6 +401,9 @@ def segment(
         threads_per_worker=threads_per_worker,
         scheduler=scheduler,
         quiet=quiet,
+        force_mpp=force_mpp,
+        max_tiles=max_tiles,
+        allow_upsampling=allow_upsampling,
         options=options,
         overwrite=overwrite,
         tiles=tiles,
@@ -325,9 +426,13 @@ def extract(
     encoder,
     weights,
     magnification,
+    allow_upsampling,
     tile_size_px,
+    max_tiles,
     min_tissue,
     mpp,
+    force_mpp,
+    strict,
     out_dir,
     overwrite,
     workers,
@@ -347,6 +452,7 @@ def extract(
         magnification=magnification,
         tile_size_px=tile_size_px,
         min_tissue=min_tissue,
+        strict=strict,
     )
     run_jobs(
         job_function,
@@ -357,6 +463,9 @@ def extract(
         threads_per_worker=threads_per_worker,
         scheduler=scheduler,
         quiet=quiet,
+        force_mpp=force_mpp,
+        max_tiles=max_tiles,
+        allow_upsampling=allow_upsampling,
         options=options,
         overwrite=overwrite,
     )
@@ -371,7 +480,7 @@ def extract(
     show_default=True,
     help="Folder for the results.",
 )
-@core_option(segment_defaults, "--k", type=int, help="Block side in patches.")
+@core_option(segment_defaults, "--k", type=int, help="Block side in patches, 1-256.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path, k: int, quiet: bool) -> None:
     """Build the offline sample slide (once), segment it with the default encoder, write the results.
@@ -380,7 +489,12 @@ def demo(out_dir: Path, k: int, quiet: bool) -> None:
     PNG overview, and prints how well the regions follow the planted tissue types.
     """
     from napari_care.core.demo import run_demo  # lazy: CLI start-up
+    from napari_care.core.segment import OptionError, SegmentOptions, check_options  # lazy: CLI start-up
 
+    try:
+        check_options(SegmentOptions(k=k))
+    except OptionError as error:
+        fail_option(error)
     report = drive(run_demo(out_dir, k=k), quiet=quiet)
     for line in report.lines():
         click.echo(line)

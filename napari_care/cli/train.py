@@ -17,6 +17,7 @@ from napari_care.cli.common import EXIT_FAILED, core_option, drive, fail, field_
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 ANY_PATH = click.Path(path_type=Path)
+LEARNING_RATE = click.FloatRange(min=0, min_open=True)  # 0 trains nothing: bad input, not a run
 
 
 def run_or_fail(work, quiet: bool):
@@ -160,7 +161,7 @@ def register(main: click.Group) -> None:
     @care_model_options
     @core_option(stage1_defaults, "--steps", type=int, help="Optimiser steps.")
     @core_option(stage1_defaults, "--batch-size", type=int, help="Sub-slides per step.")
-    @core_option(stage1_defaults, "--lr", type=float, help="Peak learning rate (AdamW).")
+    @core_option(stage1_defaults, "--lr", type=LEARNING_RATE, help="Peak learning rate (AdamW).")
     @core_option(stage1_defaults, "--max-patches", type=int, help="Largest sub-slide, in patches.")
     @core_option(
         stage1_defaults,
@@ -245,7 +246,7 @@ def register(main: click.Group) -> None:
     @care_model_options
     @core_option(stage2_defaults, "--steps", type=int, help="Optimiser steps per phase.")
     @core_option(stage2_defaults, "--batch-size", type=int, help="Slides per step.")
-    @core_option(stage2_defaults, "--lr", type=float, help="Peak learning rate (AdamW).")
+    @core_option(stage2_defaults, "--lr", type=LEARNING_RATE, help="Peak learning rate (AdamW).")
     @core_option(stage2_defaults, "--top-k", type=int, help="Protein tokens per slide.")
     @click.option("--log1p", is_flag=True, help="log(1 + x) the RNA values (raw counts or TPM).")
     def care_stage2(
@@ -327,7 +328,7 @@ def register(main: click.Group) -> None:
     @common_training_options(mem_defaults)
     @core_option(mem_defaults, "--steps", type=int, help="Optimiser steps.")
     @core_option(mem_defaults, "--batch-size", type=int, help="Regions per step.")
-    @core_option(mem_defaults, "--lr", type=float, help="Peak learning rate (AdamW).")
+    @core_option(mem_defaults, "--lr", type=LEARNING_RATE, help="Peak learning rate (AdamW).")
     @core_option(mixmag_defaults, "--objective", type=click.Choice(["mem", "cmem"]))
     @core_option(
         mixmag_defaults,
@@ -426,8 +427,13 @@ def register(main: click.Group) -> None:
     )
     @core_option(mil_defaults, "--max-epochs", type=int)
     @core_option(mil_defaults, "--patience", type=int)
-    @core_option(mil_defaults, "--lr", type=float)
-    @core_option(mil_defaults, "--max-instances", type=int, help="Instances drawn per training bag and step.")
+    @core_option(mil_defaults, "--lr", type=LEARNING_RATE)
+    @core_option(
+        mil_defaults,
+        "--max-instances",
+        type=click.IntRange(min=1),
+        help="Instances drawn per training bag and step (default: all).",
+    )
     @core_option(mil_defaults, "--seed", type=int)
     @core_option(mil_defaults, "--device", type=str)
     @click.option(

@@ -5,7 +5,8 @@ interrupt and rerun: each skips a finished slide, writes atomically, clears what
 run left of its slide, and turns a bad slide into a ``failed`` row. This module only
 spreads them over a cluster (:func:`cohort_client`) and gathers the rows
 (:func:`run_cohort`); a worker that dies on a slide makes a ``failed`` row too, so the
-summary always lists every slide.
+summary always lists every slide. A job that raises is a ``failed`` row as well, returned
+by its task rather than raised: dask retries nothing that fails the same way each time.
 
 >>> from napari_care.core.cohort import cohort_client, run_cohort
 >>> from napari_care.core.jobs import expand_slides, segment_job
@@ -26,7 +27,7 @@ from collections.abc import Callable, Generator, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from napari_care.core.jobs import Row, SlideJob, check_unique_stems
+from napari_care.core.jobs import Row, SlideJob, check_unique_stems, failed_row
 from napari_care.core.progress import Progress
 
 if TYPE_CHECKING:
@@ -192,7 +193,7 @@ def run_cohort(
     yield Progress(STAGE, 0, len(jobs), "starting")
     if client is None:
         for index, job in enumerate(jobs):
-            yield finish(index, job_function(job, **job_kwargs))
+            yield finish(index, run_task(job_function, job, **job_kwargs))
         return rows  # type: ignore[return-value]
 
     from distributed import as_completed  # dask.distributed only for cohorts
@@ -200,7 +201,10 @@ def run_cohort(
     # keys name the slide on the dashboard, and are unique per run: a shared scheduler must not hand
     # back old results
     prefix = f"{getattr(job_function, '__name__', 'job')}-{uuid.uuid4().hex[:8]}"
-    futures = [client.submit(job_function, job, key=f"{prefix}-{job.stem}", **job_kwargs) for job in jobs]
+    futures = [
+        client.submit(run_task, job_function, job, key=f"{prefix}-{job.stem}", retries=0, **job_kwargs)
+        for job in jobs
+    ]
     index_of = {future.key: index for index, future in enumerate(futures)}
     try:
         for future in as_completed(futures):
@@ -209,6 +213,19 @@ def run_cohort(
     finally:  # stopped early: slides not started yet do not start
         client.cancel([future for future in futures if not future.done()])
     return rows  # type: ignore[return-value]
+
+
+def run_task(job_function: Callable[..., Row], job: SlideJob, **job_kwargs: Any) -> Row:
+    """One slide's task: ``job_function(job, **job_kwargs)``, and a ``failed`` row if it raises.
+
+    An exception (a full disk, a bug) comes back as the slide's row instead of failing the
+    task, so dask neither retries it nor loses the row; only a worker's death is retried
+    (``distributed.scheduler.allowed-failures``).
+    """
+    try:
+        return job_function(job, **job_kwargs)
+    except Exception as error:  # the job's own frame catches a bad slide; this catches the job
+        return failed_row(job, error)
 
 
 def _row_of(future, job: SlideJob) -> Row:

@@ -5,11 +5,18 @@ tiles ahead of the encoder (:mod:`napari_care.core.tile_reader`), so reading ove
 computing; with a torch encoder on CUDA the GPU also runs one batch ahead of the host
 (:func:`_encode_ahead`); features stream into one preallocated array; a cache skips tiles
 encoded before.
+
+A file tile that cannot be decoded costs only the patches that need it (``on_bad_tile=
+"skip"``, the default: one warning per slide, and :attr:`PatchFeatures.skipped_patches`),
+or fails the slide with its :class:`~napari_care.core.slide.levels.TileDecodeError`
+(``on_bad_tile="raise"``). Garbage that still decodes (a flipped bit in a JPEG's entropy-coded
+data) cannot be told from tissue and is not detected.
 """
 
 from __future__ import annotations
 
 import threading
+import warnings
 from collections.abc import Callable, Generator
 from pathlib import Path
 
@@ -18,7 +25,7 @@ import numpy as np
 from napari_care.core.feature_cache import CacheKey, FeatureCache, cache_key
 from napari_care.core.features import PatchFeatures
 from napari_care.core.progress import Progress
-from napari_care.core.tile_reader import iter_tile_batches
+from napari_care.core.tile_reader import BAD_TILE_POLICIES, BadTilePolicy, SkippedPatches, iter_tile_batches
 from napari_care.core.tiling import TileGrid
 
 STAGE = "extract"
@@ -172,6 +179,7 @@ def extract_features(
     num_workers: int | None = None,
     cache: FeatureCache | None = None,
     cancel: CancelSignal = None,
+    on_bad_tile: BadTilePolicy = "skip",
 ) -> Generator[Progress, None, PatchFeatures]:
     """Encode every tile of ``grid``.
 
@@ -193,6 +201,12 @@ def extract_features(
     cancel
         A ``threading.Event`` or a callable; when set, the run stops within one batch and
         raises :class:`Cancelled` (nothing is written to disk).
+    on_bad_tile
+        What a file tile that cannot be decoded (corrupt, or past the end of a truncated
+        file) does: ``"skip"`` leaves out the patches that need it, warns once for the
+        slide (the tiles, the first error, the patches skipped) and counts them in
+        :attr:`PatchFeatures.skipped_patches`; ``"raise"`` fails the slide with the
+        tile's :class:`~napari_care.core.slide.levels.TileDecodeError`.
 
     Yields
     ------
@@ -202,15 +216,21 @@ def extract_features(
     Returns
     -------
     PatchFeatures
-        One row per tile of ``grid``, in grid order.
+        One row per tile of ``grid``, in grid order, less the patches skipped over file
+        tiles that cannot be decoded (their number is ``skipped_patches``).
 
     Raises
     ------
     Cancelled
         When ``cancel`` was set.
+    TileDecodeError
+        With ``on_bad_tile="raise"``, when a file tile under a patch cannot be decoded
+        (the message names the file, level, tile (column, row) and level-0 box).
     ValueError
         When the encoder returns NaN/inf (the message names the slide and the tile count).
     """
+    if on_bad_tile not in BAD_TILE_POLICIES:
+        raise ValueError(f"on_bad_tile must be one of {BAD_TILE_POLICIES}, got {on_bad_tile!r}")
     total = len(grid)
     features = np.zeros((total, int(encoder.embed_dim)), dtype=np.float32)
     key = cache_key(slide, grid, encoder) if cache is not None else None
@@ -220,7 +240,16 @@ def extract_features(
     yield Progress(STAGE, done, total, f"{name}: {done} of {total} tiles cached")
 
     encoded: list[np.ndarray] = []
-    batches = iter_tile_batches(slide, grid, todo, batch_size=batch_size, num_workers=num_workers)
+    skipped = SkippedPatches()
+    batches = iter_tile_batches(
+        slide,
+        grid,
+        todo,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        on_bad_tile=on_bad_tile,
+        skipped=skipped,
+    )
     results = _encoded_batches(encoder, batches, slide, grid, cancel)
     try:
         for rows, batch_features in results:
@@ -240,9 +269,17 @@ def extract_features(
         batches.close()  # stops the reader threads at once on cancel or error
 
     _keep(cache, key, grid, features, encoded, persist=True)
+    coords = grid.coords.copy()
+    if skipped.count:
+        # the bar reaches its end: skipped patches are done with, not pending
+        yield Progress(STAGE, total, total, f"{name}: {done} of {total} tiles, {skipped.count} skipped")
+        warnings.warn(skipped.summary(name), UserWarning, stacklevel=2)
+        kept = np.ones(total, dtype=bool)
+        kept[skipped.all_rows] = False
+        features, coords = features[kept], coords[kept]
     return PatchFeatures(
         features=features,
-        coords=grid.coords.copy(),
+        coords=coords,
         patch_size_px=grid.tile_size_px,
         patch_size_level0=grid.tile_size_level0,
         mpp=grid.target_mpp,
@@ -250,4 +287,5 @@ def extract_features(
         slide_id=Path(slide.path).stem,
         stride_level0=grid.stride_level0,
         encoded_count=int(sum(len(rows) for rows in encoded)),
+        skipped_patches=skipped.count,
     )

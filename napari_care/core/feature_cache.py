@@ -19,6 +19,7 @@ import numpy as np
 
 from napari_care.core.atomic import atomic_path
 from napari_care.core.encoders.config import RANDOM_WEIGHTS
+from napari_care.core.features import create_hdf5
 from napari_care.core.tiling import TileGrid, pack_grid
 
 
@@ -225,10 +226,9 @@ class FeatureCache:
         return _Entry(pack_grid(grid_xy), features)
 
     def _write_file(self, path: Path, key: CacheKey, entry: _Entry) -> None:
-        import h5py  # h5py loads only for feature files
-
         grid_xy = np.stack([entry.packed & 0xFFFFFFFF, entry.packed >> 32], axis=1)
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+        # a full disk is an OSError naming the file, never HDF5 crashing on close
+        with atomic_path(path) as tmp, create_hdf5(tmp) as f:
             f.create_dataset("features", data=entry.features)
             f.create_dataset("grid", data=grid_xy)
             f.attrs.update({k: ("" if v is None else v) for k, v in asdict(key).items()})

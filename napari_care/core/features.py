@@ -10,14 +10,20 @@ file and on ``coords``) and reads what either tool writes: TRIDENT files with fe
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from napari_care.core.atomic import atomic_path
 from napari_care.core.tiling import MPP_AT_10X
+
+SETTINGS_ATTRIBUTE = "napari_care_settings"  # JSON text: the settings of the run that wrote the file
 
 
 @dataclass
@@ -47,6 +53,10 @@ class PatchFeatures:
     encoded_count
         Patches the run that made these features encoded (the rest came from a cache);
         None for features read from a file.
+    skipped_patches
+        Patches of the grid the run left out because a file tile under them could not be
+        decoded (see ``on_bad_tile`` of :func:`~napari_care.core.extract.extract_features`);
+        None for features read from a file.
     """
 
     features: np.ndarray
@@ -58,6 +68,7 @@ class PatchFeatures:
     slide_id: str = ""
     stride_level0: float | None = None
     encoded_count: int | None = field(default=None, compare=False)
+    skipped_patches: int | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         self.features = np.asarray(self.features, dtype=np.float32)
@@ -99,7 +110,80 @@ def _plain(value: float) -> int | float:
     return int(value) if float(value).is_integer() else float(value)
 
 
-def save_features(path: str | os.PathLike[str], pf: PatchFeatures) -> Path:
+class _WriteGuard:
+    """A binary file for h5py that keeps the first write error to itself.
+
+    HDF5 that fails to write (a full disk) while it closes a file leaves it half open, and
+    the process crashes when h5py collects the object later. Behind this guard every write
+    seems to succeed, HDF5 closes cleanly, and :func:`create_hdf5` raises the error then.
+    """
+
+    def __init__(self, raw) -> None:
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def _guarded(self, action, *args, done=None):
+        if self.error is None:
+            try:
+                return action(*args)
+            except OSError as error:
+                self.error = error
+        return done
+
+    def write(self, data) -> int:
+        return self._guarded(self.raw.write, data, done=memoryview(data).nbytes)
+
+    def truncate(self, size: int | None = None) -> int:
+        return self._guarded(self.raw.truncate, size, done=size)
+
+    def flush(self) -> None:
+        self._guarded(self.raw.flush)
+
+    def readinto(self, buffer) -> int:
+        return self.raw.readinto(buffer)
+
+    def read(self, size: int = -1) -> bytes:
+        return self.raw.read(size)
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+
+@contextlib.contextmanager
+def create_hdf5(path: str | os.PathLike[str]) -> Iterator[Any]:
+    """A new HDF5 file (h5py ``File``) at ``path``, whose write errors come out as one OSError.
+
+    A full disk while HDF5 writes the file, its datasets or the metadata it flushes on close
+    raises ``OSError(ENOSPC, ..., path)`` once the file is closed, never a crash. Not atomic:
+    write a temporary (:func:`~napari_care.core.atomic.atomic_path`).
+    """
+    import h5py  # h5py loads only for feature files
+
+    with open(path, "w+b") as raw:
+        guard = _WriteGuard(raw)
+        try:
+            with h5py.File(guard, "w") as f:
+                yield f
+        except Exception:
+            if guard.error is None:
+                raise
+        guard.flush()
+        if guard.error is not None:
+            error = guard.error
+            raise OSError(error.errno, error.strerror or str(error), os.fspath(path)) from error
+
+
+def settings_text(settings: Mapping[str, Any]) -> str:
+    """``settings`` as the JSON text of the :data:`SETTINGS_ATTRIBUTE` attribute."""
+    return json.dumps(dict(settings), sort_keys=False)
+
+
+def save_features(
+    path: str | os.PathLike[str], pf: PatchFeatures, *, settings: Mapping[str, Any] | None = None
+) -> Path:
     """Write ``pf`` to an HDF5 file (TRIDENT/CLAM layout), atomically.
 
     Parameters
@@ -108,22 +192,30 @@ def save_features(path: str | os.PathLike[str], pf: PatchFeatures) -> Path:
         Target ``.h5`` file; its folder is created.
     pf
         The features to write.
+    settings
+        The settings of the run that made them, stored as JSON in the file attribute
+        :data:`SETTINGS_ATTRIBUTE` (a rerun compares them); None stores none.
 
     Returns
     -------
     The path written.
-    """
-    import h5py  # h5py loads only for feature files
 
+    Raises
+    ------
+    OSError
+        When the file cannot be written (a full disk: errno ENOSPC); the target is unchanged.
+    """
     path = Path(path)
     stride = pf.stride_level0 or pf.patch_size_level0
     overlap_px = round(pf.patch_size_px * (1.0 - stride / pf.patch_size_level0))
     common = {"patch_size": pf.patch_size_px, "patch_size_level0": _plain(pf.patch_size_level0)}
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, create_hdf5(tmp) as f:
         f.create_dataset("features", data=pf.features)
         coords = f.create_dataset("coords", data=pf.coords)
         f.attrs.update(common)
         f.attrs.update({"encoder": pf.encoder, "slide_id": pf.slide_id, "stride_level0": _plain(stride)})
+        if settings is not None:
+            f.attrs[SETTINGS_ATTRIBUTE] = settings_text(settings)
         coords.attrs.update(common)
         coords.attrs.update({"overlap": overlap_px, "name": pf.slide_id})
         f["features"].attrs["name"] = pf.slide_id

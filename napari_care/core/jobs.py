@@ -1,10 +1,12 @@
 """One slide, one job: what the command line and the cohort runner do per slide.
 
 A job cleans up what a killed earlier run left of its slide, skips the slide when its
-completion marker exists (resume), opens it, runs, writes its outputs atomically and
-returns a status row; it never raises for a bad slide, so one broken file does not stop a
-cohort. A row is a dict: ``slide`` (path), ``status`` (``done``, ``skipped`` or
-``failed``), ``detail`` (what was made, or why it failed) and ``seconds``.
+completion marker exists and recorded the same settings (resume; other settings make the
+slide fail unless it is overwritten), opens it, runs, writes its outputs as one set (all
+or none replace the old ones) and returns a status row; it never raises for a bad slide,
+so one broken file does not stop a cohort. A row is a dict: ``slide`` (path), ``status``
+(``done``, ``skipped`` or ``failed``), ``detail`` (what was made, or why it failed) and
+``seconds``.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import functools
 import glob
 import inspect
 import io
+import json
 import os
 import threading
 import time
@@ -23,29 +26,43 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from napari_care.core.atomic import atomic_open
+from napari_care.core.atomic import atomic_open, output_set
 from napari_care.core.encoders import create_encoder
 from napari_care.core.extract import extract_features
-from napari_care.core.features import save_features
-from napari_care.core.outputs import SUFFIXES, output_paths, write_outputs
+from napari_care.core.features import PatchFeatures, save_features
+from napari_care.core.outputs import (
+    SUFFIXES,
+    file_sha256,
+    output_paths,
+    recorded_settings,
+    settings_differences,
+    write_outputs,
+)
+from napari_care.core.preflight import open_calibrated
 from napari_care.core.progress import Progress, run_to_end
 from napari_care.core.segment import NoTissueError, SegmentOptions, segment
 from napari_care.core.slide.backends import slide_stem
-from napari_care.core.slide.handle import open_slide
 from napari_care.core.tiling import tile_grid
 from napari_care.core.tissue import tissue_mask
 
 Row = dict[str, Any]
 ProgressCallback = Callable[[Progress], None] | None
+Settings = dict[str, Any]
 ROW_FIELDS = ("slide", "status", "seconds", "detail")
+UNCHECKED = "already done; its settings could not be checked (outputs written before they were recorded)"
 
 
 @dataclass(frozen=True)
 class SlideJob:
-    """A slide to process and its optional mpp override."""
+    """A slide to process and its optional pixel size.
+
+    ``mpp`` (micrometres per level-0 pixel) is used only when the file has no calibration,
+    or always with ``force_mpp`` (a slide list's ``mpp`` column, ``--force-mpp``).
+    """
 
     path: Path
     mpp: float | None = None
+    force_mpp: bool = False
 
     @property
     def stem(self) -> str:
@@ -53,32 +70,35 @@ class SlideJob:
         return slide_stem(self.path)
 
 
-def expand_slides(arguments: list[str], mpp: float | None = None) -> list[SlideJob]:
+def expand_slides(
+    arguments: list[str], mpp: float | None = None, *, force_mpp: bool = False
+) -> list[SlideJob]:
     """Slides from paths, glob patterns, and CSV files (column ``path``, optional ``mpp``).
 
-    A CSV's relative paths are taken from the CSV's folder. ``mpp`` applies to slides
-    without their own. Paths come back absolute (workers may run in other folders); a slide
-    named twice (a path and a pattern) is kept once, the first time.
+    A CSV's relative paths are taken from the CSV's folder. A CSV's ``mpp`` value is that
+    slide's pixel size, over the file's; ``mpp`` applies to the other slides, only to those
+    whose file has none unless ``force_mpp``. Paths come back absolute (workers may run in
+    other folders); a slide named twice (a path and a pattern) is kept once, the first time.
     """
     jobs: list[SlideJob] = []
     for argument in arguments:
         if argument.lower().endswith(".csv") and Path(argument).is_file():
-            jobs += _read_csv(Path(argument), mpp)
+            jobs += _read_csv(Path(argument), mpp, force_mpp)
         elif any(ch in argument for ch in "*?["):
             matches = sorted(glob.glob(argument, recursive=True))
             if not matches:
                 raise ValueError(f"{argument}: no file matches this pattern")
-            jobs += [SlideJob(Path(m), mpp) for m in matches]
+            jobs += [SlideJob(Path(m), mpp, force_mpp) for m in matches]
         else:
-            jobs.append(SlideJob(Path(argument), mpp))
+            jobs.append(SlideJob(Path(argument), mpp, force_mpp))
     unique: dict[str, SlideJob] = {}
     for job in jobs:  # absolute, for workers elsewhere; not resolved: a link is a slide of its own name
         path = os.path.abspath(job.path)
-        unique.setdefault(path, SlideJob(Path(path), job.mpp))
+        unique.setdefault(path, SlideJob(Path(path), job.mpp, job.force_mpp))
     return list(unique.values())
 
 
-def _read_csv(path: Path, default_mpp: float | None) -> list[SlideJob]:
+def _read_csv(path: Path, default_mpp: float | None, force_mpp: bool = False) -> list[SlideJob]:
     with open(path, newline="", encoding="utf-8") as handle:
         reader = csv.DictReader(handle)
         columns = {name.strip().lower(): name for name in reader.fieldnames or []}
@@ -95,7 +115,7 @@ def _read_csv(path: Path, default_mpp: float | None) -> list[SlideJob]:
                 mpp = float(text) if text else default_mpp
             except ValueError:
                 raise ValueError(f"{path}, line {line}: mpp {text!r} is not a number") from None
-            jobs.append(SlideJob(slide, mpp))
+            jobs.append(SlideJob(slide, mpp, force_mpp or bool(text)))  # the slide's own mpp wins
     return jobs
 
 
@@ -152,7 +172,77 @@ def _reason(error: Exception) -> str:
     return text if isinstance(error, (ValueError, OSError)) and text else f"{type(error).__name__}: {text}"
 
 
-def run_job(job: SlideJob, marker: Path, work: Callable[[Any], str], *, overwrite: bool = False) -> Row:
+def failed_row(job: SlideJob, error: Exception, started: float | None = None) -> Row:
+    """The ``failed`` row of a slide whose job raised ``error``."""
+    return _row(job, "failed", _reason(error), started)
+
+
+def job_settings(
+    options: SegmentOptions, job: SlideJob, kind: str = "segment", *, tiles: bool = False
+) -> Settings:
+    """The settings that decide what a job writes for a slide, as JSON values; a rerun compares them.
+
+    Parameters
+    ----------
+    options
+        The run's options; weights and a CARE checkpoint count by their SHA-256, batch size
+        and device not at all.
+    job
+        The slide (a forced pixel size counts; a fallback for uncalibrated files does not).
+    kind
+        ``"segment"`` (also CARE's settings and ``tiles``) or ``"extract"`` (the features only).
+    tiles
+        Whether ``segment`` writes per-tile objects.
+    """
+    settings: Settings = {
+        "encoder": options.encoder,
+        "encoder_weights_sha256": file_sha256(options.encoder_weights),
+        "magnification": None if options.mpp else options.magnification,
+        "mpp": options.mpp,
+        "tile_size_px": options.tile_size_px,
+        "min_tissue": options.min_tissue,
+        "tissue_threshold": options.tissue_threshold,
+        "slide_mpp": job.mpp if getattr(job, "force_mpp", False) else None,  # a fallback changes nothing
+    }
+    if kind == "segment":
+        settings |= {
+            "care_checkpoint_sha256": file_sha256(options.care_checkpoint),
+            "k": options.k,
+            "n_groups": options.n_groups,
+            "e_star": options.e_star,
+            "lambda_spf": options.lambda_spf,
+            "tiles": bool(tiles),
+        }
+    elif kind != "extract":
+        raise ValueError(f"kind must be 'segment' or 'extract', got {kind!r}")
+    return json.loads(json.dumps(settings))  # as they come back from a file
+
+
+def _resumed_row(job: SlideJob, marker: Path, wanted: Settings | None) -> Row:
+    """The row of a slide whose outputs exist: skipped when they have ``wanted`` settings, else failed."""
+    if wanted is None:
+        return _row(job, "skipped", "already done")
+    recorded = recorded_settings(marker)
+    if recorded is None:
+        return _row(job, "skipped", UNCHECKED)
+    differences = settings_differences(recorded, wanted)
+    if not differences:
+        return _row(job, "skipped", "already done")
+    return _row(
+        job,
+        "failed",
+        f"settings differ from the existing outputs: {', '.join(differences)}; use --overwrite to redo",
+    )
+
+
+def run_job(
+    job: SlideJob,
+    marker: Path,
+    work: Callable[..., str],
+    *,
+    overwrite: bool = False,
+    settings: Callable[[], Settings] | None = None,
+) -> Row:
     """The frame of every job: clean up, resume, open the slide, run ``work(slide)``, report.
 
     Parameters
@@ -161,31 +251,37 @@ def run_job(job: SlideJob, marker: Path, work: Callable[[Any], str], *, overwrit
         The slide.
     marker
         The output written last, ``<out_dir>/<stem><suffix>``; when it exists the slide is
-        finished and skipped.
+        finished: skipped when it recorded the settings of this run (or none), else failed.
     work
-        Does the work on the open, calibrated slide, writes the outputs, returns the row's detail.
+        Does the work on the open, calibrated slide, writes the outputs, returns the row's
+        detail; called as ``work(slide, settings)`` when ``settings`` is given.
     overwrite
-        Redo a finished slide.
+        Redo a finished slide (its old outputs are replaced when the new ones are written).
+    settings
+        Makes the settings of this run (:func:`job_settings`); None: no check, nothing recorded.
 
     Returns
     -------
     The slide's status row; any exception of the slide becomes a ``failed`` row.
     """
-    remove_partial_files(marker.parent, job.stem, (*SUFFIXES.values(), marker.name.removeprefix(job.stem)))
-    if marker.exists() and not overwrite:
-        return _row(job, "skipped", "already done")
     started = time.perf_counter()
     try:
+        remove_partial_files(
+            marker.parent, job.stem, (*SUFFIXES.values(), marker.name.removeprefix(job.stem))
+        )
+        wanted = None if settings is None else settings()
+        if marker.exists() and not overwrite:
+            return _resumed_row(job, marker, wanted)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a missing mpp is this row's reason, not a warning on a worker
-            with open_slide(job.path, mpp=job.mpp) as slide:
+            with open_calibrated(job.path, job.mpp, force_mpp=job.force_mpp) as slide:
                 if slide.mpp is None:
                     raise ValueError(
                         "the file has no pixel size (mpp); give --mpp or an 'mpp' column in the slide CSV"
                     )
-                detail = work(slide)
+                detail = work(slide) if settings is None else work(slide, wanted)
     except Exception as error:  # a bad slide is a row in the summary, not the end of the cohort
-        return _row(job, "failed", _reason(error), started)
+        return failed_row(job, error, started)
     return _row(job, "done", detail, started)
 
 
@@ -220,14 +316,15 @@ def segment_job(
     """
     marker = output_paths(out_dir, job.stem)["summary"]
 
-    def work(slide) -> str:
-        marker.unlink(missing_ok=True)  # a redo that is interrupted must not look finished
+    def work(slide, settings: Settings) -> str:
         result = run_to_end(segment(slide, options, encoder=shared_encoder(options)), on_progress)
-        write_outputs(result, slide, out_dir, job.stem, tiles=tiles)
+        write_outputs(result, slide, out_dir, job.stem, tiles=tiles, settings=settings)
         care = result.care
-        return f"{care.n_patches} patches, {care.n_regions} regions, ROI {care.roi}"
+        made = f"{care.n_patches} patches, {care.n_regions} regions, ROI {care.roi}"
+        return made + skipped_note(result.features)
 
-    return run_job(job, marker, work, overwrite=overwrite)
+    settings = functools.partial(job_settings, options, job, "segment", tiles=tiles)
+    return run_job(job, marker, work, overwrite=overwrite, settings=settings)
 
 
 def extract_job(
@@ -244,7 +341,7 @@ def extract_job(
     """
     target = output_paths(out_dir, job.stem)["features"]
 
-    def work(slide) -> str:
+    def work(slide, settings: Settings) -> str:
         tissue = tissue_mask(slide, saturation_threshold=options.tissue_threshold)
         grid = tile_grid(
             slide,
@@ -256,14 +353,27 @@ def extract_job(
         )
         if len(grid) == 0:
             raise NoTissueError(f"{job.path.name}: no tissue in the slide")
-        features = run_to_end(
-            extract_features(slide, grid, shared_encoder(options), batch_size=options.batch_size), on_progress
+        work = extract_features(
+            slide,
+            grid,
+            shared_encoder(options),
+            batch_size=options.batch_size,
+            on_bad_tile=options.bad_tile_policy,
         )
+        features = run_to_end(work, on_progress)
         features.slide_id = job.stem
-        save_features(target, features)
-        return f"{len(features)} patches"
+        with output_set(job.path.name) as files:
+            save_features(files.temporary(target), features, settings=settings)
+        return f"{len(features)} patches" + skipped_note(features)
 
-    return run_job(job, target, work, overwrite=overwrite)
+    settings = functools.partial(job_settings, options, job, "extract")
+    return run_job(job, target, work, overwrite=overwrite, settings=settings)
+
+
+def skipped_note(features: PatchFeatures) -> str:
+    """``"; N patches skipped (file tiles that could not be decoded)"`` for a row's detail, or ``""``."""
+    skipped = features.skipped_patches or 0
+    return f"; {skipped} patches skipped (file tiles that could not be decoded)" if skipped else ""
 
 
 def reports_progress(job_function: Callable[..., Row]) -> bool:

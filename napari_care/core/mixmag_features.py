@@ -34,6 +34,7 @@ Attributes of ``features_<m>``: ``mpp``, ``magnification``, ``patch_size_px``,
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Generator
 from dataclasses import dataclass
@@ -42,11 +43,11 @@ from typing import Any
 
 import numpy as np
 
-from napari_care.core.atomic import atomic_path
+from napari_care.core.atomic import atomic_path, output_set
 from napari_care.core.extract import STAGE, CancelSignal, extract_features
 from napari_care.core.feature_cache import FeatureCache
-from napari_care.core.features import PatchFeatures, open_hdf5
-from napari_care.core.jobs import run_job, shared_encoder
+from napari_care.core.features import SETTINGS_ATTRIBUTE, PatchFeatures, create_hdf5, open_hdf5, settings_text
+from napari_care.core.jobs import job_settings, run_job, shared_encoder
 from napari_care.core.models.mixmag_layout import MAGNIFICATION_NAMES, TILES_PER_SIDE
 from napari_care.core.progress import Progress, map_progress, run_to_end
 from napari_care.core.segment import NoTissueError
@@ -275,8 +276,15 @@ def extract_mixmag(
     total, done = sum(len(grid) for grid in grids), 0
     levels, regions, positions = [], [], []
     for name, grid, side in zip(MAGNIFICATION_NAMES, grids, TILES_PER_SIDE, strict=True):
-        work = extract_features(
-            slide, grid, encoder, batch_size=batch_size, num_workers=num_workers, cache=cache, cancel=cancel
+        work = extract_features(  # a skipped patch would leave its region's token rows out of line: fail
+            slide,
+            grid,
+            encoder,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            cache=cache,
+            cancel=cancel,
+            on_bad_tile="raise",
         )
         levels.append(
             (
@@ -300,17 +308,27 @@ def extract_mixmag(
     return MixMagFeatures(tuple(levels), tuple(regions), tuple(positions), float(min_tissue))  # type: ignore[arg-type]
 
 
-def save_mixmag(path: str | os.PathLike[str], mf: MixMagFeatures) -> Path:
+def save_mixmag(
+    path: str | os.PathLike[str], mf: MixMagFeatures, *, settings: dict[str, Any] | None = None
+) -> Path:
     """Write mixed-magnification features to one HDF5 file, atomically (layout: module docstring).
+
+    ``settings`` (the run's, for a rerun to compare) go to the file attribute
+    :data:`~napari_care.core.features.SETTINGS_ATTRIBUTE` as JSON.
 
     Returns
     -------
     The path written.
-    """
-    import h5py  # h5py loads only for feature files
 
+    Raises
+    ------
+    OSError
+        When the file cannot be written (a full disk: errno ENOSPC); the target is unchanged.
+    """
     path = Path(path)
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as f:
+    with atomic_path(path) as tmp, create_hdf5(tmp) as f:
+        if settings is not None:
+            f.attrs[SETTINGS_ATTRIBUTE] = settings_text(settings)
         f.attrs.update(
             {
                 "format": FORMAT,
@@ -411,8 +429,8 @@ def mixmag_job(
     """Extract one slide's mixed-magnification features to ``<stem>.mixmag.h5``; return its status row.
 
     The per-slide job of ``napari-care extract --mixmag``, framed like
-    :func:`~napari_care.core.jobs.extract_job` (skips a finished slide, never raises for a
-    bad one).
+    :func:`~napari_care.core.jobs.extract_job` (skips a finished slide with the same
+    settings, refuses one with others unless ``overwrite``, never raises for a bad one).
 
     Parameters
     ----------
@@ -436,7 +454,7 @@ def mixmag_job(
     """
     target = Path(out_dir) / f"{job.stem}{SUFFIX}"
 
-    def work(slide) -> str:
+    def work(slide, settings: dict[str, Any]) -> str:
         tissue = tissue_mask(slide, saturation_threshold=options.tissue_threshold)
         mf = run_to_end(
             extract_mixmag(
@@ -454,8 +472,10 @@ def mixmag_job(
             raise NoTissueError(f"{job.path.name}: no region with tissue")
         for pf in mf.levels:
             pf.slide_id = job.stem
-        save_mixmag(target, mf)
+        with output_set(job.path.name) as files:
+            save_mixmag(files.temporary(target), mf, settings=settings)
         counts = mf.tile_counts
         return f"{counts[0]} regions, {counts[1]} tiles at 10x, {counts[2]} at 20x"
 
-    return run_job(job, target, work, overwrite=overwrite)
+    settings = functools.partial(job_settings, options, job, "extract")
+    return run_job(job, target, work, overwrite=overwrite, settings=settings)

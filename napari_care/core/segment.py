@@ -9,6 +9,7 @@ widget, the command line and the cohort runner share.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
@@ -43,6 +44,64 @@ OPTION_RANGES: dict[str, tuple[float, float]] = {
     "e_star": (0.0, 2.0),
     "lambda_spf": (0.0, 1.0),
 }
+
+
+#: The inclusive range the core accepts for each option of a run (checked before any work by
+#: :func:`check_options`); wide enough never to refuse a real use, narrow enough to refuse a
+#: typo (``--k 1000000``) before it computes degenerate output. None: no bound on that side.
+OPTION_LIMITS: dict[str, tuple[float | None, float | None]] = {
+    "k": (1, 256),
+    "n_groups": (2, 64),  # at most the number of regions: checked by the run itself
+    "tile_size_px": (16, 4096),  # below 16 px a tile holds no texture; 4096 px is a 16-megapixel tile
+    "magnification": (None, None),  # > 0; above the scan's is refused per slide (core.preflight)
+    "mpp": (None, 1000.0),  # > 0 when given
+    "min_tissue": (0.0, 1.0),
+    "tissue_threshold": (0.0, 1.0),
+    "e_star": (0.0, None),
+    "lambda_spf": (0.0, None),
+    "batch_size": (1, 65536),
+}
+#: Options that must be above (not at) their lower bound: zero is no resolution.
+_POSITIVE = ("magnification", "mpp")
+
+
+class OptionError(ValueError):
+    """An option of a run is out of its range (:data:`OPTION_LIMITS`); ``option`` names the field."""
+
+    def __init__(self, option: str, value: Any, expected: str) -> None:
+        super().__init__(f"{option} {value!r}: {expected}")
+        self.option, self.value, self.expected = option, value, expected
+
+
+def check_options(options: SegmentOptions) -> None:
+    """Check every numeric option against :data:`OPTION_LIMITS` (cheap: no slide, no model).
+
+    Raises
+    ------
+    OptionError
+        The first option out of range; the message names it, its value and the range.
+    """
+    for name, (low, high) in OPTION_LIMITS.items():
+        value = getattr(options, name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise OptionError(name, value, "must be a finite number")
+        if name in _POSITIVE and not value > 0:
+            raise OptionError(
+                name, value, f"must be above 0{'' if high is None else f' and at most {high:g}'}"
+            )
+        if (low is not None and value < low) or (high is not None and value > high):
+            if low is None:
+                expected = f"must be at most {high:g}"
+            elif high is None:
+                expected = f"must be at least {low:g}"
+            else:
+                expected = f"must be between {low:g} and {high:g}"
+            raise OptionError(name, value, expected)
+    for name in ("k", "n_groups", "tile_size_px", "batch_size"):
+        if int(getattr(options, name)) != getattr(options, name):
+            raise OptionError(name, getattr(options, name), "must be a whole number")
 
 
 class NoTissueError(ValueError):
@@ -83,6 +142,9 @@ class SegmentOptions:
         Tiles per encoder batch.
     device
         Torch device for torch encoders and models (None: CUDA when available).
+    strict
+        Fail the run on a file tile that cannot be decoded; by default the patches that need
+        it are skipped with one warning and counted (``PatchFeatures.skipped_patches``).
     """
 
     encoder: str = "default"
@@ -99,10 +161,16 @@ class SegmentOptions:
     n_groups: int = 6
     batch_size: int = 64
     device: str | None = None
+    strict: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON-ready values."""
         return asdict(self)
+
+    @property
+    def bad_tile_policy(self) -> str:
+        """What the extraction does with a file tile that cannot be decoded: ``"raise"`` or ``"skip"``."""
+        return "raise" if self.strict else "skip"
 
 
 @dataclass(frozen=True)
@@ -215,7 +283,13 @@ def segment(
     if encoder is None:
         encoder = build_encoder(options)
     features = yield from extract_features(
-        slide, grid, encoder, batch_size=options.batch_size, cache=cache, cancel=cancel
+        slide,
+        grid,
+        encoder,
+        batch_size=options.batch_size,
+        cache=cache,
+        cancel=cancel,
+        on_bad_tile=options.bad_tile_policy,
     )
     yield Progress("segment", 0, 1, f"finding adaptive regions among {len(features)} patches")
     if model is None and options.care_checkpoint:

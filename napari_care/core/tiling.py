@@ -247,3 +247,34 @@ def tile_grid(
         read_downsample=float(slide.level_downsamples[read_level]),
         tissue_fraction=fraction[keep],
     )
+
+
+def tile_count_estimate(
+    level0_size: tuple[int, int], downsample: float, tile_size_px: int, overlap_px: int = 0
+) -> int:
+    """How many tiles :func:`tile_grid` lays over a whole slide before it looks for tissue.
+
+    An upper bound of the tiles a run computes (tissue detection keeps a share of them),
+    from the slide's level-0 size alone: cheap enough to check a cohort before any work.
+
+    Parameters
+    ----------
+    level0_size
+        The slide's level-0 (width, height) in pixels.
+    downsample
+        Level-0 pixels per target pixel (target mpp / slide mpp).
+    tile_size_px
+        Tile side in target pixels.
+    overlap_px
+        Overlap of neighbouring tiles in target pixels.
+
+    Returns
+    -------
+    int
+        Columns x rows of the grid.
+    """
+    stride0 = (tile_size_px - overlap_px) * float(downsample)
+    if not stride0 > 0 or not math.isfinite(stride0):
+        raise ValueError(f"tile stride must be positive, got {stride0} level-0 pixels")
+    width, height = level0_size
+    return math.ceil(width / stride0) * math.ceil(height / stride0)

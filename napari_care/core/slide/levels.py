@@ -4,12 +4,23 @@ Every level, whatever its backend, is a :class:`TiledLevel`: a grid of equally s
 that a *source* decodes one at a time. The level assembles regions from cached tiles, and
 its tiles are the chunks of the level's dask array, so napari, ``read_region`` and the
 extraction pipeline all decode each file tile once.
+
+A tile that cannot be decoded (corrupt bytes, or bytes past the end of a truncated file)
+raises :class:`TileDecodeError` from its source, naming the file, the level, the tile and
+its level-0 box. Region reads for the viewer never fail on one: the tile is shown grey and
+the slide warns once (:class:`BadTileLog`); the extraction pipeline asks
+:meth:`TiledLevel.read_checked` which tiles failed and skips the patches that need them.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+import warnings
+from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Protocol
 
 import dask.array as da
@@ -18,6 +29,119 @@ import numpy as np
 from napari_care.core.slide.tile_cache import TileCache
 
 WHITE = 255  # what lies outside a slide: glass
+BAD_TILE_GREY = 192  # what a tile that cannot be decoded shows: neither glass nor (unsaturated) tissue
+
+Box = tuple[int, int, int, int]
+
+
+class TileDecodeError(ValueError):
+    """A file tile that cannot be decoded: corrupt bytes, or bytes past the end of the file.
+
+    Parameters
+    ----------
+    path
+        The slide file (None when the source does not know it).
+    level
+        The pyramid level of the tile.
+    tile
+        (column, row) of the tile in its level's tile grid.
+    box_level0
+        (x0, y0, x1, y1) of the tile in level-0 pixels (x1, y1 exclusive, clipped to the level).
+    reason
+        What went wrong, in the decoder's or the backend's words.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        level: int,
+        tile: tuple[int, int],
+        box_level0: Box,
+        reason: str,
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        self.level = int(level)
+        self.tile = (int(tile[0]), int(tile[1]))
+        self.box_level0 = tuple(int(v) for v in box_level0)
+        self.reason = str(reason)
+        name = "slide" if self.path is None else self.path.name
+        super().__init__(
+            f"{name}: level {self.level} file tile (column, row) = {self.tile}, "
+            f"level-0 box (x0, y0, x1, y1) = {self.box_level0}, cannot be decoded: {self.reason}"
+        )
+
+    def __reduce__(self):  # pickles (process pools) with its fields, not just the message
+        return (type(self), (self.path, self.level, self.tile, self.box_level0, self.reason))
+
+
+def tile_box_level0(
+    ty: int, tx: int, tile_hw: tuple[int, int], level_hw: tuple[int, int], downsample_xy: tuple[float, float]
+) -> Box:
+    """(x0, y0, x1, y1) in level-0 pixels of tile (ty, tx) of a level, clipped to the level.
+
+    Parameters
+    ----------
+    ty, tx
+        Row and column of the tile.
+    tile_hw
+        (height, width) of the level's tiles in pixels of the level.
+    level_hw
+        (height, width) of the level in its own pixels.
+    downsample_xy
+        Level-0 pixels per pixel of the level along x and y.
+    """
+    (th, tw), (h, w), (dx, dy) = tile_hw, level_hw, downsample_xy
+    x0, y0 = tx * tw, ty * th
+    x1, y1 = min(x0 + tw, w), min(y0 + th, h)
+    return (round(x0 * dx), round(y0 * dy), round(x1 * dx), round(y1 * dy))
+
+
+class BadTileLog:
+    """The tiles of one slide that could not be decoded, shared by its levels (thread-safe).
+
+    A tile that failed once is not decoded again: its error is raised from the log. The
+    viewer's warning for grey tiles is given once per log, i.e. once per slide.
+
+    Parameters
+    ----------
+    name
+        The slide's file name, for messages.
+    """
+
+    def __init__(self, name: str = "") -> None:
+        self.name = name
+        self._errors: dict[Hashable, TileDecodeError] = {}
+        self._lock = threading.Lock()
+        self._warned = False
+
+    def get(self, key: Hashable) -> TileDecodeError | None:
+        """The error of tile ``key`` ((level key, ty, tx)) when it failed before, else None."""
+        with self._lock:
+            return self._errors.get(key)
+
+    def add(self, key: Hashable, error: TileDecodeError) -> None:
+        """Remember that tile ``key`` failed with ``error``."""
+        with self._lock:
+            self._errors.setdefault(key, error)
+
+    @property
+    def errors(self) -> list[TileDecodeError]:
+        """The errors of the tiles that failed so far, in the order they failed."""
+        with self._lock:
+            return list(self._errors.values())
+
+    def warn_shown_grey(self, error: TileDecodeError) -> None:
+        """Warn, the first time only, that a tile that cannot be decoded is shown grey."""
+        with self._lock:
+            if self._warned:
+                return
+            self._warned = True
+        warnings.warn(
+            f"{error}; the tile is shown grey (other tiles of this slide that cannot be decoded "
+            "are shown grey without another warning)",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 class TileSource(Protocol):
@@ -29,7 +153,12 @@ class TileSource(Protocol):
     tile_width: int
 
     def decode_tile(self, ty: int, tx: int) -> np.ndarray:
-        """Return tile (ty, tx) as (tile_height, tile_width, 3) uint8, white beyond the edge."""
+        """Return tile (ty, tx) as (tile_height, tile_width, 3) uint8, white beyond the edge.
+
+        Raises :class:`TileDecodeError` when the tile's bytes cannot be decoded. A source
+        may have a ``bad_tiles`` attribute (a :class:`BadTileLog` shared by the slide's
+        sources); a level without one keeps its own.
+        """
         ...
 
 
@@ -73,26 +202,66 @@ class TiledLevel:
         self.tile_width = source.tile_width
         self.tiles_y = math.ceil(self.height / self.tile_height)
         self.tiles_x = math.ceil(self.width / self.tile_width)
+        self.bad_tiles: BadTileLog = getattr(source, "bad_tiles", None) or BadTileLog()
         # attributes dask.array.from_array reads
         self.shape = (self.height, self.width, 3)
         self.dtype = np.dtype(np.uint8)
         self.ndim = 3
 
     def tile(self, ty: int, tx: int) -> np.ndarray:
-        """Return decoded tile (ty, tx), read-only, from the cache when it is there."""
-        return self.cache.get_or_load((self.key, ty, tx), lambda: self.source.decode_tile(ty, tx))
+        """Return decoded tile (ty, tx), read-only, from the cache when it is there.
 
-    def read(self, x: int, y: int, width: int, height: int, *, parallel: bool = True) -> np.ndarray:
-        """Return the (height, width, 3) region whose top-left is (x, y) in this level's pixels.
+        Raises
+        ------
+        TileDecodeError
+            When the tile cannot be decoded (now or before: a bad tile is tried once).
+        """
+        key = (self.key, ty, tx)
+        known = self.bad_tiles.get(key)
+        if known is not None:
+            raise known
+        try:
+            return self.cache.get_or_load(key, lambda: self.source.decode_tile(ty, tx))
+        except TileDecodeError as error:
+            self.bad_tiles.add(key, error)
+            raise
 
-        Parts outside the level are white. With ``parallel``, tiles not yet cached are
-        decoded in the slide's thread pool (callers already inside that pool pass False).
+    def _tile_or_error(self, ty: int, tx: int) -> np.ndarray | TileDecodeError:
+        try:
+            return self.tile(ty, tx)
+        except TileDecodeError as error:
+            return error
+
+    def read_checked(
+        self, x: int, y: int, width: int, height: int, *, parallel: bool = True
+    ) -> tuple[np.ndarray, list[tuple[tuple[int, int], TileDecodeError]]]:
+        """Read a region like :meth:`read`, and say which of its tiles could not be decoded.
+
+        Parameters
+        ----------
+        x, y
+            Top-left corner of the region in this level's pixels.
+        width, height
+            Size of the region in this level's pixels.
+        parallel
+            Decode tiles not yet cached in the slide's thread pool (callers already inside
+            that pool pass False).
+
+        Returns
+        -------
+        pixels : numpy.ndarray
+            (height, width, 3) uint8; white outside the level, :data:`BAD_TILE_GREY` where
+            a tile could not be decoded.
+        bad : list of ((int, int), TileDecodeError)
+            (ty, tx) of each tile of this level that could not be decoded, with its error
+            (for a lazily downsampled level, the error of the file tile underneath). No
+            warning is given here.
         """
         out = np.full((height, width, 3), WHITE, dtype=np.uint8)
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + width, self.width), min(y + height, self.height)
         if x1 <= x0 or y1 <= y0:
-            return out
+            return out, []
         th, tw = self.tile_height, self.tile_width
         wanted = [
             (ty, tx)
@@ -100,20 +269,40 @@ class TiledLevel:
             for tx in range(x0 // tw, (x1 - 1) // tw + 1)
         ]
         # cached tiles are served here: a thread-pool round trip costs more than the copy
-        tiles = [self.cache.get((self.key, ty, tx)) for ty, tx in wanted]
+        tiles: list[np.ndarray | TileDecodeError | None] = [
+            self.cache.get((self.key, ty, tx)) for ty, tx in wanted
+        ]
         missing = [i for i, tile in enumerate(tiles) if tile is None]
         if parallel and len(missing) > 1:
-            decoded = self.executor.map(lambda i: self.tile(*wanted[i]), missing)
+            decoded = self.executor.map(lambda i: self._tile_or_error(*wanted[i]), missing)
         else:
-            decoded = (self.tile(*wanted[i]) for i in missing)
+            decoded = (self._tile_or_error(*wanted[i]) for i in missing)
         for i, tile in zip(missing, decoded, strict=True):
             tiles[i] = tile
+        bad = []
         for (ty, tx), tile in zip(wanted, tiles, strict=True):
             ty0, tx0 = ty * th, tx * tw
             sy0, sy1 = max(y0, ty0), min(y1, ty0 + th)
             sx0, sx1 = max(x0, tx0), min(x1, tx0 + tw)
+            if isinstance(tile, TileDecodeError):
+                bad.append(((ty, tx), tile))
+                out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = BAD_TILE_GREY
+                continue
             out[sy0 - y : sy1 - y, sx0 - x : sx1 - x] = tile[sy0 - ty0 : sy1 - ty0, sx0 - tx0 : sx1 - tx0]
-        return out
+        return out, bad
+
+    def read(self, x: int, y: int, width: int, height: int, *, parallel: bool = True) -> np.ndarray:
+        """Return the (height, width, 3) region whose top-left is (x, y) in this level's pixels.
+
+        Parts outside the level are white. With ``parallel``, tiles not yet cached are
+        decoded in the slide's thread pool (callers already inside that pool pass False).
+        A tile that cannot be decoded is shown grey (:data:`BAD_TILE_GREY`) and the slide
+        warns once: a viewer's paint never fails on a corrupt tile.
+        """
+        pixels, bad = self.read_checked(x, y, width, height, parallel=parallel)
+        if bad:
+            self.bad_tiles.warn_shown_grey(bad[0][1])
+        return pixels
 
     @property
     def size(self) -> int:
@@ -190,10 +379,19 @@ class DownsampledSource:
         self.height = max(parent.height // 2, 1)
         self.width = max(parent.width // 2, 1)
         self.tile_height = self.tile_width = tile_size
+        self.bad_tiles = parent.bad_tiles  # one log per slide
 
     def decode_tile(self, ty: int, tx: int) -> np.ndarray:
-        """Average 2x2 blocks of the parent region under tile (ty, tx)."""
+        """Average 2x2 blocks of the parent region under tile (ty, tx).
+
+        Raises the parent's :class:`TileDecodeError` when a file tile underneath cannot be
+        decoded (the error names that file tile).
+        """
         size = self.tile_height
-        block = self.parent.read(tx * size * 2, ty * size * 2, size * 2, size * 2, parallel=False)
+        block, bad = self.parent.read_checked(
+            tx * size * 2, ty * size * 2, size * 2, size * 2, parallel=False
+        )
+        if bad:
+            raise bad[0][1]
         mean = block.reshape(size, 2, size, 2, 3).mean(axis=(1, 3), dtype=np.float32)
         return np.rint(mean).astype(np.uint8)

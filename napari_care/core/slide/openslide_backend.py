@@ -1,7 +1,9 @@
 """The OpenSlide backend, for what tifffile cannot read (MRXS, DICOM, VMS, SCN, BIF, ...).
 
 OpenSlide's ``read_region`` is thread-safe; transparent pixels (outside scanned areas)
-become white, the colour of glass.
+become white, the colour of glass. A tile OpenSlide cannot read raises
+:class:`~napari_care.core.slide.levels.TileDecodeError`; OpenSlide's errors are sticky, so
+after the first one every later read of that slide fails too.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import numpy as np
 
 from napari_care.core.slide import meta as slide_meta
 from napari_care.core.slide.backends import SlideBackend, SlideParts, register_backend
+from napari_care.core.slide.levels import BadTileLog, TileDecodeError, tile_box_level0
 
 OPENSLIDE_FIRST = (".mrxs", ".vms", ".vmu", ".scn", ".bif", ".dcm", ".svslide")  # tried before tifffile
 DEFAULT_TILE = 512
@@ -35,11 +38,19 @@ class OpenSlideLevelSource:
         An ``openslide.OpenSlide``.
     level
         The level index.
+    path
+        The file, for error messages.
+    bad_tiles
+        The slide's log of tiles that cannot be read, shared by its levels.
     """
 
-    def __init__(self, osr, level: int) -> None:
+    def __init__(
+        self, osr, level: int, *, path: Path | None = None, bad_tiles: BadTileLog | None = None
+    ) -> None:
         self.osr = osr
         self.level = level
+        self.path = path
+        self.bad_tiles = bad_tiles if bad_tiles is not None else BadTileLog(path.name if path else "")
         self.width, self.height = osr.level_dimensions[level]
         props = osr.properties
         self.tile_width = int(props.get(f"openslide.level[{level}].tile-width", DEFAULT_TILE))
@@ -47,10 +58,28 @@ class OpenSlideLevelSource:
         self.downsample = float(osr.level_downsamples[level])
 
     def decode_tile(self, ty: int, tx: int) -> np.ndarray:
-        """Read tile (ty, tx) through ``OpenSlide.read_region``."""
+        """Read tile (ty, tx) through ``OpenSlide.read_region``.
+
+        Raises
+        ------
+        TileDecodeError
+            When OpenSlide cannot read the tile.
+        """
+        import openslide  # loaded already: this source exists only for an open OpenSlide
+
         x0 = round(tx * self.tile_width * self.downsample)
         y0 = round(ty * self.tile_height * self.downsample)
-        image = self.osr.read_region((x0, y0), self.level, (self.tile_width, self.tile_height))
+        try:
+            image = self.osr.read_region((x0, y0), self.level, (self.tile_width, self.tile_height))
+        except openslide.OpenSlideError as error:
+            box = tile_box_level0(
+                ty,
+                tx,
+                (self.tile_height, self.tile_width),
+                (self.height, self.width),
+                (self.downsample, self.downsample),
+            )
+            raise TileDecodeError(self.path, self.level, (tx, ty), box, str(error)) from error
         return composite_on_white(np.asarray(image))
 
 
@@ -89,8 +118,9 @@ def open_openslide(path: Path, user_mpp: tuple[float, float] | None) -> SlidePar
     associated = {
         name: loader(name) for name in osr.associated_images if name in ("label", "macro", "thumbnail")
     }
+    log = BadTileLog(path.name)
     return SlideParts(
-        [OpenSlideLevelSource(osr, level) for level in range(osr.level_count)],
+        [OpenSlideLevelSource(osr, level, path=path, bad_tiles=log) for level in range(osr.level_count)],
         calibration=slide_meta.Calibration(mpp, source, power),
         vendor=properties.get("openslide.vendor", "unknown"),
         properties=properties,

@@ -3,6 +3,10 @@
 Tiles are read with ``os.pread`` (no shared file position, so no lock) and decoded by
 tifffile's own per-page decoder (imagecodecs underneath: JPEG, JPEG 2000, LZW, ...), which
 releases the GIL, so several threads decode at once.
+
+A tile the decoder rejects, or whose bytes lie past the end of a truncated file, raises
+:class:`~napari_care.core.slide.levels.TileDecodeError` naming the file, level, tile and
+level-0 box; a truncated file is also reported once, in words, when it opens.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,7 +23,7 @@ import numpy as np
 
 from napari_care.core.slide import meta as slide_meta
 from napari_care.core.slide.backends import SlideBackend, SlideParts, register_backend
-from napari_care.core.slide.levels import WHITE, to_rgb
+from napari_care.core.slide.levels import WHITE, BadTileLog, TileDecodeError, tile_box_level0, to_rgb
 
 if TYPE_CHECKING:  # tifffile itself loads when a slide of its kind opens
     import tifffile
@@ -43,9 +48,31 @@ class TiffPageSource:
         The level's first page (tifffile).
     fd
         An open read-only file descriptor of the file.
+    path
+        The file, for error messages.
+    level
+        The level's index in the pyramid, for error messages.
+    downsample_xy
+        Level-0 pixels per pixel of this level along x and y (for the level-0 box of a
+        tile in error messages).
+    file_size
+        Size of the file in bytes; tiles whose bytes lie past it are reported as
+        truncated instead of being handed to the decoder. None: the file's size now.
+    bad_tiles
+        The slide's log of tiles that cannot be decoded, shared by its levels.
     """
 
-    def __init__(self, page: tifffile.TiffPage, fd: int) -> None:
+    def __init__(
+        self,
+        page: tifffile.TiffPage,
+        fd: int,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        level: int = 0,
+        downsample_xy: tuple[float, float] = (1.0, 1.0),
+        file_size: int | None = None,
+        bad_tiles: BadTileLog | None = None,
+    ) -> None:
         keyframe = page.keyframe
         if keyframe.dtype != np.uint8:
             raise UnsupportedTiff(f"pixels are {keyframe.dtype}, not 8-bit RGB")
@@ -55,6 +82,13 @@ class TiffPageSource:
                 f"{keyframe.planarconfig} are not an RGB image"
             )
         self.fd = fd
+        self.path = None if path is None else Path(path)
+        self.level = int(level)
+        self.downsample_xy = (float(downsample_xy[0]), float(downsample_xy[1]))
+        self.file_size = os.fstat(fd).st_size if file_size is None else int(file_size)
+        self.bad_tiles = (
+            bad_tiles if bad_tiles is not None else BadTileLog(self.path.name if self.path else "")
+        )
         self.height, self.width = int(keyframe.imagelength), int(keyframe.imagewidth)
         self.tiled = bool(keyframe.is_tiled)
         self.offsets = page.dataoffsets
@@ -72,28 +106,83 @@ class TiffPageSource:
             self.tile_height = min(self.rows_per_strip * self.strips_per_tile, self.height)
             self.tile_width = self.width
 
-    def _segment(self, index: int, fullsize: bool) -> np.ndarray | None:
+    @property
+    def data_end(self) -> int:
+        """Byte just past the last tile (or strip) of this level: the size the file needs."""
+        ends = np.asarray(self.offsets, dtype=np.int64) + np.asarray(self.bytecounts, dtype=np.int64)
+        return int(ends.max(initial=0))
+
+    def tiles_past_end(self) -> int:
+        """Tiles (or strips) of this level whose bytes lie past the end of the file."""
+        ends = np.asarray(self.offsets, dtype=np.int64) + np.asarray(self.bytecounts, dtype=np.int64)
+        return int(np.count_nonzero(ends > self.file_size))
+
+    def _error(self, ty: int, tx: int, reason: str) -> TileDecodeError:
+        box = tile_box_level0(
+            ty, tx, (self.tile_height, self.tile_width), (self.height, self.width), self.downsample_xy
+        )
+        return TileDecodeError(self.path, self.level, (tx, ty), box, reason)
+
+    def _segment(self, index: int, fullsize: bool, ty: int, tx: int) -> np.ndarray | None:
         count = int(self.bytecounts[index])
-        data = read_at(self.fd, count, int(self.offsets[index])) if count else None
-        pixels, _, _ = self._decode(data, index, _fullsize=fullsize, **self._decode_args)
+        offset = int(self.offsets[index])
+        if count and offset + count > self.file_size:
+            raise self._error(
+                ty,
+                tx,
+                f"file is truncated at {self.file_size} bytes; the tile's bytes "
+                f"{offset}..{offset + count} lie past the end",
+            )
+        data = read_at(self.fd, count, offset) if count else None
+        try:
+            pixels, _, _ = self._decode(data, index, _fullsize=fullsize, **self._decode_args)
+        except Exception as error:  # the codecs raise their own types (JpegError, zlib.error, ...)
+            raise self._error(ty, tx, str(error) or type(error).__name__) from error
         return None if pixels is None else to_rgb(pixels[0])
 
     def decode_tile(self, ty: int, tx: int) -> np.ndarray:
-        """Decode tile (ty, tx); strips are grouped into tiles of whole strips."""
+        """Decode tile (ty, tx); strips are grouped into tiles of whole strips.
+
+        Raises
+        ------
+        TileDecodeError
+            When the decoder rejects the tile's bytes or they lie past the end of the file.
+        """
         out = np.full((self.tile_height, self.tile_width, 3), WHITE, dtype=np.uint8)
         if self.tiled:
-            pixels = self._segment(ty * self._tiles_x + tx, fullsize=True)
+            pixels = self._segment(ty * self._tiles_x + tx, True, ty, tx)
             if pixels is not None:
                 out[...] = pixels[: self.tile_height, : self.tile_width]
             return out
         first = ty * self.strips_per_tile
         last = min(first + self.strips_per_tile, len(self.offsets))
         for strip in range(first, last):
-            pixels = self._segment(strip, fullsize=False)
+            pixels = self._segment(strip, False, ty, tx)
             if pixels is not None:
                 row = (strip - first) * self.rows_per_strip
                 out[row : row + pixels.shape[0], : pixels.shape[1]] = pixels
         return out
+
+
+def warn_if_truncated(path: Path, sources: list[TiffPageSource]) -> None:
+    """Warn once, in words, when the file ends before the last tile of its pyramid.
+
+    tifffile's own log line is easily missed and says nothing of the consequences.
+    """
+    if not sources:
+        return
+    size = sources[0].file_size
+    needed = max(source.data_end for source in sources)
+    if needed <= size:
+        return
+    past = sum(source.tiles_past_end() for source in sources)
+    total = sum(len(source.offsets) for source in sources)
+    warnings.warn(
+        f"{path.name} is truncated: {size} of {needed} bytes; {past} of {total} file tiles lie past "
+        "the end and are skipped (shown grey in the viewer)",
+        UserWarning,
+        stacklevel=2,
+    )
 
 
 def _is_downsample_of(shape: tuple[int, ...], base: tuple[int, ...]) -> bool:
@@ -203,7 +292,25 @@ def open_tiff(path: Path, user_mpp: tuple[float, float] | None) -> SlideParts:
         pages = pyramid_pages(tif)
         fd = open_fd(path)
         try:
-            sources = [TiffPageSource(page, fd) for page in pages]
+            size = os.fstat(fd).st_size  # once per slide: tiles past it are reported as truncated
+            log = BadTileLog(path.name)
+            base = pages[0]
+            sources = [
+                TiffPageSource(
+                    page,
+                    fd,
+                    path=path,
+                    level=index,
+                    downsample_xy=(
+                        base.keyframe.imagewidth / page.keyframe.imagewidth,
+                        base.keyframe.imagelength / page.keyframe.imagelength,
+                    ),
+                    file_size=size,
+                    bad_tiles=log,
+                )
+                for index, page in enumerate(pages)
+            ]
+            warn_if_truncated(path, sources)
         except Exception:
             os.close(fd)
             raise
