@@ -19,6 +19,7 @@ from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from napari_care.cli import app
+from napari_care.cli import jobs as cli_jobs
 from napari_care.core import cohort
 from napari_care.core.synthetic.slides import build_synthetic_slide
 
@@ -129,7 +130,7 @@ def recording_runner():
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cohort, "cohort_workers", fake_workers)
         patch.setattr(cohort, "run_cohort", fake_run_cohort)
-        patch.setattr(app, "start_cluster", fake_start_cluster)
+        patch.setattr(cli_jobs, "start_cluster", fake_start_cluster)
         yield seen
 
 
