@@ -231,7 +231,13 @@ def plan_slide(
             f"({scan:.3g}x, {mpp:.4g} um/px): {target_magnification / scan:.3g}x upsampling; "
             "lower --magnification or give --allow-upsampling"
         )
-    tiles = tile_count_estimate(size, target_mpp / mpp, int(options.tile_size_px))
+    try:
+        tiles = tile_count_estimate(size, target_mpp / mpp, int(options.tile_size_px))
+    except ValueError:  # a magnification so small that a tile's level-0 side overflows
+        raise PreflightError(
+            f"--magnification {target_magnification:g} is too small for {job.path.name}: a tile's "
+            "level-0 side overflows; give a larger --magnification"
+        ) from None
     if tiles > max_tiles:
         raise PreflightError(
             f"{job.path.name}: --tile-size {options.tile_size_px} at {target_magnification:g}x would make "
