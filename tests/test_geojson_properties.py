@@ -495,20 +495,15 @@ def test_known_bad_values_give_a_value_error_naming_the_file(tmp_path, text):
     assert_reads_or_names_the_file(path)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=UnicodeEncodeError,
-    reason='bug: a name written as the JSON escape "\\ud800" (a lone surrogate) is read, but write_geojson '
-    "then raises UnicodeEncodeError ('surrogates not allowed'): a file the reader accepts cannot be "
-    "written back",
-)
 def test_a_lone_surrogate_read_from_a_file_can_be_written_back(tmp_path):
+    """A name read from the escape "\\ud800" (no UTF-8 of its own) is written back escaped."""
     path = tmp_path / "surrogate.geojson"
     path.write_text(json.dumps(feature_with({"name": "\ud800", "classification": {"name": "a"}})), "utf-8")
     [annotation] = read_geojson(path)
     assert annotation.name == "\ud800"
     write_geojson(tmp_path / "written.geojson", [annotation])
-    assert read_geojson(tmp_path / "written.geojson")[0].class_name == "a"
+    [again] = read_geojson(tmp_path / "written.geojson")
+    assert (again.name, again.class_name) == ("\ud800", "a")
 
 
 def test_non_finite_and_huge_coordinates(tmp_path):

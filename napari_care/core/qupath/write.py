@@ -280,8 +280,13 @@ def write_geojson(
         with opener(tmp, "wt", encoding="utf-8") as handle:
             handle.write('{"type": "FeatureCollection", "features": [\n')
             for i, (feature, geometry) in enumerate(zip(features, geometries, strict=True)):
-                text = json.dumps(_feature_json(feature, geometry), ensure_ascii=False, allow_nan=False)
-                handle.write(text if i == 0 else ",\n" + text)
+                record = _feature_json(feature, geometry)
+                text = json.dumps(record, ensure_ascii=False, allow_nan=False)
+                try:  # a string that came from a "\ud800" escape (a lone surrogate) has no UTF-8
+                    handle.write(text if i == 0 else ",\n" + text)
+                except UnicodeEncodeError:  # nothing was written: escape it as the file had it
+                    text = json.dumps(record, ensure_ascii=True, allow_nan=False)
+                    handle.write(text if i == 0 else ",\n" + text)
             handle.write("\n]}\n")
     return len(features)
 
