@@ -28,6 +28,7 @@ PRESETS = [
     "conch_v1_5",
     "h-optimus-0",
     "h-optimus-1",
+    "phikon",
     "phikon-v2",
     "prov-gigapath",
     "uni",
@@ -116,6 +117,7 @@ def test_encoder_cfg_is_frozen_and_validated():
         ("virchow2-cls", "vit_huge_patch14_224", 224, 1280, "cls", "paige-ai/Virchow2"),
         ("h-optimus-0", "vit_giant_patch14_reg4_dinov2", 224, 1536, "cls", "bioptimus/H-optimus-0"),
         ("h-optimus-1", "vit_giant_patch14_reg4_dinov2", 224, 1536, "cls", "bioptimus/H-optimus-1"),
+        ("phikon", "vit_base_patch16_224", 224, 768, "cls", "owkin/phikon"),
         ("phikon-v2", "vit_large_patch16_224", 224, 1024, "cls", "owkin/phikon-v2"),
         ("prov-gigapath", "vit_giant_patch14_dinov2", 224, 1536, "cls", "prov-gigapath/prov-gigapath"),
     ],
@@ -368,13 +370,17 @@ def test_torch_encoder_rejects_bad_tiles(tiny):
     assert encoder.encode(np.zeros((0, 64, 64, 3), np.uint8)).shape == (0, 96)
 
 
-@pytest.mark.parametrize("name", ["uni", "timm:test_vit"])
-def test_offline_download_error_says_pass_weights(name, monkeypatch):
+@pytest.mark.parametrize(("name", "hub_id"), [("uni", "MahmoodLab/UNI"), ("timm:test_vit", "timm/test_vit")])
+def test_offline_missing_weights_name_the_id_files_and_cache(name, hub_id, monkeypatch, tmp_path):
     pytest.importorskip("torch")
-    import huggingface_hub.constants
-
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", "/nonexistent-napari-care-test-cache")
-    with pytest.raises(RuntimeError, match="pass weights='path/to/checkpoint'"):
-        create_encoder(name)
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    with pytest.raises(FileNotFoundError) as info:  # WeightsNotFoundError: the CLI's exit 2
+        create_encoder(name, device="cpu")
+    message = str(info.value)
+    assert hub_id in message and "\n" not in message
+    assert str(tmp_path / "hf" / "hub") in message and "HF_HUB_OFFLINE" in message
+    assert "pass weights='path/to/checkpoint'" in message
+    if name == "uni":
+        assert "model.safetensors or pytorch_model.bin" in message

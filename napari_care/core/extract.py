@@ -2,9 +2,10 @@
 
 A generator (yields :class:`Progress`, returns the features). Reader threads decode and cut
 tiles ahead of the encoder (:mod:`napari_care.core.tile_reader`), so reading overlaps
-computing; with a torch encoder on CUDA the GPU also runs one batch ahead of the host
-(:func:`_encode_ahead`); features stream into one preallocated array; a cache skips tiles
-encoded before.
+computing. With a torch encoder on CUDA the batches are written straight into pinned host
+buffers, a feed thread keeps a queue of ready batches, uploads are ``non_blocking`` and the
+GPU runs one batch ahead of the host (:func:`_encode_on_device`). Features stream into one
+preallocated array; a cache skips tiles encoded before.
 
 A file tile that cannot be decoded costs only the patches that need it (``on_bad_tile=
 "skip"``, the default: one warning per slide, and :attr:`PatchFeatures.skipped_patches`),
@@ -15,8 +16,11 @@ data) cannot be told from tissue and is not detected.
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import threading
 import warnings
+from collections import deque
 from collections.abc import Callable, Generator
 from pathlib import Path
 
@@ -77,8 +81,14 @@ def _checked(encoder, features, n_tiles: int, slide, coords: np.ndarray) -> np.n
     return features
 
 
-def _on_cuda(encoder) -> bool:
-    """True for a torch encoder whose model runs on a CUDA device (see :func:`_encode_ahead`)."""
+READY_BATCHES = (
+    3  # batches decoded and waiting for the device (pinned host memory: ~38 MB each at 256 x 224 px)
+)
+_END = object()  # the reader thread's last word
+
+
+def _feeds_device(encoder) -> bool:
+    """True for a torch encoder on a CUDA device: it gets the overlapped feed (:func:`_encode_on_device`)."""
     device = getattr(encoder, "device", None)
     return (
         getattr(device, "type", None) == "cuda"
@@ -87,54 +97,179 @@ def _on_cuda(encoder) -> bool:
     )
 
 
-def _encode_ahead(encoder, batches, slide, grid: TileGrid, cancel: CancelSignal):
-    """Yield (rows, features) with the GPU one batch ahead of the host.
+class _Failed:
+    """An exception raised in the reader thread, carried to the consumer."""
 
-    ``encode()`` waits for each batch's result before the next batch is sent, so the GPU
-    idles while the host copies tiles and checks features. Here batch i+1 is queued
-    (pinned upload, model, download into pinned memory, an event) before the host waits
-    for batch i, so the device always has work queued.
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class BatchBufferPool:
+    """Reusable host buffers for tile batches, pinned when the device is CUDA.
+
+    The tile reader writes each batch straight into one (:meth:`take`, its
+    ``allocate_batch``), so the upload to the GPU is one asynchronous DMA with no staging
+    copy. A buffer goes back with the event of its upload (:meth:`give_back`) and is
+    handed out again only once that event has completed.
+
+    Parameters
+    ----------
+    shape
+        ``(batch_size, tile_size_px, tile_size_px, 3)``.
+    count
+        Buffers in the pool.
+    pin
+        Page-locked memory (CUDA only).
     """
-    import torch  # torch loads only when a model runs
 
-    pending = None
-    for rows, tiles in batches:
-        if is_cancelled(cancel):
-            return
-        # inference mode only while queueing: a generator must not leave it on across yields
-        with torch.inference_mode():
-            pinned = torch.from_numpy(tiles).pin_memory()
-            out = encoder.forward_tensor(encoder.preprocess(pinned))
-            host = torch.empty(out.shape, dtype=out.dtype, pin_memory=True)
-            host.copy_(out, non_blocking=True)
-            done = torch.cuda.Event()
-            done.record(torch.cuda.current_stream(encoder.device))  # the model's GPU, not the current one
-        if pending is not None:
-            yield _finish(encoder, pending, slide, grid)
-        pending = (rows, host, done, pinned)  # pinned stays alive until its upload is done
-    if pending is not None:
-        yield _finish(encoder, pending, slide, grid)
+    def __init__(self, shape: tuple[int, int, int, int], count: int, *, pin: bool) -> None:
+        import torch  # lazy: torch loads only when a model runs
+
+        self._free: queue.Queue = queue.Queue()
+        self._by_address: dict[int, object] = {}
+        for _ in range(count):
+            buffer = torch.empty(shape, dtype=torch.uint8, pin_memory=pin)
+            self._by_address[buffer.data_ptr()] = buffer
+            self._free.put((buffer, None))
+
+    def take(self) -> np.ndarray:
+        """An empty buffer as a numpy array (waits for a free one whose upload is done)."""
+        buffer, uploaded = self._free.get()
+        if uploaded is not None:
+            uploaded.synchronize()
+        return buffer.numpy()
+
+    def tensor_of(self, tiles: np.ndarray):
+        """The pool's tensor under ``tiles`` (a leading slice of a buffer), or None if not from the pool."""
+        buffer = self._by_address.get(tiles.ctypes.data) if tiles.size else None
+        return None if buffer is None else buffer[: len(tiles)]
+
+    def give_back(self, tiles: np.ndarray, uploaded) -> None:
+        """Return the buffer under ``tiles``; ``uploaded``: an event set once it was read (None: already)."""
+        buffer = self._by_address.get(tiles.ctypes.data) if tiles.size else None
+        if buffer is not None:
+            self._free.put((buffer, uploaded))
+
+
+def _put_until(ready: queue.Queue, item, stop: threading.Event) -> bool:
+    """Put ``item`` on ``ready``, giving up when ``stop`` is set; True when it was put."""
+    while not stop.is_set():
+        try:
+            ready.put(item, timeout=0.05)
+            return True
+        except queue.Full:
+            continue
+    return False
+
+
+def _read_ahead(batches, ready: queue.Queue, stop: threading.Event) -> None:
+    """Reader thread: move batches from the tile reader onto ``ready``, then ``_END`` (or the error)."""
+    try:
+        for item in batches:
+            if not _put_until(ready, item, stop):
+                return
+        _put_until(ready, _END, stop)
+    except BaseException as error:  # carried to the consumer, which raises it
+        _put_until(ready, _Failed(error), stop)
+    finally:
+        batches.close()  # in this thread: the generator runs here
+
+
+def _encode_on_device(encoder, batches, slide, grid: TileGrid, cancel: CancelSignal, pool: BatchBufferPool):
+    """Yield (rows, features) with decoding, uploads, the model and downloads all overlapped.
+
+    A reader thread runs the tile reader (whose own threads decode file tiles) and keeps up
+    to :data:`READY_BATCHES` batches ready, each in a pinned buffer of ``pool``. This thread
+    only queues work on the device: the upload of batch i+1 (``non_blocking``), its
+    normalisation and forward pass and the download of its features into pinned memory are
+    queued before the host waits for batch i, so the device always has the next batch.
+    """
+    import torch  # lazy: torch loads only when a model runs
+
+    cuda = encoder.device.type == "cuda"
+    ready: queue.Queue = queue.Queue(maxsize=READY_BATCHES)
+    stop = threading.Event()
+    reader = threading.Thread(
+        target=_read_ahead, args=(batches, ready, stop), name="napari-care-feed", daemon=True
+    )
+    reader.start()
+    pending: deque = deque()
+    try:
+        while True:
+            if is_cancelled(cancel):
+                return
+            item = ready.get()
+            if item is _END:
+                break
+            if isinstance(item, _Failed):
+                raise item.error
+            rows, tiles = item
+            # inference mode only while queueing: a generator must not leave it on across yields
+            with torch.inference_mode():
+                host_tiles = pool.tensor_of(tiles)
+                if host_tiles is None:
+                    host_tiles = torch.from_numpy(tiles)
+                x = encoder.preprocess(host_tiles)  # non_blocking upload, resize, normalise
+                uploaded = _record_event(torch, encoder.device) if cuda else None
+                pool.give_back(tiles, uploaded)
+                out = encoder.forward_tensor(x)
+                host = torch.empty(out.shape, dtype=out.dtype, pin_memory=cuda)
+                host.copy_(out, non_blocking=cuda)
+                done = _record_event(torch, encoder.device) if cuda else None
+            pending.append((rows, host, done))
+            if len(pending) > 1:
+                yield _finish(encoder, pending.popleft(), slide, grid)
+        while pending:
+            yield _finish(encoder, pending.popleft(), slide, grid)
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting on a full queue, then let it close
+            with contextlib.suppress(queue.Empty):
+                ready.get(timeout=0.05)
+        reader.join()
+
+
+def _record_event(torch, device):
+    """A CUDA event recorded on ``device``'s current stream (the model's GPU, not the current one)."""
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return event
 
 
 def _finish(encoder, pending, slide, grid: TileGrid) -> tuple[np.ndarray, np.ndarray]:
     """Wait for a queued batch and return its rows and checked features."""
-    rows, host, done, _ = pending
-    done.synchronize()
+    rows, host, done = pending
+    if done is not None:
+        done.synchronize()
     return rows, _checked(encoder, host.numpy(), len(rows), slide, grid.coords[rows])
 
 
-def _encoded_batches(encoder, batches, slide, grid: TileGrid, cancel: CancelSignal):
+def _encoded_batches(
+    encoder, batches, slide, grid: TileGrid, cancel: CancelSignal, pool: BatchBufferPool | None = None
+):
     """Yield (rows, features [b, D] float32) for each batch of tiles from the reader.
 
-    Stops before encoding another batch once ``cancel`` is set (the caller raises).
+    With a ``pool`` (torch encoders on CUDA) the overlapped device feed runs; otherwise each
+    batch goes through ``encoder.encode``. Stops before encoding another batch once
+    ``cancel`` is set (the caller raises).
     """
-    if _on_cuda(encoder):
-        yield from _encode_ahead(encoder, batches, slide, grid, cancel)
+    if pool is not None:
+        yield from _encode_on_device(encoder, batches, slide, grid, cancel, pool)
         return
     for rows, tiles in batches:
         if is_cancelled(cancel):
             return
         yield rows, _encode(encoder, tiles, slide, grid.coords[rows])
+
+
+def _batch_pool(encoder, batch_size: int, tile_size_px: int, n_tiles: int) -> BatchBufferPool | None:
+    """The pinned buffers of the device feed (None when there is nothing to encode)."""
+    if n_tiles == 0:
+        return None
+    # ready + the one being filled + the one being uploaded + a spare
+    count = READY_BATCHES + 3
+    cuda = getattr(encoder.device, "type", None) == "cuda"
+    return BatchBufferPool((batch_size, tile_size_px, tile_size_px, 3), count, pin=cuda)
 
 
 def _take_cached(
@@ -241,6 +376,7 @@ def extract_features(
 
     encoded: list[np.ndarray] = []
     skipped = SkippedPatches()
+    pool = _batch_pool(encoder, batch_size, grid.tile_size_px, len(todo)) if _feeds_device(encoder) else None
     batches = iter_tile_batches(
         slide,
         grid,
@@ -249,8 +385,9 @@ def extract_features(
         num_workers=num_workers,
         on_bad_tile=on_bad_tile,
         skipped=skipped,
+        allocate_batch=pool.take if pool is not None else None,
     )
-    results = _encoded_batches(encoder, batches, slide, grid, cancel)
+    results = _encoded_batches(encoder, batches, slide, grid, cancel, pool)
     try:
         for rows, batch_features in results:
             if is_cancelled(cancel):

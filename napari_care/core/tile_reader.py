@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
@@ -328,6 +328,7 @@ def iter_tile_batches(
     max_pending_blocks: int | None = None,
     on_bad_tile: BadTilePolicy = "skip",
     skipped: SkippedPatches | None = None,
+    allocate_batch: Callable[[], np.ndarray] | None = None,
 ) -> Generator[tuple[np.ndarray, np.ndarray], None, None]:
     """Read the tiles ``rows`` of ``grid`` in threads and yield them in batches.
 
@@ -351,6 +352,11 @@ def iter_tile_batches(
         :class:`~napari_care.core.slide.levels.TileDecodeError` ends the read.
     skipped
         Collects the rows left out and the tiles' errors (with ``"skip"``); None: not kept.
+    allocate_batch
+        Returns the empty uint8 ``[batch_size, tile_size_px, tile_size_px, 3]`` array the
+        next batch is written into (e.g. pinned host memory from a pool, so a GPU upload
+        needs no extra copy); None: a new numpy array each batch. Called in the thread that
+        iterates this generator, once before the first batch and after each full one.
 
     Yields
     ------
@@ -373,8 +379,20 @@ def iter_tile_batches(
     pending: deque[tuple[ReadBlock, Future]] = deque()
     limit = max_pending_blocks or 2 * workers
     size = grid.tile_size_px
+    shape = (batch_size, size, size, 3)
+
+    def new_batch() -> np.ndarray:
+        if allocate_batch is None:
+            return np.empty(shape, dtype=np.uint8)
+        array = allocate_batch()
+        if array.shape != shape or array.dtype != np.uint8:
+            raise ValueError(
+                f"allocate_batch gave {array.dtype} {list(array.shape)}; expected uint8 {list(shape)}"
+            )
+        return array
+
     batch_rows: list[np.ndarray] = []
-    batch_tiles = np.empty((batch_size, size, size, 3), dtype=np.uint8)
+    batch_tiles = new_batch()
     filled = 0
     executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="napari-care-read")
     try:
@@ -401,7 +419,7 @@ def iter_tile_batches(
                     yield np.concatenate(batch_rows), batch_tiles
                     # a fresh buffer: the consumer may still hold the last one
                     batch_rows, filled = [], 0
-                    batch_tiles = np.empty_like(batch_tiles)
+                    batch_tiles = new_batch()
         if filled:
             yield np.concatenate(batch_rows), batch_tiles[:filled]
     finally:

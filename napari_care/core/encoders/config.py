@@ -74,6 +74,7 @@ class EncoderCfg:
         Keyword arguments for ``timm.create_model``. A string value of a ``*_layer``
         argument names a class in ``timm.layers`` or ``torch.nn`` (e.g.
         ``"SwiGLUPacked"``, ``"SiLU"``), so that this module needs no torch import.
+        Other values must be plain numbers, strings and booleans.
     description
         One line for menus and ``--help``.
     """
@@ -110,6 +111,11 @@ class EncoderCfg:
             raise ValueError(f"EncoderCfg {self.name!r}: interpolation must be 'bilinear' or 'bicubic'")
         # A read-only view keeps the frozen promise for the one mutable field.
         object.__setattr__(self, "timm_kwargs", MappingProxyType(dict(self.timm_kwargs)))
+
+    @property
+    def magnification(self) -> float:
+        """Objective magnification of ``native_mpp`` (10 / mpp: 0.5 um/px is 20x)."""
+        return 10.0 / self.native_mpp
 
     def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
         # A mapping proxy cannot be pickled: rebuild from plain values (dask, processes).

@@ -22,6 +22,7 @@ F = TypeVar("F", bound=EncoderFactory)
 
 _CFGS: dict[str, EncoderCfg] = {}
 _FACTORIES: dict[str, EncoderFactory] = {}
+_ALIASES: dict[str, str] = {}  # other spellings (TRIDENT's) -> registry name
 
 TIMM_PREFIX = "timm:"
 
@@ -51,16 +52,53 @@ def register_encoder(cfg: EncoderCfg) -> Callable[[F], F]:
     return decorate
 
 
+def register_alias(alias: str, name: str) -> None:
+    """Let ``alias`` (e.g. TRIDENT's ``"uni_v2"``) stand for the registered encoder ``name``.
+
+    Raises
+    ------
+    ValueError
+        If ``alias`` is already a registered name or alias, or ``name`` is not registered.
+    """
+    if alias in _CFGS or alias in _ALIASES:
+        raise ValueError(f"encoder alias {alias!r} is already taken")
+    if name not in _CFGS:
+        raise ValueError(f"encoder alias {alias!r}: {name!r} is not a registered encoder")
+    _ALIASES[alias] = name
+
+
+def list_aliases() -> dict[str, str]:
+    """Other accepted spellings (TRIDENT's encoder names) and the encoder each stands for."""
+    return dict(sorted(_ALIASES.items()))
+
+
+def canonical_encoder_name(name: str) -> str:
+    """The registry name ``name`` stands for (an alias resolved; ``timm:`` names as they are).
+
+    Raises
+    ------
+    KeyError
+        If the name is unknown (see :func:`get_encoder_cfg`).
+    """
+    return get_encoder_cfg(name).name
+
+
 def list_encoders() -> list[str]:
     """Names of the registered encoders, ``"default"`` first, then alphabetical.
 
-    Any timm architecture is also available as ``"timm:<architecture>"``.
+    Aliases are not listed (see :func:`list_aliases`). Any timm architecture is also
+    available as ``"timm:<architecture>"``.
     """
     return sorted(_CFGS, key=lambda name: (name != "default", name))
 
 
 def get_encoder_cfg(name: str) -> EncoderCfg:
-    """The :class:`EncoderCfg` of a registered encoder, or of ``timm:<arch>``.
+    """The :class:`EncoderCfg` of a registered encoder, an alias of one, or ``timm:<arch>``.
+
+    Cheap: a dictionary look-up that never imports torch or builds a network, so callers
+    can read an encoder's tiling (``cfg.tile_size_px`` at ``cfg.native_mpp``, i.e.
+    ``cfg.magnification``) and embedding width before choosing to build it. An alias (e.g.
+    TRIDENT's ``"conch_v15"``) gives the cfg of its preset, whose ``name`` is canonical.
 
     Raises
     ------
@@ -69,9 +107,11 @@ def get_encoder_cfg(name: str) -> EncoderCfg:
     """
     if name in _CFGS:
         return _CFGS[name]
+    if name in _ALIASES:
+        return _CFGS[_ALIASES[name]]
     if name.startswith(TIMM_PREFIX) and len(name) > len(TIMM_PREFIX):
         return _generic_timm_cfg(name)
-    close = difflib.get_close_matches(name, list(_CFGS), n=3)
+    close = difflib.get_close_matches(name, [*_CFGS, *_ALIASES], n=3)
     hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
     raise KeyError(
         f"unknown encoder {name!r}.{hint} Known encoders: {', '.join(list_encoders())}; "
@@ -85,6 +125,7 @@ def create_encoder(
     weights: str | os.PathLike[str] | None = None,
     device: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    precision: str | None = None,
 ) -> PatchEncoder:
     """Build a patch encoder by name.
 
@@ -101,11 +142,16 @@ def create_encoder(
         internet access and, for gated models, a Hugging Face login). Ignored by the
         descriptor.
     device
-        ``"cpu"``, ``"cuda"``, ``"cuda:1"``...; ``None`` picks CUDA when available.
+        ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ``None`` picks CUDA, then MPS, then
+        the CPU. A device the machine lacks is a ValueError. Ignored by the descriptor.
     model_kwargs
         Extra ``timm.create_model`` arguments that override the preset's, e.g.
         ``{"depth": 2, "embed_dim": 64, "num_heads": 2}`` for a tiny variant with the
         same recipe.
+    precision
+        Autocast of torch encoders: ``None``/``"auto"`` (bfloat16 on CUDA where supported,
+        float16 on older GPUs and MPS, float32 on the CPU), ``"bf16"``, ``"fp16"`` or
+        ``"fp32"``. Ignored by the descriptor.
 
     Returns
     -------
@@ -118,8 +164,9 @@ def create_encoder(
         Unknown name (the message lists the known ones).
     FileNotFoundError, ValueError
         Missing, unreadable or wrong-architecture weights file.
-    RuntimeError
-        Official weights could not be downloaded (offline, gated): pass ``weights=``.
+    WeightsNotFoundError
+        A ``FileNotFoundError``: official weights neither in the Hugging Face cache nor
+        downloadable (offline, gated); the message names the repository, files and cache.
     """
     cfg = get_encoder_cfg(name)
     if weights is not None and not isinstance(weights, (str, os.PathLike)):
@@ -129,7 +176,9 @@ def create_encoder(
     if isinstance(weights, os.PathLike):
         weights = str(Path(weights))
     factory = _FACTORIES.get(cfg.name, _timm_factory)
-    return factory(cfg, weights=weights, device=device, model_kwargs=dict(model_kwargs or {}))
+    return factory(
+        cfg, weights=weights, device=device, model_kwargs=dict(model_kwargs or {}), precision=precision
+    )
 
 
 def _timm_factory(cfg: EncoderCfg, **kwargs: Any) -> PatchEncoder:

@@ -3,12 +3,15 @@
 :func:`build_timm_encoder` turns an :class:`EncoderCfg` into a :class:`TorchEncoder`:
 it gets the weights (local file, Hugging Face hub, or random), builds the timm model with
 the preset's arguments, loads the weights strictly and wraps the model with the pooling
-recipe. Inference runs under ``torch.inference_mode()``, channels-last, with bfloat16
-autocast on CUDA and float32 on CPU.
+recipe. Inference runs under ``torch.inference_mode()``, channels-last, on the device
+:func:`~napari_care.core.encoders.device.pick_device` chooses (CUDA, then MPS, then CPU)
+and under the autocast dtype :func:`~napari_care.core.encoders.device.autocast_dtype`
+gives (bfloat16 on CUDA where supported, float16 otherwise, none on the CPU unless asked).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import RANDOM_WEIGHTS, EncoderCfg, check_finite, check_tiles
-from .weights import HUB_PREFIX, fetch_hub_state_dict, load_into, read_state_dict
+from .device import autocast_dtype, pick_device
+from .weights import HUB_PREFIX, WeightsNotFoundError, fetch_hub_state_dict, load_into, read_state_dict
 
 
 class AttentionalPooler(nn.Module):
@@ -110,14 +114,25 @@ class TorchEncoder:
     model
         The :class:`EmbeddingNet` (moved to ``device``, eval mode, channels-last).
     device
-        Torch device string.
+        Torch device (string or device); None chooses (see ``pick_device``).
     weights_source
         Where the weights came from (file path, hub id or ``"random"``), for messages.
+    precision
+        ``"auto"``, ``"bf16"``, ``"fp16"`` or ``"fp32"`` (see ``autocast_dtype``).
     """
 
-    def __init__(self, cfg: EncoderCfg, model: EmbeddingNet, device: str, weights_source: str) -> None:
+    def __init__(
+        self,
+        cfg: EncoderCfg,
+        model: EmbeddingNet,
+        device: str | torch.device | None,
+        weights_source: str,
+        precision: str = "auto",
+    ) -> None:
         self.cfg = cfg
-        self.device = torch.device(device)
+        self.device = pick_device(device)
+        self.precision = precision
+        self.autocast_dtype = autocast_dtype(self.device, precision)
         self.weights_source = weights_source
         self.model = model.to(self.device).eval().to(memory_format=torch.channels_last)
         self._mean = torch.tensor(cfg.mean, device=self.device).view(1, 3, 1, 1)
@@ -131,7 +146,7 @@ class TorchEncoder:
     def __repr__(self) -> str:
         return (
             f"TorchEncoder({self.cfg.name!r}, embed_dim={self.embed_dim}, device={self.device}, "
-            f"weights={self.weights_source!r})"
+            f"autocast={self.autocast_dtype}, weights={self.weights_source!r})"
         )
 
     def preprocess(self, tiles: np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -160,13 +175,17 @@ class TorchEncoder:
         return x.contiguous(memory_format=torch.channels_last)
 
     def forward_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised ``[B, 3, S, S]`` on the device -> float32 embeddings ``[B, D]``."""
-        with (
-            torch.inference_mode(),
-            torch.autocast(
-                device_type=self.device.type, dtype=torch.bfloat16, enabled=self.device.type == "cuda"
-            ),
-        ):
+        """Normalised ``[B, 3, S, S]`` on the device -> float32 embeddings ``[B, D]``.
+
+        Runs under autocast in :attr:`autocast_dtype` (none when it is None).
+        """
+        dtype = self.autocast_dtype
+        autocast = (
+            contextlib.nullcontext()
+            if dtype is None
+            else torch.autocast(device_type=self.device.type, dtype=dtype)
+        )
+        with torch.inference_mode(), autocast:
             return self.model(x).float()
 
     def encode(self, tiles: np.ndarray) -> np.ndarray:
@@ -185,11 +204,29 @@ def build_timm_encoder(
     weights: str | None = None,
     device: str | None = None,
     model_kwargs: Mapping[str, Any] | None = None,
+    precision: str | None = None,
 ) -> TorchEncoder:
     """Build a :class:`TorchEncoder` from a timm-backed cfg (see ``create_encoder``)."""
+    chosen = pick_device(device)  # first: a bad device fails before weights or a model cost anything
+    autocast_dtype(chosen, precision or "auto")  # checks the precision the same way
     if cfg.arch is None:
         raise ValueError(f"encoder {cfg.name!r} has no timm architecture")
     state, source = _resolve_weights(cfg, weights)  # first, so a failed download costs no model build
+    model = build_embedding_net(cfg, model_kwargs)
+    if state is not None:
+        load_into(model, model.trunk, state, source)
+    cfg = _cfg_for_built_model(cfg, model)
+    return TorchEncoder(cfg, model, chosen, source, precision=precision or "auto")
+
+
+def build_embedding_net(cfg: EncoderCfg, model_kwargs: Mapping[str, Any] | None = None) -> EmbeddingNet:
+    """The network of a timm-backed cfg with (seeded) random weights, on torch's current device.
+
+    Build it under ``with torch.device("meta"):`` to get the full-size architecture without
+    allocating it (shapes only), e.g. to check a preset's embedding width.
+    """
+    if cfg.arch is None:
+        raise ValueError(f"encoder {cfg.name!r} has no timm architecture")
     kwargs = {**cfg.timm_kwargs, **(model_kwargs or {})}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)  # random weights are the same on every run
@@ -199,13 +236,8 @@ def build_timm_encoder(
             raise ValueError(
                 f"encoder {cfg.name!r}: timm could not build {cfg.arch!r} with {kwargs}: {err}"
             ) from err
-        model = EmbeddingNet(
-            trunk, cfg.pooling, head_dim=cfg.embed_dim if cfg.pooling == "attn_pool" else None
-        )
-    if state is not None:
-        load_into(model, trunk, state, source)
-    cfg = _cfg_for_built_model(cfg, model)
-    return TorchEncoder(cfg, model, device or ("cuda" if torch.cuda.is_available() else "cpu"), source)
+        head_dim = cfg.embed_dim if cfg.pooling == "attn_pool" else None
+        return EmbeddingNet(trunk, cfg.pooling, head_dim=head_dim)
 
 
 def _resolve_weights(cfg: EncoderCfg, weights: str | None) -> tuple[dict[str, torch.Tensor] | None, str]:
@@ -222,7 +254,7 @@ def _resolve_weights(cfg: EncoderCfg, weights: str | None) -> tuple[dict[str, to
     pretrained = timm.models.get_pretrained_cfg(cfg.arch)
     hub_id = getattr(pretrained, "hf_hub_id", None) if pretrained is not None else None
     if not hub_id:
-        raise RuntimeError(
+        raise WeightsNotFoundError(
             f"encoder {cfg.name!r}: timm has no downloadable weights for {cfg.arch!r}; "
             "pass weights='path/to/checkpoint' or weights='random'"
         )

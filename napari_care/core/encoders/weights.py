@@ -3,14 +3,18 @@
 A checkpoint is read into a flat ``{key: tensor}`` state dict, unwrapped from the usual
 training containers (``"teacher"``, ``"model"``, ``"state_dict"``, ``"module"``), cleaned of
 wrapper prefixes (``module.``, ``backbone.``, ``_orig_mod.``) and of self-supervised
-training heads, and converted from the Hugging Face ``transformers`` DINOv2 layout when it
-comes in that layout (Phikon-v2). Loading is strict: a checkpoint of the wrong
-architecture raises an error that lists the missing, unexpected and mis-shaped keys.
+training heads, and converted from the Hugging Face ``transformers`` ViT or DINOv2 layout
+when it comes in one of them (Phikon, Phikon-v2). Hub weights come from the local Hugging
+Face cache when they are there, else they are downloaded (unless ``HF_HUB_OFFLINE`` is set);
+a missing file raises :class:`WeightsNotFoundError` naming the repository, the files and
+the cache folder looked in. Loading is strict: a checkpoint of the wrong architecture raises
+an error that lists the missing, unexpected and mis-shaped keys.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,9 +27,19 @@ WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 HUB_PREFIX = "hf-hub:"
 
 _CONTAINER_KEYS = ("teacher", "model", "state_dict", "module")
-_WRAPPER_PREFIXES = ("module.", "backbone.", "_orig_mod.")
-# Heads of DINO/iBOT-style training runs: never part of the feature extractor.
-_TRAINING_HEADS = ("dino_head.", "ibot_head.", "student.", "teacher.")
+_WRAPPER_PREFIXES = ("module.", "backbone.", "_orig_mod.", "vit.")
+# Heads of DINO/iBOT-style training runs and the transformers ViT pooler: never part of the
+# feature extractor.
+_TRAINING_HEADS = ("dino_head.", "ibot_head.", "student.", "teacher.", "pooler.")
+#: Files tried, in order, in a Hugging Face repository whose preset names none.
+HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_TRUE = ("1", "on", "yes", "true")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """An encoder's weights are neither a local file nor obtainable from the Hugging Face hub or cache."""
+
+
 _SHOW_KEYS = 5
 
 
@@ -93,19 +107,24 @@ def clean_state_dict(raw: Any, source: str) -> dict[str, torch.Tensor]:
     if not state:
         raise ValueError(f"weights {source}: no tensors found in the checkpoint")
     if "embeddings.patch_embeddings.projection.weight" in state:
-        state = convert_hf_dinov2(state)
+        state = convert_hf_vit(state)
     return state
 
 
-def convert_hf_dinov2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a ``transformers`` ``Dinov2Model`` state dict to timm ViT names.
+def convert_hf_vit(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a ``transformers`` ``ViTModel`` or ``Dinov2Model`` state dict to timm ViT names.
 
     Query, key and value projections (``attention.attention.query`` in checkpoints
     saved by transformers 4, ``attention.q_proj`` by transformers 5) are concatenated into
-    timm's fused ``qkv``; layer scales ``lambda1`` become ``gamma``; the mask token
-    (training only) is dropped.
+    timm's fused ``qkv``; DINOv2 layer scales ``lambda1`` become ``gamma``; ViT's
+    ``layernorm_before/after``, ``intermediate.dense`` and ``output.dense`` become
+    ``norm1/2``, ``mlp.fc1`` and ``mlp.fc2``; the mask token (training only) is dropped.
     """
     renames = [
+        (r"^encoder\.layer\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
+        (r"^encoder\.layer\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
+        (r"^encoder\.layer\.(\d+)\.intermediate\.dense\.", r"blocks.\1.mlp.fc1."),
+        (r"^encoder\.layer\.(\d+)\.output\.dense\.", r"blocks.\1.mlp.fc2."),
         (r"^embeddings\.cls_token$", "cls_token"),
         (r"^embeddings\.position_embeddings$", "pos_embed"),
         (r"^embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
@@ -141,32 +160,96 @@ def convert_hf_dinov2(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tens
     return out
 
 
-def fetch_hub_state_dict(hub_id: str, filename: str | None, encoder_name: str) -> dict[str, torch.Tensor]:
-    """Download weights with timm's Hugging Face loader and clean them.
+convert_hf_dinov2 = convert_hf_vit  # the name of earlier versions
+
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache folder, read from the environment at call time.
+
+    ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``XDG_CACHE_HOME/huggingface/hub``, else
+    ``~/.cache/huggingface/hub`` (the rules of ``huggingface_hub``).
+    """
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or str(
+        Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "huggingface"
+    )
+    return Path(home).expanduser() / "hub"
+
+
+def hub_offline() -> bool:
+    """True when downloads are switched off (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
+    flags = (os.environ.get(var, "").strip().lower() for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(flag in _TRUE for flag in flags)
+
+
+def find_hub_weights(hub_id: str, filename: str | None, encoder_name: str) -> Path:
+    """The local path of a hub repository's weights file: from the cache, else downloaded.
+
+    Parameters
+    ----------
+    hub_id
+        ``"org/repo"`` (an ``"hf-hub:"`` prefix is accepted).
+    filename
+        The weights file in the repository; None tries :data:`HUB_WEIGHT_FILES` in order.
+    encoder_name
+        For messages.
 
     Raises
     ------
-    RuntimeError
-        If the download fails (offline, gated repository without access, missing file);
-        the message tells the user to pass ``weights=`` with a local file.
+    WeightsNotFoundError
+        If no file is in the cache and downloads are off, or the download fails (gated
+        repository without access, no such file, no network); the one-line message names
+        the repository, the files tried and the cache folder, and how to fix it.
     """
-    from timm.models import load_state_dict_from_hf  # torch loads only when a model runs
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache  # lazy: only for hub weights
+    from huggingface_hub.errors import EntryNotFoundError
 
     hub_id = hub_id[len(HUB_PREFIX) :] if hub_id.startswith(HUB_PREFIX) else hub_id
-    try:
-        raw = (
-            load_state_dict_from_hf(hub_id, filename=filename)
-            if filename
-            else load_state_dict_from_hf(hub_id)
+    candidates = (filename,) if filename else HUB_WEIGHT_FILES
+    cache = hub_cache_dir()
+    for name in candidates:
+        cached = try_to_load_from_cache(hub_id, name, cache_dir=str(cache))
+        if isinstance(cached, str):
+            return Path(cached)
+    files = " or ".join(candidates)
+    fix = (
+        f"download it where the hub is reachable (`hf download {hub_id} {candidates[0]}`; the repository "
+        "may be gated: request access on its model card and `hf auth login` first) into that cache, "
+        "or pass weights='path/to/checkpoint'"
+    )
+    if hub_offline():
+        raise WeightsNotFoundError(
+            f"encoder {encoder_name!r}: weights {files} of Hugging Face {hub_id!r} are not in the cache "
+            f"{cache} and downloads are off (HF_HUB_OFFLINE); {fix}"
         )
-    except Exception as err:  # network, auth and cache errors come in many types
-        raise RuntimeError(
-            f"encoder {encoder_name!r}: could not get weights from Hugging Face {hub_id!r} "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}). "
-            "Offline, or the repository is gated: request access on its model card and log in "
-            "(`hf auth login`), or download the checkpoint and pass weights='path/to/checkpoint'."
-        ) from err
-    return clean_state_dict(raw, source=f"{HUB_PREFIX}{hub_id}")
+    for name in candidates:
+        try:
+            return Path(hf_hub_download(hub_id, name, cache_dir=str(cache)))
+        except EntryNotFoundError:
+            continue  # try the next file name
+        except Exception as err:  # network, auth and cache errors come in many types
+            first_line = str(err).splitlines()[0] if str(err) else ""
+            raise WeightsNotFoundError(
+                f"encoder {encoder_name!r}: could not get {name} of Hugging Face {hub_id!r} into the cache "
+                f"{cache} ({type(err).__name__}: {first_line}); {fix}"
+            ) from err
+    raise WeightsNotFoundError(
+        f"encoder {encoder_name!r}: Hugging Face {hub_id!r} has no {files} (cache {cache}); {fix}"
+    )
+
+
+def fetch_hub_state_dict(hub_id: str, filename: str | None, encoder_name: str) -> dict[str, torch.Tensor]:
+    """The cleaned state dict of a hub repository's weights (cache first, see :func:`find_hub_weights`).
+
+    Raises
+    ------
+    WeightsNotFoundError
+        If the weights are neither cached nor downloadable.
+    ValueError
+        If the file cannot be read as a checkpoint.
+    """
+    return read_state_dict(find_hub_weights(hub_id, filename, encoder_name))
 
 
 def load_into(model: nn.Module, trunk: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
