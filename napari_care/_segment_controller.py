@@ -49,6 +49,9 @@ class RunRequest:
         How the layers should look.
     mil_head_path
         The AB-MIL checkpoint whose attention becomes the heatmap, or None for CARE's.
+    features_path
+        A file of the slide's patch features (TRIDENT, CLAM, ``napari-care extract``) to
+        segment instead of encoding tiles, or None.
     """
 
     layer: Any
@@ -56,6 +59,7 @@ class RunRequest:
     options: SegmentOptions
     display: DisplayOptions
     mil_head_path: str | None = None
+    features_path: str | None = None
 
 
 def viewer_job(
@@ -65,10 +69,12 @@ def viewer_job(
     cancel: threading.Event,
     mil_head: MilHead | str | None = None,
     display: DisplayOptions | None = None,
+    features_path: str | None = None,
 ) -> Generator[Progress, None, tuple[MilRun, list | None]]:
-    """One widget run: the core's :meth:`~napari_care.core.session.SegmentSession.run_with_mil`,
-    then the layers' data (numpy work kept off the GUI thread) when ``display`` is given."""
-    run = yield from session.run_with_mil(options, box, cancel, mil_head)
+    """One widget run: the core's :meth:`~napari_care.core.session.SegmentSession.run_with_mil`
+    (on the features of ``features_path`` when given), then the layers' data (numpy work kept
+    off the GUI thread) when ``display`` is given."""
+    run = yield from session.run_with_mil(options, box, cancel, mil_head, features_path)
     layers = None if display is None else care_layers(run.result, session.slide, display, run.mil_output)
     return run, layers
 
@@ -167,6 +173,7 @@ class SegmentController:
             cancel_event,
             mil_head,
             display,
+            request.features_path,
             _start_thread=False,
             _ignore_errors=True,
         )
@@ -298,9 +305,13 @@ class SegmentController:
         # first, as it holds repaints: the bar and the status below join the layers' repaint
         self._draw(layers if display == self._display() else None)  # else built for other options
         self.progress_changed.emit(1, 1)  # a throttled last report may not have shown
+        source = (
+            "from the features file"
+            if result.from_features
+            else f"{result.encoded_tiles} encoded, {result.cached_tiles} from cache"
+        )
         text = (
-            f"{result.care.n_regions} regions over {len(result.features)} patches "
-            f"({result.encoded_tiles} encoded, {result.cached_tiles} from cache); "
+            f"{result.care.n_regions} regions over {len(result.features)} patches ({source}); "
             f"ROI = region {result.care.roi}"
         )
         if mil_output is not None:

@@ -55,6 +55,13 @@ class CareSegmentWidget(mg.Container):
             filter="*.safetensors",
             tooltip="empty: the training-free generator",
         )
+        self.features_file = mg.FileEdit(
+            label="features file",
+            mode="r",
+            filter="*.h5 *.pt",
+            tooltip="patch features of this slide made earlier (TRIDENT, CLAM, napari-care extract): "
+            "segmented without encoding; the encoder and magnification are the file's",
+        )
         self.mil_head = mg.FileEdit(
             label="MIL head",
             mode="r",
@@ -117,7 +124,14 @@ class CareSegmentWidget(mg.Container):
         self.extend([self.slide_layer, self.scope, self.follow_view, self.magnification, self.k])
         self._add_section(
             "Encoder and model",
-            [self.encoder, self.timm_name, self.weights, self.care_checkpoint, self.mil_head],
+            [
+                self.encoder,
+                self.timm_name,
+                self.weights,
+                self.features_file,
+                self.care_checkpoint,
+                self.mil_head,
+            ],
         )
         self._add_section(
             "Thresholds", [self.tissue_threshold, self.min_tissue, self.roi_threshold, self.heatmap_threshold]
@@ -199,6 +213,7 @@ class CareSegmentWidget(mg.Container):
             self.segment_options(),
             self.display_options(),
             self.mil_head_path(),
+            self.features_path(),
         )
 
     def _show_status(self, text: str) -> None:
@@ -213,6 +228,10 @@ class CareSegmentWidget(mg.Container):
     def mil_head_path(self) -> str | None:
         """The chosen AB-MIL checkpoint, or None for CARE's own attention."""
         return str(self.mil_head.value) if _is_file(self.mil_head.value) else None
+
+    def features_path(self) -> str | None:
+        """The chosen feature file of the slide, or None to encode its tiles."""
+        return str(self.features_file.value) if _is_file(self.features_file.value) else None
 
     def display_options(self) -> DisplayOptions:
         """How the layers should look, from the widget's fields."""

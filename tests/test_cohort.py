@@ -144,7 +144,9 @@ def test_cohort_reports_bad_slides_resumes_and_cleans_up(slides, client, tmp_pat
         assert summary["patches"] == len(features) > 10
         assert json.loads((out / f"{stem}.regions.geojson").read_text())["type"] == "FeatureCollection"
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        f"{stem}{suffix}" for stem in GOOD for suffix in (".care.json", ".features.h5", ".regions.geojson")
+        f"{stem}{suffix}"
+        for stem in GOOD
+        for suffix in (".care.json", ".features.h5", ".regions.geojson", ".slide_features.h5")
     )
 
     again = by_stem(

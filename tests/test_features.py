@@ -140,10 +140,9 @@ def test_bad_files(tmp_path):
     with pytest.raises(ValueError, match=r"nan.h5: 2 of 6 patches have NaN or infinite"):
         load_features(nan_path)
 
-    no_size = tmp_path / "nosize.h5"
+    no_size = tmp_path / "nosize.h5"  # CLAM: no attributes at all; the size is the coords' spacing
     _write_trident(no_size, _features(), _coords())
-    with pytest.raises(ValueError, match=r"nosize\.h5: no 'patch_size'"):
-        load_features(no_size)
+    assert (load_features(no_size).patch_size_px, load_features(no_size).patch_size_level0) == (448, 448.0)
 
     misshaped = tmp_path / "misshaped.h5"
     _write_trident(misshaped, _features(), np.zeros((6, 3), np.int64), patch_size=224)

@@ -10,12 +10,14 @@ import warnings
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from napari_care import __version__
 from napari_care.cli.common import core_option, drive, fail
 from napari_care.cli.jobs import (
     COHORT_HELP,
     fail_option,
+    run_feature_jobs,
     run_jobs,
     segment_defaults,
     segment_options,
@@ -52,12 +54,48 @@ def info(slide: Path, mpp: float | None) -> None:
         click.echo(json.dumps(handle.metadata(), indent=2))
 
 
+#: Options of ``segment`` that only shape an extraction: refused with ``--features``, whose
+#: patches (and their encoder, size and resolution) are the file's.
+EXTRACTION_ONLY = {
+    "weights": "--weights",
+    "magnification": "--magnification",
+    "allow_upsampling": "--allow-upsampling",
+    "tile_size_px": "--tile-size",
+    "max_tiles": "--max-tiles",
+    "min_tissue": "--min-tissue",
+    "strict": "--strict",
+    "device": "--device",
+    "layout": "--layout",
+}
+#: Options of ``segment`` that go with ``--features`` only.
+FEATURES_ONLY = {"slides_of_features": "--slide", "patch_size_px": "--patch-size"}
+
+
+def given_options(names: dict[str, str]) -> list[str]:
+    """The flags among ``names`` (parameter name -> flag) given on the command line or by the environment."""
+    context = click.get_current_context()
+    given = (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+    return [flag for name, flag in names.items() if context.get_parameter_source(name) in given]
+
+
 @main.command(
-    help="""Segment slides into CARE regions; write <stem>.features.h5, .regions.geojson, .care.json.
+    help="""Segment slides into CARE regions; write <stem>.features.h5 (or, with --layout trident,
+    features_<encoder>/<stem>.h5), .regions.geojson, .slide_features.h5 and .care.json.
+
+    With --features PATH instead of SLIDES: segment feature files made earlier (by
+    TRIDENT, CLAM or napari-care extract) without encoding anything and without the
+    slides. PATH is a feature file (.h5 or .pt) or a folder: a TRIDENT job (the
+    features_<encoder>/ folder; --encoder picks one when there are several), a CLAM
+    folder (h5_files/, pt_files/) or a folder of feature files. --slide gives the
+    slides (paths, globs or a slide CSV as for SLIDES), matched to the files by name,
+    for their pixel size and QuPath offset. The extraction's options (--tile-size,
+    --magnification, --weights, --min-tissue, --max-tiles, --strict, --device,
+    --layout, --allow-upsampling) are refused with --features. A file without patches
+    is a skipped row ("no tissue patches"), not a failure.
 """
     + COHORT_HELP
 )
-@click.argument("slides", nargs=-1, required=True)
+@click.argument("slides", nargs=-1)
 @segment_options
 @core_option(segment_defaults, "--k", type=int, help="Block side in patches, 1-256.")
 @click.option(
@@ -75,6 +113,30 @@ def info(slide: Path, mpp: float | None) -> None:
     help="Phenotype groups, 2-64 (and at most the slide's regions).",
 )
 @click.option("--tiles", is_flag=True, help="Also write per-tile attention as QuPath tile objects.")
+@click.option(
+    "--features",
+    "features_source",
+    type=click.Path(exists=True, path_type=Path),
+    default=None,
+    help="Segment this feature file, or the feature files of this folder (TRIDENT, CLAM, plain), "
+    "instead of SLIDES.",
+)
+@click.option(
+    "--slide",
+    "--slides",
+    "slides_of_features",
+    multiple=True,
+    metavar="SLIDES",
+    help="With --features: the slides of the feature files (paths, glob patterns or a slide CSV), "
+    "matched by name; a single feature file takes a single slide whatever its name. Repeatable.",
+)
+@click.option(
+    "--patch-size",
+    "patch_size_px",
+    type=int,
+    default=None,
+    help="With --features: the patch side in pixels, for CLAM files that do not record it.",
+)
 def segment(
     slides,
     encoder,
@@ -87,6 +149,8 @@ def segment(
     mpp,
     force_mpp,
     strict,
+    device,
+    layout,
     out_dir,
     overwrite,
     workers,
@@ -97,10 +161,48 @@ def segment(
     care_checkpoint,
     n_groups,
     tiles,
+    features_source,
+    slides_of_features,
+    patch_size_px,
 ) -> None:
     from napari_care.core.jobs import segment_job  # lazy: CLI start-up
     from napari_care.core.segment import SegmentOptions  # lazy: CLI start-up
 
+    cluster = {
+        "out_dir": out_dir,
+        "workers": workers,
+        "threads_per_worker": threads_per_worker,
+        "scheduler": scheduler,
+        "quiet": quiet,
+        "force_mpp": force_mpp,
+        "overwrite": overwrite,
+        "tiles": tiles,
+    }
+    if features_source is not None:
+        if slides:
+            fail("give SLIDES or --features, not both (the slides of feature files go with --slide)")
+        refused = given_options(EXTRACTION_ONLY)
+        if refused:
+            fail(
+                f"{', '.join(refused)}: an option of the extraction; with --features the patches are the "
+                "file's (give --patch-size for CLAM files without a patch size)"
+            )
+        options = SegmentOptions(care_checkpoint=care_checkpoint, k=k, n_groups=n_groups)
+        run_feature_jobs(
+            features_source,
+            slides_of_features,
+            mpp,
+            encoder=encoder if given_options({"encoder": "--encoder"}) else None,
+            patch_size_px=patch_size_px,
+            options=options,
+            **cluster,
+        )
+        return
+    if not slides:
+        fail("no slides to process: give SLIDES, or --features with feature files")
+    stray = given_options(FEATURES_ONLY)
+    if stray:
+        fail(f"{', '.join(stray)} goes with --features")
     options = SegmentOptions(
         encoder=encoder,
         encoder_weights=weights,
@@ -110,28 +212,24 @@ def segment(
         k=k,
         min_tissue=min_tissue,
         n_groups=n_groups,
+        device=device,
         strict=strict,
     )
     run_jobs(
         segment_job,
         slides,
         mpp,
-        out_dir=out_dir,
-        workers=workers,
-        threads_per_worker=threads_per_worker,
-        scheduler=scheduler,
-        quiet=quiet,
-        force_mpp=force_mpp,
         max_tiles=max_tiles,
         allow_upsampling=allow_upsampling,
         options=options,
-        overwrite=overwrite,
-        tiles=tiles,
+        layout=layout,
+        **cluster,
     )
 
 
 @main.command(
-    help="""Extract patch features to <stem>.features.h5 (TRIDENT/CLAM layout).
+    help="""Extract patch features to <stem>.features.h5 (TRIDENT/CLAM layout), or with
+    --layout trident to features_<encoder>/<stem>.h5 as TRIDENT names them.
 
     With --mixmag: mixed-magnification features instead, each region at three
     magnifications, the finest at --magnification, to <stem>.mixmag.h5.
@@ -153,6 +251,8 @@ def extract(
     mpp,
     force_mpp,
     strict,
+    device,
+    layout,
     out_dir,
     overwrite,
     workers,
@@ -165,6 +265,8 @@ def extract(
     from napari_care.core.mixmag_features import mixmag_job  # lazy: CLI start-up
     from napari_care.core.segment import SegmentOptions  # lazy: CLI start-up
 
+    if mixmag and layout != "napari_care":
+        fail("--layout trident: mixed-magnification features have one layout, <stem>.mixmag.h5")
     job_function = mixmag_job if mixmag else extract_job
     options = SegmentOptions(
         encoder=encoder,
@@ -172,6 +274,7 @@ def extract(
         magnification=magnification,
         tile_size_px=tile_size_px,
         min_tissue=min_tissue,
+        device=device,
         strict=strict,
     )
     run_jobs(
@@ -188,6 +291,7 @@ def extract(
         allow_upsampling=allow_upsampling,
         options=options,
         overwrite=overwrite,
+        **({} if mixmag else {"layout": layout}),
     )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import click
@@ -23,6 +23,12 @@ def fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     """Print a one-line error and exit with ``code``."""
     click.echo(f"napari-care: {message}", err=True)
     sys.exit(code)
+
+
+def warn(notes: Iterable[str]) -> None:
+    """Print each warning on its own line of stderr."""
+    for note in notes:
+        click.echo(f"napari-care: warning: {note}", err=True)
 
 
 class StageBars:

@@ -7,11 +7,12 @@ other commands: 0 done, 1 the work failed, 2 bad input.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import click
 
-from napari_care.cli.common import core_option, keyword_defaults
+from napari_care.cli.common import core_option, keyword_defaults, warn
 from napari_care.cli.train import ANY_PATH, EXISTING_FILE, or_fail, run_or_fail
 
 
@@ -61,14 +62,20 @@ def register(main: click.Group) -> None:
         """The CARE paper's linear/kNN (or Cox) protocol on frozen slide embeddings.
 
         EMBEDDINGS: an .npz (arrays slide_id + embedding, or one array per slide id), a CSV
-        (slide_id + numbers), or a folder of feature files (*.h5) embedded here with CARE.
+        (slide_id + numbers), a folder of slide feature files (<stem>.slide_features.h5 as
+        segment writes them, or TRIDENT's slide_features_<encoder>/), or a folder of patch
+        feature files (*.h5, TRIDENT's or CLAM's layout) embedded here with CARE. Empty
+        files (slides without tissue) are left out with a warning.
         """
         from napari_care.core import embedding_files  # lazy: CLI start-up
         from napari_care.core.evaluate import evaluate_embeddings  # lazy: CLI start-up
 
-        slide_ids, vectors = run_or_fail(
-            embedding_files.slide_embeddings(embeddings, care_checkpoint, which), quiet
-        )
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", UserWarning)
+            slide_ids, vectors = run_or_fail(
+                embedding_files.slide_embeddings(embeddings, care_checkpoint, which), quiet
+            )
+        warn(str(warning.message) for warning in caught)
         if save_embeddings:
             embedding_files.save_embeddings(save_embeddings, slide_ids, vectors)
         x, labels, used = or_fail(embedding_files.labelled_embeddings, slide_ids, vectors, labels_csv, task)

@@ -1,5 +1,5 @@
 """The cohort runner behind ``segment`` and ``extract``: their shared options, the checks
-before work, the run over the slides (dask or in this process) and the summary.
+before work, the run over the slides or feature files (dask or in this process) and the summary.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from napari_care.cli.common import (
     drive,
     fail,
     keyword_defaults,
+    warn,
 )
 
 
@@ -43,6 +44,16 @@ FLAG_OF_OPTION = {
     "min_tissue": "--min-tissue",
     "max_tiles": "--max-tiles",
 }
+
+TILE_SIZE_HELP = (
+    "Tile side in pixels at the target magnification, 16-4096 [default: the encoder's preset: "
+    "224 for default and timm: models, 256 for uni, 512 for conch_v1_5, ...]."
+)
+DEVICE_HELP = "cuda, mps or cpu; default: CUDA, then MPS, then CPU."
+LAYOUT_HELP = (
+    "Where patch features go: napari_care (<stem>.features.h5) or trident (features_<encoder>/<stem>.h5, "
+    "with TRIDENT's attributes)."
+)
 
 
 def fail_option(error) -> None:
@@ -83,13 +94,7 @@ def segment_options(function):
             is_flag=True,
             help="Accept a --magnification above the scan's (more than 10% above is refused otherwise).",
         ),
-        core_option(
-            segment_defaults,
-            "--tile-size",
-            "tile_size_px",
-            type=int,
-            help="Tile side in pixels at the target magnification, 16-4096.",
-        ),
+        click.option("--tile-size", "tile_size_px", type=int, default=None, help=TILE_SIZE_HELP),
         core_option(
             preflight_defaults,
             "--max-tiles",
@@ -114,6 +119,14 @@ def segment_options(function):
             is_flag=True,
             help="Fail a slide on a file tile that cannot be decoded (default: skip its patches, warn, "
             "and count them in the summary).",
+        ),
+        click.option("--device", default=None, metavar="DEVICE", help=DEVICE_HELP),
+        click.option(
+            "--layout",
+            type=click.Choice(["napari_care", "trident"]),
+            default="napari_care",
+            show_default=True,
+            help=LAYOUT_HELP,
         ),
         click.option(
             "--out", "out_dir", type=click.Path(path_type=Path), required=True, help="Output folder."
@@ -167,21 +180,14 @@ def run_jobs(
 
     Everything that can be checked is checked first (:func:`~napari_care.core.preflight.preflight`).
     Exits 2 on bad arguments (no slides, a missing slide, colliding names, an option out of
-    range, an unusable checkpoint or output folder, an unreachable scheduler) and 1 when any
-    slide failed or the run was interrupted.
+    range, an unusable checkpoint, device or output folder, an unreachable scheduler) and 1
+    when any slide failed or the run was interrupted.
     """
-    from napari_care.core.cohort import cohort_workers, run_cohort  # lazy: CLI start-up
-    from napari_care.core.jobs import (  # lazy: CLI start-up
-        check_unique_stems,
-        expand_slides,
-        reports_progress,
-        summary_path,
-    )
+    from napari_care.core.jobs import check_unique_stems, expand_slides  # lazy: CLI start-up
     from napari_care.core.preflight import PreflightError, preflight  # lazy: CLI start-up
     from napari_care.core.segment import OptionError  # lazy: CLI start-up
 
-    if scheduler is not None and workers is not None:
-        fail("--workers sizes a local cluster; it cannot be given with --scheduler")
+    check_cluster_options(workers, scheduler)
     if force_mpp and mpp is None:
         fail("--force-mpp needs --mpp")
     try:
@@ -198,7 +204,117 @@ def run_jobs(
     except PreflightError as error:
         warn(error.notes)
         fail(str(error))
+    check_device(options.device)
     warn(notes)
+    run_planned(
+        job_function,
+        jobs,
+        out_dir=out_dir,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        scheduler=scheduler,
+        quiet=quiet,
+        options=options,
+        **kwargs,
+    )
+
+
+def run_feature_jobs(
+    source: Path,
+    slides: tuple[str, ...],
+    mpp: float | None,
+    *,
+    encoder: str | None,
+    patch_size_px: int | None,
+    out_dir: Path,
+    workers: int | None,
+    threads_per_worker: int,
+    scheduler: str | None,
+    quiet: bool,
+    options,
+    force_mpp: bool = False,
+    **kwargs,
+) -> None:
+    """``segment --features``: one job per feature file of ``source``, with the slides matched by name.
+
+    The checks (:func:`~napari_care.core.feature_jobs.check_feature_run`), the cohort, the
+    summary (``segment-summary.csv``) and the exit codes are those of :func:`run_jobs`.
+    """
+    from napari_care.core.feature_jobs import (  # lazy: CLI start-up
+        check_feature_run,
+        feature_jobs,
+        segment_features_job,
+    )
+    from napari_care.core.jobs import segment_job, summary_path  # lazy: CLI start-up
+    from napari_care.core.segment import OptionError  # lazy: CLI start-up
+
+    check_cluster_options(workers, scheduler)
+    if force_mpp and mpp is None:
+        fail("--force-mpp needs --mpp")
+    if patch_size_px is not None and patch_size_px < 1:
+        fail(f"--patch-size {patch_size_px}: must be at least 1")
+    try:
+        jobs, notes = feature_jobs(
+            source, encoder=encoder, slides=slides, mpp=mpp, force_mpp=force_mpp, patch_size_px=patch_size_px
+        )
+        check_feature_run(jobs, out_dir, options)
+    except OptionError as error:
+        fail_option(error)
+    except (ValueError, OSError) as error:  # PreflightError included; the messages name the file
+        fail(str(error))
+    warn(notes)
+    run_planned(
+        segment_features_job,
+        jobs,
+        out_dir=out_dir,
+        workers=workers,
+        threads_per_worker=threads_per_worker,
+        scheduler=scheduler,
+        quiet=quiet,
+        options=options,
+        summary=summary_path(out_dir, segment_job),
+        **kwargs,
+    )
+
+
+def check_cluster_options(workers: int | None, scheduler: str | None) -> None:
+    """Exit 2 for ``--workers`` with ``--scheduler``."""
+    if scheduler is not None and workers is not None:
+        fail("--workers sizes a local cluster; it cannot be given with --scheduler")
+
+
+def check_device(device: str | None) -> None:
+    """Exit 2 for a ``--device`` that torch does not know or this machine lacks (None: nothing to check)."""
+    if device is None:
+        return
+    from napari_care.core.encoders.device import pick_device  # lazy: torch, only for --device
+
+    try:
+        pick_device(device)
+    except ValueError as error:
+        fail(f"--device: {error}")
+
+
+def run_planned(
+    job_function,
+    jobs: list,
+    *,
+    out_dir: Path,
+    workers: int | None,
+    threads_per_worker: int,
+    scheduler: str | None,
+    quiet: bool,
+    options,
+    summary: Path | None = None,
+    **kwargs,
+) -> None:
+    """Run checked jobs (a dask cohort, or in this process), print and save the summary
+    (``summary``, default :func:`~napari_care.core.jobs.summary_path` of the job); exit 1
+    when any failed or the run was interrupted."""
+    from napari_care.core.cohort import cohort_workers, run_cohort  # lazy: CLI start-up
+    from napari_care.core.jobs import reports_progress, summary_path  # lazy: CLI start-up
+
+    summary = summary or summary_path(out_dir, job_function)
     n_workers = cohort_workers(len(jobs), workers=workers, scheduler=scheduler)  # 0: in this process
     finished: list[dict] = []  # in finishing order, for a run that is interrupted
     try:
@@ -221,21 +337,15 @@ def run_jobs(
                 rows = drive(work, quiet=quiet, unit="slide")
     except KeyboardInterrupt:
         print_table(finished)
-        save_summary(finished, summary_path(out_dir, job_function))
+        save_summary(finished, summary)
         fail(
             f"interrupted after {len(finished)} of {len(jobs)} slides; run the same command again to resume",
             EXIT_FAILED,
         )
     print_table(rows)
-    save_summary(rows, summary_path(out_dir, job_function))
+    save_summary(rows, summary)
     if any(row["status"] == "failed" for row in rows):
         sys.exit(EXIT_FAILED)
-
-
-def warn(notes) -> None:
-    """Print each warning on its own line of stderr."""
-    for note in notes:
-        click.echo(f"napari-care: warning: {note}", err=True)
 
 
 def save_summary(rows: list[dict], path: Path) -> None:

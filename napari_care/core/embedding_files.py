@@ -1,7 +1,9 @@
 """Slide embeddings and their labels as files: what ``napari-care evaluate`` reads and writes.
 
-* :func:`slide_embeddings`: slide ids and ``[S, E]`` embeddings from an ``.npz``, a CSV, or
-  a folder of feature files embedded here with CARE (trained or training-free).
+* :func:`slide_embeddings`: slide ids and ``[S, E]`` embeddings from an ``.npz``, a CSV, a
+  folder of slide feature files (``<stem>.slide_features.h5`` as ``segment`` writes them, or
+  TRIDENT's ``slide_features_<encoder>/``), or a folder of patch feature files embedded here
+  with CARE (trained or training-free).
 * :func:`save_embeddings`: an ``.npz`` with arrays ``slide_id`` and ``embedding``.
 * :func:`labelled_embeddings`: the embeddings of the slides a label CSV names, with their
   labels, in the CSV's order (the input of :func:`napari_care.core.evaluate.evaluate_embeddings`).
@@ -11,12 +13,15 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 from napari_care.core.atomic import atomic_open
+from napari_care.core.features import EmptyFeaturesError
 from napari_care.core.progress import ProgressGen
+from napari_care.core.slide_features import SLIDE_FEATURES_SUFFIX, find_slide_features, load_slide_features
 from napari_care.core.train.feature_views import encoder_name, iter_slide_embeddings, load_feature_folder
 
 PathLike = str | os.PathLike[str]
@@ -35,8 +40,10 @@ def slide_embeddings(
     Parameters
     ----------
     path
-        An ``.npz`` or ``.csv`` file (see :func:`load_embeddings`), or a folder of feature
-        files (``*.h5``) embedded here.
+        An ``.npz`` or ``.csv`` file (see :func:`load_embeddings`); a folder of slide feature
+        files (:func:`is_slide_feature_folder`), read as they are; or a folder of patch
+        feature files (``*.h5``, TRIDENT's or CLAM's layout) embedded here. Empty files
+        (slides without tissue) are left out with one warning.
     care_checkpoint
         For a folder: the CARE checkpoint that embeds it; None runs training-free CARE.
     which
@@ -50,6 +57,8 @@ def slide_embeddings(
     path = Path(path)
     if not path.is_dir():
         return load_embeddings(path)
+    if is_slide_feature_folder(path):
+        return load_slide_feature_folder(path)
     slides = load_feature_folder(path)
     model = None
     if care_checkpoint is not None:
@@ -62,6 +71,57 @@ def slide_embeddings(
         )
     vectors = yield from iter_slide_embeddings(slides, model, which)
     return [slide.slide_id for slide in slides], vectors
+
+
+def is_slide_feature_folder(folder: PathLike) -> bool:
+    """Whether ``folder`` holds slide embeddings rather than patch features: it has
+    ``*.slide_features.h5`` files, or it is TRIDENT's ``slide_features_<encoder>/``."""
+    folder = Path(folder)
+    return folder.name.startswith("slide_features_") or any(folder.glob(f"*{SLIDE_FEATURES_SUFFIX}"))
+
+
+def load_slide_feature_folder(folder: PathLike) -> tuple[list[str], np.ndarray]:
+    """Slide ids and ``[S, E]`` float64 embeddings of a folder of slide feature files.
+
+    Files with an empty embedding (TRIDENT's, for slides without tissue) are left out with
+    one warning naming them.
+
+    Raises
+    ------
+    ValueError
+        No slide feature file, an unreadable one, every one empty, or embeddings of
+        different lengths (files of several slide encoders).
+    """
+    folder = Path(folder)
+    found = find_slide_features(folder)
+    if not found:
+        raise ValueError(f"{folder}: no slide feature files (*.slide_features.h5)")
+    slide_ids, vectors, empty = [], [], []
+    for slide_id, file in found.items():
+        try:
+            embedding = load_slide_features(file)
+        except EmptyFeaturesError:
+            empty.append(slide_id)
+            continue
+        slide_ids.append(slide_id)
+        vectors.append(embedding)
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        warnings.warn(
+            f"{folder}: {len(empty)} of {len(found)} slide feature files are empty (slides without "
+            f"tissue) and are left out: {shown}",
+            stacklevel=2,
+        )
+    if not vectors:
+        raise ValueError(f"{folder}: every slide feature file is empty")
+    lengths = {len(v.embedding) for v in vectors}
+    if len(lengths) > 1:
+        encoders = sorted({v.slide_encoder or "?" for v in vectors})
+        raise ValueError(
+            f"{folder}: slide embeddings of different lengths {sorted(lengths)} "
+            f"(several slide encoders? {', '.join(encoders)})"
+        )
+    return slide_ids, np.stack([v.embedding for v in vectors]).astype(np.float64)
 
 
 def load_embeddings(path: PathLike) -> tuple[list[str], np.ndarray]:

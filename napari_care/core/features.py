@@ -5,7 +5,11 @@ each patch's top-left corner). This module writes the attributes both tools read
 file and on ``coords``) and reads what either tool writes: TRIDENT files with features
 [1, N, D] or [N, D] and ``coords`` attributes ``patch_size`` / ``patch_size_level0`` /
 ``level0_magnification`` / ``target_magnification``; CLAM files with ``coords`` attributes
-``patch_level`` / ``patch_size`` (/ ``downsample``).
+``patch_level`` / ``patch_size`` (/ ``downsample``), or none at all (the patch size is then the
+coords' spacing); and CLAM's ``pt_files/<slide>.pt`` (the features as a torch tensor), whose
+coords are in ``h5_files/<slide>.h5`` beside it. A file without patches (TRIDENT writes one for
+a slide without tissue) raises :class:`EmptyFeaturesError`. Where the files go and how to find
+them: :mod:`napari_care.core.feature_files`.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from napari_care.core.atomic import atomic_path
 from napari_care.core.tiling import MPP_AT_10X
 
 SETTINGS_ATTRIBUTE = "napari_care_settings"  # JSON text: the settings of the run that wrote the file
+
+
+class EmptyFeaturesError(ValueError):
+    """A feature file without patches (TRIDENT writes one for a slide without tissue)."""
 
 
 @dataclass
@@ -184,7 +192,14 @@ def settings_text(settings: Mapping[str, Any]) -> str:
 def save_features(
     path: str | os.PathLike[str], pf: PatchFeatures, *, settings: Mapping[str, Any] | None = None
 ) -> Path:
-    """Write ``pf`` to an HDF5 file (TRIDENT/CLAM layout), atomically.
+    """Write ``pf`` to an HDF5 file with the attributes TRIDENT and CLAM read, atomically.
+
+    On ``coords``: TRIDENT's ``patch_size``, ``patch_size_level0``, ``level0_magnification``,
+    ``target_magnification``, ``overlap`` and ``name``, and CLAM's ``patch_level`` (0: the
+    coords and sizes are of level 0) and ``custom_downsample`` (level-0 pixels per patch pixel),
+    which CLAM's and TRIDENT's legacy re-extraction read; on ``features`` TRIDENT's ``name``
+    and ``encoder``; on the file this package's own (``encoder``, ``slide_id``, ``mpp``,
+    ``stride_level0``, the run's settings).
 
     Parameters
     ----------
@@ -209,6 +224,7 @@ def save_features(
     stride = pf.stride_level0 or pf.patch_size_level0
     overlap_px = round(pf.patch_size_px * (1.0 - stride / pf.patch_size_level0))
     common = {"patch_size": pf.patch_size_px, "patch_size_level0": _plain(pf.patch_size_level0)}
+    downsample = pf.patch_size_level0 / pf.patch_size_px
     with atomic_path(path) as tmp, create_hdf5(tmp) as f:
         f.create_dataset("features", data=pf.features)
         coords = f.create_dataset("coords", data=pf.coords)
@@ -217,25 +233,33 @@ def save_features(
         if settings is not None:
             f.attrs[SETTINGS_ATTRIBUTE] = settings_text(settings)
         coords.attrs.update(common)
-        coords.attrs.update({"overlap": overlap_px, "name": pf.slide_id})
-        f["features"].attrs["name"] = pf.slide_id
+        coords.attrs.update(
+            {
+                "overlap": overlap_px,
+                "name": pf.slide_id,
+                "patch_level": 0,
+                "custom_downsample": _plain(round(downsample, 6)),
+            }
+        )
+        f["features"].attrs.update({"name": pf.slide_id, "encoder": pf.encoder})
         if pf.mpp is not None:
             target_mag = 10.0 * MPP_AT_10X / pf.mpp
             f.attrs.update({"mpp": pf.mpp, "magnification": target_mag})
             coords.attrs.update(
                 {
                     "target_magnification": _plain(target_mag),
-                    "level0_magnification": _plain(target_mag * pf.patch_size_level0 / pf.patch_size_px),
+                    "level0_magnification": _plain(target_mag * downsample),
                 }
             )
     return path
 
 
-def _attr_text(value: object) -> str:
+def attr_text(value: object) -> str:
+    """An HDF5 attribute (bytes, a one-element array, a number) as text."""
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     if isinstance(value, np.ndarray) and value.size == 1:
-        return _attr_text(value.item())
+        return attr_text(value.item())
     return str(value)
 
 
@@ -264,6 +288,40 @@ def _grid_spacing(coords: np.ndarray) -> float | None:
     return float(positive.min()) if positive.size else None
 
 
+def coords_spacing(coords: np.ndarray, path: Path) -> float:
+    """The patch side of a grid of patches without overlap, from their corners alone (CLAM writes
+    no attributes): the one step between neighbouring corners along x and y.
+
+    Raises
+    ------
+    ValueError
+        When the spacing is ambiguous: fewer than two columns and two rows, another step
+        along x than along y, or corners off a grid of that step (overlapping patches).
+    """
+    steps = []
+    for axis in (0, 1):
+        positions = np.unique(coords[:, axis])
+        gaps = np.diff(positions)
+        steps.append(float(gaps.min()) if gaps.size else None)
+    known = [step for step in steps if step is not None]
+    problem = None
+    if not known:
+        problem = f"{len(coords)} patch(es) in one place"
+    elif len(known) == 2 and abs(known[0] - known[1]) > 0.5:
+        problem = f"the step is {known[0]:g} px along x but {known[1]:g} px along y"
+    else:
+        step = min(known)
+        offsets = (coords - coords.min(axis=0)) / step
+        if np.abs(offsets - np.rint(offsets)).max() > 0.01:
+            problem = f"the corners are not on a grid of step {step:g} px (irregular corners)"
+    if problem:
+        raise ValueError(
+            f"{path}: the file records no patch size (CLAM writes none) and the coords' spacing "
+            f"does not tell it: {problem}; give the patch size (--patch-size)"
+        )
+    return min(known)
+
+
 def _patch_size_level0(attrs: dict, coords: np.ndarray, patch_size: int, path: Path) -> float:
     """Level-0 patch side from TRIDENT or CLAM attributes, or from the coords' spacing."""
     size0 = _attr_float(attrs, "patch_size_level0")
@@ -277,10 +335,11 @@ def _patch_size_level0(attrs: dict, coords: np.ndarray, patch_size: int, path: P
         return patch_size * level0_mag / target_mag
     if "patch_level" in attrs:  # CLAM: patch_size is in pixels of level `patch_level`
         downsample = _attr_float(attrs, "downsample")
+        custom = _attr_float(attrs, "custom_downsample")
         if downsample:
-            return patch_size * downsample
+            return patch_size * downsample * (custom or 1.0)
         if int(np.asarray(attrs["patch_level"]).ravel()[0]) == 0:
-            return float(patch_size)
+            return patch_size * (custom or 1.0)
     spacing = _grid_spacing(coords)
     if spacing:
         return spacing
@@ -302,13 +361,65 @@ def open_hdf5(path: Path, kind: str):
         raise ValueError(f"{path}: not a readable HDF5 {kind} ({error})") from error
 
 
-def load_features(path: str | os.PathLike[str]) -> PatchFeatures:
+def _numeric(dataset, what: str, path: Path) -> np.ndarray:
+    try:
+        return np.asarray(dataset[()], dtype=np.float64 if what == "coords" else np.float32)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: '{what}' is not numeric ({error})") from None
+
+
+def _read_h5(path: Path, *, need_features: bool = True) -> tuple[np.ndarray | None, np.ndarray, dict]:
+    """Features (None when not needed), coords and the merged attributes of an HDF5 feature file."""
+    with open_hdf5(path, "feature file") as f:
+        wanted = ("features", "coords") if need_features else ("coords",)
+        missing = [name for name in wanted if name not in f]
+        if missing:
+            raise ValueError(f"{path}: missing dataset(s) {missing}; found {sorted(f.keys())}")
+        features = _numeric(f["features"], "features", path) if need_features else None
+        coords = _numeric(f["coords"], "coords", path)
+        # file attributes first, then TRIDENT's per-dataset ones, which describe the patches
+        feature_attrs = dict(f["features"].attrs) if "features" in f else {}
+        attrs = {**feature_attrs, **dict(f.attrs), **dict(f["coords"].attrs)}
+    return features, coords, attrs
+
+
+def _read_pt(path: Path) -> tuple[np.ndarray, np.ndarray, dict]:
+    """CLAM's ``pt_files/<slide>.pt`` features with the coords of ``h5_files/<slide>.h5`` beside it."""
+    import torch  # lazy: only CLAM's .pt files need it
+
+    coords_file = path.parent.parent / "h5_files" / f"{path.stem}.h5"
+    if not coords_file.is_file():
+        raise ValueError(
+            f"{path}: a CLAM .pt file holds no coords; expected them in {coords_file} "
+            "(CLAM's h5_files/ beside pt_files/)"
+        )
+    try:
+        tensor = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a corrupt or foreign file
+        raise ValueError(
+            f"{path}: not a readable torch feature file ({type(error).__name__}: {error})"
+        ) from None
+    if not isinstance(tensor, torch.Tensor | np.ndarray):
+        raise ValueError(
+            f"{path}: holds a {type(tensor).__name__}, expected a tensor of patch features [N, D]"
+        )
+    features = np.asarray(tensor.float().numpy() if isinstance(tensor, torch.Tensor) else tensor, np.float32)
+    _, coords, attrs = _read_h5(coords_file, need_features=False)
+    return features, coords, attrs
+
+
+def load_features(path: str | os.PathLike[str], *, patch_size_px: int | None = None) -> PatchFeatures:
     """Read patch features written by this package, TRIDENT or CLAM.
 
     Parameters
     ----------
     path
-        An ``.h5`` file with datasets ``features`` and ``coords``.
+        An ``.h5`` file with datasets ``features`` and ``coords``, or CLAM's
+        ``pt_files/<slide>.pt`` (its coords are read from ``h5_files/<slide>.h5``).
+    patch_size_px
+        The patch side in pixels, for files that record none (CLAM's); it also overrides a
+        recorded one. Without it, a file without a patch size takes the coords' spacing
+        (patches read at level 0, :func:`coords_spacing`).
 
     Returns
     -------
@@ -318,47 +429,62 @@ def load_features(path: str | os.PathLike[str]) -> PatchFeatures:
     ------
     FileNotFoundError
         When the file does not exist.
+    EmptyFeaturesError
+        When the file holds no patches (TRIDENT's file of a slide without tissue).
     ValueError
-        When datasets are missing or misshaped, the patch size is unknown, or features hold
-        NaN or infinite values.
+        When datasets are missing, misshaped or not numeric, the patch size is unknown or
+        ambiguous, or features hold NaN or infinite values.
     """
     path = Path(path)
-    with open_hdf5(path, "feature file") as f:
-        missing = [name for name in ("features", "coords") if name not in f]
-        if missing:
-            raise ValueError(f"{path}: missing dataset(s) {missing}; found {sorted(f.keys())}")
-        features = _squeeze_rows(np.asarray(f["features"][()]), None, "features", path)
-        coords = _squeeze_rows(np.asarray(f["coords"][()]), 2, "coords", path)
-        # file attributes first, then TRIDENT's per-dataset ones, which describe the patches
-        attrs = {**dict(f["features"].attrs), **dict(f.attrs), **dict(f["coords"].attrs)}
+    if patch_size_px is not None and (int(patch_size_px) != patch_size_px or patch_size_px <= 0):
+        raise ValueError(
+            f"{path}: the patch size must be a positive whole number of pixels, got {patch_size_px}"
+        )
+    features, coords, attrs = _read_pt(path) if path.suffix == ".pt" else _read_h5(path)
+    if features.size == 0 or coords.size == 0:
+        raise EmptyFeaturesError(f"{path}: no patches (a slide without tissue)")
+    features = _squeeze_rows(features, None, "features", path)
+    coords = _squeeze_rows(coords, 2, "coords", path)
     if len(features) != len(coords):
         raise ValueError(f"{path}: {len(features)} feature rows but {len(coords)} coords")
     bad = int((~np.isfinite(features)).any(axis=1).sum())
     if bad:
         raise ValueError(f"{path}: {bad} of {len(features)} patches have NaN or infinite features")
-    patch_size = _attr_float(attrs, "patch_size")
-    if patch_size is None:
-        raise ValueError(f"{path}: no 'patch_size' attribute on the file or on 'coords'")
-    patch_size0 = _patch_size_level0(attrs, coords, int(patch_size), path)
+    if not np.isfinite(coords).all():
+        raise ValueError(f"{path}: the coords hold NaN or infinite values")
+    recorded_size = _attr_float(attrs, "patch_size")
+    if patch_size_px is not None and recorded_size is not None:  # the given side over the file's
+        patch_size = int(patch_size_px)
+        patch_size0 = _patch_size_level0(attrs, coords, patch_size, path)
+    elif patch_size_px is not None:  # CLAM without attributes: the spacing is the level-0 side
+        patch_size = int(patch_size_px)
+        patch_size0 = coords_spacing(coords, path) if len(coords) > 1 else float(patch_size)
+    elif recorded_size is not None:
+        patch_size = int(recorded_size)
+        patch_size0 = _patch_size_level0(attrs, coords, patch_size, path)
+    else:  # CLAM without attributes: patches read at level 0, side = the coords' spacing
+        patch_size0 = coords_spacing(coords, path)
+        patch_size = round(patch_size0)
     mpp = _attr_float(attrs, "mpp")
     target_mag = _attr_float(attrs, "target_magnification") or _attr_float(attrs, "magnification")
     if mpp is None and target_mag:
         mpp = 10.0 * MPP_AT_10X / target_mag
-    encoder = _attr_text(attrs["encoder"]) if "encoder" in attrs else ""
-    if not encoder and path.parent.name.startswith("features_"):
-        encoder = path.parent.name.removeprefix("features_")  # TRIDENT: <job>/20x_512px/features_<encoder>/
-    slide_id = next((_attr_text(attrs[k]) for k in ("slide_id", "name") if attrs.get(k) is not None), "")
+    encoder = attr_text(attrs["encoder"]) if attrs.get("encoder") is not None else ""
+    folder = path.parent.name
+    if not encoder and folder.startswith("features_"):
+        encoder = folder.removeprefix("features_")  # TRIDENT: <job>/20x_512px/features_<encoder>/
+    slide_id = next((attr_text(attrs[k]) for k in ("slide_id", "name") if attrs.get(k) is not None), "")
     overlap = _attr_float(attrs, "overlap")
     stride = _attr_float(attrs, "stride_level0")
     if stride is None and overlap:
         stride = patch_size0 * (1.0 - overlap / patch_size)
     return PatchFeatures(
         features=features,
-        coords=coords,
-        patch_size_px=int(patch_size),
+        coords=np.rint(coords),
+        patch_size_px=patch_size,
         patch_size_level0=patch_size0,
         mpp=mpp,
         encoder=encoder,
-        slide_id=slide_id or path.stem,
+        slide_id=slide_id or path.stem.removesuffix(".features"),
         stride_level0=stride,
     )

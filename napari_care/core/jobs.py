@@ -6,7 +6,8 @@ slide fail unless it is overwritten), opens it, runs, writes its outputs as one 
 or none replace the old ones) and returns a status row; it never raises for a bad slide,
 so one broken file does not stop a cohort. A row is a dict: ``slide`` (path), ``status``
 (``done``, ``skipped`` or ``failed``), ``detail`` (what was made, or why it failed) and
-``seconds``.
+``seconds``. Jobs on feature files instead of slides (``segment --features``) are in
+:mod:`napari_care.core.feature_jobs`, in the same frame.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any
 from napari_care.core.atomic import atomic_open, output_set
 from napari_care.core.encoders import create_encoder
 from napari_care.core.extract import extract_features
+from napari_care.core.feature_files import features_path
 from napari_care.core.features import PatchFeatures, save_features
 from napari_care.core.outputs import (
     SUFFIXES,
@@ -161,6 +163,21 @@ def remove_partial_files(
     return removed
 
 
+def remove_partial_outputs(targets: Iterable[str | os.PathLike[str]]) -> list[Path]:
+    """Delete what a killed run left while writing ``targets`` (each in its own folder, as
+    :func:`remove_partial_files` does for the files of one folder)."""
+    removed = []
+    for target in dict.fromkeys(Path(t) for t in targets):
+        for path in target.parent.glob(f".{glob.escape(target.name)}.????????.part"):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+class JobSkipped(Exception):
+    """Raised by a job's work to end it as a ``skipped`` row; the message is the row's detail."""
+
+
 def _row(job: SlideJob, status: str, detail: str, started: float | None = None) -> Row:
     seconds = 0.0 if started is None else round(time.perf_counter() - started, 2)
     return {"slide": str(job.path), "status": status, "seconds": seconds, "detail": detail}
@@ -242,8 +259,9 @@ def run_job(
     *,
     overwrite: bool = False,
     settings: Callable[[], Settings] | None = None,
+    outputs: Iterable[Path] = (),
 ) -> Row:
-    """The frame of every job: clean up, resume, open the slide, run ``work(slide)``, report.
+    """The frame of every slide job: clean up, resume, open the slide, run ``work(slide)``, report.
 
     Parameters
     ----------
@@ -254,24 +272,22 @@ def run_job(
         finished: skipped when it recorded the settings of this run (or none), else failed.
     work
         Does the work on the open, calibrated slide, writes the outputs, returns the row's
-        detail; called as ``work(slide, settings)`` when ``settings`` is given.
+        detail; called as ``work(slide, settings)`` when ``settings`` is given. It may raise
+        :class:`JobSkipped` to end as a ``skipped`` row.
     overwrite
         Redo a finished slide (its old outputs are replaced when the new ones are written).
     settings
         Makes the settings of this run (:func:`job_settings`); None: no check, nothing recorded.
+    outputs
+        The job's files outside the marker's folder (the TRIDENT layout's features), whose
+        leftovers of a killed run are cleared too.
 
     Returns
     -------
     The slide's status row; any exception of the slide becomes a ``failed`` row.
     """
-    started = time.perf_counter()
-    try:
-        remove_partial_files(
-            marker.parent, job.stem, (*SUFFIXES.values(), marker.name.removeprefix(job.stem))
-        )
-        wanted = None if settings is None else settings()
-        if marker.exists() and not overwrite:
-            return _resumed_row(job, marker, wanted)
+
+    def on_slide(wanted: Settings | None) -> str:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a missing mpp is this row's reason, not a warning on a worker
             with open_calibrated(job.path, job.mpp, force_mpp=job.force_mpp) as slide:
@@ -279,7 +295,40 @@ def run_job(
                     raise ValueError(
                         "the file has no pixel size (mpp); give --mpp or an 'mpp' column in the slide CSV"
                     )
-                detail = work(slide) if settings is None else work(slide, wanted)
+                return work(slide) if settings is None else work(slide, wanted)
+
+    return run_framed(job, marker, on_slide, overwrite=overwrite, settings=settings, outputs=outputs)
+
+
+def run_framed(
+    job,
+    marker: Path,
+    work: Callable[[Settings | None], str],
+    *,
+    overwrite: bool = False,
+    settings: Callable[[], Settings] | None = None,
+    outputs: Iterable[Path] = (),
+) -> Row:
+    """The frame of :func:`run_job` around any ``work(settings)``, with or without a slide.
+
+    ``job`` is anything with a ``path`` and a ``stem`` (a :class:`SlideJob`, a
+    :class:`~napari_care.core.feature_jobs.FeatureJob`): clean up what a killed run left of
+    its outputs, resume (skip or refuse a finished one, see :func:`run_job`), run ``work``
+    with the settings of this run (None without ``settings``), and report a row; an
+    exception is a ``failed`` row, :class:`JobSkipped` a ``skipped`` one.
+    """
+    started = time.perf_counter()
+    try:
+        remove_partial_files(
+            marker.parent, job.stem, (*SUFFIXES.values(), marker.name.removeprefix(job.stem))
+        )
+        remove_partial_outputs(outputs)
+        wanted = None if settings is None else settings()
+        if marker.exists() and not overwrite:
+            return _resumed_row(job, marker, wanted)
+        detail = work(wanted)
+    except JobSkipped as skipped:
+        return _row(job, "skipped", str(skipped), started)
     except Exception as error:  # a bad slide is a row in the summary, not the end of the cohort
         return failed_row(job, error, started)
     return _row(job, "done", detail, started)
@@ -307,24 +356,30 @@ def segment_job(
     *,
     overwrite: bool = False,
     tiles: bool = False,
+    layout: str = "napari_care",
     on_progress: ProgressCallback = None,
 ) -> Row:
-    """Segment one slide; write ``<stem>.features.h5``, ``.regions.geojson`` and ``.care.json`` (the marker).
+    """Segment one slide; write its features, ``.regions.geojson``, ``.slide_features.h5`` and
+    ``.care.json`` (the marker).
 
-    ``on_progress`` is called with the slide's :class:`~napari_care.core.progress.Progress`
-    reports (in-process runs; a cluster shows progress over slides).
+    ``layout`` says where the features go (:func:`~napari_care.core.outputs.output_paths`:
+    ``<stem>.features.h5`` or TRIDENT's ``features_<encoder>/<stem>.h5``). ``on_progress``
+    is called with the slide's :class:`~napari_care.core.progress.Progress` reports
+    (in-process runs; a cluster shows progress over slides).
     """
-    marker = output_paths(out_dir, job.stem)["summary"]
+    paths = output_paths(out_dir, job.stem, encoder=options.encoder, layout=layout)
 
     def work(slide, settings: Settings) -> str:
         result = run_to_end(segment(slide, options, encoder=shared_encoder(options)), on_progress)
-        write_outputs(result, slide, out_dir, job.stem, tiles=tiles, settings=settings)
+        write_outputs(result, slide, out_dir, job.stem, tiles=tiles, settings=settings, layout=layout)
         care = result.care
         made = f"{care.n_patches} patches, {care.n_regions} regions, ROI {care.roi}"
         return made + skipped_note(result.features)
 
     settings = functools.partial(job_settings, options, job, "segment", tiles=tiles)
-    return run_job(job, marker, work, overwrite=overwrite, settings=settings)
+    return run_job(
+        job, paths["summary"], work, overwrite=overwrite, settings=settings, outputs=paths.values()
+    )
 
 
 def extract_job(
@@ -333,13 +388,15 @@ def extract_job(
     options: SegmentOptions,
     *,
     overwrite: bool = False,
+    layout: str = "napari_care",
     on_progress: ProgressCallback = None,
 ) -> Row:
-    """Extract one slide's patch features to ``<stem>.features.h5`` (the marker).
+    """Extract one slide's patch features to ``<stem>.features.h5`` or, with ``layout="trident"``,
+    ``features_<encoder>/<stem>.h5`` (the marker, where a rerun looks for it).
 
     ``on_progress`` as in :func:`segment_job`.
     """
-    target = output_paths(out_dir, job.stem)["features"]
+    target = features_path(out_dir, job.stem, options.encoder, layout)
 
     def work(slide, settings: Settings) -> str:
         tissue = tissue_mask(slide, saturation_threshold=options.tissue_threshold)
@@ -367,7 +424,7 @@ def extract_job(
         return f"{len(features)} patches" + skipped_note(features)
 
     settings = functools.partial(job_settings, options, job, "extract")
-    return run_job(job, target, work, overwrite=overwrite, settings=settings)
+    return run_job(job, target, work, overwrite=overwrite, settings=settings, outputs=[target])
 
 
 def skipped_note(features: PatchFeatures) -> str:

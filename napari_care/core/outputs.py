@@ -1,7 +1,8 @@
-"""What a segmentation run leaves on disk: features (HDF5), regions and ROI (QuPath GeoJSON)
-and a JSON summary, written as one set (:func:`~napari_care.core.atomic.output_set`), so an
-interrupted or failed run leaves the previous set as it was and no half file; and the
-settings each set records, which a rerun compares with its own."""
+"""What a segmentation run leaves on disk: features (HDF5), regions and ROI (QuPath GeoJSON),
+the CARE slide embedding (HDF5) and a JSON summary, written as one set
+(:func:`~napari_care.core.atomic.output_set`), so an interrupted or failed run leaves the
+previous set as it was and no half file; and the settings each set records, which a rerun
+compares with its own."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from napari_care import __version__
 from napari_care.core.atomic import atomic_open, output_set
+from napari_care.core.feature_files import LAYOUTS, features_path
 from napari_care.core.features import SETTINGS_ATTRIBUTE, save_features
 from napari_care.core.qupath.objects import Annotation
 from napari_care.core.qupath.polygons import label_grid_polygons
@@ -31,14 +33,58 @@ from napari_care.core.qupath.write import (
 from napari_care.core.regions import region_raster, region_table, roi_regions
 from napari_care.core.segment import SegmentResult
 from napari_care.core.slide.handle import Slide
+from napari_care.core.slide_features import save_slide_features, slide_features_path
 
-SUFFIXES = {"features": ".features.h5", "geojson": ".regions.geojson", "summary": ".care.json"}
+#: The suffix of each file of a slide's output set in ``--out`` (the features' in the default
+#: layout; the TRIDENT layout puts them in ``features_<encoder>/<stem>.h5``).
+SUFFIXES = {
+    "features": ".features.h5",
+    "geojson": ".regions.geojson",
+    "slide_features": ".slide_features.h5",
+    "summary": ".care.json",
+}
 SETTINGS_KEY = "settings"  # the summary's key for the settings of the run
+TRAINING_FREE = "CARE (training-free)"  # the slide encoder recorded for the training-free generator
 
 
-def output_paths(out_dir: str | Path, stem: str) -> dict[str, Path]:
-    """Where :func:`write_outputs` puts each file of slide ``stem``."""
-    return {kind: Path(out_dir) / f"{stem}{suffix}" for kind, suffix in SUFFIXES.items()}
+def output_paths(
+    out_dir: str | Path,
+    stem: str,
+    *,
+    encoder: str = "default",
+    layout: str = "napari_care",
+    features: bool = True,
+) -> dict[str, Path]:
+    """Where :func:`write_outputs` puts each file of slide ``stem``, the marker (``"summary"``) last.
+
+    Parameters
+    ----------
+    out_dir
+        The output folder.
+    stem
+        The slide's name.
+    encoder
+        The patch encoder (its name is the features' folder in the TRIDENT layout).
+    layout
+        ``"napari_care"`` (``<stem>.features.h5``) or ``"trident"``
+        (``features_<encoder>/<stem>.h5``), see :func:`~napari_care.core.feature_files.features_path`.
+    features
+        Whether the set holds the patch features (not when they were read from a file).
+    """
+    out_dir = Path(out_dir)
+    paths = {kind: out_dir / f"{stem}{suffix}" for kind, suffix in SUFFIXES.items()}
+    if features:
+        paths["features"] = features_path(out_dir, stem, encoder, layout)
+    else:
+        del paths["features"]
+    paths["slide_features"] = slide_features_path(out_dir, stem)
+    paths["summary"] = paths.pop("summary")  # written last: its presence marks a finished slide
+    return paths
+
+
+def slide_encoder_name(care_checkpoint: str | os.PathLike[str] | None) -> str:
+    """What made the slide embedding: :data:`TRAINING_FREE`, or ``"CARE (<checkpoint file name>)"``."""
+    return TRAINING_FREE if not care_checkpoint else f"CARE ({Path(care_checkpoint).name})"
 
 
 def region_polygons(result: SegmentResult) -> dict[int, Any]:
@@ -87,8 +133,15 @@ def geojson_features(
     return features
 
 
-def summary(result: SegmentResult, slide: Slide) -> dict[str, Any]:
-    """The JSON summary: slide, options, per-region table, ROI, embedding size."""
+def summary(
+    result: SegmentResult, slide: Slide | None, *, features_file: str | os.PathLike[str] | None = None
+) -> dict[str, Any]:
+    """The JSON summary: slide, options, per-region table, ROI, embedding size.
+
+    Without ``slide`` (a run on a feature file alone) the slide's path, calibration source
+    and size are null and its mpp is the features' (scaled to level 0), when they say it.
+    ``features_file`` is recorded as ``"features_file"`` when the features were read from one.
+    """
     table = region_table(result)
     regions = []
     for i in range(len(table["region"])):
@@ -97,14 +150,20 @@ def summary(result: SegmentResult, slide: Slide) -> dict[str, Any]:
             row["area_um2"] = None
         regions.append(row)
     care = result.care
-    return {
-        "software": f"napari-care {__version__}",
-        "slide": {
+    if slide is not None:
+        slide_record = {
             "path": str(slide.path),
             "mpp": list(slide.mpp) if slide.mpp else None,
             "mpp_source": slide.mpp_source,
             "dimensions": list(slide.dimensions[0]),
-        },
+        }
+    else:
+        mpp = list(result.slide_mpp) if result.slide_mpp else None
+        source = "features" if mpp else None
+        slide_record = {"path": None, "mpp": mpp, "mpp_source": source, "dimensions": None}
+    document = {
+        "software": f"napari-care {__version__}",
+        "slide": slide_record,
         "options": result.options.to_dict(),
         "box_level0": list(result.box) if result.box else None,
         "mode": care.mode,
@@ -117,23 +176,51 @@ def summary(result: SegmentResult, slide: Slide) -> dict[str, Any]:
         "slide_embedding_size": int(care.slide_embedding.shape[-1]),
         "regions": regions,
     }
+    if features_file is not None:
+        document["features_file"] = str(features_file)
+    return document
 
 
 def write_outputs(
     result: SegmentResult,
-    slide: Slide,
+    slide: Slide | None,
     out_dir: str | Path,
     stem: str,
     *,
     roi_threshold: float = 1.0,
     tiles: bool = False,
     settings: Mapping[str, Any] | None = None,
+    layout: str = "napari_care",
+    features_file: str | os.PathLike[str] | None = None,
 ) -> dict[str, Path]:
-    """Write ``<stem>.features.h5``, ``<stem>.regions.geojson`` and ``<stem>.care.json`` as one set.
+    """Write a slide's output set: the patch features, ``<stem>.regions.geojson``,
+    ``<stem>.slide_features.h5`` (CARE's slide embedding) and ``<stem>.care.json``.
 
-    All three replace the old ones only when all three were written; the summary comes last:
+    All of them replace the old ones only when all were written; the summary comes last:
     its presence marks a finished slide (cohort runs skip it). ``settings`` (those of the
-    run, see :func:`settings_differences`) are recorded in the summary and the features file.
+    run, see :func:`settings_differences`) are recorded in the summary and the HDF5 files.
+
+    Parameters
+    ----------
+    result
+        The segmentation.
+    slide
+        The slide, or None for features read from a file alone: the GeoJSON then has no
+        bounds offset (QuPath's, for formats such as MRXS) and the summary no slide record.
+    out_dir, stem
+        Where, and the slide's name.
+    roi_threshold, tiles
+        Regions drawn as ROIs (``a >= roi_threshold * max a``); per-tile objects too.
+    settings
+        The settings of the run, recorded.
+    layout
+        Where the patch features go (:func:`output_paths`).
+    features_file
+        The file the features were read from: recorded in the summary, not written again.
+
+    Returns
+    -------
+    The files written, by kind (:func:`output_paths`).
 
     Raises
     ------
@@ -141,18 +228,32 @@ def write_outputs(
         :class:`~napari_care.core.atomic.OutputError` naming the slide and the file when one
         cannot be written (a full disk: "no space left on device"); the old set is kept.
     """
-    paths = output_paths(out_dir, stem)
-    document = summary(result, slide)
+    if layout not in LAYOUTS:
+        raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
+    options = result.options
+    paths = output_paths(
+        out_dir, stem, encoder=options.encoder, layout=layout, features=features_file is None
+    )
+    document = summary(result, slide, features_file=features_file)
     if settings is not None:
         document[SETTINGS_KEY] = dict(settings)
-    with output_set(Path(slide.path).name) as files:
-        save_features(files.temporary(paths["features"]), result.features, settings=settings)
+    label = Path(slide.path).name if slide is not None else Path(features_file or stem).name
+    with output_set(label) as files:
+        if "features" in paths:
+            save_features(files.temporary(paths["features"]), result.features, settings=settings)
         features = geojson_features(result, roi_threshold=roi_threshold, tiles=tiles)
         write_geojson(
             files.temporary(paths["geojson"]),
             features,
-            bounds_offset=slide.bounds_offset,
+            bounds_offset=slide.bounds_offset if slide is not None else (0, 0),
             gzip=paths["geojson"].name.endswith(".gz"),
+        )
+        save_slide_features(
+            files.temporary(paths["slide_features"]),
+            np.asarray(result.care.slide_embedding, dtype=np.float32),
+            slide_encoder=slide_encoder_name(options.care_checkpoint),
+            patch_encoder=options.encoder,
+            settings=settings,
         )
         with atomic_open(files.temporary(paths["summary"]), "w") as handle:
             json.dump(document, handle, indent=2)

@@ -5,6 +5,9 @@ widget, the command line and the cohort runner share.
 >>> from napari_care.core.segment import SegmentOptions, segment
 >>> with open_slide("slide.svs") as slide:
 ...     result = run_to_end(segment(slide, SegmentOptions(k=8)))
+>>> from napari_care.core.features import load_features
+>>> features = load_features("features_conch_v15/slide.h5")  # a TRIDENT file: nothing encoded
+>>> result = run_to_end(segment_from_features(features, SegmentOptions(k=8)))
 """
 
 from __future__ import annotations
@@ -12,14 +15,14 @@ from __future__ import annotations
 import math
 import threading
 from collections.abc import Callable, Generator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from napari_care.core.care_result import CareResult
 from napari_care.core.care_run import load_care_model, segment_features
-from napari_care.core.encoders import create_encoder
+from napari_care.core.encoders import create_encoder, get_encoder_cfg
 from napari_care.core.extract import extract_features
 from napari_care.core.features import PatchFeatures
 from napari_care.core.models.care_blocks import DEFAULT_E_STAR, DEFAULT_K, DEFAULT_LAMBDA_SPF
@@ -100,7 +103,7 @@ def check_options(options: SegmentOptions) -> None:
                 expected = f"must be between {low:g} and {high:g}"
             raise OptionError(name, value, expected)
     for name in ("k", "n_groups", "tile_size_px", "batch_size"):
-        if int(getattr(options, name)) != getattr(options, name):
+        if getattr(options, name) is not None and int(getattr(options, name)) != getattr(options, name):
             raise OptionError(name, getattr(options, name), "must be a whole number")
 
 
@@ -125,7 +128,12 @@ class SegmentOptions:
     mpp
         Target micrometres per tile pixel, overriding ``magnification``.
     tile_size_px
-        Tile side at the target resolution.
+        Tile side at the target resolution; None (the default) is the encoder's preset tile
+        side (:attr:`~napari_care.core.encoders.EncoderCfg.tile_size_px`: 512 for
+        ``conch_v1_5``, 256 for ``uni``, 224 for the built-in ``default`` and ``timm:`` names),
+        resolved when the options are made, so the value read back (and recorded in a run's
+        settings) is always the side the tiles have. It stays None only for an unknown
+        encoder name, which the checks before a run refuse.
     k
         Block side of the sub-region grid, in patches.
     tissue_threshold
@@ -141,7 +149,8 @@ class SegmentOptions:
     batch_size
         Tiles per encoder batch.
     device
-        Torch device for torch encoders and models (None: CUDA when available).
+        Torch device of torch encoders: ``"cuda"``, ``"mps"`` or ``"cpu"`` (None: CUDA, then
+        MPS, then the CPU).
     strict
         Fail the run on a file tile that cannot be decoded; by default the patches that need
         it are skipped with one warning and counted (``PatchFeatures.skipped_patches``).
@@ -152,7 +161,7 @@ class SegmentOptions:
     care_checkpoint: str | None = None
     magnification: float = 20.0
     mpp: float | None = None
-    tile_size_px: int = 224
+    tile_size_px: int | None = None
     k: int = DEFAULT_K
     tissue_threshold: float | None = None
     min_tissue: float = 0.25
@@ -163,6 +172,10 @@ class SegmentOptions:
     device: str | None = None
     strict: bool = False
 
+    def __post_init__(self) -> None:
+        if self.tile_size_px is None:  # the one place the encoder's preset tile side is resolved
+            object.__setattr__(self, "tile_size_px", preset_tile_size(self.encoder))
+
     def to_dict(self) -> dict[str, Any]:
         """The options as JSON-ready values."""
         return asdict(self)
@@ -171,6 +184,15 @@ class SegmentOptions:
     def bad_tile_policy(self) -> str:
         """What the extraction does with a file tile that cannot be decoded: ``"raise"`` or ``"skip"``."""
         return "raise" if self.strict else "skip"
+
+
+def preset_tile_size(encoder: str) -> int | None:
+    """The tile side (pixels at the target resolution) that encoder ``encoder`` was made for, or
+    None for an unknown name (cheap: a registry look-up, no network is built)."""
+    try:
+        return int(get_encoder_cfg(encoder).tile_size_px)
+    except KeyError:
+        return None
 
 
 @dataclass(frozen=True)
@@ -188,7 +210,7 @@ class SegmentResult:
     grid
         The tiles of the run.
     tissue
-        The tissue mask used.
+        The tissue mask used; None for a run on a feature file (:func:`segment_from_features`).
     options
         The options of the run.
     box
@@ -197,18 +219,26 @@ class SegmentResult:
         How many tiles the encoder ran on (the rest came from the cache).
     slide_mpp
         The slide's (x, y) micrometres per level-0 pixel, or None.
+    extras
+        Anything a caller adds to the result.
     """
 
     features: PatchFeatures
     care: CareResult
     group_of_region: np.ndarray
     grid: TileGrid
-    tissue: TissueMask
+    tissue: TissueMask | None
     options: SegmentOptions
     box: Box | None
     encoded_tiles: int
     slide_mpp: tuple[float, float] | None
     extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def from_features(self) -> bool:
+        """True for a run on features read from a file (:func:`segment_from_features`): no tile
+        was read or encoded, and there is no tissue mask."""
+        return self.tissue is None
 
     @property
     def cached_tiles(self) -> int:
@@ -291,6 +321,126 @@ def segment(
         cancel=cancel,
         on_bad_tile=options.bad_tile_policy,
     )
+    return (
+        yield from _find_regions(
+            features,
+            options,
+            model,
+            grid=grid,
+            tissue=tissue,
+            box=box,
+            encoded_tiles=len(features) if features.encoded_count is None else int(features.encoded_count),
+            slide_mpp=slide.mpp,
+        )
+    )
+
+
+def segment_from_features(
+    features: PatchFeatures,
+    options: SegmentOptions | None = None,
+    *,
+    slide: Slide | None = None,
+    box: Box | None = None,
+    model=None,
+) -> Generator[Progress, None, SegmentResult]:
+    """CARE's adaptive regions of patch features read from a file: no slide needed, nothing encoded.
+
+    A generator like :func:`segment`, over the features a file holds (TRIDENT, CLAM or
+    napari_care's, :func:`~napari_care.core.features.load_features`): the tiles are the
+    features' coords and patch size (:func:`features_grid`). The same features give the same
+    regions as :func:`segment` of the slide that made them.
+
+    Parameters
+    ----------
+    features
+        The patch features.
+    options
+        The run's options; only CARE's count (``k``, ``e_star``, ``lambda_spf``,
+        ``care_checkpoint``, ``n_groups``). The result's options record the features'
+        encoder, patch side and mpp instead of ``options``' extraction settings.
+    slide
+        The slide the features are of, when it is at hand: its pixel size is the result's
+        (without one, the features' mpp scaled to level 0, or None), and its levels are where
+        the tiles would be read.
+    box
+        Level-0 (x0, y0, x1, y1): only the patches that meet it (the visible field).
+    model
+        An already loaded CARE model; loaded from ``options.care_checkpoint`` when None.
+
+    Raises
+    ------
+    NoTissueError
+        When there are no patches (in ``box``).
+    ValueError
+        When ``options.care_checkpoint`` expects features of another width.
+    """
+    options = options or SegmentOptions()
+    if box is not None:
+        features = _features_in_box(features, box)
+    if len(features) == 0:
+        where = "the view" if box is not None else "the feature file"
+        raise NoTissueError(f"{features.slide_id or 'features'}: no patches in {where}")
+    grid = features_grid(features, slide)
+    yield Progress("tissue", 1, 1, f"{len(features)} patches from the feature file")
+    recorded = replace(
+        options,
+        encoder=features.encoder or "unknown",
+        tile_size_px=features.patch_size_px,
+        mpp=features.mpp,
+        encoder_weights=None,
+    )
+    slide_mpp = slide.mpp if slide is not None else None
+    if slide_mpp is None and features.mpp is not None:  # the patches' mpp scaled to a level-0 pixel
+        level0_mpp = features.mpp * features.patch_size_px / features.patch_size_level0
+        slide_mpp = (level0_mpp, level0_mpp)
+    return (
+        yield from _find_regions(
+            features, recorded, model, grid=grid, tissue=None, box=box, encoded_tiles=0, slide_mpp=slide_mpp
+        )
+    )
+
+
+def features_grid(features: PatchFeatures, slide: Slide | None = None) -> TileGrid:
+    """The :class:`~napari_care.core.tiling.TileGrid` of patch features: their coords, grid and patch size.
+
+    With ``slide``, the level the tiles would be read from is the slide's best level for
+    the patches' downsample; without, level 0. No tissue share is known (NaN).
+    """
+    downsample = features.patch_size_level0 / features.patch_size_px
+    read_level = 0 if slide is None else int(slide.get_best_level_for_downsample(downsample))
+    return TileGrid(
+        coords=features.coords,
+        grid=features.grid,
+        tile_size_px=features.patch_size_px,
+        tile_size_level0=features.patch_size_level0,
+        stride_level0=float(features.stride_level0 or features.patch_size_level0),
+        target_mpp=features.mpp,
+        read_level=read_level,
+        read_downsample=1.0 if slide is None else float(slide.level_downsamples[read_level]),
+        tissue_fraction=np.full(len(features), np.nan),
+    )
+
+
+def _features_in_box(features: PatchFeatures, box: Box) -> PatchFeatures:
+    x0, y0, x1, y1 = box
+    size = features.patch_size_level0
+    x, y = features.coords[:, 0], features.coords[:, 1]
+    keep = (x < x1) & (x + size > x0) & (y < y1) & (y + size > y0)
+    return replace(features, features=features.features[keep], coords=features.coords[keep])
+
+
+def _find_regions(
+    features: PatchFeatures,
+    options: SegmentOptions,
+    model,
+    *,
+    grid: TileGrid,
+    tissue: TissueMask | None,
+    box: Box | None,
+    encoded_tiles: int,
+    slide_mpp: tuple[float, float] | None,
+) -> Generator[Progress, None, SegmentResult]:
+    """CARE and the phenotype groups on ``features``: the part of a run after the features exist."""
     yield Progress("segment", 0, 1, f"finding adaptive regions among {len(features)} patches")
     if model is None and options.care_checkpoint:
         model = load_care_model(options.care_checkpoint, in_dim=features.embed_dim)
@@ -307,8 +457,8 @@ def segment(
         tissue=tissue,
         options=options,
         box=box,
-        encoded_tiles=int(getattr(features, "encoded_count", len(features))),
-        slide_mpp=slide.mpp,
+        encoded_tiles=encoded_tiles,
+        slide_mpp=slide_mpp,
     )
 
 

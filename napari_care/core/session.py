@@ -1,8 +1,10 @@
 """State kept between runs on one slide, so that reruns and new views cost only new work.
 
 A :class:`SegmentSession` remembers the tissue mask (per threshold), the encoders and CARE
-models it built, and a feature cache: panning the visible field encodes only the tiles
-that came into view. The widget keeps one per slide; scripts may too.
+models it built, a feature cache (panning the visible field encodes only the tiles that came
+into view) and the feature files it read (a run on a file of the slide's features, made by
+TRIDENT, CLAM or ``napari-care extract``, encodes nothing). The widget keeps one per slide;
+scripts may too.
 """
 
 from __future__ import annotations
@@ -17,10 +19,18 @@ import numpy as np
 
 from napari_care.core.care_run import load_care_model
 from napari_care.core.feature_cache import FeatureCache
+from napari_care.core.features import PatchFeatures, load_features
 from napari_care.core.mil.heads import MilHead, MilOutput, load_mil_head
 from napari_care.core.mil.regions import RegionAttention, attend_regions, patch_output
 from napari_care.core.progress import Progress
-from napari_care.core.segment import Box, SegmentOptions, SegmentResult, build_encoder, segment
+from napari_care.core.segment import (
+    Box,
+    SegmentOptions,
+    SegmentResult,
+    build_encoder,
+    segment,
+    segment_from_features,
+)
 from napari_care.core.slide.handle import Slide
 from napari_care.core.tissue import TissueMask, tissue_mask
 
@@ -60,6 +70,7 @@ class SegmentSession:
         self._tissue: dict[float | None, TissueMask] = {}
         self._encoders: dict[tuple, object] = {}
         self._models: dict[tuple, object] = {}
+        self._feature_files: dict[tuple, PatchFeatures] = {}
         self._lock = threading.Lock()  # runs may overlap briefly while a stale one winds down
 
     def tissue(self, threshold: float | None) -> TissueMask:
@@ -87,13 +98,34 @@ class SegmentSession:
                 self._models[key] = load_care_model(options.care_checkpoint, in_dim=in_dim)
             return self._models[key]
 
+    def features(self, path: str | Path, patch_size_px: int | None = None) -> PatchFeatures:
+        """The patch features of a file (:func:`~napari_care.core.features.load_features`), read
+        once per file version; ``patch_size_px`` as there (CLAM files without attributes)."""
+        path = Path(path)
+        key = (str(path.resolve()), path.stat().st_mtime_ns, patch_size_px)
+        with self._lock:
+            if key not in self._feature_files:
+                self._feature_files = {key: load_features(path, patch_size_px=patch_size_px)}  # the last one
+            return self._feature_files[key]
+
     def run(
         self,
         options: SegmentOptions,
         box: Box | None = None,
         cancel: threading.Event | Callable[[], bool] | None = None,
+        features_path: str | Path | None = None,
     ) -> Generator[Progress, None, SegmentResult]:
-        """Segment the slide (or ``box``), reusing everything earlier runs made."""
+        """Segment the slide (or ``box``), reusing everything earlier runs made.
+
+        With ``features_path``, the patch features of that file (of this slide) are segmented
+        instead of encoding tiles: ``options``' encoder and tiling are not used.
+        """
+        if features_path is not None:
+            yield Progress("features", 0, 1, f"reading {Path(features_path).name}")
+            features = self.features(features_path)
+            model = self.model(options, features.embed_dim)
+            run = segment_from_features(features, options, slide=self.slide, box=box, model=model)
+            return (yield from run)
         yield Progress("tissue", 0, 1, "finding tissue")
         tissue = self.tissue(options.tissue_threshold)
         yield Progress("encoder", 0, 1, f"loading encoder {options.encoder}")
@@ -164,6 +196,7 @@ class SegmentSession:
         box: Box | None = None,
         cancel: threading.Event | Callable[[], bool] | None = None,
         mil_head: MilHead | str | Path | None = None,
+        features_path: str | Path | None = None,
     ) -> Generator[Progress, None, MilRun]:
         """Segment, then apply an AB-MIL head (if any) to the same slide or ``box``.
 
@@ -171,8 +204,9 @@ class SegmentSession:
         patch features weighs the run's patches; a head trained on region tokens
         (``train-mil --mem``) encodes the regions of the slide (or field) and gives each patch
         its region's attention (all NaN, with no prediction, where no region meets the box).
+        ``features_path`` as in :meth:`run`.
         """
-        result = yield from self.run(options, box, cancel)
+        result = yield from self.run(options, box, cancel, features_path)
         if mil_head is None:
             return MilRun(result, None, None)
         if not isinstance(mil_head, MilHead):

@@ -23,6 +23,7 @@ reproducible.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,10 @@ from pathlib import Path
 import numpy as np
 
 from napari_care.core.care_run import segment_features
-from napari_care.core.features import load_features
+from napari_care.core.feature_files import find_feature_files
+from napari_care.core.features import EmptyFeaturesError, load_features
 from napari_care.core.progress import Progress, ProgressGen
 
-FEATURE_SUFFIXES = (".h5", ".hdf5")
 _EPS = 1e-6
 
 
@@ -71,46 +72,48 @@ class SlideFeatures:
         return int(self.features.shape[1])
 
 
-def slide_id_of(path: str | os.PathLike[str]) -> str:
-    """The slide id a feature file stands for: its name without ``.h5`` and ``.features``."""
-    name = Path(path).name
-    for suffix in (*FEATURE_SUFFIXES, ".features"):
-        name = name.removesuffix(suffix)
-    return name
-
-
 def load_feature_folder(folder: str | os.PathLike[str]) -> list[SlideFeatures]:
-    """Read every feature file (``*.h5``, ``*.hdf5``) of a folder, sorted by name.
+    """Read the patch feature files of a folder, sorted by slide id.
 
-    The slide id is the file name without ``.h5`` / ``.features`` (``A.features.h5`` and
-    ``A.h5`` are both slide ``A``), as written by ``napari-care extract`` and TRIDENT.
+    The folder is any layout :func:`~napari_care.core.feature_files.find_feature_files`
+    knows (a folder of ``*.h5``, a TRIDENT job, CLAM's ``h5_files/``); the slide id is the
+    file name without ``.h5`` / ``.features`` (``A.features.h5`` and ``A.h5`` are both slide
+    ``A``). Files without patches (TRIDENT writes them for slides without tissue) are left
+    out with one warning that names them.
 
     Raises
     ------
     FileNotFoundError
         When the folder does not exist or holds no feature file.
     ValueError
-        When a file is unreadable, two files name the same slide, or the files hold
-        features of different dimensions.
+        When a file is unreadable, two files name the same slide, every file is empty, or
+        the files hold features of different dimensions.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"feature folder not found: {folder}")
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in FEATURE_SUFFIXES)
-    if not paths:
+    found = find_feature_files(folder)
+    if not found:
         raise FileNotFoundError(f"{folder}: no feature files (*.h5)")
-    slides, seen = [], {}
-    for path in paths:
-        patch_features = load_features(path)
-        slide_id = slide_id_of(path)
-        if slide_id in seen:
-            raise ValueError(f"{folder}: {seen[slide_id].name} and {path.name} are both slide {slide_id!r}")
-        seen[slide_id] = path
-        if not len(patch_features):
-            raise ValueError(f"{path}: no patches")
+    slides, empty = [], []
+    for slide_id, path in found.items():
+        try:
+            patch_features = load_features(path)
+        except EmptyFeaturesError:
+            empty.append(slide_id)
+            continue
         slides.append(
             SlideFeatures(patch_features.features, patch_features.grid, slide_id, patch_features.encoder)
         )
+    if empty:
+        shown = ", ".join(empty[:5]) + (f" and {len(empty) - 5} more" if len(empty) > 5 else "")
+        warnings.warn(
+            f"{folder}: {len(empty)} of {len(found)} feature files hold no patches (slides without "
+            f"tissue) and are left out: {shown}",
+            stacklevel=2,
+        )
+    if not slides:
+        raise ValueError(f"{folder}: every feature file is empty (no patches)")
     dims = {slide.feature_dim for slide in slides}
     if len(dims) > 1:
         raise ValueError(
