@@ -53,7 +53,8 @@ class CareSegmentWidget(mg.Container):
             label="CARE checkpoint",
             mode="r",
             filter="*.safetensors",
-            tooltip="empty: the training-free generator",
+            tooltip="empty: the training-free generator; or the authors' model as the slide encoder: "
+            "type hf:Zipper-1/CARE (from the Hugging Face cache) or pick a snapshot folder of it",
         )
         self.features_file = mg.FileEdit(
             label="features file",
@@ -191,7 +192,7 @@ class CareSegmentWidget(mg.Container):
         """The core options the widget's fields say."""
         timm_name = self.timm_name.value.strip()
         weights = str(self.weights.value) if _is_file(self.weights.value) else None
-        checkpoint = str(self.care_checkpoint.value) if _is_file(self.care_checkpoint.value) else None
+        checkpoint = _care_source(self.care_checkpoint.value)
         return SegmentOptions(
             encoder=f"timm:{timm_name}" if timm_name else self.encoder.value,
             encoder_weights=weights,
@@ -244,6 +245,16 @@ class CareSegmentWidget(mg.Container):
             opacity=float(self.opacity.value),
             blur_patches=float(self.blur.value),
         )
+
+
+def _care_source(value) -> str | None:
+    """The CARE field's model: a checkpoint file, a snapshot folder of the authors' model, or
+    ``hf:<id>`` typed in; None (training-free) when empty or nothing is there."""
+    text = "" if value is None else str(value)
+    if text.startswith("hf:"):
+        return text
+    snapshot = text not in ("", ".") and (Path(text) / "config.json").is_file()
+    return text if snapshot or _is_file(value) else None
 
 
 def _is_file(value) -> bool:

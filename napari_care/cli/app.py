@@ -101,9 +101,11 @@ def given_options(names: dict[str, str]) -> list[str]:
 @click.option(
     "--care",
     "care_checkpoint",
-    type=click.Path(exists=True, dir_okay=False),
+    type=str,
     default=None,
-    help="A trained CARE checkpoint (default: training-free).",
+    help="A trained CARE checkpoint, or the authors' model as the slide encoder: hf:Zipper-1/CARE "
+    "(from the Hugging Face cache; pip install 'napari-care[care]') or a snapshot folder of it; "
+    "it takes --encoder conch_v15 features, 512 px at 20x (default: training-free).",
 )
 @core_option(
     segment_defaults,

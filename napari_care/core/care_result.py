@@ -15,6 +15,9 @@ import numpy as np
 
 from napari_care.core.atomic import atomic_open
 
+#: Fields that files written by earlier versions lack (their defaults apply).
+_ADDED_LATER = ("slide_encoder",)
+
 
 @dataclass(frozen=True)
 class CareResult:
@@ -55,7 +58,12 @@ class CareResult:
     k
         Block side in patches.
     mode
-        ``"training-free"`` or ``"model"``.
+        ``"training-free"`` or ``"model"``: what made the regions and weights.
+    slide_encoder
+        What made ``slide_embedding`` when it is not CARE's own ``sum_r a[r] * region_features[r]``
+        of this result: the id of the slide encoder (``"Zipper-1/CARE"``, whose 512-d
+        ``wsi_embedding`` it then is, of another width than ``region_features``); ``""`` when
+        it is CARE's own.
     """
 
     region_of_patch: np.ndarray
@@ -74,6 +82,7 @@ class CareResult:
     grid: np.ndarray
     k: int
     mode: str
+    slide_encoder: str = ""
 
     def __post_init__(self) -> None:
         n_patches, n_regions = len(self.region_of_patch), len(self.region_features)
@@ -125,12 +134,16 @@ class CareResult:
         path = Path(path)
         try:
             with np.load(path, allow_pickle=False) as data:
-                values: dict[str, Any] = {f.name: data[f.name] for f in fields(cls)}
+                values: dict[str, Any] = {
+                    f.name: data[f.name] for f in fields(cls) if f.name in data or f.name not in _ADDED_LATER
+                }
         except (OSError, KeyError, ValueError) as error:
             raise ValueError(f"{path}: not a CareResult file ({error})") from error
         for name in ("roi", "k"):
             values[name] = int(values[name])
         for name in ("rsl", "expected_rank"):
             values[name] = float(values[name])
-        values["mode"] = str(values["mode"])
+        for name in ("mode", *_ADDED_LATER):
+            if name in values:
+                values[name] = str(values[name])
         return cls(**values)

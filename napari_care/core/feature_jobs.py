@@ -35,7 +35,8 @@ from napari_care.core.jobs import (
     expand_slides,
     run_framed,
 )
-from napari_care.core.outputs import file_sha256, output_paths, write_outputs
+from napari_care.core.models.care_hf import check_care_features, parse_care_source, resolve_snapshot
+from napari_care.core.outputs import care_fingerprint, file_sha256, output_paths, write_outputs
 from napari_care.core.preflight import (
     PreflightError,
     check_output_folder,
@@ -180,17 +181,31 @@ def check_feature_run(
 
 
 def _check_checkpoint_width(checkpoint: str, jobs: Sequence[FeatureJob]) -> None:
+    """The CARE model of ``--care`` fits the first readable feature file (its width; for the
+    authors' model also 512-px tiles at 20x, and its snapshot is at hand)."""
     from napari_care.core.care_run import load_care_model  # lazy: torch, only with a checkpoint
 
     try:
         first = load_features(jobs[0].path, patch_size_px=jobs[0].patch_size_px)
     except (OSError, ValueError):
         return  # an unreadable or empty first file is its own row; each job checks its width
+    where = f"{first.embed_dim}-d features in {jobs[0].path.name}"
+    source = parse_care_source(checkpoint)
     try:
-        load_care_model(checkpoint, in_dim=first.embed_dim)
+        if source is not None:  # the authors' model: check without loading it
+            check_care_features(
+                source.label,
+                embed_dim=first.embed_dim,
+                patch_size_px=first.patch_size_px,
+                mpp=first.mpp,
+                encoder=first.encoder,
+                where=f"the features in {jobs[0].path.name}",
+            )
+            resolve_snapshot(source)
+        else:
+            load_care_model(checkpoint, in_dim=first.embed_dim)
     except (OSError, ValueError) as error:
-        where = f"{first.embed_dim}-d features in {jobs[0].path.name}"
-        raise PreflightError(f"--care: {error} ({where})") from None
+        raise PreflightError(f"--care: {error}" + ("" if source is not None else f" ({where})")) from None
 
 
 def features_job_settings(options: SegmentOptions, job: FeatureJob, *, tiles: bool = False) -> Settings:
@@ -210,7 +225,7 @@ def features_job_settings(options: SegmentOptions, job: FeatureJob, *, tiles: bo
         "patch_size_px": job.patch_size_px,
         "slide": slide.path.name if slide is not None else None,
         "slide_mpp": forced_mpp,
-        "care_checkpoint_sha256": file_sha256(options.care_checkpoint),
+        "care_model": care_fingerprint(options.care_checkpoint),
         "k": options.k,
         "n_groups": options.n_groups,
         "e_star": options.e_star,

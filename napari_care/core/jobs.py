@@ -34,6 +34,7 @@ from napari_care.core.feature_files import features_path
 from napari_care.core.features import PatchFeatures, save_features
 from napari_care.core.outputs import (
     SUFFIXES,
+    care_fingerprint,
     file_sha256,
     output_paths,
     recorded_settings,
@@ -223,7 +224,7 @@ def job_settings(
     }
     if kind == "segment":
         settings |= {
-            "care_checkpoint_sha256": file_sha256(options.care_checkpoint),
+            "care_model": care_fingerprint(options.care_checkpoint),
             "k": options.k,
             "n_groups": options.n_groups,
             "e_star": options.e_star,

@@ -20,6 +20,7 @@ from napari_care import __version__
 from napari_care.core.atomic import atomic_open, output_set
 from napari_care.core.feature_files import LAYOUTS, features_path
 from napari_care.core.features import SETTINGS_ATTRIBUTE, save_features
+from napari_care.core.models.care_hf import care_source_fingerprint, parse_care_source
 from napari_care.core.qupath.objects import Annotation
 from napari_care.core.qupath.polygons import label_grid_polygons
 from napari_care.core.qupath.write import (
@@ -167,6 +168,8 @@ def summary(
         "options": result.options.to_dict(),
         "box_level0": list(result.box) if result.box else None,
         "mode": care.mode,
+        "slide_encoder": care.slide_encoder or slide_encoder_name(result.options.care_checkpoint),
+        "regions_from": care.mode,  # the name the authors' model runs ask for
         "patches": care.n_patches,
         "patch_size_level0": result.grid.tile_size_level0,
         "regions_count": care.n_regions,
@@ -251,7 +254,7 @@ def write_outputs(
         save_slide_features(
             files.temporary(paths["slide_features"]),
             np.asarray(result.care.slide_embedding, dtype=np.float32),
-            slide_encoder=slide_encoder_name(options.care_checkpoint),
+            slide_encoder=result.care.slide_encoder or slide_encoder_name(options.care_checkpoint),
             patch_encoder=options.encoder,
             settings=settings,
         )
@@ -279,6 +282,17 @@ def file_sha256(path: str | os.PathLike[str] | None) -> str | None:
     real = os.path.realpath(path)
     stat = os.stat(real)
     return _sha256_of(real, stat.st_size, stat.st_mtime_ns)
+
+
+def care_fingerprint(care: str | os.PathLike[str] | None) -> str | None:
+    """What identifies the CARE model of a run, for its settings: None (training-free),
+    ``"sha256:<hex>"`` of a checkpoint file, or the authors' model's revision
+    (``"Zipper-1/CARE@<commit>"``) or content hash for ``--care hf:<id>`` / a snapshot folder
+    (:func:`~napari_care.core.models.care_hf.care_source_fingerprint`)."""
+    if not care:
+        return None
+    source = parse_care_source(care)
+    return care_source_fingerprint(source) if source is not None else f"sha256:{file_sha256(care)}"
 
 
 def recorded_settings(marker: str | os.PathLike[str]) -> dict[str, Any] | None:

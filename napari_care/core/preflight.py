@@ -21,6 +21,13 @@ from pathlib import Path
 from typing import Protocol
 
 from napari_care.core.encoders import get_encoder_cfg
+from napari_care.core.models.care_hf import (
+    HfCareError,
+    HfCareSource,
+    check_care_features,
+    parse_care_source,
+    resolve_snapshot,
+)
 from napari_care.core.segment import OptionError, SegmentOptions, check_options
 from napari_care.core.slide.handle import Slide, SlideReadError, open_slide
 from napari_care.core.slide.meta import normalise_user_mpp
@@ -34,6 +41,8 @@ DEFAULT_MAX_TILES = 2_000_000
 UPSAMPLING_TOLERANCE = 1.1
 #: Micrometres per pixel of a 10x objective (the scan's magnification is 10 / mpp).
 MPP_AT_10X = 1.0
+#: The patch encoder whose features the authors' CARE model was trained on.
+CONCH_V15 = "conch_v1_5"
 
 
 class PreflightError(ValueError):
@@ -136,15 +145,48 @@ def check_output_folder(out_dir: str | os.PathLike[str]) -> None:
                 pass
 
 
-def check_care_checkpoint(path: str | os.PathLike[str], encoder: str) -> None:
-    """Check that ``path`` is a readable CARE checkpoint that fits ``encoder``'s features.
+def check_care_checkpoint(
+    path: str | os.PathLike[str],
+    encoder: str,
+    *,
+    tile_size_px: int | None = None,
+    mpp: float | None = None,
+) -> list[str]:
+    """Check that ``path`` is a readable CARE model that fits ``encoder``'s features.
+
+    ``path`` is a napari_care checkpoint, or the authors' model (``hf:Zipper-1/CARE`` or a
+    snapshot folder, :mod:`napari_care.core.models.care_hf`): transformers is importable, the
+    snapshot is in the Hugging Face cache (or the folder), the encoder gives 768-d features
+    and the tiles are 512 px at 20x. Nothing is loaded for the authors' model.
+
+    Parameters
+    ----------
+    path
+        The ``--care`` value.
+    encoder
+        The patch encoder's name.
+    tile_size_px, mpp
+        The run's tile side and micrometres per tile pixel (the authors' model only); None
+        skips that check.
+
+    Returns
+    -------
+    list of str
+        Warnings (768-d features of another encoder than CONCH v1.5 for the authors' model).
 
     Raises
     ------
     PreflightError
-        Naming the file: missing, not a napari_care checkpoint, another model, corrupt
-        weights, or features of another dimension than the encoder gives.
+        Naming the file or id: missing, not a napari_care checkpoint, another model, corrupt
+        weights, features of another dimension than the encoder gives; for the authors'
+        model also transformers missing, the snapshot not found, or other tiles.
     """
+    try:
+        source = parse_care_source(path)
+        if source is not None:
+            return _check_hf_care(source, encoder, tile_size_px=tile_size_px, mpp=mpp)
+    except HfCareError as error:
+        raise PreflightError(str(error)) from None
     from napari_care.core.checkpoint import load_checkpoint, read_checkpoint_description  # torch
     from napari_care.core.models.care import CareModel  # torch
 
@@ -164,6 +206,29 @@ def check_care_checkpoint(path: str | os.PathLike[str], encoder: str) -> None:
         raise PreflightError(
             f"--care {path} expects D={config.in_dim} features but the encoder '{encoder}' gives {dim}"
         )
+    return []
+
+
+def _check_hf_care(
+    source: HfCareSource, encoder: str, *, tile_size_px: int | None, mpp: float | None
+) -> list[str]:
+    resolve_snapshot(source)
+    cfg = get_encoder_cfg(encoder)
+    known_width = not encoder.startswith("timm:")  # a timm: model's width is known once built
+    check_care_features(
+        source.label,
+        embed_dim=cfg.embed_dim if known_width else None,
+        where=f"--encoder {encoder}'s features",
+    )
+    check_care_features(
+        source.label, embed_dim=None, patch_size_px=tile_size_px, mpp=mpp, where="this run's tiles"
+    )
+    if cfg.name != CONCH_V15:
+        return [
+            f"--care {source.label} was trained on CONCH v1.5 features (--encoder conch_v15); "
+            f"--encoder {encoder} gives other features, on which its slide embeddings mean little"
+        ]
+    return []
 
 
 def check_slide_paths(jobs: Sequence[_Job]) -> None:
@@ -300,7 +365,10 @@ def preflight(
         for job in jobs:
             plan_slide(job, options, max_tiles=max_tiles, allow_upsampling=allow_upsampling, notes=notes)
         if options.care_checkpoint:
-            check_care_checkpoint(options.care_checkpoint, options.encoder)
+            target_mpp = options.mpp or 10.0 * MPP_AT_10X / options.magnification
+            notes += check_care_checkpoint(
+                options.care_checkpoint, options.encoder, tile_size_px=options.tile_size_px, mpp=target_mpp
+            )
         check_output_folder(out_dir)
     except PreflightError as error:
         error.notes = (*notes, *error.notes)

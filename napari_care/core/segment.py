@@ -27,6 +27,7 @@ from napari_care.core.extract import extract_features
 from napari_care.core.features import PatchFeatures
 from napari_care.core.models.care_blocks import DEFAULT_E_STAR, DEFAULT_K, DEFAULT_LAMBDA_SPF
 from napari_care.core.models.care_free import CareFreeConfig
+from napari_care.core.models.care_hf import HfCareEncoder
 from napari_care.core.phenotypes import phenotype_groups
 from napari_care.core.progress import Progress
 from napari_care.core.slide.handle import Slide
@@ -443,12 +444,15 @@ def _find_regions(
     """CARE and the phenotype groups on ``features``: the part of a run after the features exist."""
     yield Progress("segment", 0, 1, f"finding adaptive regions among {len(features)} patches")
     if model is None and options.care_checkpoint:
-        model = load_care_model(options.care_checkpoint, in_dim=features.embed_dim)
+        model = load_care_model(options.care_checkpoint, in_dim=features.embed_dim, device=options.device)
     care = _run_care(features, options, model)
     groups = phenotype_groups(
         care, n_groups=options.n_groups, patch_features=features.features
     ).group_of_region
-    yield Progress("segment", 1, 1, f"{care.n_regions} regions, ROI = region {care.roi}")
+    status = f"{care.n_regions} regions, ROI = region {care.roi}"
+    if care.slide_encoder:
+        status += f"; regions from the training-free mode, slide embedding from {care.slide_encoder}"
+    yield Progress("segment", 1, 1, status)
     return SegmentResult(
         features=features,
         care=care,
@@ -468,7 +472,23 @@ def build_encoder(options: SegmentOptions):
 
 
 def _run_care(features: PatchFeatures, options: SegmentOptions, model) -> CareResult:
+    config = CareFreeConfig(k=options.k, e_star=options.e_star, lambda_spf=options.lambda_spf)
+    if isinstance(model, HfCareEncoder):  # the authors' model: the slide embedding; regions training-free
+        model.check_features(
+            embed_dim=features.embed_dim,
+            patch_size_px=features.patch_size_px,
+            mpp=features.mpp,
+            encoder=features.encoder,
+            where=f"the features of {features.slide_id or 'the slide'}",
+        )
+        return segment_features(
+            features.features,
+            features.grid,
+            config=config,
+            model=model,
+            coords=features.coords,
+            patch_size_level0=features.patch_size_level0,
+        )
     if model is not None:
         return segment_features(features.features, features.grid, model=model)
-    config = CareFreeConfig(k=options.k, e_star=options.e_star, lambda_spf=options.lambda_spf)
     return segment_features(features.features, features.grid, config=config)

@@ -92,10 +92,12 @@ class SegmentSession:
         """The CARE model of ``options.care_checkpoint`` (None: training-free), loaded once."""
         if not options.care_checkpoint:
             return None
-        key = (options.care_checkpoint, in_dim)
+        key = (options.care_checkpoint, in_dim, options.device)
         with self._lock:
             if key not in self._models:
-                self._models[key] = load_care_model(options.care_checkpoint, in_dim=in_dim)
+                self._models[key] = load_care_model(
+                    options.care_checkpoint, in_dim=in_dim, device=options.device
+                )
             return self._models[key]
 
     def features(self, path: str | Path, patch_size_px: int | None = None) -> PatchFeatures:
