@@ -91,6 +91,21 @@ def test_a_clam_file_without_attributes_gives_the_regions_of_the_slide(direct, t
     np.testing.assert_array_equal(result.care.region_of_patch, direct.care.region_of_patch)
 
 
+def test_clam_pt_files_segment_with_the_coords_of_their_h5(direct, tmp_path):
+    import torch
+
+    write_clam_file(tmp_path / "clam" / "h5_files" / "small.h5", direct.features)
+    (tmp_path / "clam" / "pt_files").mkdir()
+    torch.save(torch.from_numpy(direct.features.features), tmp_path / "clam" / "pt_files" / "small.pt")
+    [job], _ = feature_jobs(tmp_path / "clam" / "pt_files")
+    assert job.path.suffix == ".pt"
+    row = segment_features_job(job, tmp_path / "out", OPTIONS)
+    assert row["status"] == "done", row
+    document = json.loads((tmp_path / "out" / "small.care.json").read_text())
+    assert document["roi"] == direct.care.roi and document["regions_count"] == direct.care.n_regions
+    assert document["options"]["tile_size_px"] == 224  # the spacing: patches read at level 0
+
+
 def test_with_the_slide_the_grid_reads_its_levels_and_the_mpp_is_the_slides(
     direct, widget_slide_path, tmp_path
 ):
