@@ -130,13 +130,14 @@ def _layout(tiles_y: int, tiles_x: int, seed: int) -> tuple[np.ndarray, np.ndarr
     return tissue, np.where(tissue, classes, 0)
 
 
-def write_bench_slide(path: Path, seed: int = 0) -> None:
-    """Write the synthetic pyramid (level 0 tile by tile; reduced levels as whole arrays)."""
+def write_bench_slide(path: Path, seed: int = 0, size_xy: tuple[int, int] = SIZE_XY) -> None:
+    """Write the synthetic pyramid of ``size_xy`` level-0 pixels (level 0 tile by tile; reduced
+    levels as whole arrays)."""
     import tifffile
 
     from napari_care.core.synthetic.textures import make_swatch
 
-    width, height = SIZE_XY
+    width, height = size_xy
     tiles_y, tiles_x = height // FILE_TILE, width // FILE_TILE
     _, classes = _layout(tiles_y, tiles_x, seed)
     swatches = {c: make_swatch(c, seed, SWATCH, MPP) for c in (0, *TISSUE_CLASSES)}

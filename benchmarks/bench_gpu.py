@@ -157,11 +157,7 @@ def bench_slide(workdir: Path, side_px: int) -> Path:
     if not path.exists():
         workdir.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        saved, bench_extract.SIZE_XY = bench_extract.SIZE_XY, (side_px, side_px)
-        try:
-            bench_extract.write_bench_slide(path)
-        finally:
-            bench_extract.SIZE_XY = saved
+        bench_extract.write_bench_slide(path, size_xy=(side_px, side_px))
         print(f"wrote {path} ({path.stat().st_size / 2**20:.0f} MiB) in {time.perf_counter() - start:.0f} s")
     return path
 
