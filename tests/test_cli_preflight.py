@@ -104,6 +104,12 @@ def test_a_magnification_above_the_scan_needs_allow_upsampling(slides, tmp_path)
     assert "upsampling" not in allowed.stderr
 
 
+def test_a_tile_larger_than_the_slide_is_refused(slides, tmp_path):
+    result = invoke("segment", slides / "good1.ome.tif", "--magnification", "0.01", "--out", tmp_path / "out")
+    refused(result, "good1.ome.tif", "0.01x", "448,000 level-0 px", "--min-tissue", "--magnification")
+    assert not (tmp_path / "out").exists()
+
+
 def test_max_tiles_names_the_slide_and_the_count(slides, tmp_path):
     result = invoke("segment", slides / "good1.ome.tif", "--max-tiles", "69", "--out", tmp_path / "out")
     # 2048 x 1536 px at 0.5 um/px, 224 px tiles at 20x: 10 x 7 tiles

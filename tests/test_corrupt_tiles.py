@@ -117,7 +117,8 @@ def test_truncated_file_says_so_once_and_extraction_skips_past_the_end(make_pyra
         open_slide(cut).close()
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1
-    assert messages[0].startswith(f"cut90.tif is truncated: {len(data) * 9 // 10} of {len(data)} bytes;")
+    assert messages[0].startswith(f"cut90.tif is truncated: {len(data) * 9 // 10:,} bytes of at least ")
+    assert "file tiles lie past the end and are skipped" in messages[0]
 
     features, messages = _extract(cut)
     truncation = [m for m in messages if "is truncated:" in m]
@@ -200,3 +201,19 @@ def test_a_job_counts_skipped_patches_in_its_row_and_strict_fails_it(corrupt, tm
     )
     assert strict["status"] == "failed" and "(1, 2)" in strict["detail"] and "corrupt.tif" in strict["detail"]
     assert not (tmp_path / "strict" / "corrupt.features.h5").exists()
+    assert "level 0, tiles (column, row) (1, 2)" in row["detail"]  # the tile is named in the row too
+
+
+def test_a_job_row_says_the_slide_is_truncated_and_tifffile_prints_nothing(make_pyramid, tmp_path, capfd):
+    from napari_care.core.jobs import SlideJob, extract_job
+    from napari_care.core.segment import SegmentOptions
+
+    pyramid = make_pyramid("whole.tif", shape=SHAPE, tile_shape=TILE, compression="jpeg", **CALIBRATED)
+    data = pyramid.path.read_bytes()
+    cut = pyramid.path.with_name("cut.tif")
+    cut.write_bytes(data[: len(data) // 2])
+    options = SegmentOptions(tile_size_px=PATCH, min_tissue=0.0, tissue_threshold=0.01)
+    row = extract_job(SlideJob(cut), tmp_path / "out", options)
+    assert f"cut.tif is truncated: {len(data) // 2:,} bytes of at least" in row["detail"]
+    assert row["detail"].count("is truncated:") == 1  # said once (the tile errors say where, in their words)
+    assert "tifffile" not in capfd.readouterr().err  # its raw log lines are said in our words instead

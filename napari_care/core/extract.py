@@ -29,6 +29,7 @@ import numpy as np
 from napari_care.core.feature_cache import CacheKey, FeatureCache, cache_key
 from napari_care.core.features import PatchFeatures
 from napari_care.core.progress import Progress
+from napari_care.core.slide.levels import SlideDataWarning
 from napari_care.core.tile_reader import BAD_TILE_POLICIES, BadTilePolicy, SkippedPatches, iter_tile_batches
 from napari_care.core.tiling import TileGrid
 
@@ -410,7 +411,7 @@ def extract_features(
     if skipped.count:
         # the bar reaches its end: skipped patches are done with, not pending
         yield Progress(STAGE, total, total, f"{name}: {done} of {total} tiles, {skipped.count} skipped")
-        warnings.warn(skipped.summary(name), UserWarning, stacklevel=2)
+        warnings.warn(skipped.summary(name), SlideDataWarning, stacklevel=2)
         kept = np.ones(total, dtype=bool)
         kept[skipped.all_rows] = False
         features, coords = features[kept], coords[kept]

@@ -45,6 +45,7 @@ from napari_care.core.preflight import open_calibrated
 from napari_care.core.progress import Progress, run_to_end
 from napari_care.core.segment import NoTissueError, SegmentOptions, segment
 from napari_care.core.slide.backends import slide_stem
+from napari_care.core.slide.levels import SlideDataWarning, TileShownGreyWarning
 from napari_care.core.tiling import tile_grid
 from napari_care.core.tissue import tissue_mask
 
@@ -185,9 +186,22 @@ def _row(job: SlideJob, status: str, detail: str, started: float | None = None) 
 
 
 def _reason(error: Exception) -> str:
-    """Why a slide failed, in one line: our own errors speak for themselves, others say their type."""
+    """Why a slide failed, in one line: our own errors speak for themselves, others say their
+    type; notes added to the error (what was damaged in the slide) follow."""
     text = " ".join(str(error).split())
-    return text if isinstance(error, (ValueError, OSError)) and text else f"{type(error).__name__}: {text}"
+    reason = text if isinstance(error, (ValueError, OSError)) and text else f"{type(error).__name__}: {text}"
+    return "; ".join([reason, *getattr(error, "__notes__", ())])
+
+
+def damage_notes(caught: list[warnings.WarningMessage], name: str) -> list[str]:
+    """The :class:`~napari_care.core.slide.levels.SlideDataWarning` messages among ``caught``
+    that name the file ``name`` (threads of a cohort worker share the warnings), each once."""
+    messages = (
+        str(w.message)
+        for w in caught
+        if issubclass(w.category, SlideDataWarning) and not issubclass(w.category, TileShownGreyWarning)
+    )
+    return list(dict.fromkeys(" ".join(m.split()) for m in messages if name in m))
 
 
 def failed_row(job: SlideJob, error: Exception, started: float | None = None) -> Row:
@@ -289,14 +303,21 @@ def run_job(
     """
 
     def on_slide(wanted: Settings | None) -> str:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("ignore")  # a missing mpp is this row's reason, not a warning on a worker
-            with open_calibrated(job.path, job.mpp, force_mpp=job.force_mpp) as slide:
-                if slide.mpp is None:
-                    raise ValueError(
-                        "the file has no pixel size (mpp); give --mpp or an 'mpp' column in the slide CSV"
-                    )
-                return work(slide) if settings is None else work(slide, wanted)
+            warnings.simplefilter("always", SlideDataWarning)  # damaged data: said in the row
+            try:
+                with open_calibrated(job.path, job.mpp, force_mpp=job.force_mpp) as slide:
+                    if slide.mpp is None:
+                        raise ValueError(
+                            "the file has no pixel size (mpp); give --mpp or an 'mpp' column in the slide CSV"
+                        )
+                    detail = work(slide) if settings is None else work(slide, wanted)
+            except Exception as error:
+                for note in damage_notes(caught, job.path.name):
+                    error.add_note(note)
+                raise
+        return "; ".join([detail, *damage_notes(caught, job.path.name)])
 
     return run_framed(job, marker, on_slide, overwrite=overwrite, settings=settings, outputs=outputs)
 

@@ -303,6 +303,14 @@ def plan_slide(
             f"--magnification {target_magnification:g} is too small for {job.path.name}: a tile's "
             "level-0 side overflows; give a larger --magnification"
         ) from None
+    tile0 = int(options.tile_size_px) * target_mpp / mpp  # a tile's level-0 side
+    most_tissue = size[0] * size[1] / tile0**2  # the largest tissue share a tile can reach
+    if options.min_tissue > 0 and most_tissue < options.min_tissue:
+        raise PreflightError(
+            f"{job.path.name}: at {target_magnification:g}x a {options.tile_size_px}-px tile covers "
+            f"{tile0:,.0f} level-0 px, more than the slide ({size[0]:,} x {size[1]:,} px): no tile can "
+            f"hold the --min-tissue share {options.min_tissue:g}; raise --magnification or lower --tile-size"
+        )
     if tiles > max_tiles:
         raise PreflightError(
             f"{job.path.name}: --tile-size {options.tile_size_px} at {target_magnification:g}x would make "

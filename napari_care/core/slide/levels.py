@@ -34,6 +34,19 @@ BAD_TILE_GREY = 192  # what a tile that cannot be decoded shows: neither glass n
 Box = tuple[int, int, int, int]
 
 
+class SlideDataWarning(UserWarning):
+    """A slide whose file is damaged: truncated, or with tiles that cannot be decoded.
+
+    Said once per slide; a job keeps these in its summary row (other warnings of a worker are
+    the row's reason or nothing).
+    """
+
+
+class TileShownGreyWarning(SlideDataWarning):
+    """A tile that cannot be decoded, read for a region (the viewer, tissue detection) and
+    shown grey; a job's row says the damage in the words of the truncation or extraction."""
+
+
 class TileDecodeError(ValueError):
     """A file tile that cannot be decoded: corrupt bytes, or bytes past the end of the file.
 
@@ -139,7 +152,7 @@ class BadTileLog:
         warnings.warn(
             f"{error}; the tile is shown grey (other tiles of this slide that cannot be decoded "
             "are shown grey without another warning)",
-            UserWarning,
+            TileShownGreyWarning,
             stacklevel=3,
         )
 

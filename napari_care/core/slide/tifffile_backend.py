@@ -11,11 +11,14 @@ level-0 box; a truncated file is also reported once, in words, when it opens.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import os
+import re
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,7 +26,14 @@ import numpy as np
 
 from napari_care.core.slide import meta as slide_meta
 from napari_care.core.slide.backends import SlideBackend, SlideParts, register_backend
-from napari_care.core.slide.levels import WHITE, BadTileLog, TileDecodeError, tile_box_level0, to_rgb
+from napari_care.core.slide.levels import (
+    WHITE,
+    BadTileLog,
+    SlideDataWarning,
+    TileDecodeError,
+    tile_box_level0,
+    to_rgb,
+)
 
 if TYPE_CHECKING:  # tifffile itself loads when a slide of its kind opens
     import tifffile
@@ -164,25 +174,67 @@ class TiffPageSource:
         return out
 
 
-def warn_if_truncated(path: Path, sources: list[TiffPageSource]) -> None:
-    """Warn once, in words, when the file ends before the last tile of its pyramid.
+class _TifffileLog(logging.Handler):
+    """tifffile's log lines while a file opens, kept to be said in our words (not printed raw)."""
 
-    tifffile's own log line is easily missed and says nothing of the consequences.
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def _tifffile_log() -> Iterator[_TifffileLog]:
+    logger = logging.getLogger("tifffile")
+    handler, propagate = _TifffileLog(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield handler
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
+def offsets_past_end(lines: list[str], size: int) -> list[int]:
+    """The byte offsets past ``size`` that tifffile's log lines name (image directories or tag
+    values it could not reach): the file was cut."""
+    numbers = (int(n) for line in lines for n in re.findall(r"(?<![\w.])(\d{4,})(?![\w.])", line))
+    return sorted({n for n in numbers if n > size})
+
+
+def warn_if_truncated(path: Path, sources: list[TiffPageSource], log_lines: list[str]) -> None:
+    """Warn once, in words, when the file ends before data it refers to: tiles of its pyramid,
+    or other directories and tag values that tifffile's log lines name.
+
+    tifffile's own log lines are easily missed and say nothing of the consequences; they are
+    kept off stderr and said here.
     """
-    if not sources:
-        return
-    size = sources[0].file_size
-    needed = max(source.data_end for source in sources)
-    if needed <= size:
-        return
-    past = sum(source.tiles_past_end() for source in sources)
-    total = sum(len(source.offsets) for source in sources)
-    warnings.warn(
-        f"{path.name} is truncated: {size} of {needed} bytes; {past} of {total} file tiles lie past "
-        "the end and are skipped (shown grey in the viewer)",
-        UserWarning,
-        stacklevel=2,
-    )
+    size = sources[0].file_size if sources else os.path.getsize(path)
+    tiles_end = max((source.data_end for source in sources), default=0)
+    referenced = offsets_past_end(log_lines, size)
+    needed = max([tiles_end, *referenced])
+    if needed > size:
+        past = sum(source.tiles_past_end() for source in sources)
+        total = sum(len(source.offsets) for source in sources)
+        if past:
+            lost = f"{past} of {total} file tiles lie past the end and are skipped (shown grey in the viewer)"
+        else:
+            lost = "the pyramid's tiles are all there"
+        other = "; other data past the end (label, macro, metadata) is lost" if referenced else ""
+        warnings.warn(
+            f"{path.name} is truncated: {size:,} bytes of at least {needed:,}; {lost}{other}",
+            SlideDataWarning,
+            stacklevel=3,
+        )
+    elif log_lines:
+        warnings.warn(
+            f"{path.name}: part of the file could not be read ({log_lines[0]})",
+            SlideDataWarning,
+            stacklevel=3,
+        )
 
 
 def _is_downsample_of(shape: tuple[int, ...], base: tuple[int, ...]) -> bool:
@@ -260,6 +312,33 @@ def is_tiff(path: Path) -> bool:
         return handle.read(4) in TIFF_MAGIC
 
 
+def _page_sources(path: Path, pages: list) -> tuple[int, list[TiffPageSource]]:
+    """One tile source per pyramid page, and the file descriptor they share (closed on error)."""
+    fd = open_fd(path)
+    try:
+        size = os.fstat(fd).st_size  # once per slide: tiles past it are reported as truncated
+        log = BadTileLog(path.name)
+        base = pages[0]
+        return fd, [
+            TiffPageSource(
+                page,
+                fd,
+                path=path,
+                level=index,
+                downsample_xy=(
+                    base.keyframe.imagewidth / page.keyframe.imagewidth,
+                    base.keyframe.imagelength / page.keyframe.imagelength,
+                ),
+                file_size=size,
+                bad_tiles=log,
+            )
+            for index, page in enumerate(pages)
+        ]
+    except Exception:
+        os.close(fd)
+        raise
+
+
 def open_tiff(path: Path, user_mpp: tuple[float, float] | None) -> SlideParts:
     """Read a TIFF-family slide's levels, calibration and associated images.
 
@@ -283,40 +362,26 @@ def open_tiff(path: Path, user_mpp: tuple[float, float] | None) -> SlideParts:
 
     if not is_tiff(path):
         raise UnsupportedTiff("not a TIFF file")
-    tif = tifffile.TiffFile(path)
-    try:
-        if tif.is_philips or tif.is_scn or tif.is_bif:
-            raise UnsupportedTiff("a vendor TIFF that OpenSlide reads more faithfully")
-        if not tif.series:
-            raise UnsupportedTiff("no images in the file")
-        pages = pyramid_pages(tif)
-        fd = open_fd(path)
+    with _tifffile_log() as tifffile_log:  # its lines are said once, in words, below
+        tif = tifffile.TiffFile(path)
         try:
-            size = os.fstat(fd).st_size  # once per slide: tiles past it are reported as truncated
-            log = BadTileLog(path.name)
-            base = pages[0]
-            sources = [
-                TiffPageSource(
-                    page,
-                    fd,
-                    path=path,
-                    level=index,
-                    downsample_xy=(
-                        base.keyframe.imagewidth / page.keyframe.imagewidth,
-                        base.keyframe.imagelength / page.keyframe.imagelength,
-                    ),
-                    file_size=size,
-                    bad_tiles=log,
-                )
-                for index, page in enumerate(pages)
-            ]
-            warn_if_truncated(path, sources)
+            if tif.is_philips or tif.is_scn or tif.is_bif:
+                raise UnsupportedTiff("a vendor TIFF that OpenSlide reads more faithfully")
+            file_size = os.path.getsize(path)
+            if not tif.series:
+                past = offsets_past_end(tifffile_log.lines, file_size)
+                if past:
+                    raise UnsupportedTiff(
+                        f"the file is truncated: it ends at byte {file_size:,} but its first image "
+                        f"starts at byte {past[0]:,}"
+                    )
+                raise UnsupportedTiff("no images in the file")
+            pages = pyramid_pages(tif)
+            fd, sources = _page_sources(path, pages)
         except Exception:
-            os.close(fd)
+            tif.close()
             raise
-    except Exception:
-        tif.close()
-        raise
+    warn_if_truncated(path, sources, tifffile_log.lines)
     first = tif.pages[0]
     description = first.description or ""
     properties: dict[str, str] = {}
