@@ -147,8 +147,14 @@ def test_review_by_hand(tmp_path, cli):
     )
     result = cli(summary, annotations, "--out", tmp_path / "review.csv")
     assert result.exit_code == 0, result.output
-    assert "2 rows ->" in result.output and "Tumor" in result.output
-    roi, region = read_csv(tmp_path / "review.csv")
+    assert "3 rows ->" in result.output and "Tumor" in result.output
+    roi, group, region = read_csv(tmp_path / "review.csv")
+    assert (group["target"], group["region_id"], group["group_id"], group["best_group"]) == (
+        "group",
+        "0",
+        "0",
+        "True",
+    )  # group 0 is region 0 alone
     assert (roi["slide"], roi["class"], roi["n_objects"], roi["target"], roi["region_id"]) == (
         "slide",
         "Tumor",
@@ -157,16 +163,18 @@ def test_review_by_hand(tmp_path, cli):
         "0",
     )
     assert (region["target"], region["region_id"]) == ("region", "0")  # region 1 only touches the box
-    for row in (roi, region):
+    for row in (roi, group, region):
         # 8 of region 0's 16 cells; the annotation is those 8 cells
         assert float(row["dice"]) == pytest.approx(2 / 3) and float(row["iou"]) == pytest.approx(0.5)
         assert float(row["target_in_annotation"]) == pytest.approx(0.5)
         assert float(row["annotation_in_target"]) == pytest.approx(1.0)
         assert float(row["dice_grid"]) == pytest.approx(2 / 3)
-        # attention: 8 cells x 0.7 / 16 inside; the top patch (0.05, region 1) is outside
+        # attention: 8 cells x 0.7 / 16 inside; a / n is constant within each region, so the game
+        # is played on the regions: the top-weight region 0 (a = 0.7) meets the annotation (the
+        # argmax patch, 0.3 / 6 = 0.05 of region 1, would not)
         assert float(row["attention_inside"]) == pytest.approx(0.35)
         assert float(row["attention_outside"]) == pytest.approx(0.65)
-        assert row["pointing_game"] == "False"
+        assert (row["pointing_game"], row["pointing_on"], row["pointing_region"]) == ("True", "region", "0")
 
 
 def test_review_folder_with_stem_all_regions_and_tiles(tmp_path, cli):
@@ -180,12 +188,15 @@ def test_review_folder_with_stem_all_regions_and_tiles(tmp_path, cli):
     rows = read_csv(tmp_path / "r.csv")
     assert [(r["slide"], r["target"], r["region_id"]) for r in rows] == [
         ("b", "roi", "0"),
+        ("b", "group", "0"),
+        ("b", "group", "1"),
         ("b", "region", "0"),
         ("b", "region", "1"),
     ]
     assert rows[0]["pointing_game"] == "True"  # the 0.9 tile is cell (1, 1)
+    assert rows[0]["pointing_on"] == "patch"  # the tiles' attention varies within region 0
     assert float(rows[0]["attention_inside"]) == pytest.approx(0.9 / (0.9 + 6 * 0.01))
-    assert float(rows[2]["dice"]) == 0.0
+    assert float(rows[2]["dice"]) == 0.0 and float(rows[4]["dice"]) == 0.0
 
 
 @pytest.mark.parametrize(
@@ -229,7 +240,10 @@ def test_review_files_core_entry(tmp_path):
     summary = write_output(tmp_path / "out")
     annotations = write_annotations(tmp_path / "a.geojson", Annotation(cells(0, 0, 6, 1), class_name="Top"))
     rows = review_files(summary, annotations, tmp_path / "r.csv")
-    [roi, top] = rows
+    [roi, group, top] = rows
     assert roi["target"] == "roi" and roi["dice"] == 0.0 and roi["region_id"] == "0"
-    assert top["region_id"] == 1 and top["dice"] == pytest.approx(1.0) and top["pointing_game"] is True
+    assert (group["target"], group["group_id"], group["dice"]) == ("group", 1, pytest.approx(1.0))
+    assert top["region_id"] == 1 and top["dice"] == pytest.approx(1.0)
+    # the game is on the regions: the top-weight region 0 only shares an edge with the annotation
+    assert top["pointing_game"] is False and top["pointing_on"] == "region"
     assert top["attention_inside"] == pytest.approx(0.3)

@@ -65,7 +65,7 @@ def scene(make_napari_viewer, make_pyramid):
     slide.close()
 
 
-def test_panel_imports_computes_exports(scene, tmp_path):
+def test_panel_imports_computes_exports(scene, tmp_path, qtbot):
     from napari_care._review_panel import ReviewPanel
 
     viewer, slide, slide_layer, _regions, labels = scene
@@ -87,19 +87,28 @@ def test_panel_imports_computes_exports(scene, tmp_path):
     assert np.allclose(np.sort(world, axis=0), np.sort(level0_to_world(slide, corners), axis=0))
     assert np.allclose(shapes.edge_color[0], [200 / 255, 0, 0, 1]) and "2 objects" in panel.status.value
 
-    rows = panel.compute()
+    worker = panel.compute()  # in a worker thread: the tables fill when it returns
+    assert worker is not None
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=20_000)  # its result (or error) shown
+    rows = panel.rows
     assert [(r["class"], r["target"], r["region_id"]) for r in rows] == [
         ("Tumor", "roi", "0"),
+        ("Tumor", "group", "0"),
         ("Tumor", "region", 0),
     ]
     for row in rows:
         assert row["dice"] == pytest.approx(2 / 3) and row["iou"] == pytest.approx(0.5)
-        assert row["attention_inside"] == pytest.approx(8 * 0.7 / 16) and row["pointing_game"] is False
-    assert panel.table.shape == (2, 11) and panel.table.data[0][3] == pytest.approx(0.667)
+        assert row["attention_inside"] == pytest.approx(8 * 0.7 / 16)
+        # a / n is constant within each region: the game is on the top-weight region 0, in the box
+        assert row["pointing_game"] is True and row["pointing_on"] == "region"
+    assert panel.table.shape == (3, 14) and panel.table.data[0][5] == pytest.approx(0.667)
+    assert panel.class_table.shape == (3, 8)  # groups 0, 1 and "outside the groups"
 
     panel.save_table(tmp_path / "agreement.csv")
     with open(tmp_path / "agreement.csv", newline="", encoding="utf-8") as handle:
-        assert len(list(csv.DictReader(handle))) == 2
+        assert len(list(csv.DictReader(handle))) == 3
+    with open(tmp_path / "agreement.class_by_group.csv", newline="", encoding="utf-8") as handle:
+        assert [row["group_id"] for row in csv.DictReader(handle)] == ["0", "1", "-1"]
 
     panel.tiles.value = True
     count = panel.export_regions(tmp_path / "care.geojson.gz")

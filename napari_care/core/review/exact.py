@@ -10,6 +10,7 @@ that are not unions of grid cells.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
@@ -21,15 +22,17 @@ from shapely.geometry.base import BaseGeometry
 from napari_care.core.qupath.objects import Annotation
 from napari_care.core.qupath.polygons import label_grid_polygons
 from napari_care.core.review.coverage import MAX_LATTICE_CELLS, GridCounts
+from napari_care.core.review.groups import PhenotypeGroups
 from napari_care.core.review.metrics import (
     UNCLASSIFIED,
     PatchAttention,
     RegionGrid,
     attention_columns,
     class_geometries,
-    overlap_columns,
     patch_centres,
 )
+from napari_care.core.review.pointing import pointing_rule
+from napari_care.core.review.targets import ClassTargets, groups_on_grid, overlap_on_grid
 
 
 def review_agreement_exact(
@@ -40,11 +43,13 @@ def review_agreement_exact(
     attention: PatchAttention | None = None,
     region_polygons: Mapping[int, BaseGeometry] | None = None,
     include_disjoint: bool = False,
+    groups: PhenotypeGroups | None = None,
 ) -> list[dict[str, object]]:
     """The rows of :func:`~napari_care.core.review.metrics.review_agreement`, from exact unions.
 
     Same parameters and rows; the exact columns come from ``region_polygons`` themselves
-    (the fast path counts them cell by cell on ``grid``).
+    (the fast path counts them cell by cell on ``grid``), a group's from the union of its
+    regions' polygons.
     """
     annotations = list(annotations)
     labels = np.asarray(grid.labels)
@@ -68,27 +73,38 @@ def review_agreement_exact(
             counts[name] = counts.get(name, 0) + 1
     shapes = class_geometries(annotations)
     centres = patch_centres(attention) if shapes else None
+    rule = None if centres is None else pointing_rule(attention, grid)
+    groups = groups_on_grid(groups, region_polygons)
+    group_shapes = {
+        group: shapely.union_all([region_polygons[r] for r in members])
+        for group, members in (groups.regions_of_group.items() if groups else ())
+    }
+    area_of_region = np.zeros(n_labels)
+    area_of_region[region_ids] = shapely.area(region_shapes)
 
     rows: list[dict[str, object]] = []
     for name, shape in shapes.items():
         shapely.prepare(shape)
         raster = rasterise_on_lattice(shape, grid, n_labels)
-        common = {"class": name, "n_objects": counts[name]}
         inside = None if centres is None else shapely.intersects_xy(shape, centres[0], centres[1])
-        attention_values = attention_columns(attention, inside)
-        if roi_shape is not None:
-            metrics = overlap_columns(_exact(shape, roi_shape), raster, roi_ids, region_cells, cell_area)
-            roi_key = {"target": "roi", "region_id": ";".join(map(str, roi_ids))}
-            rows.append({**common, **roi_key, **metrics, **attention_values})
-        intersection_areas = np.zeros(len(region_ids))
+        intersection = np.zeros(n_labels)
         hits = np.flatnonzero(shapely.intersects(region_shapes, shape))
-        intersection_areas[hits] = shapely.area(shapely.intersection(region_shapes[hits], shape))
-        overlapping = (intersection_areas > 0) | (raster.inside_per_label[region_ids] > 0)
-        for index in np.flatnonzero(overlapping | include_disjoint).tolist():
-            region = int(region_ids[index])
-            exact = (float(intersection_areas[index]), float(region_shapes[index].area), float(shape.area))
-            metrics = overlap_columns(exact, raster, [region], region_cells, cell_area)
-            rows.append({**common, "target": "region", "region_id": region, **metrics, **attention_values})
+        intersection[region_ids[hits]] = shapely.area(shapely.intersection(region_shapes[hits], shape))
+        meets = (intersection > 0) | (raster.inside_per_label > 0)
+        attention_values = attention_columns(attention, inside, rule, meets)
+        targets = ClassTargets(name, counts[name], float(shape.area), intersection, meets, area_of_region)
+        class_rows, _ = targets.rows(
+            roi_ids,
+            None if roi_shape is None else float(roi_shape.area),
+            region_ids,
+            groups,
+            functools.partial(overlap_on_grid, raster, region_cells, cell_area),
+            attention_values,
+            include_disjoint,
+            roi_intersection=None if roi_shape is None else _exact(shape, roi_shape)[0],
+            group_intersection={g: _exact(shape, union)[0] for g, union in group_shapes.items()},
+        )
+        rows += class_rows
     return rows
 
 

@@ -1,8 +1,9 @@
-"""Agreement between a pathologist's annotations and CARE's regions, ROI and attention.
+"""Agreement between a pathologist's annotations and CARE's regions, ROI, groups and attention.
 
 For every annotation class (the union of that class's polygons; lines and points are left
-out) the review compares the annotation with the ROI (the union of the ROI regions) and
-with each CARE region it touches:
+out) the review compares the annotation with the ROI (the union of the ROI regions), with
+each phenotype group it touches (the union of the group's regions, see
+:mod:`~napari_care.core.review.groups`) and with each CARE region it touches:
 
 - ``dice`` = 2|T∩A| / (|T| + |A|), ``iou`` = |T∩A| / |T∪A| for target T and annotation A;
 - ``target_in_annotation`` = |T∩A| / |T| (for the ROI: the share of the ROI inside the
@@ -10,7 +11,9 @@ with each CARE region it touches:
   covered by the ROI);
 - ``attention_inside`` / ``attention_outside``: the share of the total patch attention on
   patches whose centre lies inside / outside the annotation, and ``pointing_game``: whether
-  the highest-attention patch's centre lies inside it (per class, repeated on its rows).
+  CARE's most attended place lies in it, on the highest-attention patch or, when the
+  attention is constant within each region, on the top-weight region (``pointing_on``, see
+  :mod:`~napari_care.core.review.pointing`; per class, repeated on its rows).
 
 Each overlap metric is computed twice:
 
@@ -40,6 +43,7 @@ class's union against every region polygon, is :mod:`napari_care.core.review.exa
 from __future__ import annotations
 
 import csv
+import functools
 import os
 from collections.abc import Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -54,43 +58,34 @@ from napari_care.core.progress import Progress, run_to_end
 from napari_care.core.qupath.objects import Annotation
 from napari_care.core.qupath.polygons import label_grid_polygons
 from napari_care.core.review.coverage import (
-    GridCounts,
     count_on_grid,
     cover_lattice,
     disjoint_parts,
     inside_points,
     polygons_of,
 )
+from napari_care.core.review.grid import PatchAttention, RegionGrid
+from napari_care.core.review.groups import PhenotypeGroups
+from napari_care.core.review.pointing import PointingRule, pointing_hit, pointing_rule
+from napari_care.core.review.targets import ClassTargets, groups_on_grid, overlap_columns, overlap_on_grid
 
 UNCLASSIFIED = "Unclassified"
-
-
-@dataclass(frozen=True)
-class RegionGrid:
-    """CARE regions on the patch grid.
-
-    Parameters
-    ----------
-    labels
-        ``[rows, cols]`` region id per cell (row = grid y, col = grid x), ``-1`` = no region.
-    origin_xy
-        Level-0 (x, y) of the top-left corner of cell ``(0, 0)``.
-    cell_size_px
-        Cell (patch) side in level-0 pixels.
-    """
-
-    labels: np.ndarray
-    origin_xy: tuple[float, float] = (0.0, 0.0)
-    cell_size_px: float = 1.0
-
-
-@dataclass(frozen=True)
-class PatchAttention:
-    """Per-patch attention (>= 0) with the patches' level-0 top-left corners ``[N, 2]`` (x, y)."""
-
-    coords_xy: np.ndarray
-    attention: np.ndarray
-    patch_size_px: float
+__all__ = [  # RegionGrid, PatchAttention and overlap_columns live a floor down; named here as before
+    "UNCLASSIFIED",
+    "PatchAttention",
+    "RegionGrid",
+    "ReviewTables",
+    "attention_columns",
+    "class_geometries",
+    "iter_review_agreement",
+    "iter_review_tables",
+    "overlap_columns",
+    "patch_centres",
+    "polygons_by_class",
+    "rasterize",
+    "review_agreement",
+    "write_review_csv",
+]
 
 
 def class_geometries(annotations: Iterable[Annotation]) -> dict[str, BaseGeometry]:
@@ -113,6 +108,31 @@ def rasterize(geometry: BaseGeometry, grid: RegionGrid) -> np.ndarray:
     return shapely.intersects_xy(geometry, centre_x[None, :], centre_y[:, None])
 
 
+@dataclass(frozen=True)
+class ReviewTables:
+    """What one review gives.
+
+    Attributes
+    ----------
+    rows
+        The agreement rows (see :func:`review_agreement`).
+    class_by_group
+        The class x group area rows (:func:`~napari_care.core.review.groups.class_group_rows`),
+        empty without groups.
+    pointing_on
+        Where the pointing game was played (``"patch"`` or ``"region"``, see
+        :mod:`~napari_care.core.review.pointing`); None without attention.
+    notes
+        One-line warnings about the inputs (annotations partly outside the slide), for a caller
+        that shows them rather than a warning.
+    """
+
+    rows: list[dict[str, object]]
+    class_by_group: list[dict[str, object]]
+    pointing_on: str | None
+    notes: tuple[str, ...] = ()
+
+
 def review_agreement(
     annotations: Iterable[Annotation],
     grid: RegionGrid,
@@ -121,8 +141,10 @@ def review_agreement(
     attention: PatchAttention | None = None,
     region_polygons: Mapping[int, BaseGeometry] | None = None,
     include_disjoint: bool = False,
+    groups: PhenotypeGroups | None = None,
 ) -> list[dict[str, object]]:
-    """Agreement rows: per annotation class, one for the ROI and one per overlapping region.
+    """Agreement rows: per annotation class, one for the ROI, one per overlapping phenotype group
+    and one per overlapping region.
 
     Parameters
     ----------
@@ -138,22 +160,29 @@ def review_agreement(
         Region id -> polygon (exact unions of ``grid``'s cells); traced from ``grid`` when
         None. They give the regions' ids and areas; the intersections are counted on ``grid``.
     include_disjoint
-        Also give rows for regions that do not touch the annotation (all zero).
+        Also give rows for regions and groups that do not touch the annotation (all zero).
+    groups
+        The run's phenotype groups: ``target = "group"`` rows and the ``group_id,
+        group_name, best_group`` columns (on every row; empty where they do not apply).
 
     Returns
     -------
     list of dict
-        Rows with keys ``class, n_objects, target`` (``"roi"`` or ``"region"``), ``region_id``
-        (the ROI's ids joined by ``";"`` on ROI rows), ``dice, iou, target_in_annotation,
-        annotation_in_target, intersection_area_px2, target_area_px2, annotation_area_px2``,
-        the same four ratios with suffix ``_grid``, ``intersection_cells, target_cells,
-        annotation_cells, dice_grid_bound, attention_inside, attention_outside,
-        pointing_game`` (see the module docstring). Classes in name order; regions that do
-        not overlap the class are left out unless ``include_disjoint``.
+        Rows with keys ``class, n_objects, target`` (``"roi"``, ``"group"`` or ``"region"``),
+        ``region_id`` (the ROI's or the group's region ids joined by ``";"``), with ``groups``
+        ``group_id, group_name, best_group`` (the group with the largest Dice of the class,
+        ties: the lowest id), then ``dice, iou, target_in_annotation, annotation_in_target,
+        intersection_area_px2, target_area_px2, annotation_area_px2``, the same four ratios
+        with suffix ``_grid``, ``intersection_cells, target_cells, annotation_cells,
+        dice_grid_bound, attention_inside, attention_outside, pointing_game, pointing_on,
+        pointing_region`` (see the module docstring and
+        :mod:`~napari_care.core.review.pointing`). Classes in name order; groups and regions
+        that do not overlap the class are left out unless ``include_disjoint``.
 
     See Also
     --------
     iter_review_agreement : the same, as a generator of progress reports.
+    iter_review_tables : the rows and the class x group table.
     """
     return run_to_end(
         iter_review_agreement(
@@ -163,6 +192,7 @@ def review_agreement(
             attention=attention,
             region_polygons=region_polygons,
             include_disjoint=include_disjoint,
+            groups=groups,
         )
     )
 
@@ -175,9 +205,39 @@ def iter_review_agreement(
     attention: PatchAttention | None = None,
     region_polygons: Mapping[int, BaseGeometry] | None = None,
     include_disjoint: bool = False,
+    groups: PhenotypeGroups | None = None,
 ) -> Generator[Progress, None, list[dict[str, object]]]:
     """:func:`review_agreement` as a generator: yields ``Progress("review", done, total)``, ``done``
     counting the annotation polygons reviewed, and returns the rows."""
+    tables = yield from iter_review_tables(
+        annotations,
+        grid,
+        roi_ids=roi_ids,
+        attention=attention,
+        region_polygons=region_polygons,
+        include_disjoint=include_disjoint,
+        groups=groups,
+    )
+    return tables.rows
+
+
+def iter_review_tables(
+    annotations: Iterable[Annotation],
+    grid: RegionGrid,
+    *,
+    roi_ids: Sequence[int] = (),
+    attention: PatchAttention | None = None,
+    region_polygons: Mapping[int, BaseGeometry] | None = None,
+    include_disjoint: bool = False,
+    groups: PhenotypeGroups | None = None,
+    mpp_xy: Sequence[float] | None = None,
+) -> Generator[Progress, None, ReviewTables]:
+    """The review's agreement rows and class x group table, as a generator of progress reports.
+
+    Parameters as :func:`review_agreement`; ``mpp_xy`` (micrometres per level-0 pixel) gives
+    the table's ``_um2`` columns. Yields ``Progress("review", done, total)``, ``done``
+    counting the annotation polygons reviewed; returns a :class:`ReviewTables`.
+    """
     labels = np.asarray(grid.labels)
     if region_polygons is None:
         origin, size = grid.origin_xy, grid.cell_size_px
@@ -191,13 +251,18 @@ def iter_review_agreement(
     if missing:
         raise ValueError(f"roi_ids: regions {missing} are not on the region grid")
     roi_area = float(shapely.union_all([region_polygons[r] for r in roi_ids]).area) if roi_ids else None
+    groups = groups_on_grid(groups, region_polygons)
+    area_of_region = np.zeros(n_labels)
+    area_of_region[region_ids] = region_areas
     cell_area = float(grid.cell_size_px) ** 2
     by_class = polygons_by_class(annotations)
     centres = patch_centres(attention) if by_class else None
     points = None if centres is None else shapely.points(*centres)
+    rule = None if centres is None else pointing_rule(attention, grid)
     total, done = sum(len(geometries) for geometries in by_class.values()), 0
 
     rows: list[dict[str, object]] = []
+    class_by_group: list[dict[str, object]] = []
     for name, geometries in by_class.items():
         n = len(geometries)
         yield Progress("review", done, total, f"{name}: {n:,} polygons, overlaps")
@@ -206,24 +271,21 @@ def iter_review_agreement(
         cover = yield from _within_class(cells, name, done, n, total)
         counts = count_on_grid(cover, labels, n_labels)
         annotation_area = float(shapely.area(parts).sum())
-        common = {"class": name, "n_objects": n}
         inside = None if points is None else inside_points(parts, points)
-        attention_values = attention_columns(attention, inside)
         intersection = counts.area_per_label
-        if roi_area is not None:
-            exact = (float(intersection[roi_ids].sum()), roi_area, annotation_area)
-            metrics = overlap_columns(exact, counts, roi_ids, region_cells, cell_area)
-            roi_key = {"target": "roi", "region_id": ";".join(map(str, roi_ids))}
-            rows.append({**common, **roi_key, **metrics, **attention_values})
-        overlapping = (intersection[region_ids] > 0) | (counts.inside_per_label[region_ids] > 0)
-        for index in np.flatnonzero(overlapping | include_disjoint).tolist():
-            region = int(region_ids[index])
-            exact = (float(intersection[region]), float(region_areas[index]), annotation_area)
-            metrics = overlap_columns(exact, counts, [region], region_cells, cell_area)
-            rows.append({**common, "target": "region", "region_id": region, **metrics, **attention_values})
+        meets = (intersection > 0) | (counts.inside_per_label > 0)
+        targets = ClassTargets(name, n, annotation_area, intersection, meets, area_of_region)
+        attention_values = attention_columns(attention, inside, rule, meets)
+
+        overlap = functools.partial(overlap_on_grid, counts, region_cells, cell_area)
+        class_rows, table = targets.rows(
+            roi_ids, roi_area, region_ids, groups, overlap, attention_values, include_disjoint, mpp_xy
+        )
+        rows += class_rows
+        class_by_group += table
         done += n
         yield Progress("review", done, total, f"{name}: {n:,} polygons, done")
-    return rows
+    return ReviewTables(rows, class_by_group, None if rule is None else rule.on)
 
 
 def polygons_by_class(annotations: Iterable[Annotation]) -> dict[str, list[BaseGeometry]]:
@@ -257,50 +319,6 @@ def write_review_csv(path: str | os.PathLike[str], rows: Sequence[Mapping[str, o
             writer.writerow({key: "" if value is None else value for key, value in row.items()})
 
 
-def overlap_columns(
-    exact: tuple[float, float, float],
-    raster: GridCounts,
-    target_labels: list[int],
-    region_cells: np.ndarray,
-    cell_area: float,
-) -> dict[str, object]:
-    """Exact and grid overlap columns of one (class, target) pair, with the grid bound.
-
-    ``exact`` is (|T∩A|, |T|, |A|) in pixels squared; the target T is the union of the
-    regions ``target_labels``, whose cell counts are ``region_cells``.
-    """
-    intersection, target_area, annotation_area = exact
-    grid_intersection = int(raster.inside_per_label[target_labels].sum())
-    target_cells = int(region_cells[target_labels].sum())
-    columns = _ratios(intersection, target_area, annotation_area, "")
-    columns.update(
-        intersection_area_px2=intersection, target_area_px2=target_area, annotation_area_px2=annotation_area
-    )
-    columns.update(_ratios(grid_intersection, target_cells, raster.cells, "_grid"))
-    columns.update(
-        intersection_cells=grid_intersection, target_cells=target_cells, annotation_cells=raster.cells
-    )
-    # The bound of the module docstring: S, I, B and B_T in cells.
-    total, exact_cells = (target_area + annotation_area) / cell_area, intersection / cell_area
-    target_crossed, crossed = int(raster.crossed_per_label[target_labels].sum()), raster.crossed
-    columns["dice_grid_bound"] = (
-        min(1.0, 2 * (target_crossed + exact_cells * crossed / total) / (total - crossed))
-        if total > crossed
-        else 1.0
-    )
-    return columns
-
-
-def _ratios(intersection: float, target: float, annotation: float, suffix: str) -> dict[str, float]:
-    union = target + annotation - intersection
-    return {
-        f"dice{suffix}": 2 * intersection / (target + annotation) if target + annotation > 0 else 0.0,
-        f"iou{suffix}": intersection / union if union > 0 else 0.0,
-        f"target_in_annotation{suffix}": intersection / target if target > 0 else 0.0,
-        f"annotation_in_target{suffix}": intersection / annotation if annotation > 0 else 0.0,
-    }
-
-
 def patch_centres(attention: PatchAttention | None) -> tuple[np.ndarray, np.ndarray] | None:
     """The level-0 (x, y) centres of the attention's patches; None without attention.
 
@@ -323,16 +341,36 @@ def patch_centres(attention: PatchAttention | None) -> tuple[np.ndarray, np.ndar
     return coords[:, 0] + half, coords[:, 1] + half
 
 
-def attention_columns(attention: PatchAttention | None, inside: np.ndarray | None) -> dict[str, object]:
-    """Attention mass inside/outside the annotation and the pointing game, from the patches whose
-    centre is ``inside`` (None: no attention, the columns left empty)."""
+def attention_columns(
+    attention: PatchAttention | None,
+    inside: np.ndarray | None,
+    rule: PointingRule | None = None,
+    region_meets: np.ndarray | None = None,
+) -> dict[str, object]:
+    """Attention mass inside/outside the annotation and the pointing game.
+
+    ``inside`` marks the patches whose centre is in the annotation (None: no attention, the
+    columns left empty); ``rule`` says where the game is played (patch mode when None) and
+    ``region_meets`` which regions meet the annotation (for region mode).
+    """
     if attention is None or inside is None:
-        return {"attention_inside": None, "attention_outside": None, "pointing_game": None}
+        return {
+            "attention_inside": None,
+            "attention_outside": None,
+            "pointing_game": None,
+            "pointing_on": None,
+            "pointing_region": None,
+        }
     values = np.asarray(attention.attention, dtype=np.float64).ravel()
     total = values.sum()
     share = float(values[inside].sum() / total) if total > 0 else 0.0
+    if rule is None:
+        rule = PointingRule("patch", int(np.argmax(values)), None)
+    meets = np.zeros(0, dtype=bool) if region_meets is None else np.asarray(region_meets)
     return {
         "attention_inside": share,
         "attention_outside": 1.0 - share if total > 0 else 0.0,
-        "pointing_game": bool(inside[int(np.argmax(values))]),
+        "pointing_game": pointing_hit(rule, inside, meets),
+        "pointing_on": rule.on,
+        "pointing_region": rule.top_region,
     }

@@ -1,203 +1,83 @@
 """Review a segmentation output on disk against a pathologist's annotation file.
 
-``napari-care segment`` leaves ``<stem>.regions.geojson`` (regions as detections with their
-measurements, the ROI as ``"CARE ROI"`` annotations, optionally tiles) and ``<stem>.care.json``
-next to each other. The review needs the region grid, the ROI and the per-patch attention;
-all three are rebuilt from the GeoJSON alone:
-
-- the cell (patch) side is ``sqrt(sum of region areas / sum of "Patches")`` (regions are exact
-  unions of cells, so this is exact up to the two-decimal coordinates), the grid origin the
-  regions' top-left corner, and every cell whose centre lies in a region gets its id;
-- the ROI is the ``"CARE region id"`` of the ``"CARE ROI"`` annotations (or of the regions
-  measured ``"CARE ROI" = 1``);
-- attention is the ``"CARE attention"`` of the tile objects when the file has them, otherwise
-  each region's ``"CARE a"`` spread evenly over its cells, which is how CARE defines patch
-  attention (``a[r] / n_r``).
-
-Both files are in QuPath's frame (level-0 pixels relative to the slide's bounds offset), as
-are the pathologist's annotations exported from QuPath, so no offset is applied.
+:func:`review_files` (and the generators behind it, for a progress bar) reads the output
+(:mod:`~napari_care.core.review.output`: regions, ROI, groups and attention rebuilt from
+``<stem>.regions.geojson`` and ``<stem>.care.json``) and the annotations, refuses
+annotations that overlap none of the run's patches (:mod:`~napari_care.core.review.bounds`),
+and writes the agreement rows to ``--out`` and the class x group area table beside it
+(:func:`class_table_path`), both or neither. :func:`iter_review_layers` is the same review
+of a viewer's layers, for the review panel.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Generator, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Generator, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-import shapely
 from shapely.geometry import MultiPolygon, Polygon
-from shapely.geometry.base import BaseGeometry
 
-from napari_care.core.outputs import SUFFIXES
+from napari_care.core.atomic import output_set
 from napari_care.core.progress import Progress, run_to_end
-from napari_care.core.qupath.objects import ROI_CLASS, Annotation
+from napari_care.core.qupath.objects import Annotation
 from napari_care.core.qupath.read import read_geojson
-from napari_care.core.review.metrics import (
-    PatchAttention,
-    RegionGrid,
-    iter_review_agreement,
-    review_agreement,
-    write_review_csv,
+from napari_care.core.review.bounds import Box, check_annotations_overlap, overlap_note
+from napari_care.core.review.groups import PhenotypeGroups
+from napari_care.core.review.metrics import RegionGrid, ReviewTables, iter_review_tables, write_review_csv
+from napari_care.core.review.output import (
+    SegmentOutput,
+    attention_from_region_weights,
+    load_output,
+    locate_output,
+    region_grid,
 )
 
-REGION_ID = "CARE region id"
-PATCHES = "Patches"
-WEIGHT = "CARE a"
-TILE_ATTENTION = "CARE attention"
+__all__ = [  # the reading half lives in review.output; its names are used from here too
+    "SegmentOutput",
+    "attention_from_region_weights",
+    "class_table_path",
+    "iter_review_files",
+    "iter_review_files_tables",
+    "iter_review_layers",
+    "iter_review_output",
+    "iter_review_region_table",
+    "load_output",
+    "locate_output",
+    "region_grid",
+    "review_files",
+    "review_output",
+    "review_region_table",
+]
 
-
-@dataclass(frozen=True)
-class SegmentOutput:
-    """What the review needs from one slide's segmentation output.
-
-    Attributes
-    ----------
-    stem
-        The slide's stem (file names ``<stem>.regions.geojson``, ``<stem>.care.json``).
-    geojson_path
-        The regions file read.
-    region_polygons
-        Region id -> exact polygon in level-0 pixels (QuPath's frame).
-    roi_ids
-        The ROI's region ids.
-    grid
-        The region grid rebuilt from the polygons.
-    attention
-        Per-patch attention (from tiles, or ``a / n`` per region).
-    """
-
-    stem: str
-    geojson_path: Path
-    region_polygons: dict[int, BaseGeometry]
-    roi_ids: tuple[int, ...]
-    grid: RegionGrid
-    attention: PatchAttention
-
-
-def locate_output(result: str | os.PathLike[str], stem: str | None = None) -> tuple[str, Path]:
-    """The stem and regions GeoJSON of a segmentation output.
-
-    Parameters
-    ----------
-    result
-        ``<stem>.care.json``, ``<stem>.regions.geojson``, the output folder (with ``stem``, or
-        holding a single ``*.care.json``), or the path prefix ``DIR/<stem>``.
-    stem
-        The slide's stem inside a folder.
-
-    Raises
-    ------
-    ValueError
-        Nothing matches, or a folder holds several results and no ``stem`` was given.
-    """
-    path = Path(result)
-    summary, regions = SUFFIXES["summary"], SUFFIXES["geojson"]
-    if path.is_dir():
-        if stem is None:
-            found = sorted(p.name[: -len(summary)] for p in path.glob(f"*{summary}"))
-            found = found or sorted(p.name[: -len(regions)] for p in path.glob(f"*{regions}"))
-            if len(found) != 1:
-                what = f"{len(found)} results ({', '.join(found[:5])})" if found else "no segmentation output"
-                raise ValueError(f"{path}: holds {what}; name the slide with its stem")
-            stem = found[0]
-        folder = path
-    elif path.name.endswith(summary) or path.name.endswith(regions):
-        suffix = summary if path.name.endswith(summary) else regions
-        folder, stem = path.parent, path.name[: -len(suffix)]
-        if not path.is_file():
-            raise ValueError(f"{path}: no such file")
-    else:  # DIR/<stem>
-        folder, stem = path.parent, path.name
-    geojson = folder / f"{stem}{regions}"
-    if not geojson.is_file():
-        raise ValueError(f"{geojson}: no regions file for slide {stem!r} (run `napari-care segment` first)")
-    return stem, geojson
-
-
-def load_output(result: str | os.PathLike[str], stem: str | None = None) -> SegmentOutput:
-    """Read a segmentation output (see :func:`locate_output`) into a :class:`SegmentOutput`."""
-    stem, geojson = locate_output(result, stem)
-    objects = read_geojson(geojson)
-    regions = [a for a in objects if a.object_type == "detection" and REGION_ID in a.measurements]
-    if not regions:
-        raise ValueError(f"{geojson}: no CARE regions (detections measured {REGION_ID!r}) in the file")
-    polygons = {int(a.measurements[REGION_ID]): a.geometry for a in regions}
-    patches = {int(a.measurements[REGION_ID]): a.measurements.get(PATCHES) for a in regions}
-    if any(n is None or n <= 0 for n in patches.values()):
-        raise ValueError(f"{geojson}: regions without a positive {PATCHES!r} measurement")
-    cell_size = math.sqrt(sum(g.area for g in polygons.values()) / sum(patches.values()))
-    grid = region_grid(polygons, cell_size)
-    roi_ids = tuple(
-        sorted(
-            {
-                int(a.measurements[REGION_ID])
-                for a in objects
-                if a.class_name == ROI_CLASS and REGION_ID in a.measurements
-            }
-        )
-    )
-    if not roi_ids:
-        roi_ids = tuple(
-            sorted(int(a.measurements[REGION_ID]) for a in regions if a.measurements.get("CARE ROI"))
-        )
-    tiles = [a for a in objects if a.object_type == "tile" and TILE_ATTENTION in a.measurements]
-    if tiles:
-        bounds = shapely.bounds(np.array([t.geometry for t in tiles], dtype=object))
-        attention = PatchAttention(
-            bounds[:, :2],
-            np.array([t.measurements[TILE_ATTENTION] for t in tiles]),
-            float(np.median(bounds[:, 2] - bounds[:, 0])),
-        )
-    else:
-        weights = {int(a.measurements[REGION_ID]): a.measurements.get(WEIGHT, 0.0) for a in regions}
-        attention = attention_from_region_weights(grid, weights)
-    return SegmentOutput(stem, geojson, polygons, roi_ids, grid, attention)
-
-
-def region_grid(polygons: Mapping[int, BaseGeometry], cell_size_px: float) -> RegionGrid:
-    """The region grid of exact cell-union polygons: a cell gets the region holding its centre.
-
-    The grid's origin is the polygons' top-left corner, so it lies on a cell edge.
-    """
-    if not polygons or not cell_size_px > 0:
-        raise ValueError(
-            f"region_grid: needs polygons and cell_size_px > 0 (got {len(polygons)}, {cell_size_px})"
-        )
-    ids = list(polygons)
-    bounds = shapely.bounds(np.array([polygons[r] for r in ids], dtype=object))
-    x0, y0 = float(bounds[:, 0].min()), float(bounds[:, 1].min())
-    to_cell = np.rint((bounds - [x0, y0, x0, y0]) / cell_size_px).astype(np.int64)  # [c0, r0, c1, r1]
-    labels = np.full((int(to_cell[:, 3].max()), int(to_cell[:, 2].max())), -1, dtype=np.int64)
-    for region, (c0, r0, c1, r1) in zip(ids, to_cell.tolist(), strict=True):
-        centre_x = x0 + (np.arange(c0, c1) + 0.5) * cell_size_px
-        centre_y = y0 + (np.arange(r0, r1) + 0.5) * cell_size_px
-        inside = shapely.intersects_xy(polygons[region], centre_x[None, :], centre_y[:, None])
-        labels[r0:r1, c0:c1][inside] = int(region)
-    return RegionGrid(labels, (x0, y0), float(cell_size_px))
-
-
-def attention_from_region_weights(grid: RegionGrid, weight_of_region: Mapping[int, float]) -> PatchAttention:
-    """Per-cell attention: each region's weight ``a`` spread evenly over its cells."""
-    labels = np.asarray(grid.labels)
-    rows, cols = np.nonzero(labels >= 0)
-    region = labels[rows, cols]
-    cells = np.bincount(region)
-    weight = np.zeros(len(cells))
-    for key, value in weight_of_region.items():
-        if 0 <= int(key) < len(cells) and math.isfinite(value):
-            weight[int(key)] = max(float(value), 0.0)
-    x0, y0 = grid.origin_xy
-    coords = np.stack([x0 + cols * grid.cell_size_px, y0 + rows * grid.cell_size_px], axis=1)
-    return PatchAttention(coords, weight[region] / cells[region], grid.cell_size_px)
+CLASS_TABLE_SUFFIX = ".class_by_group.csv"
 
 
 def review_region_table(
-    annotations: Iterable[Annotation], grid: RegionGrid, region_columns: Mapping[str, object]
+    annotations: Iterable[Annotation],
+    grid: RegionGrid,
+    region_columns: Mapping[str, object],
+    *,
+    group_names: Mapping[int, str] | None = None,
+    mpp_xy: Sequence[float] | None = None,
 ) -> list[dict[str, object]]:
     """Agreement rows of annotations with CARE regions given as their grid and region table.
+
+    See :func:`iter_review_region_table`; this returns its rows.
+    """
+    work = iter_review_region_table(annotations, grid, region_columns, group_names=group_names, mpp_xy=mpp_xy)
+    return run_to_end(work).rows
+
+
+def iter_review_region_table(
+    annotations: Iterable[Annotation],
+    grid: RegionGrid,
+    region_columns: Mapping[str, object],
+    *,
+    group_names: Mapping[int, str] | None = None,
+    mpp_xy: Sequence[float] | None = None,
+) -> Generator[Progress, None, ReviewTables]:
+    """The review of annotations against CARE regions given as their grid and region table.
 
     Parameters
     ----------
@@ -207,8 +87,15 @@ def review_region_table(
         The region grid.
     region_columns
         Column -> values as :func:`napari_care.core.regions.region_table` makes them (a dict or a
-        DataFrame): ``region``, ``is_roi`` and ``a`` are used, rows with ``region < 0`` left out.
-        The attention is each region's ``a`` spread evenly over its cells.
+        DataFrame): ``region``, ``is_roi`` and ``a`` are used, and ``group`` when there, rows
+        with ``region < 0`` left out. The attention is each region's ``a`` spread evenly over
+        its cells (so the pointing game is played on the regions).
+    group_names
+        Group id -> name, for the group rows and the class x group table.
+    mpp_xy
+        Micrometres per level-0 pixel, for the table's ``_um2`` columns.
+
+    Yields ``Progress("review", ...)``; returns the :class:`ReviewTables`.
 
     Raises
     ------
@@ -221,7 +108,50 @@ def review_region_table(
     roi_ids = region_ids[np.asarray(region_columns["is_roi"])[keep].astype(bool)].tolist()
     weights = dict(zip(region_ids.tolist(), np.asarray(region_columns["a"])[keep].tolist(), strict=True))
     attention = attention_from_region_weights(grid, weights)
-    return review_agreement(annotations, grid, roi_ids=roi_ids, attention=attention)
+    groups = None
+    if "group" in region_columns:
+        group = np.asarray(region_columns["group"])[keep].astype(int).tolist()
+        groups = PhenotypeGroups.from_regions(dict(zip(region_ids.tolist(), group, strict=True)), group_names)
+    return (
+        yield from iter_review_tables(
+            annotations, grid, roi_ids=roi_ids, attention=attention, groups=groups or None, mpp_xy=mpp_xy
+        )
+    )
+
+
+def iter_review_layers(
+    annotations: Iterable[Annotation],
+    grid: RegionGrid,
+    region_columns: Mapping[str, object],
+    *,
+    source: str,
+    slide_bounds: Box | None = None,
+    group_names: Mapping[int, str] | None = None,
+    mpp_xy: Sequence[float] | None = None,
+) -> Generator[Progress, None, ReviewTables]:
+    """The review panel's work: :func:`iter_review_region_table` after the overlap check.
+
+    ``source`` names the annotations (a layer) in the messages; ``slide_bounds`` is the slide's
+    level-0 box in the grid's frame. A note about annotations partly outside comes back in
+    :attr:`~napari_care.core.review.metrics.ReviewTables.notes` (the panel runs this in a worker
+    thread, where warnings do not reach the user).
+
+    Raises
+    ------
+    AnnotationsOutsideError
+        No annotation overlaps the run's patches.
+    """
+    annotations = list(annotations)
+    yield Progress("check", 0, 1, source)
+    patch_bounds = grid.bounds_xy()
+    note = None
+    if patch_bounds is not None:
+        note = overlap_note(annotations, source, patch_bounds=patch_bounds, slide_bounds=slide_bounds)
+    yield Progress("check", 1, 1, source)
+    tables = yield from iter_review_region_table(
+        annotations, grid, region_columns, group_names=group_names, mpp_xy=mpp_xy
+    )
+    return ReviewTables(tables.rows, tables.class_by_group, tables.pointing_on, (note,) if note else ())
 
 
 def review_output(
@@ -229,22 +159,36 @@ def review_output(
 ) -> list[dict[str, object]]:
     """Agreement rows of one slide's output (see :func:`~napari_care.core.review.metrics.review_agreement`),
     each starting with ``slide`` = the output's stem."""
-    return run_to_end(iter_review_output(output, annotations, include_disjoint=include_disjoint))
+    return run_to_end(iter_review_output(output, annotations, include_disjoint=include_disjoint)).rows
 
 
 def iter_review_output(
     output: SegmentOutput, annotations: Iterable[Annotation], *, include_disjoint: bool = False
-) -> Generator[Progress, None, list[dict[str, object]]]:
-    """:func:`review_output` as a generator of ``Progress("review", ...)`` reports."""
-    rows = yield from iter_review_agreement(
+) -> Generator[Progress, None, ReviewTables]:
+    """The review of one slide's output as a generator of ``Progress("review", ...)`` reports;
+    returns the :class:`ReviewTables`, each row starting with ``slide`` = the output's stem."""
+    tables = yield from iter_review_tables(
         annotations,
         output.grid,
         roi_ids=output.roi_ids,
         attention=output.attention,
         region_polygons=output.region_polygons,
         include_disjoint=include_disjoint,
+        groups=output.groups,
+        mpp_xy=output.mpp_xy,
     )
-    return [{"slide": output.stem, **row} for row in rows]
+    return ReviewTables(
+        [{"slide": output.stem, **row} for row in tables.rows],
+        [{"slide": output.stem, **row} for row in tables.class_by_group],
+        tables.pointing_on,
+    )
+
+
+def class_table_path(out_csv: str | os.PathLike[str]) -> Path:
+    """Where the class x group table goes beside the agreement CSV: ``<out stem>.class_by_group.csv``."""
+    out_csv = Path(out_csv)
+    stem = out_csv.name[: -len(out_csv.suffix)] if out_csv.suffix else out_csv.name
+    return out_csv.with_name(stem + CLASS_TABLE_SUFFIX)
 
 
 def review_files(
@@ -255,7 +199,7 @@ def review_files(
     stem: str | None = None,
     include_disjoint: bool = False,
 ) -> list[dict[str, object]]:
-    """Review a segmentation output against an annotation file and write the rows as CSV (atomically).
+    """Review a segmentation output against an annotation file and write the tables as CSV.
 
     Parameters
     ----------
@@ -264,25 +208,35 @@ def review_files(
     annotations
         A QuPath (or other) GeoJSON file in the same frame as the output.
     out_csv
-        Where the CSV goes.
+        Where the agreement rows go; the class x group table goes beside it
+        (:func:`class_table_path`, written when the run has groups). Both are written
+        atomically, together.
     stem
         The slide's stem when ``result`` is a folder.
     include_disjoint
-        Also give rows for regions that do not touch an annotation class.
+        Also give rows for regions and groups that do not touch an annotation class.
 
     Returns
     -------
     list of dict
-        The rows written.
+        The agreement rows written.
 
     Raises
     ------
     ValueError
-        Unreadable or malformed inputs, named; or an annotation file without polygons.
+        Unreadable or malformed inputs, named; an annotation file without polygons;
+        :class:`~napari_care.core.review.bounds.AnnotationsOutsideError` when no annotation
+        overlaps the run's patches.
+
+    Warns
+    -----
+    AnnotationsPartlyOutsideWarning
+        Some annotations lie (partly) outside the slide or off the patches.
 
     See Also
     --------
     iter_review_files : the same, as a generator of progress reports (for a progress bar).
+    iter_review_files_tables : the same, returning both tables.
     """
     work = iter_review_files(result, annotations, out_csv, stem=stem, include_disjoint=include_disjoint)
     return run_to_end(work)
@@ -296,9 +250,25 @@ def iter_review_files(
     stem: str | None = None,
     include_disjoint: bool = False,
 ) -> Generator[Progress, None, list[dict[str, object]]]:
+    """:func:`review_files` as a generator (see :func:`iter_review_files_tables`); returns the rows."""
+    work = iter_review_files_tables(
+        result, annotations, out_csv, stem=stem, include_disjoint=include_disjoint
+    )
+    tables = yield from work
+    return tables.rows
+
+
+def iter_review_files_tables(
+    result: str | os.PathLike[str],
+    annotations: str | os.PathLike[str],
+    out_csv: str | os.PathLike[str],
+    *,
+    stem: str | None = None,
+    include_disjoint: bool = False,
+) -> Generator[Progress, None, ReviewTables]:
     """:func:`review_files` as a generator: yields :class:`~napari_care.core.progress.Progress` of the
     stages ``"read"`` (the two files), ``"review"`` (annotation polygons) and ``"write"``, and
-    returns the rows.
+    returns the :class:`~napari_care.core.review.metrics.ReviewTables`.
 
     Invalid annotation polygons are repaired on reading with one warning per file (see
     :func:`~napari_care.core.qupath.read.read_geojson`).
@@ -312,9 +282,17 @@ def iter_review_files(
         raise ValueError(
             f"{annotations}: no polygon annotations to compare with (lines and points are skipped)"
         )
+    patch_bounds = output.grid.bounds_xy()
+    if patch_bounds is not None:
+        check_annotations_overlap(
+            objects, annotations, patch_bounds=patch_bounds, slide_bounds=output.slide_bounds
+        )
     yield Progress("read", 2, 2, f"{len(objects):,} objects")
-    rows = yield from iter_review_output(output, objects, include_disjoint=include_disjoint)
+    tables = yield from iter_review_output(output, objects, include_disjoint=include_disjoint)
     yield Progress("write", 0, 1, Path(out_csv).name)
-    write_review_csv(out_csv, rows)
-    yield Progress("write", 1, 1, f"{len(rows):,} rows")
-    return rows
+    with output_set(Path(out_csv).name) as files:
+        write_review_csv(files.temporary(out_csv), tables.rows)
+        if tables.class_by_group:
+            write_review_csv(files.temporary(class_table_path(out_csv)), tables.class_by_group)
+    yield Progress("write", 1, 1, f"{len(tables.rows):,} rows")
+    return tables
