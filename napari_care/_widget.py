@@ -19,6 +19,7 @@ from napari_care._review_panel import ReviewPanel
 from napari_care._segment_controller import RunRequest, SegmentController
 from napari_care.core.encoders import list_encoders
 from napari_care.core.heatmap import NORMALISATIONS
+from napari_care.core.phenotypes import AUTO as AUTO_GROUPS
 from napari_care.core.segment import MAGNIFICATION_CHOICES, OPTION_RANGES, SegmentOptions
 
 if TYPE_CHECKING:
@@ -72,7 +73,14 @@ class CareSegmentWidget(mg.Container):
         )
         self.k = mg.SpinBox(label="k (block side)", **_ranged("k"))
         self.colour_by = mg.ComboBox(label="colour by", choices=COLOUR_BY, value=DEFAULT_DISPLAY.colour_by)
-        self.n_groups = mg.SpinBox(label="groups (N)", **_ranged("n_groups"))
+        low, high = OPTION_RANGES["n_groups"]
+        self.n_groups = mg.ComboBox(
+            label="groups (N)",
+            choices=[AUTO_GROUPS, *range(int(low), int(high) + 1)],
+            value=DEFAULT_OPTIONS.n_groups,
+            tooltip="auto: per run, the smallest number (2-12) whose k-means grouping of the regions "
+            "has a patch-weighted Calinski-Harabasz index within 20% of the best; or a fixed number",
+        )
         self.tissue_threshold = mg.FloatSpinBox(
             label="tissue threshold",
             **_ranged("tissue_threshold"),
@@ -203,7 +211,7 @@ class CareSegmentWidget(mg.Container):
             min_tissue=float(self.min_tissue.value),
             e_star=float(self.e_star.value),
             lambda_spf=float(self.lambda_spf.value),
-            n_groups=int(self.n_groups.value),
+            n_groups=self.n_groups.value if self.n_groups.value == AUTO_GROUPS else int(self.n_groups.value),
         )
 
     def run_request(self) -> RunRequest:

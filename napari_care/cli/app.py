@@ -16,6 +16,8 @@ from napari_care import __version__
 from napari_care.cli.common import core_option, drive, fail
 from napari_care.cli.jobs import (
     COHORT_HELP,
+    GROUPS_HELP,
+    GroupCount,
     fail_option,
     run_feature_jobs,
     run_jobs,
@@ -107,13 +109,7 @@ def given_options(names: dict[str, str]) -> list[str]:
     "(from the Hugging Face cache; pip install 'napari-care[care]') or a snapshot folder of it; "
     "it takes --encoder conch_v15 features, 512 px at 20x (default: training-free).",
 )
-@core_option(
-    segment_defaults,
-    "--groups",
-    "n_groups",
-    type=int,
-    help="Phenotype groups, 2-64 (and at most the slide's regions).",
-)
+@core_option(segment_defaults, "--groups", "n_groups", type=GroupCount(), help=GROUPS_HELP)
 @click.option("--tiles", is_flag=True, help="Also write per-tile attention as QuPath tile objects.")
 @click.option(
     "--features",

@@ -45,6 +45,26 @@ FLAG_OF_OPTION = {
     "max_tiles": "--max-tiles",
 }
 
+
+class GroupCount(click.types.IntParamType):
+    """``--groups``: ``auto`` (the number chosen per slide) or a whole number, as click's INT reads it."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            self.fail(f"{value!r} is neither 'auto' nor a whole number", param, ctx)
+
+
+GROUPS_HELP = (
+    "Phenotype groups: auto (per slide, of N = 2-12 and at most the slide's regions, the smallest N "
+    "whose k-means grouping of the regions has a patch-weighted Calinski-Harabasz index within 20% "
+    "of the best) or a number, 2-64 (at most the slide's regions)."
+)
 TILE_SIZE_HELP = (
     "Tile side in pixels at the target magnification, 16-4096 [default: the encoder's preset: "
     "224 for default and timm: models, 256 for uni, 512 for conch_v1_5, ...]."

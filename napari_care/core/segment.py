@@ -28,7 +28,7 @@ from napari_care.core.features import PatchFeatures
 from napari_care.core.models.care_blocks import DEFAULT_E_STAR, DEFAULT_K, DEFAULT_LAMBDA_SPF
 from napari_care.core.models.care_free import CareFreeConfig
 from napari_care.core.models.care_hf import HfCareEncoder
-from napari_care.core.phenotypes import phenotype_groups
+from napari_care.core.phenotypes import AUTO, phenotype_groups
 from napari_care.core.progress import Progress
 from napari_care.core.slide.handle import Slide
 from napari_care.core.tiling import TileGrid, tile_grid
@@ -55,7 +55,7 @@ OPTION_RANGES: dict[str, tuple[float, float]] = {
 #: typo (``--k 1000000``) before it computes degenerate output. None: no bound on that side.
 OPTION_LIMITS: dict[str, tuple[float | None, float | None]] = {
     "k": (1, 256),
-    "n_groups": (2, 64),  # at most the number of regions: checked by the run itself
+    "n_groups": (2, 64),  # or "auto"; at most the number of regions: checked by the run itself
     "tile_size_px": (16, 4096),  # below 16 px a tile holds no texture; 4096 px is a 16-megapixel tile
     "magnification": (None, None),  # > 0; above the scan's is refused per slide (core.preflight)
     "mpp": (None, 1000.0),  # > 0 when given
@@ -87,8 +87,10 @@ def check_options(options: SegmentOptions) -> None:
     """
     for name, (low, high) in OPTION_LIMITS.items():
         value = getattr(options, name)
-        if value is None:
+        if value is None or (name == "n_groups" and value == AUTO):
             continue
+        if name == "n_groups" and isinstance(value, str):
+            raise OptionError(name, value, f"must be {AUTO!r} or a whole number between {low:g} and {high:g}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise OptionError(name, value, "must be a finite number")
         if name in _POSITIVE and not value > 0:
@@ -104,7 +106,8 @@ def check_options(options: SegmentOptions) -> None:
                 expected = f"must be between {low:g} and {high:g}"
             raise OptionError(name, value, expected)
     for name in ("k", "n_groups", "tile_size_px", "batch_size"):
-        if getattr(options, name) is not None and int(getattr(options, name)) != getattr(options, name):
+        value = getattr(options, name)
+        if value is not None and value != AUTO and int(value) != value:
             raise OptionError(name, getattr(options, name), "must be a whole number")
 
 
@@ -146,7 +149,9 @@ class SegmentOptions:
     lambda_spf
         Weight of the coverage prior in SPF.
     n_groups
-        Number of phenotype groups the regions are clustered into.
+        Number of phenotype groups the regions are clustered into, or ``"auto"`` (default):
+        chosen over 2..12 (at most the regions) by the criterion of
+        :func:`~napari_care.core.phenotypes.choose_n_groups`.
     batch_size
         Tiles per encoder batch.
     device
@@ -168,7 +173,7 @@ class SegmentOptions:
     min_tissue: float = 0.25
     e_star: float = DEFAULT_E_STAR
     lambda_spf: float = DEFAULT_LAMBDA_SPF
-    n_groups: int = 6
+    n_groups: int | str = AUTO
     batch_size: int = 64
     device: str | None = None
     strict: bool = False
@@ -446,23 +451,24 @@ def _find_regions(
     if model is None and options.care_checkpoint:
         model = load_care_model(options.care_checkpoint, in_dim=features.embed_dim, device=options.device)
     care = _run_care(features, options, model)
-    groups = phenotype_groups(
-        care, n_groups=options.n_groups, patch_features=features.features
-    ).group_of_region
+    phenotypes = phenotype_groups(care, n_groups=options.n_groups, patch_features=features.features)
     status = f"{care.n_regions} regions, ROI = region {care.roi}"
+    if phenotypes.criterion is not None:
+        status += f"; {phenotypes.n_groups} phenotype groups (chosen by {phenotypes.criterion})"
     if care.slide_encoder:
         status += f"; regions from the training-free mode, slide embedding from {care.slide_encoder}"
     yield Progress("segment", 1, 1, status)
     return SegmentResult(
         features=features,
         care=care,
-        group_of_region=groups,
+        group_of_region=phenotypes.group_of_region,
         grid=grid,
         tissue=tissue,
         options=options,
         box=box,
         encoded_tiles=encoded_tiles,
         slide_mpp=slide_mpp,
+        extras={"phenotypes": phenotypes},  # the chosen number of groups and the criterion's scores
     )
 
 
