@@ -1,0 +1,5 @@
+"""``python -m napari_care.cli``: the ``napari-care`` command."""
+
+from napari_care.cli.app import main
+
+main()
