@@ -410,7 +410,6 @@ def test_the_panel_reviews_in_a_worker_and_shows_the_class_by_group_table(panel_
     assert worker is not None
     qtbot.waitUntil(lambda: panel.worker is None, timeout=60_000)  # its result (or error) shown
     timer.stop()
-    print("GAPS", max(gaps), len(gaps), sorted(gaps)[-5:])
     assert gaps and max(gaps) < 500  # the event loop kept running (a tick every 10 ms asked)
     groups = [(r["group_id"], r["best_group"]) for r in panel.rows if r["target"] == "group"]
     assert groups == [(1, True)]  # regions 0 and 2 hold the annotation
