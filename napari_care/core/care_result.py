@@ -58,7 +58,9 @@ class CareResult:
     k
         Block side in patches.
     mode
-        ``"training-free"`` or ``"model"``: what made the regions and weights.
+        ``"training-free"`` or ``"model"``: what made the regions and weights; ``"edited"`` for
+        regions a user corrected (:mod:`napari_care.core.region_edits`), whose weights follow
+        the training-free rule.
     slide_encoder
         What made ``slide_embedding`` when it is not CARE's own ``sum_r a[r] * region_features[r]``
         of this result: the id of the slide encoder (``"Zipper-1/CARE"``, whose 512-d

@@ -1,0 +1,197 @@
+"""A pathologist's corrections of CARE's regions: merge, split, reassign patches, regroup.
+
+Each edit takes a :class:`~napari_care.core.care_result.CareResult` with the phenotype group
+of each region and gives new ones; nothing is changed in place, so the original run stays as
+it was (an edited run is saved as a new version beside it). After an edit the regions are
+numbered 0..R-1 again in the order of their smallest old id, and every region-level value is
+recomputed from the new partition with the training-free rule
+(:func:`~napari_care.core.models.care_free.segment_free`): the region feature is the mean of
+its patches' features, ``alpha`` its share of the patches, ``beta`` its novelty (distance of
+its mean standardised feature from the slide's mean), ``a = lambda_spf * alpha +
+(1 - lambda_spf) * beta``, the ROI the argmax of ``a`` (lowest id on ties), each patch's
+attention ``a / n``. That holds whatever made the original regions, so an edited result has
+``mode = "edited"``: a trained model's weights do not carry over to regions it did not draw.
+
+>>> edited = merge_regions(Edit(result, group_of_region, features), [3, 7])  # doctest: +SKIP
+>>> edited = split_region(edited, 2)  # doctest: +SKIP
+>>> edited.care.roi, edited.group_of_region  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from napari_care.core.care_result import CareResult
+from napari_care.core.models.care_blocks import DEFAULT_LAMBDA_SPF, dense_labels, feature_moments, group_mean
+
+EDITED = "edited"  # CareResult.mode of a corrected partition
+
+
+@dataclass(frozen=True)
+class Edit:
+    """A CARE result, the group of each of its regions and the patch features it came from.
+
+    Attributes
+    ----------
+    care
+        The regions and their weights.
+    group_of_region
+        ``[R]`` int64 phenotype group of each region.
+    features
+        ``[N, D]`` patch features of ``care``'s patches (what the weights are recomputed from).
+    lambda_spf
+        The SPF balance of coverage and novelty used when the weights are recomputed.
+    """
+
+    care: CareResult
+    group_of_region: np.ndarray
+    features: np.ndarray
+    lambda_spf: float = DEFAULT_LAMBDA_SPF
+
+    def __post_init__(self) -> None:
+        n_regions = self.care.n_regions
+        groups = np.asarray(self.group_of_region, dtype=np.int64)
+        if groups.shape != (n_regions,):
+            raise ValueError(f"group_of_region has shape {groups.shape}, expected ({n_regions},)")
+        if len(self.features) != len(self.care.region_of_patch):
+            raise ValueError(
+                f"{len(self.features)} feature rows but {len(self.care.region_of_patch)} patches"
+            )
+        object.__setattr__(self, "group_of_region", groups)
+
+
+def _check_region(edit: Edit, region: int) -> int:
+    if not 0 <= int(region) < edit.care.n_regions:
+        raise ValueError(f"region {region} does not exist (regions 0..{edit.care.n_regions - 1})")
+    return int(region)
+
+
+def repartition(edit: Edit, region_of_patch: np.ndarray, group_of_old: np.ndarray) -> Edit:
+    """The edit with a new patch -> region labelling (any integers) and every weight recomputed.
+
+    Parameters
+    ----------
+    edit
+        What is edited.
+    region_of_patch
+        ``[N]`` new region label of each patch; renumbered 0..R-1 by increasing label.
+    group_of_old
+        ``[L]`` group of each label used in ``region_of_patch`` (indexed by label).
+    """
+    labels = np.asarray(region_of_patch, dtype=np.int64)
+    dense, kept = dense_labels(labels)
+    n_regions = int(dense.max()) + 1
+    features = np.asarray(edit.features, dtype=np.float32)
+    mean, std = feature_moments(features)
+    region_features = group_mean(features, dense, n_regions)
+    sizes = np.bincount(dense, minlength=n_regions).astype(np.float64)
+    alpha = sizes / len(dense)
+    novelty = np.linalg.norm((region_features - mean) / std, axis=1)
+    beta = novelty / novelty.sum() if novelty.sum() > 0 else np.full(n_regions, 1.0 / n_regions)
+    a = edit.lambda_spf * alpha + (1.0 - edit.lambda_spf) * beta
+    roi = int(np.argmax(a))  # the lowest id on ties, as CARE's own argmax
+    care = replace(
+        edit.care,
+        region_of_patch=dense,
+        region_features=region_features,
+        alpha=alpha.astype(np.float32),
+        beta=beta.astype(np.float32),
+        a=a.astype(np.float32),
+        roi=roi,
+        roi_feature=region_features[roi].copy(),
+        slide_embedding=(a @ region_features).astype(np.float32),
+        patch_attention=(a / sizes)[dense].astype(np.float32),
+        mode=EDITED,
+    )
+    return replace(edit, care=care, group_of_region=np.asarray(group_of_old, np.int64)[kept])
+
+
+def merge_regions(edit: Edit, regions: Sequence[int]) -> Edit:
+    """Join ``regions`` into one (the id of the first); it takes the group of the largest.
+
+    Raises
+    ------
+    ValueError
+        Fewer than two distinct regions, or one that does not exist.
+    """
+    chosen = sorted({_check_region(edit, r) for r in regions})
+    if len(chosen) < 2:
+        raise ValueError(f"merging needs two regions or more, got {list(regions)}")
+    sizes = edit.care.region_sizes
+    largest = chosen[int(np.argmax(sizes[chosen]))]
+    labels = edit.care.region_of_patch.copy()
+    labels[np.isin(labels, chosen)] = chosen[0]
+    groups = edit.group_of_region.copy()
+    groups[chosen[0]] = edit.group_of_region[largest]
+    return repartition(edit, labels, groups)
+
+
+def split_region(edit: Edit, region: int, *, seed: int = 0) -> Edit:
+    """Cut ``region`` in two by its patches' features (2-means of their standardised features);
+    both parts keep the region's group. The part holding the region's first patch keeps its id.
+
+    Raises
+    ------
+    ValueError
+        When the region does not exist, has fewer than two patches, or its patches' features
+        are all alike.
+    """
+    from sklearn.cluster import KMeans  # scikit-learn takes seconds to import
+
+    region = _check_region(edit, region)
+    members = np.flatnonzero(edit.care.region_of_patch == region)
+    if len(members) < 2:
+        raise ValueError(f"region {region} has {len(members)} patch(es): nothing to split")
+    mean, std = feature_moments(np.asarray(edit.features, np.float32))
+    points = (np.asarray(edit.features, np.float64)[members] - mean) / std
+    if len(np.unique(points.round(9), axis=0)) < 2:
+        raise ValueError(f"region {region}: its patches' features are all alike; nothing to split by")
+    parts = KMeans(n_clusters=2, n_init=4, random_state=seed).fit_predict(points)
+    new_label = edit.care.n_regions  # after every existing id: numbered last until renumbered
+    labels = edit.care.region_of_patch.copy()
+    labels[members[parts != parts[0]]] = new_label
+    groups = np.append(edit.group_of_region, edit.group_of_region[region])
+    return repartition(edit, labels, groups)
+
+
+def reassign_patches(edit: Edit, patches: Sequence[int] | np.ndarray, region: int | None) -> Edit:
+    """Move ``patches`` (indices, e.g. painted with the Labels brush) into ``region``, or into a
+    new region of their own (``region=None``) that takes the group most of them had.
+
+    Raises
+    ------
+    ValueError
+        No patch, a patch index out of range, or a region that does not exist.
+    """
+    patches = np.unique(np.asarray(patches, dtype=np.int64))
+    n = len(edit.care.region_of_patch)
+    if patches.size == 0:
+        raise ValueError("no patch to reassign")
+    if patches.min() < 0 or patches.max() >= n:
+        raise ValueError(f"patch indices must be in 0..{n - 1}")
+    labels = edit.care.region_of_patch.copy()
+    groups = edit.group_of_region.copy()
+    if region is None:
+        old_groups = groups[labels[patches]]
+        labels[patches] = edit.care.n_regions
+        groups = np.append(groups, np.bincount(old_groups).argmax())
+    else:
+        labels[patches] = _check_region(edit, region)
+    return repartition(edit, labels, groups)
+
+
+def set_group(edit: Edit, region: int, group: int) -> Edit:
+    """Put ``region`` in phenotype group ``group`` (an existing one, or the next new id); the
+    regions and their weights do not change."""
+    region = _check_region(edit, region)
+    n_groups = int(edit.group_of_region.max()) + 1
+    if not 0 <= int(group) <= n_groups:
+        raise ValueError(
+            f"group {group} does not exist (groups 0..{n_groups - 1}, or {n_groups} for a new one)"
+        )
+    groups = edit.group_of_region.copy()
+    groups[region] = int(group)
+    return replace(edit, group_of_region=groups)

@@ -1,0 +1,125 @@
+"""Corrections of CARE's regions: merge, split, reassign, regroup; weights follow the new regions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_care.core.models.care_free import CareFreeConfig, segment_free
+from napari_care.core.region_edits import (
+    EDITED,
+    Edit,
+    merge_regions,
+    reassign_patches,
+    repartition,
+    set_group,
+    split_region,
+)
+
+
+@pytest.fixture(scope="module")
+def edit() -> Edit:
+    """Four tissue types in quadrants of a 16 x 16 patch grid, training-free regions, two groups."""
+    rng = np.random.default_rng(0)
+    gx, gy = np.meshgrid(np.arange(16), np.arange(16))
+    grid = np.stack([gx.ravel(), gy.ravel()], axis=1)
+    kind = (grid[:, 0] >= 8) + 2 * (grid[:, 1] >= 8)
+    centres = rng.normal(size=(4, 12)) * 4
+    features = (centres[kind] + rng.normal(size=(len(grid), 12))).astype(np.float32)
+    care = segment_free(features, grid, CareFreeConfig(k=4))
+    groups = (np.arange(care.n_regions) % 2).astype(np.int64)
+    return Edit(care, groups, features)
+
+
+def test_repartition_with_the_same_labels_gives_the_training_free_weights(edit):
+    same = repartition(edit, edit.care.region_of_patch, edit.group_of_region)
+    for name in ("alpha", "beta", "a", "patch_attention", "slide_embedding"):
+        np.testing.assert_allclose(getattr(same.care, name), getattr(edit.care, name), rtol=1e-5, atol=1e-7)
+    assert same.care.roi == edit.care.roi and same.care.mode == EDITED
+    np.testing.assert_array_equal(same.group_of_region, edit.group_of_region)
+
+
+def test_merge_joins_two_regions_and_the_weights_follow(edit):
+    sizes = edit.care.region_sizes
+    merged = merge_regions(edit, [1, 3])
+    care = merged.care
+    assert care.n_regions == edit.care.n_regions - 1
+    assert care.region_sizes[1] == sizes[1] + sizes[3]
+    assert np.isclose(care.alpha.sum(), 1.0) and np.isclose(care.a.sum(), 1.0, atol=1e-5)
+    np.testing.assert_allclose(care.alpha[1], (sizes[1] + sizes[3]) / sizes.sum(), rtol=1e-6)
+    before = np.flatnonzero(np.isin(edit.care.region_of_patch, [1, 3]))
+    assert set(care.region_of_patch[before]) == {1}
+    larger = 1 if sizes[1] >= sizes[3] else 3
+    assert merged.group_of_region[1] == edit.group_of_region[larger]
+    assert care.roi == int(np.argmax(care.a))
+    np.testing.assert_allclose(care.patch_attention.sum(), care.a.sum(), rtol=1e-5)
+    assert edit.care.n_regions == len(edit.group_of_region)  # the original is untouched
+    with pytest.raises(ValueError, match="two regions or more"):
+        merge_regions(edit, [2, 2])
+    with pytest.raises(ValueError, match="region 999 does not exist"):
+        merge_regions(edit, [0, 999])
+
+
+def test_split_cuts_a_mixed_region_along_its_tissue(edit):
+    mixed = merge_regions(edit, _regions_of_two_kinds(edit))
+    target = int(mixed.care.region_of_patch[_first_patch_of_kind(edit, 0)])
+    split = split_region(mixed, target)
+    assert split.care.n_regions == mixed.care.n_regions + 1
+    members = np.flatnonzero(mixed.care.region_of_patch == target)
+    kinds = _kinds(edit)[members]
+    parts = split.care.region_of_patch[members]
+    # each part holds one tissue type: the split follows the features
+    for part in np.unique(parts):
+        assert len(np.unique(kinds[parts == part])) == 1
+    assert set(split.group_of_region[np.unique(parts)]) == {mixed.group_of_region[target]}
+    single = np.flatnonzero(edit.care.region_sizes == 1)
+    if single.size:
+        with pytest.raises(ValueError, match="nothing to split"):
+            split_region(edit, int(single[0]))
+
+
+def test_reassign_paints_patches_into_a_region_or_a_new_one(edit):
+    patches = np.flatnonzero(edit.care.region_of_patch == 0)[:3]
+    into = reassign_patches(edit, patches, 2)
+    moved = into.care.region_of_patch[patches]
+    assert len(set(moved)) == 1 and into.care.n_regions <= edit.care.n_regions
+    assert set(into.care.region_of_patch[np.flatnonzero(edit.care.region_of_patch == 2)]) == set(moved)
+    alone = reassign_patches(edit, patches, None)
+    assert alone.care.n_regions == edit.care.n_regions + (
+        0 if len(patches) == edit.care.region_sizes[0] else 1
+    )
+    assert alone.care.region_sizes[alone.care.region_of_patch[patches[0]]] == len(patches)
+    with pytest.raises(ValueError, match="patch indices must be in"):
+        reassign_patches(edit, [10_000], 0)
+    with pytest.raises(ValueError, match="no patch"):
+        reassign_patches(edit, [], 0)
+
+
+def test_set_group_changes_the_group_only(edit):
+    regrouped = set_group(edit, 0, int(edit.group_of_region.max()) + 1)  # a new group
+    assert regrouped.group_of_region[0] == edit.group_of_region.max() + 1
+    assert regrouped.care is edit.care
+    with pytest.raises(ValueError, match="group 9 does not exist"):
+        set_group(edit, 0, 9)
+
+
+def _kinds(edit: Edit) -> np.ndarray:
+    grid = edit.care.grid
+    return (grid[:, 0] >= 8) + 2 * (grid[:, 1] >= 8)
+
+
+def _first_patch_of_kind(edit: Edit, kind: int) -> int:
+    return int(np.flatnonzero(_kinds(edit) == kind)[0])
+
+
+def _regions_of_two_kinds(edit: Edit) -> list[int]:
+    """Two regions, each pure in its own tissue type (0 and 1)."""
+    kinds, regions = _kinds(edit), edit.care.region_of_patch
+    chosen = []
+    for kind in (0, 1):
+        for region in np.unique(regions[kinds == kind]):
+            if set(kinds[regions == region]) == {kind} and (regions == region).sum() >= 4:
+                chosen.append(int(region))
+                break
+    assert len(chosen) == 2
+    return chosen
