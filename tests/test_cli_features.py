@@ -65,6 +65,8 @@ def test_segment_features_of_a_trident_folder_gives_the_regions_of_the_slide(
     assert sorted(p.name for p in out.iterdir()) == [
         "segment-summary.csv",
         "small.care.json",
+        "small.care.npz",
+        "small.measurements.csv",
         "small.regions.geojson",
         "small.slide_features.h5",
     ]

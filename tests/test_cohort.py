@@ -146,7 +146,14 @@ def test_cohort_reports_bad_slides_resumes_and_cleans_up(slides, client, tmp_pat
     assert sorted(p.name for p in out.iterdir()) == sorted(
         f"{stem}{suffix}"
         for stem in GOOD
-        for suffix in (".care.json", ".features.h5", ".regions.geojson", ".slide_features.h5")
+        for suffix in (
+            ".care.json",
+            ".care.npz",
+            ".features.h5",
+            ".measurements.csv",
+            ".regions.geojson",
+            ".slide_features.h5",
+        )
     )
 
     again = by_stem(

@@ -33,7 +33,14 @@ pytestmark = [
 ]
 
 STAGES = {"features": "save_features", "geojson": "write_geojson"}
-SET = ["tx.care.json", "tx.features.h5", "tx.regions.geojson", "tx.slide_features.h5"]
+SET = [
+    "tx.care.json",
+    "tx.care.npz",
+    "tx.features.h5",
+    "tx.measurements.csv",
+    "tx.regions.geojson",
+    "tx.slide_features.h5",
+]
 SUMMARY = "segment-summary.csv"
 TEMPORARY = re.compile(r"^\.tx\.(features\.h5|regions\.geojson)\.[^.]{8}\.part$")
 READY_TIMEOUT_S = 120.0  # start-up and tiling on a loaded 2-core machine; it takes 2-4 s

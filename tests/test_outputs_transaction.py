@@ -29,7 +29,14 @@ from napari_care.core.segment import SegmentOptions
 
 OPTIONS = SegmentOptions(min_tissue=0.0, tile_size_px=64, k=4)
 OTHER = SegmentOptions(min_tissue=0.0, tile_size_px=32, k=3)
-SEGMENT_FILES = ("tx.care.json", "tx.features.h5", "tx.regions.geojson", "tx.slide_features.h5")
+SEGMENT_FILES = (
+    "tx.care.json",
+    "tx.care.npz",
+    "tx.features.h5",
+    "tx.measurements.csv",
+    "tx.regions.geojson",
+    "tx.slide_features.h5",
+)
 
 
 @pytest.fixture(scope="module")

@@ -328,11 +328,6 @@ def test_care_json_the_table_and_the_layers_boxes_name_the_same_roi_when_weights
     assert load_output(tmp_path / "tied.care.json").roi_ids == (low,)  # the review's ROI
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="regions.roi_regions keeps every region tied at the top for roi_threshold=1.0, so the "
-    "GeoJSON draws two 'CARE ROI' outlines where care.json names one (change needed in regions.py)",
-)
 def test_the_geojson_draws_one_roi_when_weights_tie(tied):
     result, low, _slide_path = tied
     rois = [a for a in geojson_features(result) if a.class_name == ROI_CLASS]

@@ -133,7 +133,14 @@ def test_a_box_keeps_the_patches_that_meet_it_and_an_empty_one_is_no_tissue(dire
 def test_the_output_set_holds_the_slide_features(direct, widget_slide_path, tmp_path):
     with open_slide(widget_slide_path) as slide:
         paths = write_outputs(direct, slide, tmp_path, "small", settings={"k": 4})
-    assert list(paths) == ["features", "geojson", "slide_features", "summary"]  # the marker last
+    assert list(paths) == [
+        "features",
+        "geojson",
+        "slide_features",
+        "run",
+        "measurements",
+        "summary",
+    ]  # marker last
     assert paths["slide_features"] == tmp_path / "small.slide_features.h5"
     with h5py.File(paths["slide_features"], "r") as f:
         embedding = np.asarray(f["features"][()]).reshape(-1)
@@ -150,6 +157,8 @@ def test_features_without_a_slide_write_regions_summary_and_slide_features_but_n
     assert row["status"] == "done", row
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "small.care.json",
+        "small.care.npz",
+        "small.measurements.csv",
         "small.regions.geojson",
         "small.slide_features.h5",
     ]

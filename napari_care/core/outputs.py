@@ -20,6 +20,7 @@ from napari_care import __version__
 from napari_care.core.atomic import atomic_open, output_set
 from napari_care.core.feature_files import LAYOUTS, features_path
 from napari_care.core.features import SETTINGS_ATTRIBUTE, save_features
+from napari_care.core.measurements import group_measurements, region_measurements, write_measurements_csv
 from napari_care.core.models.care_hf import care_source_fingerprint, parse_care_source
 from napari_care.core.qupath.objects import Annotation
 from napari_care.core.qupath.polygons import label_grid_polygons
@@ -32,6 +33,7 @@ from napari_care.core.qupath.write import (
     write_geojson,
 )
 from napari_care.core.regions import region_raster, region_table, roi_regions
+from napari_care.core.saved_run import save_run_arrays
 from napari_care.core.segment import SegmentResult
 from napari_care.core.slide.handle import Slide
 from napari_care.core.slide_features import save_slide_features, slide_features_path
@@ -42,6 +44,8 @@ SUFFIXES = {
     "features": ".features.h5",
     "geojson": ".regions.geojson",
     "slide_features": ".slide_features.h5",
+    "run": ".care.npz",  # what reopening the run needs (core.saved_run)
+    "measurements": ".measurements.csv",
     "summary": ".care.json",
 }
 SETTINGS_KEY = "settings"  # the summary's key for the settings of the run
@@ -102,9 +106,12 @@ def geojson_features(
     roi_threshold: float = 1.0,
     tiles: bool = False,
     polygons: dict[int, Any] | None = None,
+    group_names: Mapping[int, str] | None = None,
 ) -> list[Annotation]:
-    """Regions (detections by phenotype group), ROIs (annotations "CARE ROI") and optional tiles."""
+    """Regions (detections classified by phenotype group: its name and colour), ROIs
+    (annotations "CARE ROI") and optional tiles; ``group_names`` as in :func:`write_outputs`."""
     table = region_table(result)
+    measured = region_measurements(result)
     rois = tuple(int(r) for r in roi_regions(result, roi_threshold))
     measurements = RegionTable(
         region_id=table["region"],
@@ -115,6 +122,9 @@ def geojson_features(
         area_um2=table["area_um2"] if result.slide_mpp else None,
         group=table["group"],
         roi_ids=rois,
+        tissue_share=measured["tissue_share"],
+        mean_attention=measured["mean_attention"],
+        group_names=group_names,
     )
     mpp = result.slide_mpp[0] if result.slide_mpp else None
     metadata = care_metadata(encoder=result.options.encoder, k=result.care.k, mpp=mpp, mode=result.care.mode)
@@ -134,8 +144,53 @@ def geojson_features(
     return features
 
 
+def _finite(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def group_records(result: SegmentResult, names: Mapping[int, str] | None = None) -> list[dict[str, Any]]:
+    """The ``"groups"`` of ``care.json``: per phenotype group its id, name, colour ([r, g, b]) and
+    measurements (:func:`~napari_care.core.measurements.group_measurements`)."""
+    table = group_measurements(result, names)
+    records = []
+    for i, group in enumerate(table["group"].tolist()):
+        color = str(table["color"][i])
+        records.append(
+            {
+                "id": int(group),
+                "name": str(table["name"][i]),
+                "color": [int(color[k : k + 2], 16) for k in (1, 3, 5)],
+                "regions": int(table["regions"][i]),
+                "patches": int(table["patches"][i]),
+                "area_um2": _finite(table["area_um2"][i]),
+                "tissue_share": float(table["tissue_share"][i]),
+                "a": float(table["a"][i]),
+                "mean_attention": float(table["mean_attention"][i]),
+            }
+        )
+    return records
+
+
+def phenotype_record(result: SegmentResult) -> dict[str, Any] | None:
+    """How the number of groups was decided: asked for, chosen, the criterion and its scores."""
+    phenotypes = result.extras.get("phenotypes")
+    if phenotypes is None:
+        return None
+    scores = getattr(phenotypes, "scores", None) or {}
+    return {
+        "requested": result.options.n_groups,
+        "n_groups": int(phenotypes.n_groups),
+        "criterion": getattr(phenotypes, "criterion", None),
+        "scores": {str(n): _finite(v) for n, v in scores.items()},
+    }
+
+
 def summary(
-    result: SegmentResult, slide: Slide | None, *, features_file: str | os.PathLike[str] | None = None
+    result: SegmentResult,
+    slide: Slide | None,
+    *,
+    features_file: str | os.PathLike[str] | None = None,
+    group_names: Mapping[int, str] | None = None,
 ) -> dict[str, Any]:
     """The JSON summary: slide, options, per-region table, ROI, embedding size.
 
@@ -157,11 +212,18 @@ def summary(
             "mpp": list(slide.mpp) if slide.mpp else None,
             "mpp_source": slide.mpp_source,
             "dimensions": list(slide.dimensions[0]),
+            "bounds_offset": list(slide.bounds_offset),
         }
     else:
         mpp = list(result.slide_mpp) if result.slide_mpp else None
         source = "features" if mpp else None
-        slide_record = {"path": None, "mpp": mpp, "mpp_source": source, "dimensions": None}
+        slide_record = {
+            "path": None,
+            "mpp": mpp,
+            "mpp_source": source,
+            "dimensions": None,
+            "bounds_offset": None,
+        }
     document = {
         "software": f"napari-care {__version__}",
         "slide": slide_record,
@@ -177,6 +239,8 @@ def summary(
         "rsl": float(care.rsl),
         "expected_rank": float(care.expected_rank),
         "slide_embedding_size": int(care.slide_embedding.shape[-1]),
+        "groups": group_records(result, group_names),
+        "phenotype_groups": phenotype_record(result),
         "regions": regions,
     }
     if features_file is not None:
@@ -195,6 +259,7 @@ def write_outputs(
     settings: Mapping[str, Any] | None = None,
     layout: str = "napari_care",
     features_file: str | os.PathLike[str] | None = None,
+    group_names: Mapping[int, str] | None = None,
 ) -> dict[str, Path]:
     """Write a slide's output set: the patch features, ``<stem>.regions.geojson``,
     ``<stem>.slide_features.h5`` (CARE's slide embedding) and ``<stem>.care.json``.
@@ -220,6 +285,9 @@ def write_outputs(
         Where the patch features go (:func:`output_paths`).
     features_file
         The file the features were read from: recorded in the summary, not written again.
+    group_names
+        Group id -> the name a user gave it (default ``"CARE group <id>"``): in ``care.json``,
+        the GeoJSON's classes and the measurements.
 
     Returns
     -------
@@ -237,14 +305,14 @@ def write_outputs(
     paths = output_paths(
         out_dir, stem, encoder=options.encoder, layout=layout, features=features_file is None
     )
-    document = summary(result, slide, features_file=features_file)
+    document = summary(result, slide, features_file=features_file, group_names=group_names)
     if settings is not None:
         document[SETTINGS_KEY] = dict(settings)
     label = Path(slide.path).name if slide is not None else Path(features_file or stem).name
     with output_set(label) as files:
         if "features" in paths:
             save_features(files.temporary(paths["features"]), result.features, settings=settings)
-        features = geojson_features(result, roi_threshold=roi_threshold, tiles=tiles)
+        features = geojson_features(result, roi_threshold=roi_threshold, tiles=tiles, group_names=group_names)
         write_geojson(
             files.temporary(paths["geojson"]),
             features,
@@ -258,8 +326,10 @@ def write_outputs(
             patch_encoder=options.encoder,
             settings=settings,
         )
+        save_run_arrays(files.temporary(paths["run"]), result)
+        write_measurements_csv(files.temporary(paths["measurements"]), result, group_names)
         with atomic_open(files.temporary(paths["summary"]), "w") as handle:
-            json.dump(document, handle, indent=2)
+            json.dump(document, handle, indent=2, allow_nan=False)
     return paths
 
 

@@ -304,7 +304,7 @@ def plan_slide(
             "level-0 side overflows; give a larger --magnification"
         ) from None
     tile0 = int(options.tile_size_px) * target_mpp / mpp  # a tile's level-0 side
-    most_tissue = size[0] * size[1] / tile0**2  # the largest tissue share a tile can reach
+    most_tissue = (size[0] / tile0) * (size[1] / tile0)  # the largest tissue share a tile can reach
     if options.min_tissue > 0 and most_tissue < options.min_tissue:
         raise PreflightError(
             f"{job.path.name}: at {target_magnification:g}x a {options.tile_size_px}-px tile covers "

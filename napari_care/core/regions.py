@@ -67,12 +67,15 @@ def roi_regions(result: SegmentResult, threshold: float = 1.0) -> np.ndarray:
 
     ``threshold`` is relative to the ROI's weight (``a`` sums to 1 over many regions, so
     an absolute cut would depend on the slide's size): 1.0 keeps only the ROI, 0.8 keeps
-    the regions within 80% of it.
+    the regions within 80% of it. The ROI is ``care.roi`` (the lowest id when weights tie),
+    so ``care.json``, the GeoJSON and the layers name the same one.
     """
-    a = result.care.a
-    keep = np.flatnonzero(a >= threshold * a.max() - 1e-12)
-    order = np.argsort(-a[keep], kind="stable")
-    return keep[order]
+    a, roi = result.care.a, int(result.care.roi)
+    if threshold >= 1.0:
+        return np.array([roi], dtype=np.int64)
+    keep = np.flatnonzero(a >= threshold * a[roi] - 1e-12)
+    others = keep[keep != roi]
+    return np.concatenate([[roi], others[np.argsort(-a[others], kind="stable")]]).astype(np.int64)
 
 
 def roi_boxes(result: SegmentResult, threshold: float = 1.0) -> list[RoiBox]:

@@ -63,6 +63,10 @@ class RegionTable:
         ``[R]`` phenotype group per region, ``-1`` for none; None when not clustered.
     roi_ids
         Ids of the ROI regions (usually one).
+    tissue_share, mean_attention
+        ``[R]`` share of the run's tissue (patches) and mean patch attention of each region.
+    group_names
+        Group id -> the class name QuPath shows (default ``"CARE group <id>"``).
     """
 
     region_id: np.ndarray
@@ -73,10 +77,22 @@ class RegionTable:
     area_um2: np.ndarray | None = None
     group: np.ndarray | None = None
     roi_ids: tuple[int, ...] = ()
+    tissue_share: np.ndarray | None = None
+    mean_attention: np.ndarray | None = None
+    group_names: Mapping[int, str] | None = None
 
     def __post_init__(self) -> None:
         n = len(self.region_id)
-        for name in ("n_patches", "alpha", "beta", "a", "area_um2", "group"):
+        for name in (
+            "n_patches",
+            "alpha",
+            "beta",
+            "a",
+            "area_um2",
+            "group",
+            "tissue_share",
+            "mean_attention",
+        ):
             value = getattr(self, name)
             if value is not None and len(value) != n:
                 raise ValueError(f"RegionTable.{name} has {len(value)} entries; region_id has {n}")
@@ -93,6 +109,10 @@ class RegionTable:
             columns["Area µm^2"] = self.area_um2
         if self.group is not None:
             columns["CARE group"] = self.group
+        if self.tissue_share is not None:
+            columns["CARE % of tissue"] = 100.0 * np.asarray(self.tissue_share, np.float64)
+        if self.mean_attention is not None:
+            columns["CARE mean attention"] = self.mean_attention
         roi = {int(r) for r in self.roi_ids}
         # Counts stay integers in the file; weights and areas are floats.
         lists = {
@@ -154,8 +174,11 @@ def region_features(
         if geometry is None or geometry.is_empty:
             continue
         group = group_of.get(int(region), -1)
+        names = (table.group_names if table is not None else None) or {}
         class_name, color = (
-            (group_class_name(group), group_color(group)) if group >= 0 else (REGION_CLASS, REGION_COLOR)
+            (names.get(group, group_class_name(group)), group_color(group))
+            if group >= 0
+            else (REGION_CLASS, REGION_COLOR)
         )
         measurements = _region_measurements(region, geometry, rows, mpp)
         name, copied = f"CARE region {region}", dict(metadata or {})
