@@ -24,6 +24,7 @@ from typing import Any
 
 from napari_care._layers import FRAME_KEY, ROLE_KEY, viewer_frame
 from napari_care._reader import single_path
+from napari_care._run_reader import is_run_file, read_run_layers
 from napari_care.core.level0_frame import Level0Frame
 from napari_care.core.qupath.objects import Annotation
 from napari_care.core.qupath.read import read_geojson
@@ -45,9 +46,15 @@ LayerData = tuple[Any, dict, str]
 
 
 def napari_get_geojson_reader(path: str | list[str]):
-    """Return :func:`read_geojson_layers` for a GeoJSON file, else None (never raises)."""
+    """Return :func:`read_geojson_layers` for a GeoJSON file, the saved run's reader
+    (:func:`~napari_care._run_reader.read_run_layers`) for a ``<stem>.care.json`` or a
+    ``<stem>.regions.geojson`` beside its run's files, else None (never raises)."""
     path = single_path(path)
-    return read_geojson_layers if path is not None and is_geojson_path(path) else None
+    if path is None:
+        return None
+    if is_run_file(path):
+        return read_run_layers
+    return read_geojson_layers if is_geojson_path(path) else None
 
 
 def is_geojson_path(path: Path) -> bool:
