@@ -123,3 +123,32 @@ def _regions_of_two_kinds(edit: Edit) -> list[int]:
                 break
     assert len(chosen) == 2
     return chosen
+
+
+def test_an_edited_and_renamed_run_saves_as_a_new_version(widget_slide_path, tmp_path):
+    from dataclasses import replace
+
+    from napari_care.core.outputs import write_outputs
+    from napari_care.core.progress import run_to_end
+    from napari_care.core.run_versions import next_version_stem, save_version
+    from napari_care.core.saved_run import load_run
+    from napari_care.core.segment import SegmentOptions, segment
+    from napari_care.core.slide.handle import open_slide
+
+    with open_slide(widget_slide_path) as slide:
+        result = run_to_end(segment(slide, SegmentOptions(k=4, n_groups=3)))
+        write_outputs(result, slide, tmp_path, "small")
+        before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+        run = load_run(tmp_path / "small.care.json")
+        edit = merge_regions(
+            Edit(run.result.care, run.result.group_of_region, run.result.features.features), [0, 1]
+        )
+        edited = replace(run.result, care=edit.care, group_of_region=edit.group_of_region)
+        path = save_version(run, edited, slide=slide, group_names={0: "tumour"})
+    assert path == tmp_path / "small.v2.care.json"
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.name in before} == before  # untouched
+    again = load_run(path)
+    assert again.result.care.n_regions == result.care.n_regions - 1 and again.result.care.mode == EDITED
+    assert again.group_names[0] == "tumour" and again.features_loaded  # the original's features file
+    assert not (tmp_path / "small.v2.features.h5").exists()
+    assert next_version_stem(tmp_path, "small.v2") == "small.v3"
