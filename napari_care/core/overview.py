@@ -1,13 +1,16 @@
-"""A PNG overview of a segmentation: regions and ROI over the thumbnail, beside the heatmap."""
+"""A PNG overview of a segmentation: regions and ROI over the thumbnail, beside the heatmap,
+with a legend of the phenotype groups (colour, name, share of the tissue)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from napari_care.core.atomic import atomic_path
 from napari_care.core.heatmap import heatmap_raster
+from napari_care.core.measurements import group_measurements
 from napari_care.core.qupath.objects import group_color
 from napari_care.core.regions import region_raster, roi_boxes
 from napari_care.core.segment import SegmentResult
@@ -53,8 +56,35 @@ def turbo(values: np.ndarray) -> np.ndarray:
     return (np.clip(rgb, 0, 1) * 255).astype(np.uint8)
 
 
-def render_overview(result: SegmentResult, slide: Slide, *, max_size: int = 1200) -> np.ndarray:
-    """Two panels side by side: regions (phenotype colours, outlines) with ROI boxes, and the heatmap."""
+def legend(result: SegmentResult, width: int, names: Mapping[int, str] | None = None) -> np.ndarray:
+    """A white strip ``width`` pixels wide: per phenotype group a colour swatch, its name and its
+    share of the tissue, in rows of as many entries as fit."""
+    from PIL import Image, ImageDraw, ImageFont  # Pillow only when an overview is drawn
+
+    table = group_measurements(result, names)
+    entries = [
+        (tuple(int(c[k : k + 2], 16) for k in (1, 3, 5)), f"{name}  {100 * share:.1f}%")
+        for c, name, share in zip(table["color"], table["name"], table["tissue_share"], strict=True)
+    ]
+    font = ImageFont.load_default()
+    entry_width, row_height, margin = 230, 22, 8
+    per_row = max(1, (width - 2 * margin) // entry_width)
+    rows = max(1, -(-len(entries) // per_row))
+    image = Image.new("RGB", (width, rows * row_height + 2 * margin), "white")
+    draw = ImageDraw.Draw(image)
+    for i, (colour, text) in enumerate(entries):
+        x = margin + (i % per_row) * entry_width
+        y = margin + (i // per_row) * row_height
+        draw.rectangle([x, y + 3, x + 14, y + 17], fill=colour, outline=(40, 40, 40))
+        draw.text((x + 20, y + 4), text, fill=(20, 20, 20), font=font)
+    return np.asarray(image, dtype=np.float32)
+
+
+def render_overview(
+    result: SegmentResult, slide: Slide, *, max_size: int = 1200, names: Mapping[int, str] | None = None
+) -> np.ndarray:
+    """Two panels side by side: regions (phenotype colours, outlines) with ROI boxes, and the
+    heatmap; below them the groups' legend (``names``: group id -> name)."""
     from skimage.segmentation import find_boundaries  # scikit-image submodules load on first use
 
     thumb = slide.thumbnail(max_size).astype(np.float32)
@@ -85,14 +115,23 @@ def render_overview(result: SegmentResult, slide: Slide, *, max_size: int = 1200
             panel[max(y0, 0) : min(y0 + 3, shape[0]), max(x0, 0) : x1] = ROI_COLOUR
             panel[max(y1 - 3, 0) : y1, max(x0, 0) : x1] = ROI_COLOUR
     gap = np.full((shape[0], 8, 3), 255.0, dtype=np.float32)
-    return np.concatenate([left, gap, right], axis=1).clip(0, 255).astype(np.uint8)
+    panels = np.concatenate([left, gap, right], axis=1)
+    key = legend(result, panels.shape[1], names)
+    return np.concatenate([panels, key], axis=0).clip(0, 255).astype(np.uint8)
 
 
-def write_overview(result: SegmentResult, slide: Slide, path: str | Path, *, max_size: int = 1200) -> Path:
+def write_overview(
+    result: SegmentResult,
+    slide: Slide,
+    path: str | Path,
+    *,
+    max_size: int = 1200,
+    names: Mapping[int, str] | None = None,
+) -> Path:
     """Render :func:`render_overview` and save it as a PNG atomically."""
     import imageio.v3 as iio  # imageio only when a PNG is written
 
     path = Path(path)
     with atomic_path(path) as tmp:
-        iio.imwrite(tmp, render_overview(result, slide, max_size=max_size), extension=".png")
+        iio.imwrite(tmp, render_overview(result, slide, max_size=max_size, names=names), extension=".png")
     return path
