@@ -22,3 +22,18 @@ def test_the_overview_has_one_swatch_per_group_below_the_panels(widget_slide_pat
     for group in range(int(result.group_of_region.max()) + 1):
         assert (key == np.array(group_color(group), np.uint8)).all(axis=-1).sum() >= 100  # a swatch
     assert (key < 60).all(axis=-1).sum() > 50  # the names' text
+
+
+def test_segment_overview_writes_the_png_in_the_output_set(widget_slide_path, tmp_path):
+    from click.testing import CliRunner
+
+    from napari_care.cli.app import main
+
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        main, ["segment", str(widget_slide_path), "--out", str(out), "--overview", "--quiet"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (out / "small.overview.png").stat().st_size > 1000
+    again = CliRunner().invoke(main, ["segment", str(widget_slide_path), "--out", str(out), "--quiet"])
+    assert again.exit_code == 0 and "skipped" in again.output  # a set with an overview still resumes

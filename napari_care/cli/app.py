@@ -112,6 +112,12 @@ def given_options(names: dict[str, str]) -> list[str]:
 @core_option(segment_defaults, "--groups", "n_groups", type=GroupCount(), help=GROUPS_HELP)
 @click.option("--tiles", is_flag=True, help="Also write per-tile attention as QuPath tile objects.")
 @click.option(
+    "--overview",
+    is_flag=True,
+    help="Also write <stem>.overview.png: regions and ROI over the thumbnail, the heatmap, the groups' "
+    "legend (with --features, for the files that have a --slide).",
+)
+@click.option(
     "--features",
     "features_source",
     type=click.Path(exists=True, path_type=Path),
@@ -159,6 +165,7 @@ def segment(
     care_checkpoint,
     n_groups,
     tiles,
+    overview,
     features_source,
     slides_of_features,
     patch_size_px,
@@ -175,6 +182,7 @@ def segment(
         "force_mpp": force_mpp,
         "overwrite": overwrite,
         "tiles": tiles,
+        "overview": overview,
     }
     if features_source is not None:
         if slides:

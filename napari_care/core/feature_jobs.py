@@ -242,6 +242,7 @@ def segment_features_job(
     *,
     overwrite: bool = False,
     tiles: bool = False,
+    overview: bool = False,
     on_progress: ProgressCallback = None,
 ) -> Row:
     """Segment one feature file; write ``<stem>.regions.geojson``, ``.slide_features.h5`` and
@@ -271,7 +272,14 @@ def segment_features_job(
             with slide_file as slide:
                 result = run_to_end(segment_from_features(features, options, slide=slide), on_progress)
                 write_outputs(
-                    result, slide, out_dir, job.stem, tiles=tiles, settings=settings, features_file=job.path
+                    result,
+                    slide,
+                    out_dir,
+                    job.stem,
+                    tiles=tiles,
+                    settings=settings,
+                    features_file=job.path,
+                    overview=overview,
                 )
         care = result.care
         return f"{care.n_patches} patches (from the file), {care.n_regions} regions, ROI {care.roi}"

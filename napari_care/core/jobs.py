@@ -210,7 +210,12 @@ def failed_row(job: SlideJob, error: Exception, started: float | None = None) ->
 
 
 def job_settings(
-    options: SegmentOptions, job: SlideJob, kind: str = "segment", *, tiles: bool = False
+    options: SegmentOptions,
+    job: SlideJob,
+    kind: str = "segment",
+    *,
+    tiles: bool = False,
+    overview: bool = False,
 ) -> Settings:
     """The settings that decide what a job writes for a slide, as JSON values; a rerun compares them.
 
@@ -225,6 +230,9 @@ def job_settings(
         ``"segment"`` (also CARE's settings and ``tiles``) or ``"extract"`` (the features only).
     tiles
         Whether ``segment`` writes per-tile objects.
+    overview
+        Whether it writes the PNG overview (recorded only when it does, so that sets made
+        without one still resume).
     """
     settings: Settings = {
         "encoder": options.encoder,
@@ -245,6 +253,8 @@ def job_settings(
             "lambda_spf": options.lambda_spf,
             "tiles": bool(tiles),
         }
+        if overview:
+            settings["overview"] = True
     elif kind != "extract":
         raise ValueError(f"kind must be 'segment' or 'extract', got {kind!r}")
     return json.loads(json.dumps(settings))  # as they come back from a file
@@ -379,6 +389,7 @@ def segment_job(
     overwrite: bool = False,
     tiles: bool = False,
     layout: str = "napari_care",
+    overview: bool = False,
     on_progress: ProgressCallback = None,
 ) -> Row:
     """Segment one slide; write its features, ``.regions.geojson``, ``.slide_features.h5`` and
@@ -387,18 +398,21 @@ def segment_job(
     ``layout`` says where the features go (:func:`~napari_care.core.outputs.output_paths`:
     ``<stem>.features.h5`` or TRIDENT's ``features_<encoder>/<stem>.h5``). ``on_progress``
     is called with the slide's :class:`~napari_care.core.progress.Progress` reports
-    (in-process runs; a cluster shows progress over slides).
+    (in-process runs; a cluster shows progress over slides). ``overview`` also writes
+    ``<stem>.overview.png``.
     """
-    paths = output_paths(out_dir, job.stem, encoder=options.encoder, layout=layout)
+    paths = output_paths(out_dir, job.stem, encoder=options.encoder, layout=layout, overview=overview)
 
     def work(slide, settings: Settings) -> str:
         result = run_to_end(segment(slide, options, encoder=shared_encoder(options)), on_progress)
-        write_outputs(result, slide, out_dir, job.stem, tiles=tiles, settings=settings, layout=layout)
+        write_outputs(
+            result, slide, out_dir, job.stem, tiles=tiles, settings=settings, layout=layout, overview=overview
+        )
         care = result.care
         made = f"{care.n_patches} patches, {care.n_regions} regions, ROI {care.roi}"
         return made + skipped_note(result.features)
 
-    settings = functools.partial(job_settings, options, job, "segment", tiles=tiles)
+    settings = functools.partial(job_settings, options, job, "segment", tiles=tiles, overview=overview)
     return run_job(
         job, paths["summary"], work, overwrite=overwrite, settings=settings, outputs=paths.values()
     )

@@ -22,6 +22,7 @@ from napari_care.core.feature_files import LAYOUTS, features_path
 from napari_care.core.features import SETTINGS_ATTRIBUTE, save_features
 from napari_care.core.measurements import group_measurements, region_measurements, write_measurements_csv
 from napari_care.core.models.care_hf import care_source_fingerprint, parse_care_source
+from napari_care.core.overview import write_overview
 from napari_care.core.qupath.objects import Annotation
 from napari_care.core.qupath.polygons import label_grid_polygons
 from napari_care.core.qupath.write import (
@@ -46,6 +47,7 @@ SUFFIXES = {
     "slide_features": ".slide_features.h5",
     "run": ".care.npz",  # what reopening the run needs (core.saved_run)
     "measurements": ".measurements.csv",
+    "overview": ".overview.png",  # only when asked for (segment --overview)
     "summary": ".care.json",
 }
 SETTINGS_KEY = "settings"  # the summary's key for the settings of the run
@@ -59,6 +61,7 @@ def output_paths(
     encoder: str = "default",
     layout: str = "napari_care",
     features: bool = True,
+    overview: bool = False,
 ) -> dict[str, Path]:
     """Where :func:`write_outputs` puts each file of slide ``stem``, the marker (``"summary"``) last.
 
@@ -75,6 +78,8 @@ def output_paths(
         (``features_<encoder>/<stem>.h5``), see :func:`~napari_care.core.feature_files.features_path`.
     features
         Whether the set holds the patch features (not when they were read from a file).
+    overview
+        Whether it holds the PNG overview.
     """
     out_dir = Path(out_dir)
     paths = {kind: out_dir / f"{stem}{suffix}" for kind, suffix in SUFFIXES.items()}
@@ -83,6 +88,8 @@ def output_paths(
     else:
         del paths["features"]
     paths["slide_features"] = slide_features_path(out_dir, stem)
+    if not overview:
+        del paths["overview"]
     paths["summary"] = paths.pop("summary")  # written last: its presence marks a finished slide
     return paths
 
@@ -260,6 +267,7 @@ def write_outputs(
     layout: str = "napari_care",
     features_file: str | os.PathLike[str] | None = None,
     group_names: Mapping[int, str] | None = None,
+    overview: bool = False,
 ) -> dict[str, Path]:
     """Write a slide's output set: the patch features, ``<stem>.regions.geojson``,
     ``<stem>.slide_features.h5`` (CARE's slide embedding) and ``<stem>.care.json``.
@@ -288,6 +296,9 @@ def write_outputs(
     group_names
         Group id -> the name a user gave it (default ``"CARE group <id>"``): in ``care.json``,
         the GeoJSON's classes and the measurements.
+    overview
+        Also write ``<stem>.overview.png`` (:func:`~napari_care.core.overview.write_overview`);
+        only with a slide.
 
     Returns
     -------
@@ -302,8 +313,14 @@ def write_outputs(
     if layout not in LAYOUTS:
         raise ValueError(f"layout must be one of {', '.join(LAYOUTS)}, got {layout!r}")
     options = result.options
+    overview = overview and slide is not None
     paths = output_paths(
-        out_dir, stem, encoder=options.encoder, layout=layout, features=features_file is None
+        out_dir,
+        stem,
+        encoder=options.encoder,
+        layout=layout,
+        features=features_file is None,
+        overview=overview,
     )
     document = summary(result, slide, features_file=features_file, group_names=group_names)
     if settings is not None:
@@ -327,6 +344,8 @@ def write_outputs(
             settings=settings,
         )
         save_run_arrays(files.temporary(paths["run"]), result)
+        if overview:
+            write_overview(result, slide, files.temporary(paths["overview"]), names=group_names)
         write_measurements_csv(files.temporary(paths["measurements"]), result, group_names)
         with atomic_open(files.temporary(paths["summary"]), "w") as handle:
             json.dump(document, handle, indent=2, allow_nan=False)

@@ -66,8 +66,11 @@ def legend(result: SegmentResult, width: int, names: Mapping[int, str] | None = 
         (tuple(int(c[k : k + 2], 16) for k in (1, 3, 5)), f"{name}  {100 * share:.1f}%")
         for c, name, share in zip(table["color"], table["name"], table["tissue_share"], strict=True)
     ]
-    font = ImageFont.load_default()
-    entry_width, row_height, margin = 230, 22, 8
+    try:
+        font = ImageFont.load_default(size=16)
+    except TypeError:  # Pillow before 10.1: the fixed bitmap font
+        font = ImageFont.load_default()
+    entry_width, row_height, margin = 260, 26, 8
     per_row = max(1, (width - 2 * margin) // entry_width)
     rows = max(1, -(-len(entries) // per_row))
     image = Image.new("RGB", (width, rows * row_height + 2 * margin), "white")
@@ -75,8 +78,8 @@ def legend(result: SegmentResult, width: int, names: Mapping[int, str] | None = 
     for i, (colour, text) in enumerate(entries):
         x = margin + (i % per_row) * entry_width
         y = margin + (i // per_row) * row_height
-        draw.rectangle([x, y + 3, x + 14, y + 17], fill=colour, outline=(40, 40, 40))
-        draw.text((x + 20, y + 4), text, fill=(20, 20, 20), font=font)
+        draw.rectangle([x, y + 3, x + 18, y + 21], fill=colour, outline=(40, 40, 40))
+        draw.text((x + 26, y + 3), text, fill=(20, 20, 20), font=font)
     return np.asarray(image, dtype=np.float32)
 
 
