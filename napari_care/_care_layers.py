@@ -5,6 +5,7 @@ that names the region, its weight and the attention under the cursor."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ import numpy as np
 from napari_care._layer_draw import OneCallPerTurn, glyph_loaders, qt_window
 from napari_care._layers import ROLE_KEY, level0_to_world, placement, world_scale, world_units
 from napari_care.core.heatmap import heatmap_raster
+from napari_care.core.measurements import default_group_names
 from napari_care.core.qupath.objects import group_color
 from napari_care.core.raster import GridRaster
 from napari_care.core.regions import region_raster, region_table, roi_boxes
@@ -25,6 +27,7 @@ if TYPE_CHECKING:
 REGIONS = "CARE regions"
 ROI = "CARE ROI"
 ATTENTION = "CARE attention"
+RESULT_KEY = "napari_care_result"  # the regions layer's metadata: the SegmentResult it draws
 COLOUR_BY = ("region", "group")
 
 # every character roi_layer's labels can hold, and those vispy measures every text's line height by
@@ -103,13 +106,38 @@ def slide_grid(raster: GridRaster, slide: Slide, fill: float | int) -> GridRaste
     return GridRaster(full, 0, 0, stride)
 
 
-def regions_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) -> LayerData:
-    """Labels: region id + 1 per patch (0 = no tissue patch), with the region table."""
+def regions_layer(
+    result: SegmentResult,
+    slide: Slide,
+    display: DisplayOptions,
+    group_names: Mapping[int, str] | None = None,
+    run: str | None = None,
+) -> LayerData:
+    """Labels: region id + 1 per patch (0 = no tissue patch), with the region table.
+
+    The table's ``group_name`` column holds each region's group name (QuPath's ``"CARE group
+    <id>"`` unless ``group_names`` names it); the metadata holds the result itself
+    (:data:`RESULT_KEY`, what the groups panel corrects), the names and the ``run`` it was
+    saved as (its ``care.json``; None for a run not saved yet).
+    """
     raster = slide_grid(region_raster(result), slide, fill=-1)
-    table = region_table(result)
+    names = default_group_names(np.unique(result.group_of_region)) | dict(group_names or {})
+    table = region_table(result) | {
+        "group_name": np.array([names[int(g)] for g in result.group_of_region], dtype=object)
+    }
     features = {"index": np.arange(len(table["region"]) + 1)}
     for column, values in table.items():  # row 0 is the background label
-        pad = np.array([-1 if values.dtype.kind in "iu" else (False if values.dtype == bool else np.nan)])
+        pad = np.array(
+            [
+                ""
+                if values.dtype == object
+                else -1
+                if values.dtype.kind in "iu"
+                else False
+                if values.dtype == bool
+                else np.nan
+            ]
+        )
         features[column] = np.concatenate([pad.astype(values.dtype), values])
     kwargs: dict[str, Any] = {
         "name": REGIONS,
@@ -122,6 +150,9 @@ def regions_layer(result: SegmentResult, slide: Slide, display: DisplayOptions) 
             "encoder": result.options.encoder,
             "k": result.care.k,
             "mode": result.care.mode,
+            RESULT_KEY: result,
+            "group_names": names,
+            "run": run,
         },
         **placement(slide, raster.origin_level0, raster.stride_level0),
     }
@@ -223,12 +254,19 @@ def warm_up_roi_text(viewer) -> OneCallPerTurn:
 
 
 def care_layers(
-    result: SegmentResult, slide: Slide, display: DisplayOptions | None = None, mil: MilOutput | None = None
+    result: SegmentResult,
+    slide: Slide,
+    display: DisplayOptions | None = None,
+    mil: MilOutput | None = None,
+    *,
+    group_names: Mapping[int, str] | None = None,
+    run: str | None = None,
 ) -> list[LayerData]:
-    """The three CARE layers of a result (the heatmap from ``mil`` when a MIL head ran)."""
+    """The three CARE layers of a result (the heatmap from ``mil`` when a MIL head ran; the
+    groups' names and the saved run as :func:`regions_layer` takes them)."""
     display = display or DisplayOptions()
     return [
-        regions_layer(result, slide, display),
+        regions_layer(result, slide, display, group_names, run),
         attention_layer(result, slide, display, mil),
         roi_layer(result, slide, display),
     ]

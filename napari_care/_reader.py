@@ -53,9 +53,12 @@ def is_slide_path(path: Path) -> bool:
         return suffix == ".svs"
 
 
-def read_slide(path: str | list[str]) -> list[tuple[Any, dict, str]]:
-    """Open a slide as one multiscale RGB image layer (data, kwargs, "image")."""
+def read_slide(
+    path: str | list[str], *, mpp: float | tuple[float, float] | None = None
+) -> list[tuple[Any, dict, str]]:
+    """Open a slide as one multiscale RGB image layer (data, kwargs, "image"); ``mpp``
+    overrides the file's calibration (a reopened run's, made with ``--mpp``)."""
     if isinstance(path, list):
         path = path[0]
-    slide = open_slide(path)
+    slide = open_slide(path, mpp=mpp)
     return [slide_layer_data(slide, name=slide_stem(Path(path)))]

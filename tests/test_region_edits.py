@@ -10,6 +10,8 @@ from napari_care.core.region_edits import (
     EDITED,
     Edit,
     merge_regions,
+    move_patches,
+    painted_patches,
     reassign_patches,
     repartition,
     set_group,
@@ -152,3 +154,33 @@ def test_an_edited_and_renamed_run_saves_as_a_new_version(widget_slide_path, tmp
     assert again.group_names[0] == "tumour" and again.features_loaded  # the original's features file
     assert not (tmp_path / "small.v2.features.h5").exists()
     assert next_version_stem(tmp_path, "small.v2") == "small.v3"
+
+
+def test_one_brush_stroke_moves_patches_into_several_regions_at_once(edit):
+    regions = edit.care.region_of_patch
+    into_0 = np.flatnonzero(regions == 1)[:5]
+    into_new = np.flatnonzero(regions == 2)[:4]
+    new_id = edit.care.n_regions + 3  # a label no region has: a new region
+    moved = move_patches(edit, {0: into_0, new_id: into_new})
+    after = moved.care.region_of_patch
+    assert set(after[into_0]) == {after[np.flatnonzero(regions == 0)[0]]}
+    assert len(set(after[into_new])) == 1 and moved.care.n_regions == edit.care.n_regions + 1
+    assert moved.group_of_region[after[into_new[0]]] == edit.group_of_region[2]  # their old group
+    assert moved.care.region_sizes.sum() == len(regions)
+    with pytest.raises(ValueError, match="two regions at once"):
+        move_patches(edit, {0: into_0, 1: into_0[:1]})
+    with pytest.raises(ValueError, match="no patch"):
+        move_patches(edit, {0: []})
+
+
+def test_painted_patches_are_the_patch_cells_whose_label_changed():
+    cells = np.array([[0, 0], [1, 0], [2, 1], [5, 5]])  # (gx, gy); the last lies off the grid
+    drawn = np.array([[1, 1, 0], [0, 0, 2]])
+    painted = drawn.copy()
+    painted[0, 1] = 2  # patch 1 -> label 2
+    painted[1, 2] = 0  # patch 2 erased: patches cannot leave CARE's tissue
+    painted[1, 0] = 3  # a cell with no patch
+    moves = painted_patches(cells, drawn, painted)
+    assert list(moves) == [2] and moves[2].tolist() == [1]
+    with pytest.raises(ValueError, match="shape"):
+        painted_patches(cells, drawn, painted[:1])

@@ -19,13 +19,14 @@ attention ``a / n``. That holds whatever made the original regions, so an edited
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from napari_care.core.care_result import CareResult
 from napari_care.core.models.care_blocks import DEFAULT_LAMBDA_SPF, dense_labels, feature_moments, group_mean
+from napari_care.core.segment import SegmentResult
 
 EDITED = "edited"  # CareResult.mode of a corrected partition
 
@@ -183,6 +184,40 @@ def reassign_patches(edit: Edit, patches: Sequence[int] | np.ndarray, region: in
     return repartition(edit, labels, groups)
 
 
+def move_patches(edit: Edit, moves: Mapping[int, Sequence[int] | np.ndarray]) -> Edit:
+    """Several reassignments at once (what one stroke of the Labels brush does): region id ->
+    the patches moved into it. An id from ``n_regions`` on makes a new region, which takes the
+    group most of its patches had; a region left with no patch is gone.
+
+    Raises
+    ------
+    ValueError
+        No patch, a patch index out of range, a negative region id, or a patch moved twice.
+    """
+    n = len(edit.care.region_of_patch)
+    chosen = {int(region): np.unique(np.asarray(patches, np.int64)) for region, patches in moves.items()}
+    chosen = {region: patches for region, patches in chosen.items() if patches.size}
+    if not chosen:
+        raise ValueError("no patch to reassign")
+    every = np.concatenate(list(chosen.values()))
+    if every.min() < 0 or every.max() >= n:
+        raise ValueError(f"patch indices must be in 0..{n - 1}")
+    if len(np.unique(every)) != len(every):
+        raise ValueError("a patch is moved into two regions at once")
+    if min(chosen) < 0:
+        raise ValueError(f"region {min(chosen)} does not exist")
+    labels = edit.care.region_of_patch.copy()
+    groups = list(edit.group_of_region)
+    new_ids: dict[int, int] = {}
+    for region in sorted(chosen):
+        if region >= edit.care.n_regions:  # new regions after every existing id, in the order asked
+            new_ids[region] = len(groups)
+            groups.append(int(np.bincount(edit.group_of_region[labels[chosen[region]]]).argmax()))
+    for region, patches in chosen.items():
+        labels[patches] = new_ids.get(region, region)
+    return repartition(edit, labels, np.asarray(groups, np.int64))
+
+
 def set_group(edit: Edit, region: int, group: int) -> Edit:
     """Put ``region`` in phenotype group ``group`` (an existing one, or the next new id); the
     regions and their weights do not change."""
@@ -195,3 +230,54 @@ def set_group(edit: Edit, region: int, group: int) -> Edit:
     groups = edit.group_of_region.copy()
     groups[region] = int(group)
     return replace(edit, group_of_region=groups)
+
+
+def edit_of(result: SegmentResult) -> Edit:
+    """The :class:`Edit` of a segmentation run: its regions, their groups and its patch features.
+
+    Raises
+    ------
+    ValueError
+        When the run holds no patch features (a reopened run whose features file is gone):
+        corrections recompute the weights from them.
+    """
+    features = result.features.features
+    if features.ndim != 2 or features.shape[1] == 0:
+        raise ValueError(
+            "this run's patch features are not loaded (its features file is missing): "
+            "regions can be renamed but not corrected"
+        )
+    return Edit(result.care, result.group_of_region, features, lambda_spf=result.options.lambda_spf)
+
+
+def edited_result(result: SegmentResult, edit: Edit) -> SegmentResult:
+    """``result`` with the regions, weights and groups of ``edit`` (the patches stay the same)."""
+    return replace(result, care=edit.care, group_of_region=edit.group_of_region)
+
+
+def painted_patches(cells: np.ndarray, drawn: np.ndarray, painted: np.ndarray) -> dict[int, np.ndarray]:
+    """Which patches a Labels brush moved, and where: label value -> patch indices.
+
+    Parameters
+    ----------
+    cells
+        ``[N, 2]`` (gx, gy) grid cell of each patch (column, row of the labels).
+    drawn
+        The label grid as it was drawn (label = region id + 1, 0 off tissue).
+    painted
+        The same grid after painting.
+
+    Returns
+    -------
+    For each label value painted over a patch (>= 1), the indices of those patches. Cells with
+    no patch, and patches painted 0 (erased), are left out: only patches CARE saw can move.
+    """
+    if drawn.shape != painted.shape:
+        raise ValueError(f"the painted labels have shape {painted.shape}, the drawn ones {drawn.shape}")
+    cells = np.asarray(cells, dtype=np.int64)
+    rows, cols = cells[:, 1], cells[:, 0]
+    inside = (rows >= 0) & (rows < drawn.shape[0]) & (cols >= 0) & (cols < drawn.shape[1])
+    index = np.flatnonzero(inside)
+    before, after = drawn[rows[index], cols[index]], painted[rows[index], cols[index]]
+    moved = (before != after) & (after > 0)
+    return {int(label): index[moved & (after == label)] for label in np.unique(after[moved])}

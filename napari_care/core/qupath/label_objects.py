@@ -104,7 +104,8 @@ def region_table_from_columns(columns: Mapping[str, object]) -> RegionTable:
     ----------
     columns
         Column -> values as :func:`napari_care.core.regions.region_table` makes them (``region``,
-        ``patches``, ``alpha``, ``beta``, ``a``, ``is_roi``, optionally ``area_um2`` and ``group``),
+        ``patches``, ``alpha``, ``beta``, ``a``, ``is_roi``, optionally ``area_um2``, ``group`` and
+        ``group_name``, the class QuPath shows for the group),
         a dict or a DataFrame; rows with ``region < 0`` (a background label's) are left out.
     """
     keep = np.asarray(columns["region"]) >= 0
@@ -119,7 +120,16 @@ def region_table_from_columns(columns: Mapping[str, object]) -> RegionTable:
         area_um2=column("area_um2"),
         group=column("group"),
         roi_ids=tuple(int(r) for r in column("region")[is_roi.astype(bool)]) if is_roi is not None else (),
+        group_names=_group_names(column("group"), column("group_name")),
     )
+
+
+def _group_names(groups: np.ndarray | None, names: np.ndarray | None) -> dict[int, str] | None:
+    """Group id -> the name a ``group_name`` column gives it (blank names left out), or None."""
+    if groups is None or names is None:
+        return None
+    named = {int(g): str(n) for g, n in zip(groups, names, strict=True) if int(g) >= 0 and str(n).strip()}
+    return named or None
 
 
 def annotations_from_region_grid(
