@@ -278,3 +278,23 @@ def test_slides_with_one_name_are_refused(tmp_path):
         check_unique_stems([SlideJob(tmp_path / "x.svs"), SlideJob(tmp_path / "x.svs")])
     (tmp_path / "x.svs").touch()
     assert expand_slides([str(tmp_path / "x.svs"), str(tmp_path / "*.svs")]) == [SlideJob(tmp_path / "x.svs")]
+
+
+def _environment() -> dict[str, str | None]:
+    import os
+
+    return {name: os.environ.get(name) for name in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS")}
+
+
+def test_workers_keep_glibcs_malloc_and_get_their_share_of_the_cores(monkeypatch):
+    """dask's nanny would set MALLOC_TRIM_THRESHOLD_ (a slide then took twice the CPU on a
+    worker) and OMP_NUM_THREADS=1 in the workers and in this process; neither happens."""
+    import os
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    with cohort_client(n_workers=1, dashboard_address=":0") as client:
+        [worker_env] = client.run(_environment).values()
+    assert worker_env["MALLOC_TRIM_THRESHOLD_"] is None
+    assert worker_env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 1))
+    assert _environment() == {"MALLOC_TRIM_THRESHOLD_": None, "OMP_NUM_THREADS": None}  # this process

@@ -194,3 +194,22 @@ def test_an_unsaved_run_is_saved_into_a_folder_first(make_napari_viewer, widget_
     assert widget.run_path == tmp_path / "small.care.json"
     classes = {a.class_name for a in read_geojson(tmp_path / "small.regions.geojson")}
     assert "necrosis" in classes
+
+
+def test_a_reopened_run_draws_the_layers_the_run_drew(panel, saved_run, widget_slide_path):
+    from napari_care._care_layers import DisplayOptions, care_layers
+
+    viewer, widget, _ = panel
+    _, result = saved_run
+    with open_slide(widget_slide_path) as slide:
+        want = care_layers(result, slide, DisplayOptions(colour_by="group"), group_names={1: "stroma"})
+    (labels, regions_kwargs, _), (heatmap, _, _), (boxes, roi_kwargs, _) = want
+    np.testing.assert_array_equal(np.asarray(viewer.layers[REGIONS].data), labels)
+    np.testing.assert_allclose(np.asarray(viewer.layers[ATTENTION].data), heatmap)
+    assert len(viewer.layers[ROI].data) == len(boxes)
+    for shape, box in zip(viewer.layers[ROI].data, boxes, strict=True):
+        np.testing.assert_allclose(shape, box)
+    assert list(viewer.layers[ROI].features["label"]) == list(roi_kwargs["features"]["label"])
+    names = viewer.layers[REGIONS].features["group_name"].tolist()
+    assert names == list(regions_kwargs["features"]["group_name"])
+    assert widget.result.care.roi == result.care.roi

@@ -34,6 +34,14 @@ if TYPE_CHECKING:
     from distributed import Client
 
 CONNECT_TIMEOUT_S = 10  # an unreachable scheduler fails after this, not after dask's 30 s
+# What a dask nanny writes into os.environ (its own process's too) before it starts a worker:
+# none of it. MALLOC_TRIM_THRESHOLD_ fixes glibc's mmap threshold, so every large array is
+# mapped and unmapped afresh: a slide took twice the CPU on a worker as in one process
+# (benchmarks/bench_cohort.py). The thread counts go in each worker's own env instead.
+NO_PRE_SPAWN_ENVIRON = {
+    f"distributed.nanny.pre-spawn-environ.{name}": None
+    for name in ("MALLOC_TRIM_THRESHOLD_", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+}
 STAGE = "slides"
 
 
@@ -98,6 +106,7 @@ def cohort_client(
     OSError
         When the scheduler cannot be reached within ``CONNECT_TIMEOUT_S`` seconds.
     """
+    import dask  # dask.distributed only for cohorts
     from distributed import Client, LocalCluster  # dask.distributed only for cohorts
 
     if scheduler is not None:
@@ -115,6 +124,7 @@ def cohort_client(
     env = {name: threads for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
     # processes, not threads: encoders and CARE hold the GIL for long stretches
     with (
+        dask.config.set(NO_PRE_SPAWN_ENVIRON),
         LocalCluster(
             n_workers=n_workers,
             threads_per_worker=threads_per_worker,
