@@ -1,0 +1,166 @@
+"""Markdown tables of the results files in ``docs/results/`` (see :mod:`make_tables`).
+
+A table is a function ``<experiment>__<table>(result: dict) -> str`` of the experiment's JSON;
+its name in a doc's block is ``<experiment>.<table>``. Each table ends with the line that says
+where its figures come from (script, commit, load).
+"""
+
+from __future__ import annotations
+
+
+def _mean_sd(stat: dict, digits: int = 2) -> str:
+    return f"{stat['mean']:.{digits}f} +- {stat['sd']:.{digits}f}"
+
+
+def _source(result: dict) -> str:
+    commit = str(result.get("commit", "unknown"))[:12]
+    command = result.get("command", "")
+    machine = result.get("machine", {})
+    load = machine.get("load_average_at_end") if isinstance(machine, dict) else None
+    tail = f", load at the end {load[0]:.2f}" if load else ""
+    return f"*From `docs/results/{result['experiment']}.json` (`{command}`, commit `{commit}`{tail}).*\n"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def auto_groups__test(result: dict) -> str:
+    """The automatic number of groups on the test slides, per planted type count."""
+    test = result["test"]
+    rows = [
+        [
+            str(row["planted"]),
+            str(row["slides"]),
+            ", ".join(str(n) for n in row["chosen_n"]),
+            f"{row['exact_rate']:.0%}",
+            _mean_sd(row["ari_chosen"]),
+            _mean_sd(row["ari_oracle"]),
+            _mean_sd(row["ari_region_ceiling"]),
+        ]
+        for row in test["per_planted_count"]
+    ]
+    overall = test["overall"]
+    rows.append(
+        [
+            "all",
+            str(overall["slides"]),
+            "",
+            f"{overall['exact_rate']:.0%}",
+            _mean_sd(overall["ari_chosen"]),
+            _mean_sd(overall["ari_oracle"]),
+            "",
+        ]
+    )
+    header = [
+        "planted types",
+        "slides",
+        "chosen N",
+        "N = planted",
+        "ARI at chosen N",
+        "ARI at planted N",
+        "ARI ceiling of the regions",
+    ]
+    seeds = ", ".join(str(s) for s in test["seeds"])
+    return (
+        f"Test seeds {seeds}; criterion `{test['criterion']}` (chosen on development seeds "
+        f"{', '.join(str(s) for s in result['development']['seeds'])}). ARI: mean +- sd over the slides.\n\n"
+        + _table(header, rows)
+        + "\n"
+        + _source(result)
+    )
+
+
+def auto_groups__development(result: dict) -> str:
+    """Every candidate criterion on the development slides (what the choice saw)."""
+    development = result["development"]
+    rows = [
+        [f"`{name}`", f"{c['exact_rate']:.0%}", _mean_sd(c["ari_chosen"]), f"{c['mean_abs_error']:.2f}"]
+        for name, c in development["candidates"].items()
+    ]
+    header = ["criterion@tolerance", "N = planted", "ARI at chosen N", "mean abs(N - planted)"]
+    return (
+        f"Development seeds {', '.join(str(s) for s in development['seeds'])} "
+        f"({development['slides']} slides); chosen: `{development['chosen_candidate']}`.\n\n"
+        + _table(header, rows)
+        + "\n"
+        + _source(result)
+    )
+
+
+def features_segment__summary(result: dict) -> str:
+    """Segmenting from TRIDENT features against segmenting with extraction."""
+    data = result["data"]
+    width, height = data["level0_px"]
+    extraction, features = result["seconds_with_extraction"], result["seconds_from_features"]
+    rows = [
+        [
+            "with extraction (`segment SLIDES`)",
+            f"{extraction['median']:.1f} s",
+            f"{extraction['min']:.1f}-{extraction['max']:.1f} s",
+        ],
+        [
+            "from TRIDENT features (`segment --features`)",
+            f"{features['median']:.1f} s",
+            f"{features['min']:.1f}-{features['max']:.1f} s",
+        ],
+    ]
+    return (
+        f"{data['slides']} generated slides of {width} x {height} px ({data['patches_total']:,} patches, "
+        f"encoder `{data['encoder']}`), {result['repeats']} repeats; "
+        f"{result['speedup_median']:.1f}x; same regions and ROI: {result['same_regions_and_roi']}.\n\n"
+        + _table(["run", "median", "range"], rows)
+        + "\n"
+        + _source(result)
+    )
+
+
+def cohort__summary(result: dict) -> str:
+    """A cohort on a local dask cluster against one process."""
+    data = result["data"]
+    width, height = data["level0_px"]
+    tiles = data["tiles_per_slide"]
+    rows = []
+    for workers, figures in result["workers"].items():
+        seconds = figures["seconds"]
+        rows.append(
+            [
+                "one process" if workers == "0" else f"local cluster, {workers} worker(s)",
+                f"{seconds['median']:.1f} s"
+                + (f" ({seconds['min']:.1f}-{seconds['max']:.1f})" if result["repeats"] > 1 else ""),
+                f"{figures['tiles_per_second']:.0f}",
+                f"{figures['throughput_vs_one_process']:.2f}",
+                f"{figures['median_slide_seconds']['median']:.2f} s",
+                ", ".join(f"{load:.2f}" for load in figures["load_average_before"]),
+            ]
+        )
+    header = [
+        "`--workers`",
+        "wall (cluster start included)",
+        "tiles/s",
+        "throughput vs one process",
+        "median slide",
+        "load before",
+    ]
+    return (
+        f"{data['slides']} generated slides of {width} x {height} px at {data['mpp']} um/px, "
+        f"{tiles['min']:,}-{tiles['max']:,} tissue tiles each ({data['tiles_total']:,} in all), encoder "
+        f"`{data['encoder']}`; target throughput >= {result['target_throughput_vs_one_process']}; "
+        f"same regions and ROI in every configuration: {result['same_regions_and_roi']}.\n\n"
+        + _table(header, rows)
+        + "\n"
+        + _source(result)
+    )
+
+
+def fault_cases__summary(result: dict) -> str:
+    """How many of the hostile cases came out as they should."""
+    rows = result["rows"]
+    ok = sum(row["verdict"] == "ok" for row in rows)
+    bad = [row["case"] for row in rows if row["verdict"] != "ok"]
+    text = f"{ok} of {len(rows)} hostile cases ok"
+    text += f"; not ok: {', '.join(bad)}" if bad else ""
+    commit = str(result["commit"])[:12]
+    return f"{text} (commit `{commit}`, {result['date']}; the table: [fault_cases.md](fault_cases.md)).\n"
