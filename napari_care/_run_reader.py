@@ -75,7 +75,7 @@ def _ask_for_slide(run: SavedRun) -> str | None:
 def run_layers(path: str | Path, *, ask=_ask_for_slide) -> list[LayerData]:
     """The slide layer and the run's three CARE layers, coloured by phenotype group."""
     run = load_run(path)
-    slide_data = read_slide(str(find_slide(run, ask)))
+    slide_data = read_slide(str(find_slide(run, ask)), mpp=run.result.slide_mpp)  # the run's calibration
     slide = slide_data[0][1]["metadata"]["slide"]
     layers = care_layers(run.result, slide, DisplayOptions(colour_by="group"))
     regions_data, regions_kwargs, kind = layers[0]

@@ -74,3 +74,14 @@ def test_other_geojson_still_reads_as_annotations(saved, tmp_path):
     alone = tmp_path / "small.regions.geojson"
     shutil.copy(out / "small.regions.geojson", alone)  # no run files beside it: plain annotations
     assert napari_get_geojson_reader(str(alone)) is read_geojson_layers
+
+
+def test_a_run_made_with_its_own_mpp_reopens_at_that_calibration(widget_slide_path, tmp_path):
+    with open_slide(widget_slide_path, mpp=0.77) as slide:  # as `segment --mpp 0.77`
+        result = run_to_end(segment(slide, SegmentOptions(k=4, n_groups=2)))
+        write_outputs(result, slide, tmp_path, "forced")
+        original = care_layers(result, slide, DisplayOptions(colour_by="group"))
+    layers = run_layers(tmp_path / "forced.care.json", ask=None)
+    slide_layer = layers[0][1]["metadata"]["slide"]
+    assert slide_layer.mpp == pytest.approx((0.77, 0.77))
+    np.testing.assert_allclose(np.asarray(layers[1][1]["scale"]), np.asarray(original[0][1]["scale"]))
