@@ -32,7 +32,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -57,23 +56,13 @@ from napari_care.core.phenotypes import (
 from napari_care.core.segment import SegmentOptions, segment
 from napari_care.core.synthetic.planted_types import PATCHES_PER_TYPE, PLANTED_TEXTURES, build_planted_slide
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # result_files beside this file
+from result_files import git_commit
+
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED_COUNTS = tuple(range(3, 9))
 DEV_SEED_START, TEST_SEED_START = 0, 1000
 TOLERANCES = (0.0, 0.05, 0.1, 0.2)
-
-
-def git_commit() -> str:
-    try:
-        done = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True
-        )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True, check=True
-        )
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return done.stdout.strip() + ("+uncommitted" if dirty.stdout.strip() else "")
 
 
 def mean_sd(values: list[float]) -> dict:

@@ -34,6 +34,9 @@ from pathlib import Path
 
 from napari_care.core.synthetic.slides import build_synthetic_slide
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # result_files beside this file
+from result_files import git_commit
+
 LAYOUTS = ("default", "islands", "bands")
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -81,11 +84,6 @@ def regions_of(folder: Path) -> dict[str, tuple[int, int]]:
 
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
-
-
-def git_commit() -> str:
-    done = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True)
-    return done.stdout.strip() or "unknown"
 
 
 def main() -> None:

@@ -30,10 +30,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_review beside this file
 from bench_review import PATCH_PX, annotation_features, peak_rss_mib, region_labels, write_run
+from result_files import RESULTS, write_result
+
+RESULT_LINE = "figures: "  # the child's last line: its figures as JSON
 
 
-def review(folder: Path) -> None:
-    """Review ``folder``'s files with both tables (in a fresh process: its peak RSS is the review's)."""
+def review(folder: Path) -> dict:
+    """Review ``folder``'s files with both tables (in a fresh process: its peak RSS is the review's);
+    its figures."""
     from napari_care.core.progress import run_to_end
     from napari_care.core.review.run import class_table_path, iter_review_files_tables
 
@@ -69,16 +73,34 @@ def review(folder: Path) -> None:
         f"load average before {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}, "
         f"after {' '.join(f'{v:.2f}' for v in os.getloadavg())} ({os.cpu_count()} CPUs)"
     )
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "stage_seconds": {stage: ended - began for (stage, began), ended in zip(stages, ends, strict=True)},
+        "agreement_rows": len(tables.rows),
+        "group_rows": groups,
+        "class_by_group_rows": len(tables.class_by_group),
+        "pointing_on": tables.pointing_on,
+        "best_groups": {
+            row["class"]: {"group": int(row["group_id"]), "dice": float(row["dice"])}
+            for row in tables.class_by_group
+            if row["best_group"]
+        },
+        "peak_rss_mib": peak_rss_mib(),
+        "warnings": len(caught),
+        "load_average_before": list(load_before),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--patches", type=int, default=100_000, help="tissue patches of the run (about)")
     parser.add_argument("--polygons", type=int, default=100_000, help="annotation polygons")
+    parser.add_argument("--json", type=Path, default=RESULTS / "review_classes.json")
     parser.add_argument("--review-only", type=Path, default=None, help=argparse.SUPPRESS)  # the child process
     args = parser.parse_args()
     if args.review_only is not None:
-        review(args.review_only)
+        print(RESULT_LINE + json.dumps(review(args.review_only)))
         return
     labels = region_labels(args.patches)
     print(
@@ -91,9 +113,29 @@ def main() -> None:
         features, _ = annotation_features(labels, args.polygons, share_invalid=0.0)
         with open(folder / "annotations.geojson", "w", encoding="utf-8") as handle:
             json.dump({"type": "FeatureCollection", "features": features}, handle)
-        print(f"annotations: {len(features):,} polygons")
+        print(f"annotations: {len(features):,} polygons", flush=True)
         del features
-        subprocess.run([sys.executable, __file__, "--review-only", str(folder)], check=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--review-only", str(folder)],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
+    lines = done.stdout.splitlines()
+    print("\n".join(line for line in lines if not line.startswith(RESULT_LINE)))
+    figures = json.loads(next(line for line in lines if line.startswith(RESULT_LINE))[len(RESULT_LINE) :])
+    data = {
+        "grid_cells": [int(labels.shape[1]), int(labels.shape[0])],
+        "patch_px": PATCH_PX,
+        "patches": int((labels >= 0).sum()),
+        "regions": len(np.unique(labels[labels >= 0])),
+        "groups": 12,
+        "polygons": args.polygons,
+    }
+    path = write_result(
+        args.json, "review_classes", {"data": data, "review": figures, "target_seconds": 30.0}
+    )
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,8 @@ def _mean_sd(stat: dict, digits: int = 2) -> str:
 
 
 def _source(result: dict) -> str:
-    commit = str(result.get("commit", "unknown"))[:12]
+    commit = str(result.get("commit", "unknown"))
+    commit = commit[:12] + (" with uncommitted changes" if commit.endswith("+uncommitted") else "")
     command = result.get("command", "")
     machine = result.get("machine", {})
     load = machine.get("load_average_at_end") if isinstance(machine, dict) else None
@@ -164,3 +165,59 @@ def fault_cases__summary(result: dict) -> str:
     text += f"; not ok: {', '.join(bad)}" if bad else ""
     commit = str(result["commit"])[:12]
     return f"{text} (commit `{commit}`, {result['date']}; the table: [fault_cases.md](fault_cases.md)).\n"
+
+
+def reopen__summary(result: dict) -> str:
+    """File > Open of a saved run's ``care.json`` until its layers are drawn."""
+    data = result["data"]
+    size = data.get("level0_px")
+    where = f"{size[0]:,} x {size[1]:,} px" if size else "generated"
+    rows = [
+        [
+            str(number),
+            f"{repeat['open_seconds']:.3f} s",
+            f"{repeat['first_draw_seconds']:.3f} s",
+            f"{repeat['reopen_seconds']:.3f} s",
+            f"{repeat['again_seconds']:.3f} s",
+            f"{repeat['first_layers_seconds']:.3f} s",
+            f"{repeat['load_average_before']:.2f}",
+        ]
+        for number, repeat in enumerate(result["repeats"], start=1)
+    ]
+    first, again = result["reopen_seconds"], result["again_seconds"]
+    reference = result["napari_first_layers_seconds"]
+    header = [
+        "repeat",
+        "open (layers added)",
+        "first drawn frame",
+        "reopen, first file of a session",
+        "reopen, napari warm",
+        "napari's first two tiny layers",
+        "load before",
+    ]
+    return (
+        f"A run of {data['patches']:,} patches ({data['tile_px']}-px tiles at 20x) in {data['regions']:,} "
+        f"regions and {data['groups']} groups on a {where} generated slide. Reopen as the first file of a "
+        f"napari session: median {first['median']:.2f} s (max {first['max']:.2f}), of which napari's "
+        f"one-time cost of its first image and labels layers is about {reference['median']:.2f} s; "
+        f"with napari warm (a second run opened): median {again['median']:.2f} s (max "
+        f"{again['max']:.2f}); target < {result['target_seconds']:g} s.\n\n"
+        + _table(header, rows)
+        + "\n"
+        + _source(result)
+    )
+
+
+def review_classes__summary(result: dict) -> str:
+    """``napari-care review`` by class of many polygons against a run of many patches."""
+    data, review = result["data"], result["review"]
+    rows = [[stage, f"{seconds:.2f} s"] for stage, seconds in review["stage_seconds"].items()]
+    rows.append(["**all**", f"**{review['seconds']:.2f} s** (CPU {review['cpu_seconds']:.2f} s)"])
+    return (
+        f"{data['polygons']:,} annotation polygons against {data['patches']:,} patches in "
+        f"{data['regions']:,} regions and {data['groups']} groups: "
+        f"{review['agreement_rows']:,} agreement rows "
+        f"({review['group_rows']} group rows), {review['class_by_group_rows']} class x group rows, pointing "
+        f"game on the {review['pointing_on']}s; peak RSS {review['peak_rss_mib']:,.0f} MiB; target < "
+        f"{result['target_seconds']:g} s.\n\n" + _table(["stage", "seconds"], rows) + "\n" + _source(result)
+    )

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import ComboBox, Container, Label, LineEdit, PushButton, SpinBox, Table
 from qtpy.QtCore import QAbstractTableModel, Qt
-from qtpy.QtWidgets import QTableView
+from qtpy.QtWidgets import QStyledItemDelegate, QTableView
 from superqt.utils import create_worker
 
 from napari_care._care_layers import ATTENTION, COLOUR_BY, RESULT_KEY, DisplayOptions, care_layers
@@ -162,6 +162,8 @@ class GroupsPanel(Container):
         self.colour_by.changed.connect(lambda: self.redraw())
         self.run_layer.changed.connect(lambda layer: self.attach(layer))
         self.groups_table.native.itemChanged.connect(self._name_edited)
+        # Qt's plain delegate: magicgui's shows every number-like text with 4 decimals (52.1000).
+        self.groups_table.native.setItemDelegate(QStyledItemDelegate(self.groups_table.native))
         for event in (napari_viewer.layers.events.inserted, napari_viewer.layers.events.removed):
             event.connect(self._layers_changed)
         self.attach(self.run_layer.value)

@@ -16,12 +16,15 @@ import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from napari_care.core.atomic import atomic_open
 from napari_care.core.qupath.objects import group_class_name, group_color
-from napari_care.core.segment import SegmentResult
+
+if TYPE_CHECKING:
+    from napari_care.core.segment import SegmentResult
 
 Table = dict[str, np.ndarray]
 MEASURED = ("patches", "area_um2", "tissue_share", "a", "mean_attention")  # columns of both tables

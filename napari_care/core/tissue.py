@@ -12,7 +12,6 @@ import warnings
 from dataclasses import dataclass
 from functools import cached_property
 
-import dask.array as da
 import numpy as np
 from scipy import ndimage
 
@@ -110,6 +109,8 @@ def read_thumbnail(slide, target_downsample: float) -> tuple[np.ndarray, float]:
     pixels = slide.levels[level]
     factor = min(factor, pixels.shape[0], pixels.shape[1])
     if factor > 1:
+        import dask.array as da  # lazy: 0.2 s to import, which reopening a saved run need not pay
+
         pixels = da.coarsen(np.mean, pixels, {0: factor, 1: factor}, trim_excess=True, dtype=np.float32)
     rgb = np.asarray(pixels.compute(scheduler="threads"))
     return np.rint(rgb).clip(0, 255).astype(np.uint8), level_downsample * factor

@@ -18,15 +18,17 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 
 from napari_care.core.slide import meta as slide_meta
 from napari_care.core.slide.backends import SlideBackend, backends_for
 from napari_care.core.slide.levels import DownsampledSource, TiledLevel, TileSource
 from napari_care.core.slide.tile_cache import TileCache
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 VIRTUAL_LEVEL_MAX_SIDE = 1024  # add 2x levels until the smallest is at most this big
 DEFAULT_CACHE_BYTES = 256 * 2**20
@@ -111,14 +113,17 @@ class Slide:
             downsamples.append(downsamples[-1] * 2.0)
         self.level_downsamples = downsamples
         self.dimensions = [(level.width, level.height) for level in self._levels]
-        token = _file_token(path)
-        self.levels: list[da.Array] = [
-            level.to_dask(f"napari-care-{token}-{i}") for i, level in enumerate(self._levels)
-        ]
+        self._token = _file_token(path)
 
     def _file_downsample(self, level: TiledLevel) -> float:
         base = self._levels[0]
         return (base.width / level.width + base.height / level.height) / 2.0
+
+    @cached_property
+    def levels(self) -> list[da.Array]:
+        """The levels as lazy dask arrays chunked on the file's tiles (made on first use: the
+        dask import alone costs 0.4 s, which a slide opened for napari need not pay)."""
+        return [level.to_dask(f"napari-care-{self._token}-{i}") for i, level in enumerate(self._levels)]
 
     @property
     def tiled_levels(self) -> list[TiledLevel]:

@@ -21,12 +21,14 @@ import warnings
 from collections.abc import Hashable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-import dask.array as da
 import numpy as np
 
 from napari_care.core.slide.tile_cache import TileCache
+
+if TYPE_CHECKING:
+    import dask.array as da
 
 WHITE = 255  # what lies outside a slide: glass
 BAD_TILE_GREY = 192  # what a tile that cannot be decoded shows: neither glass nor (unsaturated) tissue
@@ -365,6 +367,8 @@ class TiledLevel:
 
     def to_dask(self, name: str) -> da.Array:
         """The level as a lazy dask array chunked on the file's tiles."""
+        import dask.array as da  # lazy: 0.4 s to import, and opening a slide for napari does not need it
+
         return da.from_array(
             self,
             chunks=(self.tile_height, self.tile_width, 3),
