@@ -221,3 +221,26 @@ def review_classes__summary(result: dict) -> str:
         f"game on the {review['pointing_on']}s; peak RSS {review['peak_rss_mib']:,.0f} MiB; target < "
         f"{result['target_seconds']:g} s.\n\n" + _table(["stage", "seconds"], rows) + "\n" + _source(result)
     )
+
+
+def groups_panel__summary(result: dict) -> str:
+    """The groups and corrections panel's edits on a 100k-patch run: seconds and stalls."""
+    data = result["data"]
+    rows = [
+        [
+            name,
+            f"{edit['seconds_median']:.2f} s (max {edit['seconds_max']:.2f})",
+            f"{edit['stall_ms_median']:.0f} ms (max {edit['stall_ms_max']:.0f})",
+        ]
+        for name, edit in result["edits"].items()
+    ]
+    worst = max(edit["stall_ms_max"] for edit in result["edits"].values())
+    return (
+        f"{result['repeats']} repeats on a run of {data['patches']:,} patches in "
+        f"{data['regions']:,} regions; "
+        f"longest stall over every edit {worst:.0f} ms (target < {result['stall_limit_ms']:.0f} ms; a plain "
+        f"repaint of the window: {result['reference_repaint_ms']:.0f} ms).\n\n"
+        + _table(["edit", "click to painted (median)", "longest event-loop stall (median)"], rows)
+        + "\n"
+        + _source(result)
+    )

@@ -37,7 +37,8 @@ from qtpy.QtWidgets import QStyledItemDelegate, QTableView
 from superqt.utils import create_worker
 
 from napari_care._care_layers import ATTENTION, COLOUR_BY, RESULT_KEY, DisplayOptions, care_layers
-from napari_care._layers import ROLE_KEY, put_layer, slide_layers
+from napari_care._layer_draw import LayerDraw
+from napari_care._layers import ROLE_KEY, slide_layers
 from napari_care.core.measurements import group_measurements, region_measurements
 from napari_care.core.outputs import write_outputs
 from napari_care.core.region_edits import (
@@ -152,6 +153,9 @@ class GroupsPanel(Container):
         self.drawn: np.ndarray | None = None  # the labels as last drawn (painting is told from them)
         self.history: list[tuple[SegmentResult, dict[int, str]]] = []
         self.worker = None  # the edit or save under way; a result of an older one is dropped
+        # Edited layers go in one per event-loop turn, the tables refilled in a turn of their own.
+        self.drawing = LayerDraw(napari_viewer, on_done=self._drawn, also_held=[self.native])
+        self._drawn_names: dict[int, str] = {}  # the names the layers being drawn were built with
         self._filling = False
         self.merge_button.changed.connect(lambda: self.merge())
         self.split_button.changed.connect(lambda: self.split())
@@ -159,7 +163,7 @@ class GroupsPanel(Container):
         self.painted_button.changed.connect(lambda: self.apply_painted())
         self.undo_button.changed.connect(lambda: self.undo())
         self.save_button.changed.connect(lambda: self.save())
-        self.colour_by.changed.connect(lambda: self.redraw())
+        self.colour_by.changed.connect(lambda: self.recolour())
         self.run_layer.changed.connect(lambda layer: self.attach(layer))
         self.groups_table.native.itemChanged.connect(self._name_edited)
         # Qt's plain delegate: magicgui's shows every number-like text with 4 decimals (52.1000).
@@ -346,14 +350,26 @@ class GroupsPanel(Container):
         count = sum(len(patches) for patches in by_region.values())
         return self._edit(f"moved {count} painted patches", lambda edit: move_patches(edit, by_region))
 
-    def undo(self) -> None:
-        """Go back to the result and names before the last edit or rename."""
+    def undo(self):
+        """Go back to the result and names before the last edit or rename (its layers built in a
+        worker). Returns the worker."""
         if not self.history:
-            return
+            return None
+        if self.busy:
+            return self._say("an edit is under way")
         self.result, self.names = self.history.pop()
         self.undo_button.enabled = bool(self.history)
-        self.redraw()
+        layers_of, result = self._layers_builder(), self.result
+        return self._start(lambda: layers_of(result), lambda layers: self._undone(layers))
+
+    def _undone(self, layers: list) -> None:
+        self.redraw(layers)
         self._say("undone")
+
+    @property
+    def busy(self) -> bool:
+        """True while an edit, a save or the drawing of edited layers is under way."""
+        return self.worker is not None or self.drawing.pending
 
     def _in_step(self) -> None:
         """Follow the layer when something else drew a new result into it (the segment widget)."""
@@ -366,7 +382,7 @@ class GroupsPanel(Container):
         self._in_step()
         if self.result is None:
             return self._say("no CARE run to correct")
-        if self.worker is not None:
+        if self.busy:
             return self._say("an edit is under way")
         result, layers_of = self.result, self._layers_builder()
 
@@ -394,15 +410,31 @@ class GroupsPanel(Container):
         names, run = dict(self.names), str(self.run_path) if self.run_path else None
         return lambda result: care_layers(result, slide, display, group_names=names, run=run)
 
+    def recolour(self):
+        """Draw the layers coloured as "colour by" says (built in a worker). Returns the worker."""
+        if self.result is None or self.layer is None:
+            return None
+        if self.busy:
+            return self._say("an edit is under way: choose the colours again after it")
+        layers_of, result = self._layers_builder(), self.result
+        return self._start(lambda: layers_of(result), self.redraw)
+
     def redraw(self, layers: list | None = None) -> None:
-        """Draw the current result in the three CARE layers (in place; ``layers`` when built
-        already) and refill the tables."""
+        """Draw the current result in the three CARE layers, in place, one layer per event-loop
+        turn (``layers`` when built already), then refill the tables (:meth:`_drawn`)."""
         if self.result is None or self.layer is None:
             return
-        for data, kwargs, kind in layers or self._layers_builder()(self.result):
-            put_layer(self.viewer, data, kwargs, kind, activate=False)
+        self._drawn_names = dict(self.names)
+        self.drawing.start(layers or self._layers_builder()(self.result))
+
+    def _drawn(self, complete: bool) -> None:
+        if not complete or self.layer is None:
+            return
         self.drawn = np.array(self.layer.data, copy=True)
-        self._show_names()  # names typed while the worker ran, too
+        if self.names != self._drawn_names:
+            self._show_names()  # names typed while the worker ran
+        else:
+            self._fill_tables()
 
     def _slide(self):
         layers = slide_layers(self.viewer)

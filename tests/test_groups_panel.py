@@ -49,7 +49,7 @@ def panel(make_napari_viewer, saved_run, qtbot, tmp_path):
 
 
 def wait(widget, qtbot) -> None:
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=TIMEOUT_MS)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=TIMEOUT_MS)
 
 
 def test_the_table_is_the_runs_groups_with_their_names_and_measurements(panel, saved_run):
@@ -120,6 +120,7 @@ def test_merging_two_regions_changes_the_layers_and_the_measurements(panel, qtbo
     attention = np.asarray(viewer.layers[ATTENTION].data)
     assert np.isfinite(attention).all()
     widget.undo()
+    wait(widget, qtbot)
     assert widget.result.care.n_regions == before_regions
     assert len(np.unique(np.asarray(viewer.layers[REGIONS].data))) == before_regions + 1
 
@@ -213,3 +214,17 @@ def test_a_reopened_run_draws_the_layers_the_run_drew(panel, saved_run, widget_s
     names = viewer.layers[REGIONS].features["group_name"].tolist()
     assert names == list(regions_kwargs["features"]["group_name"])
     assert widget.result.care.roi == result.care.roi
+
+
+def test_colour_by_redraws_the_layers_in_a_worker_and_the_tables_stay(panel, qtbot):
+    viewer, widget, _ = panel
+    wait(widget, qtbot)
+    rows = list(widget.regions_model.cells["region"])
+    widget.colour_by.value = "region"
+    assert widget.busy  # built off the GUI thread, drawn one layer per turn
+    wait(widget, qtbot)
+    assert viewer.layers[REGIONS].metadata["colour_by"] == "region"
+    assert widget.regions_model.cells["region"] == rows
+    widget.colour_by.value = "group"
+    wait(widget, qtbot)
+    assert viewer.layers[REGIONS].metadata["colour_by"] == "group"

@@ -16,6 +16,7 @@ from napari_care.core.region_edits import (
     repartition,
     set_group,
     split_region,
+    two_means,
 )
 
 
@@ -184,3 +185,11 @@ def test_painted_patches_are_the_patch_cells_whose_label_changed():
     assert list(moves) == [2] and moves[2].tolist() == [1]
     with pytest.raises(ValueError, match="shape"):
         painted_patches(cells, drawn, painted[:1])
+
+
+def test_two_means_finds_two_blobs_the_same_way_each_time():
+    rng = np.random.default_rng(3)
+    points = np.concatenate([rng.normal(0, 1, (300, 8)), rng.normal(6, 1, (100, 8))])
+    parts = two_means(points, seed=1)
+    assert len(set(parts[:300])) == 1 and len(set(parts[300:])) == 1 and parts[0] != parts[-1]
+    np.testing.assert_array_equal(parts, two_means(points, seed=1))
