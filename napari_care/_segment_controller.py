@@ -311,8 +311,8 @@ class SegmentController:
             else f"{result.encoded_tiles} encoded, {result.cached_tiles} from cache"
         )
         text = (
-            f"{result.care.n_regions} regions over {len(result.features)} patches ({source}); "
-            f"ROI = region {result.care.roi}"
+            f"{result.care.method_label}: {result.care.n_regions} regions over {len(result.features)} "
+            f"patches ({source}); ROI = region {result.care.roi}"
         )
         if mil_output is not None:
             self._mil_heads = {mil_key: mil_head}  # the next run with this file skips loading it

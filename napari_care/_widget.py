@@ -54,8 +54,10 @@ class CareSegmentWidget(mg.Container):
             label="CARE checkpoint",
             mode="r",
             filter="*.safetensors",
-            tooltip="empty: the training-free generator; or the authors' model as the slide encoder: "
-            "type hf:Zipper-1/CARE (from the Hugging Face cache) or pick a snapshot folder of it",
+            tooltip="empty: CARE (training-free regions); a checkpoint of `napari-care pretrain "
+            "care-stage1` or `care-stage2`: CARE (trained checkpoint); or the authors' model as "
+            "the slide encoder: type hf:Zipper-1/CARE (from the Hugging Face cache) or pick a "
+            "snapshot folder of it",
         )
         self.features_file = mg.FileEdit(
             label="features file",

@@ -442,6 +442,8 @@ def test_segment_features_with_the_authors_model_through_the_cli(local_snapshot,
     assert done.exit_code == 0, done.output
     document = json.loads((tmp_path / "hf" / "s1.care.json").read_text())
     assert (document["slide_encoder"], document["regions_from"]) == (CARE_HF_ID, "training-free")
+    assert document["method"] == "CARE (training-free regions)"  # the authors' model encodes, not the regions
+    assert document["roi_rule"].startswith("argmax of a = lambda_spf * coverage")
     assert document["settings"]["care_model"].startswith("sha256:")
     with h5py.File(tmp_path / "hf" / "s1.slide_features.h5") as f:
         assert f["features"].shape == (512,) and f.attrs["slide_encoder"] == CARE_HF_ID

@@ -183,6 +183,8 @@ def test_segment_features_with_a_model_keeps_its_mode():
     model = small_model().train()
     result = segment_features(features.numpy(), grid, model=model)
     assert model.training and result.mode == "model"
+    assert result.roi == int(np.argmax(result.a))  # the published ROI: argmax of the fused SPF weight
+    assert result.method_label == "CARE (trained checkpoint)" and result.roi_rule.endswith("as published")
     np.testing.assert_array_equal(np.unique(result.region_of_patch), np.arange(result.n_regions))
 
 

@@ -69,6 +69,7 @@ def test_whole_slide_run_draws_three_aligned_layers(viewer_widget, qtbot):
     run_and_wait(widget, qtbot)
     result = widget.controller.result
     assert [layer.name for layer in viewer.layers[1:]] == [REGIONS, ATTENTION, ROI]
+    assert widget.status.value.startswith("CARE (training-free regions): ")  # which CARE ran, by name
     assert "regions over" in widget.status.value and len(result.features) > 50
     assert widget.progress.value == widget.progress.max  # a finished run shows a full bar
     image, regions, heatmap = slide_layer(viewer), viewer.layers[REGIONS], viewer.layers[ATTENTION]

@@ -102,6 +102,6 @@ def test_a_region_head_draws_its_region_attention_over_the_patches(
     run_and_wait(widget, qtbot)
     assert widget.status.value.endswith("MIL: no region of the head on tissue here")
     assert widget.status.value.startswith(
-        f"{widget.controller.result.care.n_regions} regions over"
+        f"CARE (training-free regions): {widget.controller.result.care.n_regions} regions over"
     )  # still drawn
     assert (viewer.layers[ATTENTION].data == viewer.layers[ATTENTION].metadata["off_tissue"]).all()

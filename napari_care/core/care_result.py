@@ -15,6 +15,23 @@ import numpy as np
 
 from napari_care.core.atomic import atomic_open
 
+#: The name of each mode wherever a user reads which CARE ran (the widget, ``care.json``, the docs).
+METHOD_LABELS = {
+    "training-free": "CARE (training-free regions)",
+    "model": "CARE (trained checkpoint)",
+    "edited": "CARE (regions corrected by hand)",
+}
+#: How each mode picks the ROI (``care.json``'s ``"roi_rule"``; docs/care.md says why).
+ROI_RULES = {
+    "training-free": (
+        "argmax of a = lambda_spf * coverage + (1 - lambda_spf) * novelty, novelty being the distance "
+        "of the region's mean feature from the slide's, in standard deviations: the project's rule "
+        "(the paper's SPF score comes from a trained scorer)"
+    ),
+    "model": "argmax of the fused SPF weight a, as published",
+    "edited": "the training-free rule, on the corrected regions",
+}
+
 #: Fields that files written by earlier versions lack (their defaults apply).
 _ADDED_LATER = ("slide_encoder",)
 
@@ -117,6 +134,17 @@ class CareResult:
     def region_sizes(self) -> np.ndarray:
         """``[R]`` int64 number of patches in each region."""
         return np.bincount(self.region_of_patch, minlength=self.n_regions)
+
+    @property
+    def method_label(self) -> str:
+        """What ran, in words: ``"CARE (training-free regions)"``, ``"CARE (trained checkpoint)"``
+        or ``"CARE (regions corrected by hand)"``."""
+        return METHOD_LABELS.get(self.mode, f"CARE ({self.mode})")
+
+    @property
+    def roi_rule(self) -> str:
+        """How this result's ROI was chosen (see :data:`ROI_RULES`)."""
+        return ROI_RULES.get(self.mode, "argmax of a")
 
     @property
     def roi_mask(self) -> np.ndarray:

@@ -237,6 +237,8 @@ def summary(
         "options": result.options.to_dict(),
         "box_level0": list(result.box) if result.box else None,
         "mode": care.mode,
+        "method": care.method_label,
+        "roi_rule": care.roi_rule,
         "slide_encoder": care.slide_encoder or slide_encoder_name(result.options.care_checkpoint),
         "regions_from": care.mode,  # the name the authors' model runs ask for
         "patches": care.n_patches,
