@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 from PIL import Image
 
+from napari_care.core.pixels import block_mean
 from napari_care.core.slide.levels import TileDecodeError
 from napari_care.core.tiling import TileGrid
 
@@ -209,9 +210,7 @@ def cut_patches(region: np.ndarray, offsets_px: np.ndarray, patch_px: float, til
         if factor == 1:
             return crops
         # block mean for whole reduction factors: exact box filter, no interpolation
-        t = tile_size_px
-        blocks = crops.reshape(len(crops), t, factor, t, factor, 3).mean(axis=(2, 4), dtype=np.float32)
-        return np.rint(blocks).astype(np.uint8)
+        return block_mean(crops, factor)
 
     image = Image.fromarray(region)
     out = np.empty((len(offsets_px), tile_size_px, tile_size_px, 3), dtype=np.uint8)
