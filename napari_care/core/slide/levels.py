@@ -366,7 +366,12 @@ class TiledLevel:
         return region[(local[0], local[1], index[2])]
 
     def to_dask(self, name: str) -> da.Array:
-        """The level as a lazy dask array chunked on the file's tiles."""
+        """The level as a lazy dask array chunked on the file's tiles.
+
+        The level object is inlined into every chunk's task (``inline_array=True``) rather
+        than held as one shared graph key, so slicing a field costs a few milliseconds
+        whatever the slide's size (measured by ``benchmarks/bench_dask_levels.py``).
+        """
         import dask.array as da  # lazy: 0.4 s to import, and opening a slide for napari does not need it
 
         return da.from_array(
@@ -375,6 +380,7 @@ class TiledLevel:
             asarray=False,
             fancy=False,
             lock=False,
+            inline_array=True,
             name=name,
             meta=np.empty((0, 0, 3), dtype=np.uint8),
         )
