@@ -45,12 +45,9 @@ DEFAULT_SLIDES = [
 
 def gigapixel_slides() -> list[Path]:
     """The gigapixel benchmark slides already built (``make_gigapixel.py``), if any."""
-    folder = Path.home() / ".cache" / "napari_care" / "gigapixel"
-    return (
-        sorted(p for p in folder.glob("*") if p.suffix in (".svs", ".tif", ".tiff"))
-        if folder.is_dir()
-        else []
-    )
+    from make_gigapixel import DEFAULT_OUT  # a sibling script: benchmarks/ is on sys.path
+
+    return sorted(DEFAULT_OUT.glob("gigapixel_*.svs")) if DEFAULT_OUT.is_dir() else []
 
 
 def fields(height: int, width: int, count: int, rng: np.random.Generator) -> list[tuple[slice, slice]]:

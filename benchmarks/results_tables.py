@@ -244,3 +244,44 @@ def groups_panel__summary(result: dict) -> str:
         + "\n"
         + _source(result)
     )
+
+
+def read_gigapixel__summary(result: dict) -> str:
+    """Uncached reads of the gigapixel slide: napari_care against OpenSlide."""
+    slide, figures = result["slide"], result["figures"]
+    rows = [
+        [name, f"{stat['median']:.0f}", f"{stat['min']:.0f} - {stat['max']:.0f}"] for name, stat in figures.items()
+    ]
+    ratios = [[name, f"{value:.2f}"] for name, value in result["ratios"].items()]
+    text = (
+        f"Slide {slide['width']:,} x {slide['height']:,} px, {slide['bytes'] / 2**30:.2f} GiB "
+        f"(fits in RAM: {slide['fits_in_ram']}; {slide['page_cache']}); tile cache limit "
+        f"{result['tile_cache_limit_bytes']:,} bytes, {result['tile_cache_hits']} hits; "
+        f"{result['repeats']} repeats.\n\n"
+    )
+    text += _table(["workload", "reads or tiles / s (median)", "min - max"], rows) + "\n"
+    return text + _table(["ratio", "value"], ratios) + "\n" + _source(result)
+
+
+def dask_levels__summary(result: dict) -> str:
+    """Full-screen field reads through the dask levels against ``TiledLevel``."""
+    rows = [
+        [
+            slide["slide"],
+            str(level["level"]),
+            f"{level['size'][0]:,} x {level['size'][1]:,}",
+            f"{level['tiled_cold']['median']:.1f}",
+            f"{level['dask_cold']['median']:.1f}",
+            f"{level['ratio_cold']:.2f}",
+            f"{level['tiled_warm']['median']:.1f}",
+            f"{level['dask_warm']['median']:.1f}",
+            f"{level['ratio_warm']:.2f}",
+        ]
+        for slide in result["slides"]
+        for level in slide["levels"]
+    ]
+    header = ["slide", "level", "size", "TiledLevel cold ms", "dask cold ms", "ratio", "TiledLevel warm ms"]
+    header += ["dask warm ms", "ratio"]
+    text = _table(header, rows)
+    text += f"\nWorst cold ratio {result['worst_ratio_cold']:.2f} (target at most {result['target_ratio']}).\n\n"
+    return text + _source(result)
