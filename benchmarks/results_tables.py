@@ -250,7 +250,8 @@ def read_gigapixel__summary(result: dict) -> str:
     """Uncached reads of the gigapixel slide: napari_care against OpenSlide."""
     slide, figures = result["slide"], result["figures"]
     rows = [
-        [name, f"{stat['median']:.0f}", f"{stat['min']:.0f} - {stat['max']:.0f}"] for name, stat in figures.items()
+        [name, f"{stat['median']:.0f}", f"{stat['min']:.0f} - {stat['max']:.0f}"]
+        for name, stat in figures.items()
     ]
     ratios = [[name, f"{value:.2f}"] for name, value in result["ratios"].items()]
     text = (
@@ -283,5 +284,6 @@ def dask_levels__summary(result: dict) -> str:
     header = ["slide", "level", "size", "TiledLevel cold ms", "dask cold ms", "ratio", "TiledLevel warm ms"]
     header += ["dask warm ms", "ratio"]
     text = _table(header, rows)
-    text += f"\nWorst cold ratio {result['worst_ratio_cold']:.2f} (target at most {result['target_ratio']}).\n\n"
+    worst, target = result["worst_ratio_cold"], result["target_ratio"]
+    text += f"\nWorst cold ratio {worst:.2f} (target at most {target}).\n\n"
     return text + _source(result)
