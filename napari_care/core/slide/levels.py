@@ -369,8 +369,8 @@ class TiledLevel:
         """The level as a lazy dask array chunked on the file's tiles.
 
         The level object is inlined into every chunk's task (``inline_array=True``) rather
-        than held as one shared graph key, so slicing a field costs a few milliseconds
-        whatever the slide's size (measured by ``benchmarks/bench_dask_levels.py``).
+        than held as one shared graph key, so the cost of slicing a field does not grow with
+        the slide's size (measured by ``benchmarks/bench_dask_levels.py``).
         """
         import dask.array as da  # lazy: 0.4 s to import, and opening a slide for napari does not need it
 
