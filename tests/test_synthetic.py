@@ -4,7 +4,6 @@ tissue types really look different where the truth says they are."""
 from __future__ import annotations
 
 import hashlib
-import time
 
 import numpy as np
 import pytest
@@ -238,12 +237,6 @@ def test_progress_cancel_and_pen_marks(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".stopped")]  # no temp files left
 
 
-def test_small_build_is_fast(tmp_path):
-    cpu = time.process_time()
-    build_synthetic_slide(tmp_path / "fast.ome.tif", width=2048, height=1536)
-    assert time.process_time() - cpu < 8.0  # CPU seconds over all threads: about 2 when idle
-
-
 def test_bad_arguments_are_named(tmp_path):
     with pytest.raises(ValueError, match="layout 'nope'"):
         build_synthetic_slide(tmp_path / "x.ome.tif", layout="nope")
@@ -259,10 +252,8 @@ def test_bad_arguments_are_named(tmp_path):
 
 @pytest.mark.slow
 def test_full_size_default_build(tmp_path):
-    started = time.perf_counter()
+    # its build time is measured by benchmarks/bench_sample_build.py, not here
     full = build_synthetic_slide(tmp_path / "full.ome.tif")
-    seconds = time.perf_counter() - started
-    assert seconds < 30, seconds
     with tifffile.TiffFile(full.path) as tif:
         assert [level.shape[:2] for level in tif.series[0].levels] == [
             (12288, 16384),

@@ -92,7 +92,10 @@ def test_small_specks_dropped_and_small_holes_filled(tmp_path):
     tm = tissue_mask(slide, median_size=1, closing_radius=0)
     assert tm.fraction_in((480, 480, 528, 528)) == 1.0  # hole filled
     assert tm.fraction_in((1400, 1400, 1700, 1700)) == 0.0  # speck gone
-    kept = tissue_mask(slide, median_size=1, closing_radius=0, min_object_px=1, min_hole_px=1)
+    # saturation cue alone: the texture cue (fat) also covers a 3x3 px white hole's sharp edges
+    kept = tissue_mask(
+        slide, median_size=1, closing_radius=0, min_object_px=1, min_hole_px=1, texture_threshold=None
+    )
     assert kept.fraction_in((1504, 1504, 1568, 1568)) == 1.0
     assert kept.fraction_in((480, 480, 528, 528)) == 0.0
 
@@ -119,3 +122,115 @@ def test_real_svs_tissue_is_a_plausible_share():
     share = tm.mask.mean()
     assert 0.2 < share < 0.95, share
     assert tm.downsample == pytest.approx(16.0)
+
+
+@pytest.fixture(scope="module")
+def generated_tiles(tmp_path_factory):
+    """A small generated skin slide with a fat layer and a pen loop, its tiles and their truth."""
+    from napari_care.core.slide.handle import open_slide
+    from napari_care.core.synthetic.slides import TISSUE_TYPES, build_synthetic_slide, pen_mark_field
+    from napari_care.core.tiling import tile_grid
+
+    path = tmp_path_factory.mktemp("generated") / "fat.ome.tif"
+    truth = build_synthetic_slide(path, width=3072, height=2304, seed=1, pen_marks=True, workers=1)
+    slide = open_slide(path)
+    grid = tile_grid(slide, min_tissue=0)
+    shares = truth.truth_fractions(grid.coords, grid.tile_size_level0)
+    pen = TissueMask(pen_mark_field(truth.labels, np.random.default_rng([1, 2])) > 0, truth.downsample)
+    pen_share = pen.fraction_for_tiles(grid.coords, grid.tile_size_level0)
+    bare = shares[:, 0] >= 1.0  # no tissue under the tile at all
+    groups = {
+        "fat": shares.argmax(axis=1) == TISSUE_TYPES.index("fat"),
+        "other tissue": ~np.isin(shares.argmax(axis=1), [0, TISSUE_TYPES.index("fat")]),
+        "pen": bare & (pen_share > 0.02),
+        "glass": bare & (pen_share == 0),
+    }
+    assert all(sel.sum() >= 10 for sel in groups.values()), {k: int(v.sum()) for k, v in groups.items()}
+
+    def found(**options) -> dict[str, float]:
+        kept = tissue_mask(slide, **options).fraction_for_tiles(grid.coords, grid.tile_size_level0) >= 0.25
+        return {name: float(kept[sel].mean()) for name, sel in groups.items()}
+
+    return found
+
+
+def test_fat_tiles_found_on_generated_slide(generated_tiles):
+    found = generated_tiles()
+    # 17 fat tiles on this small slide: one missed edge tile is 0.94; bench_tissue.py reports
+    # the held-out seeds at full size
+    assert found["fat"] >= 0.9, found
+    assert found["other tissue"] >= 0.95, found
+    # the saturation cue alone leaves the pale fat out: the texture cue is what finds it
+    assert generated_tiles(texture_threshold=None)["fat"] < 0.5
+
+
+def test_glass_and_pen_tiles_stay_out_with_the_texture_cue(generated_tiles):
+    found = generated_tiles()
+    assert found["glass"] <= 0.02, found
+    assert found["pen"] <= 0.02, found
+
+
+def test_texture_mask_sees_membranes_not_flat_glass():
+    from napari_care.core.tissue import texture_mask
+
+    rng = np.random.default_rng(0)
+    glass = np.clip(rng.normal(242, 0.8, (64, 64, 3)), 0, 255).astype(np.uint8)  # JPEG-like noise
+    fat = glass.copy()
+    fat[::4, :] = (215, 170, 200)  # thin pink membranes every 32 um at 8 um/px
+    fat[:, ::4] = (215, 170, 200)
+    assert not texture_mask(glass, 8.0).any()
+    assert texture_mask(fat, 8.0)[8:-8, 8:-8].all()
+    assert texture_mask(fat, None)[8:-8, 8:-8].all()  # no mpp: 8 um/px assumed
+
+
+def test_texture_threshold_must_be_positive(tissue_slide):
+    with pytest.raises(ValueError, match="texture_threshold"):
+        tissue_mask(tissue_slide, texture_threshold=0.0)
+
+
+def test_hsv_channels_match_scikit_image_ties_and_greys_included():
+    from skimage.color import rgb2hsv
+
+    from napari_care.core.tissue import hsv_channels
+
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (64, 80, 3)).astype(np.uint8)
+    rgb[:8] = 128  # grey: hue 0
+    rgb[8:16, :, 0] = rgb[8:16, :, 2]  # red and blue tie
+    rgb[16:24, :, 1] = rgb[16:24, :, 2]  # green and blue tie
+    rgb[24:32, :, 0] = rgb[24:32, :, 1]  # red and green tie
+    rgb[32:34] = 0  # black: saturation 0
+    expected = rgb2hsv(rgb)
+    for got, want in zip(hsv_channels(rgb), np.moveaxis(expected, -1, 0), strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_majority_is_the_median_of_a_boolean_mask():
+    from scipy import ndimage
+
+    from napari_care.core.tissue import _majority
+
+    mask = np.random.default_rng(4).random((90, 70)) < 0.45
+    for size in (3, 5, 7):
+        expected = ndimage.median_filter(mask.astype(np.uint8), size=size).astype(bool)
+        np.testing.assert_array_equal(_majority(mask, size), expected)
+
+
+def test_thumbnail_by_block_sums_matches_the_float_mean(tissue_slide, monkeypatch):
+    import dask.array as da
+
+    from napari_care.core import tissue
+
+    calls = []
+    block_sums = tissue._trimmed_block_mean
+    monkeypatch.setattr(tissue, "_trimmed_block_mean", lambda *a: calls.append(1) or block_sums(*a))
+    rgb, downsample = tissue.read_thumbnail(tissue_slide, 8.0)
+    assert calls  # the block-sum path ran
+    level = tissue_slide.get_best_level_for_downsample(8.0)
+    factor = round(downsample / tissue_slide.level_downsamples[level])
+    assert factor > 1
+    pixels = tissue_slide.levels[level]
+    mean = da.coarsen(np.mean, pixels, {0: factor, 1: factor}, trim_excess=True, dtype=np.float64)
+    expected = np.asarray(mean.compute())
+    assert rgb.shape == expected.shape
+    assert np.abs(rgb.astype(np.float64) - expected).max() <= 0.5  # rounded, half up

@@ -20,8 +20,9 @@ every learned part replaced by a fixed one (this project's choices):
   among the same candidates (a k-means-like refinement, as SLIC superpixels do). The
   candidates and containment do not change, so a region stays a re-cut of its block; the
   block features lose the other tissue they mixed in, so more patches find their tissue's
-  region (generated slides of the offline sample's size, k = 8: purity 0.834 -> 0.863,
-  boundary recall 0.43 -> 0.48, coherence 0.956 -> 0.959). ``0`` is the single pass;
+  region (``benchmarks/bench_care_sensitivity.py`` measures it on test seeds that no
+  choice saw: docs/care.md, "Sensitivity of the training-free constants"). ``0`` is the
+  single pass;
 - a region's feature is the mean (raw, not standardised) feature of its patches (E = D);
 - ``beta`` is ``"novelty"`` (default: proportional to the distance of the region's mean
   standardised feature from the slide mean, i.e. how unusual the region is on this slide)
