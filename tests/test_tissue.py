@@ -234,3 +234,21 @@ def test_thumbnail_by_block_sums_matches_the_float_mean(tissue_slide, monkeypatc
     expected = np.asarray(mean.compute())
     assert rgb.shape == expected.shape
     assert np.abs(rgb.astype(np.float64) - expected).max() <= 0.5  # rounded, half up
+
+
+def test_a_slide_past_the_mask_pixel_cap_gets_a_coarser_mask(tissue_slide, monkeypatch):
+    from napari_care.core import tissue
+
+    full = tissue.tissue_mask(tissue_slide, fallback_downsample=8.0)
+    monkeypatch.setattr(tissue, "MAX_MASK_PIXELS", full.mask.size // 4)
+    capped = tissue.tissue_mask(tissue_slide, fallback_downsample=8.0)
+    assert capped.mask.size <= full.mask.size // 4
+    assert capped.downsample == pytest.approx(2 * full.downsample)
+    assert capped.fraction_in((256, 256, 768, 768)) > 0.9  # the tissue block is still found
+
+
+def test_integral_table_counts_match_a_direct_sum():
+    mask = np.random.default_rng(5).random((300, 400)) < 0.3
+    tm = TissueMask(mask, 4.0)
+    assert tm._integral.dtype == np.int32
+    assert tm.fraction_in((40, 80, 400, 1000)) == pytest.approx(mask[20:250, 10:100].mean())

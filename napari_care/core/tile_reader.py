@@ -34,6 +34,10 @@ LISTED_BAD_TILES = 8  # file tiles named in a summary; the rest are counted
 
 MAX_BLOCK_PX = 2048  # block side at the read level: ~12 MB of RGB per block in flight
 _EXACT = 1e-6  # positions closer than this to a whole pixel count as whole
+# Whole reduction factors for which Pillow's Image.reduce rounds exactly as block_mean does (a
+# shift by log2(factor^2) with half added); at other factors it multiplies by 1 / factor^2 in
+# floating point and can land one grey level lower.
+PIL_EXACT_FACTORS = (2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,25 @@ def _exact_crops(offsets_px: np.ndarray, patch_px: float, tile_size_px: int) -> 
     return bool(whole and size % tile_size_px == 0)
 
 
+def _reduced_crops(region: np.ndarray, starts: np.ndarray, size: int, factor: int) -> np.ndarray:
+    """Block means of the ``size``-px squares at ``starts`` (x, y) of ``region``, by Pillow's ``reduce``.
+
+    The same values as :func:`~napari_care.core.pixels.block_mean` of the crops (for the
+    factors of :data:`PIL_EXACT_FACTORS`), without copying the crops out first: one pass
+    over the pixels in C, without the GIL.
+    """
+    height, width = region.shape[:2]
+    if len(starts) and (starts.min() < 0 or np.any((starts + size).max(axis=0) > (width, height))):
+        raise ValueError(
+            f"patches of {size} px at {starts.tolist()} reach out of a {width} x {height} region"
+        )
+    image = Image.fromarray(np.ascontiguousarray(region))
+    out = np.empty((len(starts), size // factor, size // factor, 3), dtype=np.uint8)
+    for i, (x, y) in enumerate(starts.tolist()):
+        out[i] = np.asarray(image.reduce(factor, box=(x, y, x + size, y + size)))
+    return out
+
+
 def cut_patches(region: np.ndarray, offsets_px: np.ndarray, patch_px: float, tile_size_px: int) -> np.ndarray:
     """Cut square patches out of a decoded region and resize them to ``tile_size_px``.
 
@@ -206,6 +229,8 @@ def cut_patches(region: np.ndarray, offsets_px: np.ndarray, patch_px: float, til
     if _exact_crops(offsets_px, patch_px, tile_size_px):
         factor = size // tile_size_px
         starts = np.rint(offsets_px).astype(np.int64)
+        if factor in PIL_EXACT_FACTORS:
+            return _reduced_crops(region, starts, size, factor)
         crops = np.stack([region[y : y + size, x : x + size] for x, y in starts])
         if factor == 1:
             return crops

@@ -47,6 +47,11 @@ FAINT_INK_MIN_SATURATION = 0.06  # glass stays below 0.035 (99th percentile, dev
 # makes a band ~2 mask px wide on the glass. Chosen on dev seeds 100-101: 8/16/24/32 um kept
 # fat 1.00/1.00/0.99-1.00/0.75-0.95 and glass-majority tiles 0.05/0.03-0.04/0.015-0.034/0.01-0.03.
 TEXTURE_OPEN_UM = 24.0
+# The mask's pixels at most: its working set (~80 bytes a pixel at the peak) stays under
+# ~0.7 GB whatever the slide's size. 2^23 px = 26 x 20 mm at 8 um/px (a 100,000 x 80,000 px
+# scan at 0.25 um/px fits); a larger slide gets a coarser mask.
+MAX_MASK_PIXELS = 2**23
+HSV_BAND_PIXELS = 2**20  # pixels per band of hsv_channels' float32 temporaries
 FALLBACK_MPP_MASK = 8.0  # um per mask pixel assumed for the texture windows when the slide has no mpp
 
 
@@ -74,8 +79,9 @@ class TissueMask:
     def _integral(self) -> np.ndarray:
         # summed-area table with a zero row and column in front: box sums in O(1); made once
         # per mask (cached_property writes the instance dict, which a frozen dataclass allows)
-        table = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), dtype=np.int64)
-        table[1:, 1:] = self.mask.cumsum(axis=0, dtype=np.int64).cumsum(axis=1)
+        dtype = np.int32 if self.mask.size < 2**31 else np.int64  # half the memory of int64
+        table = np.zeros((self.mask.shape[0] + 1, self.mask.shape[1] + 1), dtype=dtype)
+        table[1:, 1:] = self.mask.cumsum(axis=0, dtype=dtype).cumsum(axis=1, dtype=dtype)
         return table
 
     def fraction_for_tiles(self, coords_xy: np.ndarray, size_level0: float) -> np.ndarray:
@@ -161,9 +167,21 @@ def _trimmed_block_mean(chunk: np.ndarray, factor: int) -> np.ndarray:
 def hsv_channels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Hue, saturation and value in [0, 1] (float32 [h, w] each) of a uint8 RGB view.
 
-    The definitions of ``skimage.color.rgb2hsv`` (hue 0 where the pixel is grey), in float32
-    and without its copies: about 8x faster on a gigapixel slide's 8 um/px view.
+    The definitions of ``skimage.color.rgb2hsv`` (hue 0 where the pixel is grey), in float32,
+    in bands of rows so that its temporaries stay small: about 8x faster than skimage on a
+    gigapixel slide's 8 um/px view.
     """
+    height = rgb.shape[0]
+    hue, saturation, value = (np.empty(rgb.shape[:2], np.float32) for _ in range(3))
+    band = max(1, HSV_BAND_PIXELS // max(1, rgb.shape[1]))
+    for top in range(0, height, band):
+        rows = slice(top, min(top + band, height))
+        hue[rows], saturation[rows], value[rows] = _hsv_band(rgb[rows])
+    return hue, saturation, value
+
+
+def _hsv_band(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`hsv_channels` of a few rows."""
     channels = rgb.astype(np.float32) * np.float32(1 / 255)
     red, green, blue = channels[..., 0], channels[..., 1], channels[..., 2]
     value = channels.max(axis=-1)
@@ -177,7 +195,7 @@ def hsv_channels(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     hue = (hue / 6) % 1
     hue[grey] = 0
     saturation = np.where(value > 0, delta / np.where(value > 0, value, np.float32(1)), 0)
-    return hue, saturation.astype(np.float32), value
+    return hue, saturation, value
 
 
 def pen_mask(rgb: np.ndarray, hsv: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None) -> np.ndarray:
@@ -346,6 +364,9 @@ def tissue_mask(
         )
     mpp0 = float(np.mean(slide.mpp)) if slide.mpp is not None else None
     target_downsample = target_mpp / mpp0 if mpp0 is not None else float(fallback_downsample)
+    width0, height0 = slide.dimensions[0]
+    # a slide larger than MAX_MASK_PIXELS at the target gets a coarser mask, not more memory
+    target_downsample = max(target_downsample, (width0 * height0 / MAX_MASK_PIXELS) ** 0.5)
     rgb, downsample = read_thumbnail(slide, max(target_downsample, 1.0))
     mpp_mask = mpp0 * downsample if mpp0 is not None else None
 

@@ -272,9 +272,12 @@ class TiledLevel:
             (for a lazily downsampled level, the error of the file tile underneath). No
             warning is given here.
         """
-        out = np.full((height, width, 3), WHITE, dtype=np.uint8)
         x0, y0 = max(x, 0), max(y, 0)
         x1, y1 = min(x + width, self.width), min(y + height, self.height)
+        inside = (x0, y0, x1, y1) == (x, y, x + width, y + height)
+        # a region inside the level is covered by its tiles (or grey): no white fill first
+        shape = (height, width, 3)
+        out = np.empty(shape, np.uint8) if inside else np.full(shape, WHITE, np.uint8)
         if x1 <= x0 or y1 <= y0:
             return out, []
         th, tw = self.tile_height, self.tile_width

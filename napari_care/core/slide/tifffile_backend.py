@@ -158,12 +158,16 @@ class TiffPageSource:
         TileDecodeError
             When the decoder rejects the tile's bytes or they lie past the end of the file.
         """
-        out = np.full((self.tile_height, self.tile_width, 3), WHITE, dtype=np.uint8)
+        shape = (self.tile_height, self.tile_width, 3)
         if self.tiled:
             pixels = self._segment(ty * self._tiles_x + tx, True, ty, tx)
+            if pixels is not None and pixels.shape == shape and pixels.flags.c_contiguous:
+                return pixels  # the decoder's own array: no white fill and copy per tile
+            out = np.full(shape, WHITE, dtype=np.uint8)
             if pixels is not None:
                 out[...] = pixels[: self.tile_height, : self.tile_width]
             return out
+        out = np.full(shape, WHITE, dtype=np.uint8)
         first = ty * self.strips_per_tile
         last = min(first + self.strips_per_tile, len(self.offsets))
         for strip in range(first, last):
