@@ -496,6 +496,7 @@ def whole_slide__summary(result: dict) -> str:
 VIEWER_STALLS = {  # the stalls whose causes the viewer table names: figure key -> what the user did
     "zoom_20x": "zoom to 20x",
     "pan_half": "half-screen pan at 20x",
+    "zoom_out": "zoom out x2",
     "drag": "dragging (slide only)",
     "drag_layers": "dragging (CARE layers on)",
     "run_20x": "visible-field run at 20x",
@@ -509,7 +510,8 @@ def _frames_cell(frames: list[str], count: int) -> str:
 
 
 def _viewer_stall_rows(repeats: list[dict]) -> list[list[str]]:
-    """For each of :data:`VIEWER_STALLS`, the longest stall over the repeats and what was sampled in it."""
+    """For each of :data:`VIEWER_STALLS`, the longest stall over the repeats in which the watchdog
+    got a sample (it samples only when it gets the GIL), and what was sampled in it."""
     rows = []
     for key, label in VIEWER_STALLS.items():
         stalls = [
@@ -519,11 +521,13 @@ def _viewer_stall_rows(repeats: list[dict]) -> list[list[str]]:
         ]
         if not stalls:
             continue
-        stall, index = max(stalls, key=lambda pair: pair[0]["ms"])
+        unsampled = sum(1 for stall, _ in stalls if not stall["samples"])
+        stall, index = max(stalls, key=lambda pair: (pair[0]["samples"] > 0, pair[0]["ms"]))
         rows.append(
             [
                 label,
-                f"{stall['ms']:.0f} ms (repeat {index}), {stall['samples']} samples",
+                f"{stall['ms']:.0f} ms (repeat {index}), {stall['samples']} samples"
+                + (f"; {unsampled} of the {len(stalls)} stalls listed had none" if unsampled else ""),
                 _frames_cell(stall["innermost"], 3),
                 _frames_cell(stall["frames"], 4),
                 _frames_cell(stall.get("other_threads", []), 2),
@@ -566,7 +570,7 @@ def viewer_gigapixel__summary(result: dict) -> str:
         stall_rows = _viewer_stall_rows(repeats)
         if stall_rows:
             header = [
-                "longest stall over 50 ms, while",
+                "longest sampled stall over 50 ms, while",
                 "length, samples",
                 "GUI thread: innermost frame (samples)",
                 "GUI thread: frames seen most",
