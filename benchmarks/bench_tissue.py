@@ -211,6 +211,63 @@ def no_pen_marks(grid) -> None:
     return None
 
 
+DEV_SEEDS = [100, 101]
+DEV_SWEEP = {
+    "texture_threshold": (1.0, 1.5, 2.0, 3.0, 4.0),
+    "texture_open_um": (0.0, 8.0, 16.0, 24.0, 32.0),
+}
+DEV_RULE = (
+    "per setting, one at a time (the other at its default): the largest opening, then the "
+    "highest threshold, whose fat share stays >= 0.98 on every development slide (fewer "
+    "glass tiles kept without losing fat)"
+)
+
+
+def development_phase(width: int, height: int, out: Path) -> None:
+    """The sweep the texture cue's settings were chosen on (development seeds only)."""
+    from napari_care.core.tissue import TEXTURE_OPEN_UM, TEXTURE_SD_THRESHOLD
+
+    defaults = {"texture_threshold": TEXTURE_SD_THRESHOLD, "texture_open_um": TEXTURE_OPEN_UM}
+    rows = []
+    for seed in DEV_SEEDS:
+        path = BENCH_DIR / "tissue" / f"dev_seed{seed}_{width}x{height}.ome.tif"
+        if not path.is_file():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            build_synthetic_slide(path, width=width, height=height, seed=seed, pen_marks=True, workers=1)
+        truth = load_synthetic_slide(path)
+        pen = TissueMask(pen_mark_field(truth.labels, np.random.default_rng([seed, 2])) > 0, truth.downsample)
+        slide = open_slide(path)
+        grid = tile_grid(slide, min_tissue=0)
+        pen_share = pen.fraction_for_tiles(grid.coords, grid.tile_size_level0)
+        masks = {}
+        for name, values in DEV_SWEEP.items():
+            for value in values:
+                options = defaults | {name: value}
+                masks[f"{name}={value:g}"] = tissue_mask(slide, **options)
+        shares = found_shares(truth, grid.coords, grid.tile_size_level0, masks, pen_share)
+        rows.append({"seed": seed, "shares": shares})
+        print(
+            f"dev seed {seed}: fat found "
+            + ", ".join(f"{k} {v['fat']:.3f}" for k, v in shares.items() if k != "tiles")
+        )
+    chosen = {}
+    for name, values in DEV_SWEEP.items():
+        keep = [v for v in values if all(r["shares"][f"{name}={v:g}"]["fat"] >= 0.98 for r in rows)]
+        chosen[name] = max(keep) if keep else None
+    figures = {
+        "development_seeds": DEV_SEEDS,
+        "slide_size": [width, height],
+        "sweep": {name: list(values) for name, values in DEV_SWEEP.items()},
+        "defaults_in_code": defaults,
+        "rule": DEV_RULE,
+        "chosen_by_rule": chosen,
+        "summary": summarise([r["shares"] for r in rows]),
+        "slides": rows,
+    }
+    print("chosen by the rule:", chosen, "(in the code:", defaults, ")")
+    print(write_result(out, "tissue_development", figures))
+
+
 def parse_seeds(text: str) -> list[int]:
     if "-" in text:
         first, last = (int(v) for v in text.split("-"))
@@ -233,12 +290,22 @@ def main() -> None:
         help="LazySlide's repeats on the generated OME-TIFFs, where it sees one level (the "
         "gigapixel SVS gets --repeat)",
     )
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument(
+        "--phase",
+        choices=("test", "dev"),
+        default="test",
+        help="dev: the sweep on seeds 100-101 the settings were chosen on (tissue_development.json)",
+    )
     args = parser.parse_args()
-    seeds = parse_seeds(args.seeds)
-    if set(seeds) & {100, 101}:
-        parser.error("seeds 100-101 are the development seeds the thresholds were chosen on")
     width, height = (int(v) for v in args.size.lower().split("x"))
+    if args.phase == "dev":
+        development_phase(width, height, args.out or RESULTS / "tissue_development.json")
+        return
+    args.out = args.out or RESULT
+    seeds = parse_seeds(args.seeds)
+    if set(seeds) & set(DEV_SEEDS):
+        parser.error("seeds 100-101 are the development seeds the thresholds were chosen on")
     load_start = list(os.getloadavg())
 
     generated = []
@@ -260,7 +327,7 @@ def main() -> None:
 
     figures = {
         "seeds": seeds,
-        "development_seeds": [100, 101],
+        "development_seeds": DEV_SEEDS,
         "slide_size": [width, height],
         "mpp": 0.5,
         "repeat": args.repeat,

@@ -718,3 +718,25 @@ def care_sensitivity__test(result: dict) -> str:
         + "\n"
         + _source(result)
     )
+
+
+def tissue_development__sweep(result: dict) -> str:
+    """The texture cue's settings on the development seeds (what the choice saw)."""
+    summary = result["summary"]
+    columns = ["fat", "glass (with dust, no pen)", "glass, no tissue in tile", "pen (glass under a stroke)"]
+    rows = [
+        [label.replace("=", " = ")] + [_mean_sd(summary[label][name], 3) for name in columns]
+        for label in summary
+    ]
+    seeds = result["development_seeds"]
+    width, height = result["slide_size"]
+    text = (
+        f"Development seeds {seeds[0]}-{seeds[-1]}, {width:,} x {height:,} px with pen marks; each "
+        "setting varied with the other at its default; share of tiles found, mean +- sd over the "
+        f"slides. Rule: {result['rule']}.\n\n"
+    )
+    text += _table(["setting", *columns], rows) + "\n"
+    chosen = ", ".join(f"`{name}` = {value:g}" for name, value in result["chosen_by_rule"].items())
+    in_code = ", ".join(f"`{name}` = {value:g}" for name, value in result["defaults_in_code"].items())
+    text += f"Chosen by the rule: {chosen}; in the code: {in_code}.\n\n"
+    return text + _source(result)

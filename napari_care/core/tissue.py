@@ -35,17 +35,16 @@ PEN_MIN_SATURATION = 0.25
 DARK_VALUE = 0.2  # brightest channel below 20%: black ink or folds of ink, never stained tissue
 FALLBACK_MIN_OBJECT_PX = 64  # used when the slide has no mpp and no pixel threshold is given
 FALLBACK_MIN_HOLE_PX = 16
-# Texture cue (fat): grey-level standard deviation over TEXTURE_WINDOW_UM, averaged over
-# TEXTURE_SMOOTH_UM. Chosen on the generator's development seeds 100-101 (8 um/px view): glass
-# (with its dust) stays below 0.6 grey levels at the 95th percentile, fat membranes give 4.8-6.
+# Texture cue (fat): grey-level standard deviation over TEXTURE_WINDOW_UM, its median over
+# TEXTURE_SMOOTH_UM. The threshold and the opening were chosen on the generator's development
+# seeds 100-101 (`python benchmarks/bench_tissue.py --phase dev`, docs/results/tissue_development.json).
 TEXTURE_SD_THRESHOLD = 2.0
 TEXTURE_WINDOW_UM = 24.0
 TEXTURE_SMOOTH_UM = 40.0
 INK_RIM_PX = 3  # the anti-aliased rim of a pen stroke is textured too
-FAINT_INK_MIN_SATURATION = 0.06  # glass stays below 0.035 (99th percentile, dev seeds)
+FAINT_INK_MIN_SATURATION = 0.06  # above the saturation of plain glass on the dev seeds
 # Radius of the opening of the pale textured pixels: the window straddling an edge of tissue
-# makes a band ~2 mask px wide on the glass. Chosen on dev seeds 100-101: 8/16/24/32 um kept
-# fat 1.00/1.00/0.99-1.00/0.75-0.95 and glass-majority tiles 0.05/0.03-0.04/0.015-0.034/0.01-0.03.
+# makes a band ~2 mask px wide on the glass (chosen with the threshold, see above).
 TEXTURE_OPEN_UM = 24.0
 # The mask's pixels at most: its working set (~80 bytes a pixel at the peak) stays under
 # ~0.7 GB whatever the slide's size. 2^23 px = 26 x 20 mm at 8 um/px (a 100,000 x 80,000 px
@@ -217,12 +216,15 @@ def faint_ink_mask(
 
 
 def _majority(mask: np.ndarray, size: int) -> np.ndarray:
-    """The median filter of a boolean mask (odd ``size``): True where most of the window is.
+    """The median filter of a boolean mask over ``size`` x ``size``: scipy's, by counting.
 
-    A running mean instead of a rank filter: the same result (no window of an odd count of
-    pixels is exactly half True), two orders of magnitude faster.
+    scipy's median of ``n`` pixels is the one of rank ``n // 2``: True where at least
+    ``n - n // 2`` of the window are. A running mean counts them two orders of magnitude
+    faster than a rank filter, with the same window placement.
     """
-    return ndimage.uniform_filter(mask.astype(np.float32), size, mode="reflect") > 0.5
+    window = size * size
+    counts = ndimage.uniform_filter(mask.astype(np.float32), size, mode="reflect") * window
+    return np.rint(counts) >= window - window // 2
 
 
 def _median_u8(values: np.ndarray, size: int) -> np.ndarray:
@@ -322,6 +324,7 @@ def tissue_mask(
     min_hole_px: int | None = None,
     exclude_pen: bool = True,
     texture_threshold: float | None = TEXTURE_SD_THRESHOLD,
+    texture_open_um: float = TEXTURE_OPEN_UM,
 ) -> TissueMask:
     """Find the tissue of a slide.
 
@@ -349,6 +352,9 @@ def tissue_mask(
     texture_threshold
         Grey-level standard deviation (0-255) above which a textured but pale region (fat)
         is tissue too; None keeps the saturation cue alone (fat is left out).
+    texture_open_um
+        Radius (um) of the opening that drops thin textured bands, such as the one an edge of
+        tissue casts on the glass beside it, from what the texture cue adds (0: none).
 
     Returns
     -------
@@ -395,7 +401,7 @@ def tissue_mask(
         ink_rim = ink | faint_ink_mask(rgb, hsv)
         ink_rim = ndimage.binary_dilation(ink_rim, iterations=INK_RIM_PX) if ink_rim.any() else ink_rim
         pale = texture_mask(rgb, mpp_mask, texture_threshold) & ~ink_rim & ~mask
-        mask |= _open(pale, _radius_px(TEXTURE_OPEN_UM, mpp_mask))
+        mask |= _open(pale, _radius_px(texture_open_um, mpp_mask))
     if closing_radius > 0:
         # pad first: scipy's erosion treats the border as background and would eat edge tissue
         padded = np.pad(mask, closing_radius, mode="edge")
