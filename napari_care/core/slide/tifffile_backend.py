@@ -161,7 +161,8 @@ class TiffPageSource:
         shape = (self.tile_height, self.tile_width, 3)
         if self.tiled:
             pixels = self._segment(ty * self._tiles_x + tx, True, ty, tx)
-            if pixels is not None and pixels.shape == shape and pixels.flags.c_contiguous:
+            whole = pixels is not None and pixels.shape == shape and pixels.dtype == np.uint8
+            if whole and pixels.flags.c_contiguous:
                 return pixels  # the decoder's own array: no white fill and copy per tile
             out = np.full(shape, WHITE, dtype=np.uint8)
             if pixels is not None:
