@@ -2,7 +2,8 @@
 
 Times the training-free generator and a random-init CareModel (default sizes: D = 768,
 E = 512, 8 heads, k = 8) on 1k, 10k and 100k patches of a disc-shaped tissue, and prints
-seconds and the ratio per 10x more patches (10 means linear, 100 quadratic).
+seconds and the ratio per 10x more patches (10 means linear, 100 quadratic), and the
+process's peak resident memory. Writes ``docs/results/care_scaling.json``.
 
     python benchmarks/bench_care_scaling.py [--sizes 1000 10000 100000] [--device cuda]
 """
@@ -10,9 +11,16 @@ seconds and the ratio per 10x more patches (10 means linear, 100 quadratic).
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from result_files import RESULTS, write_result
 
 
 def disc_grid(n_patches: int) -> np.ndarray:
@@ -41,7 +49,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per size below 100k (best is kept)")
     parser.add_argument("--device", default="cpu", help="torch device of the model (cpu, cuda)")
     parser.add_argument("--skip-model", action="store_true", help="time the training-free mode only")
+    parser.add_argument("--out", type=Path, default=RESULTS / "care_scaling.json")
+    parser.add_argument("--no-result", action="store_true", help="print only")
     args = parser.parse_args()
+    load_start = list(os.getloadavg())
 
     from napari_care.core.models.care_free import segment_free
 
@@ -82,6 +93,21 @@ def main() -> None:
             ratio = f"(x{times[index] / times[index - 1]:.1f})" if index else ""
             cells.append(f"{times[index]:>24.3f} s {ratio:>7}")
         print(f"{n:>10} {regions[index]:>8} " + " ".join(cells))
+    peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"peak RSS {peak_mib:.0f} MiB; load average {load_start} -> {list(os.getloadavg())}")
+    if not args.no_result:
+        figures = {
+            "sizes": args.sizes,
+            "dim": args.dim,
+            "repeats_below_100k": args.repeats,
+            "device": args.device,
+            "grid": "disc-shaped tissue, random normal features (seed 0)",
+            "regions": regions,
+            "seconds": {name: [round(t, 4) for t in times] for name, times in rows.items()},
+            "peak_rss_mib": round(peak_mib, 1),
+            "load_average_at_start": load_start,
+        }
+        print(write_result(args.out, "care_scaling", figures))
 
 
 if __name__ == "__main__":

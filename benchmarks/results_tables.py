@@ -740,3 +740,45 @@ def tissue_development__sweep(result: dict) -> str:
     in_code = ", ".join(f"`{name}` = {value:g}" for name, value in result["defaults_in_code"].items())
     text += f"Chosen by the rule: {chosen}; in the code: {in_code}.\n\n"
     return text + _source(result)
+
+
+def care_scaling__summary(result: dict) -> str:
+    """CARE's run time against the number of patches."""
+    names = list(result["seconds"])
+    header = ["patches", "regions (training-free)"]
+    for name in names:
+        header += [f"{name} s", "x per step"]
+    rows = []
+    for index, n in enumerate(result["sizes"]):
+        row = [f"{n:,}", f"{result['regions'][index]:,}"]
+        for name in names:
+            times = result["seconds"][name]
+            step = f"x{times[index] / times[index - 1]:.1f}" if index else "-"
+            row += [f"{times[index]:.3f}", step]
+        rows.append(row)
+    text = (
+        f"{result['grid']}, D = {result['dim']}; best of {result['repeats_below_100k']} runs below "
+        f"100k patches, one run at 100k; peak RSS of the process {result['peak_rss_mib']:,.0f} MiB; "
+        f"load average {result['load_average_at_start'][0]:.2f} at the start.\n\n"
+    )
+    return text + _table(header, rows) + "\n" + _source(result)
+
+
+def geojson__summary(result: dict) -> str:
+    """GeoJSON exchange of many regions and tiles: seconds and peak Python memory per step."""
+    subjects = list(result["sizes"])
+    steps: dict[str, dict[str, str]] = {}
+    for row in result["steps"]:
+        steps.setdefault(row["step"], {})[row["subject"]] = (
+            f"{row['seconds']:.2f} s, {row['peak_mib']:.0f} MiB"
+        )
+    header = ["step"] + [f"{result['sizes'][name]:,} {name}" for name in subjects]
+    rows = [[step] + [cells.get(name, "-") for name in subjects] for step, cells in steps.items()]
+    grid = result["grid"]
+    disk = ", ".join(f"{name} {mib:.1f} MiB" for name, mib in result["mib_on_disk"].items())
+    text = (
+        f"Regions traced from a {grid['side']} x {grid['side']} label grid of {grid['patches']:,} "
+        f"patches; memory: {result['memory']}; load average {result['load_average_at_start'][0]:.2f} "
+        f"at the start.\n\n"
+    )
+    return text + _table(header, rows) + f"\nOn disk: {disk}.\n\n" + _source(result)
