@@ -1,6 +1,5 @@
 """CARE model: block geometry, ARG, ARSA, SPF, RSL, batching and scaling."""
 
-
 import numpy as np
 import pytest
 import torch
