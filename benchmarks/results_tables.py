@@ -250,7 +250,12 @@ def read_gigapixel__summary(result: dict) -> str:
     """Uncached reads of the gigapixel slide: napari_care against OpenSlide."""
     slide, figures = result["slide"], result["figures"]
     rows = [
-        [name, f"{stat['median']:.0f}", f"{stat['min']:.0f} - {stat['max']:.0f}"]
+        [
+            name,
+            f"{stat['median']:.0f}",
+            f"{stat['min']:.0f} - {stat['max']:.0f}",
+            f"{stat['cores_busy']:.2f}" if "cores_busy" in stat else "-",
+        ]
         for name, stat in figures.items()
     ]
     ratios = [[name, f"{value:.2f}"] for name, value in result["ratios"].items()]
@@ -260,7 +265,8 @@ def read_gigapixel__summary(result: dict) -> str:
         f"{result['tile_cache_limit_bytes']:,} bytes, {result['tile_cache_hits']} hits; "
         f"{result['repeats']} repeats.\n\n"
     )
-    text += _table(["workload", "reads or tiles / s (median)", "min - max"], rows) + "\n"
+    header = ["workload", "reads or tiles / s (median)", "min - max", "cores busy (CPU / wall, median)"]
+    text += _table(header, rows) + "\n"
     return text + _table(["ratio", "value"], ratios) + "\n" + _source(result)
 
 
