@@ -45,9 +45,9 @@ def render(name: str, results: Path = RESULTS) -> str:
         When the name has no table function or its results file is missing.
     """
     experiment, _, table = name.partition(".")
-    function = getattr(results_tables, f"{experiment}__{table}", None)
+    function = results_tables.table_function(experiment, table)
     if function is None:
-        raise ValueError(f"no table {name!r} (define {experiment}__{table} in benchmarks/results_tables.py)")
+        raise ValueError(f"no table {name!r} (define {experiment}__{table} in a module of results_tables)")
     path = results / f"{experiment}.json"
     if not path.is_file():
         raise ValueError(f"{path}: missing (run the script that writes it)")
