@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # care_experiments, result_files beside this file
-from care_experiments import GROUP_SEEDS, Generated, _features_of, groups_of, partition_scores
+from care_experiments import GROUP_SEEDS, Generated, generated, groups_of, partition_scores
 from result_files import RESULTS, write_result
 
 from napari_care.core.models.care_free import CareFreeConfig
@@ -149,24 +149,7 @@ def default_of(name: str):
 
 def slide_item(layout: str, seed: int, size: tuple[int, int]) -> Generated:
     """Build (once) a generated slide and its features (once); the features and the truth."""
-    from napari_care.core.features import load_features
-    from napari_care.core.synthetic.slides import build_synthetic_slide
-    from napari_care.core.train.feature_views import SlideFeatures
-
-    stem = f"{layout}_s{seed}_{size[0]}x{size[1]}"
-    features_path = cache_root() / "features" / f"{stem}.features.h5"
-    truth_path = features_path.with_name(f"{stem}.truth.npy")
-    if not (features_path.exists() and truth_path.exists()):
-        slide_path = cache_root() / "slides" / f"{stem}.ome.tif"
-        slide_path.parent.mkdir(parents=True, exist_ok=True)
-        features_path.parent.mkdir(parents=True, exist_ok=True)
-        synthetic = build_synthetic_slide(
-            slide_path, width=size[0], height=size[1], mpp=MPP, seed=seed, layout=layout, workers=1
-        )
-        _features_of(slide_path, synthetic, features_path, truth_path)
-    features = load_features(features_path)
-    slide = SlideFeatures(features.features, features.grid, stem, features.encoder)
-    return Generated(slide, np.load(truth_path), layout)
+    return generated(layout, seed, size[0], size[1], root=cache_root(), workers=1)
 
 
 def settings() -> dict[str, CareFreeConfig]:

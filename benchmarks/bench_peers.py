@@ -71,6 +71,7 @@ from napari_care.core.tiling import TileGrid, tile_grid
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_peers_common import peak_rss_mib, spread_rows
 from result_files import RESULTS, ROOT, write_result
+from slide_files import warm_page_cache
 
 RESULT = RESULTS / "peers.json"
 BENCH_DIR = Path(os.environ.get("TMPDIR", "/tmp")) / "napari_care_bench"
@@ -263,35 +264,43 @@ def ratio(ours: dict, theirs: dict) -> float | None:
     return round(ours["tiles_per_s"] / theirs["tiles_per_s"], 3)
 
 
+def peers_on_tiles(
+    encoder: str, path: Path, coords: np.ndarray, our_features: np.ndarray, context: dict
+) -> dict:
+    """LazySlide and the CLAM-style loop on the tiles at ``coords`` with ``encoder``, and their
+    cosines to ``our_features``; ``context``: pythons, scratch, ship, batch_size."""
+    corners = context["scratch"] / f"{encoder}_corners.npy"
+    np.save(corners, coords)
+    common = ["--encoder", encoder, "--descriptor-dir", str(context["ship"])]
+    common += ["--batch-size", str(context["batch_size"])]
+    peers = {}
+    for name, script, shown in (
+        ("lazyslide", "bench_peers_lazyslide.py", "LazySlide"),
+        ("clam", "bench_peers_clam.py", "CLAM-style"),
+    ):
+        out = context["scratch"] / f"{name}_{encoder}.npy"
+        arguments = (
+            [str(path), str(out), *common, "--corners", str(corners)]
+            if name == "lazyslide"
+            else [str(path), str(corners), str(out), *common]
+        )
+        peers[name] = run_peer(context["pythons"][name], script, arguments, out)
+        if "error" not in peers[name]:
+            peers[name]["cosine_to_napari_care"] = cosines(our_features, np.load(out))
+        print(line(f"{shown} {encoder}, same tiles", peers[name]), flush=True)
+    return peers
+
+
 def compare_default(
     args, path: Path, grid, rows: np.ndarray, pythons: dict, scratch: Path, ship: Path
 ) -> dict:
     """The ``default`` descriptor on the same tiles in every contender."""
     encoder = create_encoder("default")
     subset = grid.take(rows)
-    corners = scratch / "default_corners.npy"
-    np.save(corners, subset.coords)
     ours, our_features = napari_care_on(path, subset, encoder, args.batch_size)
     print(line("napari_care default, same tiles", ours), flush=True)
-    peers = {}
-    common = ["--encoder", "default", "--descriptor-dir", str(ship), "--batch-size", str(args.batch_size)]
-    out = scratch / "lazyslide_default.npy"
-    peers["lazyslide"] = run_peer(
-        pythons["lazyslide"],
-        "bench_peers_lazyslide.py",
-        [str(path), str(out), *common, "--corners", str(corners)],
-        out,
-    )
-    if "error" not in peers["lazyslide"]:
-        peers["lazyslide"]["cosine_to_napari_care"] = cosines(our_features, np.load(out))
-    print(line("LazySlide default, same tiles", peers["lazyslide"]), flush=True)
-    out = scratch / "clam_default.npy"
-    peers["clam"] = run_peer(
-        pythons["clam"], "bench_peers_clam.py", [str(path), str(corners), str(out), *common], out
-    )
-    if "error" not in peers["clam"]:
-        peers["clam"]["cosine_to_napari_care"] = cosines(our_features, np.load(out))
-    print(line("CLAM-style default, same tiles", peers["clam"]), flush=True)
+    context = {"pythons": pythons, "scratch": scratch, "ship": ship, "batch_size": args.batch_size}
+    peers = peers_on_tiles("default", path, subset.coords, our_features, context)
     return {
         "tiles": len(rows),
         "napari_care": ours,
@@ -329,27 +338,8 @@ def compare_cnn(args, path: Path, grid, rows: np.ndarray, pythons: dict, scratch
     pairs = [round(e["tiles_per_s"] / b["tiles_per_s"], 3) for b, e in zip(bares, ends, strict=True)]
     best_bare = max(bares, key=lambda f: f["tiles_per_s"])
     best_end = max(ends, key=lambda f: f["tiles_per_s"])
-    corners = scratch / "cnn_corners.npy"
-    np.save(corners, subset.coords)
-    common = ["--encoder", "resnet18", "--descriptor-dir", str(ship), "--batch-size", str(args.batch_size)]
-    peers = {}
-    out = scratch / "lazyslide_cnn.npy"
-    peers["lazyslide"] = run_peer(
-        pythons["lazyslide"],
-        "bench_peers_lazyslide.py",
-        [str(path), str(out), *common, "--corners", str(corners)],
-        out,
-    )
-    out_clam = scratch / "clam_cnn.npy"
-    peers["clam"] = run_peer(
-        pythons["clam"], "bench_peers_clam.py", [str(path), str(corners), str(out_clam), *common], out_clam
-    )
-    for name, out_path in (("lazyslide", out), ("clam", out_clam)):
-        if "error" not in peers[name]:
-            peers[name]["cosine_to_napari_care"] = cosines(our_features, np.load(out_path))
-        print(
-            line(f"{'LazySlide' if name == 'lazyslide' else 'CLAM-style'} resnet18, same tiles", peers[name])
-        )
+    context = {"pythons": pythons, "scratch": scratch, "ship": ship, "batch_size": args.batch_size}
+    peers = peers_on_tiles("resnet18", path, subset.coords, our_features, context)
     return {
         "tiles": len(rows),
         "input": f"{TILE_PX}-px tiles resized to {round(encoder.cfg.input_size / encoder.cfg.crop_pct)} and "
@@ -366,15 +356,6 @@ def compare_cnn(args, path: Path, grid, rows: np.ndarray, pythons: dict, scratch
         "ratio_napari_care_over_lazyslide": ratio(best_end, peers["lazyslide"]),
         "ratio_napari_care_over_clam": ratio(best_end, peers["clam"]),
     }
-
-
-def warm_page_cache(path: Path) -> float:
-    """Read the file once (so every contender finds it in the OS page cache); seconds taken."""
-    start = time.perf_counter()
-    with open(path, "rb") as handle:
-        while handle.read(64 << 20):
-            pass
-    return time.perf_counter() - start
 
 
 def main() -> None:

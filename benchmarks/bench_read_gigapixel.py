@@ -40,6 +40,7 @@ from napari_care.core.tiling import tile_grid
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_gigapixel
 from result_files import RESULTS, write_result
+from slide_files import slide_file_record, warm_page_cache
 
 RESULT = RESULTS / "read_gigapixel.json"
 
@@ -117,12 +118,6 @@ def summary(counts: int, seconds: list[float]) -> dict:
     return {"median": statistics.median(rates), "min": min(rates), "max": max(rates), "runs": rates}
 
 
-def warm_page_cache(path: Path) -> None:
-    with open(path, "rb") as handle:
-        while handle.read(64 * 2**20):
-            pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("slide", nargs="?", type=Path)
@@ -134,8 +129,6 @@ def main() -> None:
     path = args.slide or make_gigapixel.build_gigapixel(make_gigapixel.DEFAULT_OUT).svs
     if not path.is_file():
         parser.error(f"{path}: no such file (pass a slide, or run benchmarks/make_gigapixel.py)")
-    file_bytes = path.stat().st_size
-    ram_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     warm_page_cache(path)
     with open_slide(path) as slide:
         width, height = slide.dimensions[0]
@@ -143,10 +136,12 @@ def main() -> None:
         grid = tile_grid(slide, mpp=0.5, tile_size_px=256)
         backend, vendor = slide.backend, slide.vendor
     n_grid = min(args.grid_tiles, len(grid) // max(1, args.repeat))
+    slide_file = slide_file_record(path, width, height) | {"grid_tiles_20x": len(grid)}
+    file_bytes = slide_file["bytes"]
     print(
         f"{path.name}: {width}x{height} px, {file_bytes:,} bytes ({file_bytes / 2**30:.2f} GiB), "
-        f"{vendor} read by {backend}; RAM {ram_bytes / 2**30:.1f} GiB: the file "
-        f"{'fits in' if file_bytes < ram_bytes else 'exceeds'} RAM and is in the page cache for every "
+        f"{vendor} read by {backend}; RAM {slide_file['ram_bytes'] / 2**30:.1f} GiB: the file "
+        f"{'fits in' if slide_file['fits_in_ram'] else 'exceeds'} RAM and is in the page cache for every "
         f"contender (not dropped); 20x grid {len(grid)} tissue tiles of 512 level-0 px"
     )
     print(f"tile cache limit {cache_limit:,} bytes; {os.cpu_count()} cores; load average {os.getloadavg()}")
@@ -196,16 +191,7 @@ def main() -> None:
     print(f"tile cache hits {sum(hits)} (limit {cache_limit:,} bytes); load average {os.getloadavg()}")
     if not args.no_result:
         document = {
-            "slide": {
-                "path": str(path),
-                "width": width,
-                "height": height,
-                "bytes": file_bytes,
-                "ram_bytes": ram_bytes,
-                "fits_in_ram": file_bytes < ram_bytes,
-                "page_cache": "file read once beforehand; not dropped (shared machine)",
-                "grid_tiles_20x": len(grid),
-            },
+            "slide": slide_file,
             "workloads": {
                 "random": f"{args.regions} 256-px level-0 reads per run, disjoint 2x2 file-tile blocks",
                 "grid": f"{n_grid} contiguous 20x grid tiles per run (iter_tile_batches / OpenSlide+PIL)",

@@ -223,6 +223,17 @@ DEV_RULE = (
 )
 
 
+def generated_slide(name: str, seed: int, width: int, height: int) -> tuple[Path, object, TissueMask]:
+    """A generated slide with pen marks (built once into the bench folder), its truth and its pen strokes."""
+    path = BENCH_DIR / "tissue" / f"{name}_{width}x{height}.ome.tif"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_synthetic_slide(path, width=width, height=height, seed=seed, pen_marks=True, workers=1)
+    truth = load_synthetic_slide(path)
+    pen = TissueMask(pen_mark_field(truth.labels, np.random.default_rng([seed, 2])) > 0, truth.downsample)
+    return path, truth, pen
+
+
 def development_phase(width: int, height: int, out: Path) -> None:
     """The sweep the texture cue's settings were chosen on (development seeds only)."""
     from napari_care.core.tissue import TEXTURE_OPEN_UM, TEXTURE_SD_THRESHOLD
@@ -230,12 +241,7 @@ def development_phase(width: int, height: int, out: Path) -> None:
     defaults = {"texture_threshold": TEXTURE_SD_THRESHOLD, "texture_open_um": TEXTURE_OPEN_UM}
     rows = []
     for seed in DEV_SEEDS:
-        path = BENCH_DIR / "tissue" / f"dev_seed{seed}_{width}x{height}.ome.tif"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            build_synthetic_slide(path, width=width, height=height, seed=seed, pen_marks=True, workers=1)
-        truth = load_synthetic_slide(path)
-        pen = TissueMask(pen_mark_field(truth.labels, np.random.default_rng([seed, 2])) > 0, truth.downsample)
+        path, truth, pen = generated_slide(f"dev_seed{seed}", seed, width, height)
         slide = open_slide(path)
         grid = tile_grid(slide, min_tissue=0)
         pen_share = pen.fraction_for_tiles(grid.coords, grid.tile_size_level0)
@@ -310,12 +316,7 @@ def main() -> None:
 
     generated = []
     for seed in seeds:
-        path = BENCH_DIR / "tissue" / f"seed{seed}_{width}x{height}.ome.tif"
-        if not path.is_file():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            build_synthetic_slide(path, width=width, height=height, seed=seed, pen_marks=True, workers=1)
-        truth = load_synthetic_slide(path)
-        pen = TissueMask(pen_mark_field(truth.labels, np.random.default_rng([seed, 2])) > 0, truth.downsample)
+        path, truth, pen = generated_slide(f"seed{seed}", seed, width, height)
 
         def pen_share_for(grid, pen=pen):
             return pen.fraction_for_tiles(grid.coords, grid.tile_size_level0)

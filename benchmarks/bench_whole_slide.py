@@ -50,6 +50,7 @@ import psutil
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import make_gigapixel
 from result_files import RESULTS, write_result
+from slide_files import slide_file_record, warm_page_cache
 
 RESULT = RESULTS / "whole_slide.json"
 TARGET_WALL_S = 30.0
@@ -296,30 +297,13 @@ def staged_run(slide: Path, work_dir: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def warm_page_cache(path: Path) -> None:
-    """Read the file once, so every repeat finds it in the page cache alike."""
-    with open(path, "rb") as handle:
-        while handle.read(64 * 2**20):
-            pass
-
-
 def slide_record(path: Path) -> dict:
     """Size, dimensions and whether the file fits in RAM."""
     from napari_care.core.slide.handle import open_slide
 
     with open_slide(path) as slide:
         width, height = slide.dimensions[0]
-    file_bytes = path.stat().st_size
-    ram_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    return {
-        "path": str(path),
-        "width": width,
-        "height": height,
-        "bytes": file_bytes,
-        "ram_bytes": ram_bytes,
-        "fits_in_ram": file_bytes < ram_bytes,
-        "page_cache": "file read once beforehand; not dropped (shared machine)",
-    }
+    return slide_file_record(path, width, height)
 
 
 def summarise(runs: list[dict]) -> dict:

@@ -92,27 +92,39 @@ def _features_of(slide_path: Path, synthetic, features_path: Path, truth_path: P
     np.save(truth_path, synthetic.truth_at(features.coords, features.patch_size_level0))
 
 
-def _load(stem: str, group: str) -> Generated:
+def _load(stem: str, group: str, root: Path | None = None) -> Generated:
     from napari_care.core.features import load_features
 
-    features = load_features(cache_root() / "features" / f"{stem}.features.h5")
-    truth = np.load(cache_root() / "features" / f"{stem}.truth.npy")
+    folder = (root or cache_root()) / "features"
+    features = load_features(folder / f"{stem}.features.h5")
+    truth = np.load(folder / f"{stem}.truth.npy")
     return Generated(SlideFeatures(features.features, features.grid, stem, features.encoder), truth, group)
 
 
-def generated(layout: str, seed: int, width: int, height: int) -> Generated:
-    """Build (once) a synthetic slide, extract its features (once) and read the truth."""
+def generated(
+    layout: str, seed: int, width: int, height: int, *, root: Path | None = None, workers: int | None = None
+) -> Generated:
+    """Build (once) a synthetic slide, extract its features (once) and read the truth.
+
+    ``root``: the cache folder (default :func:`cache_root`); ``workers``: the slide build's
+    threads (default: the builder's).
+    """
     from napari_care.core.synthetic.slides import build_synthetic_slide
 
+    root = root or cache_root()
     stem = f"{layout}_s{seed}_{width}x{height}"
-    features_path = cache_root() / "features" / f"{stem}.features.h5"
+    features_path = root / "features" / f"{stem}.features.h5"
     truth_path = features_path.with_name(f"{stem}.truth.npy")
     if not (features_path.exists() and truth_path.exists()):
-        slide_path = cache_root() / "slides" / f"{stem}.ome.tif"
+        slide_path = root / "slides" / f"{stem}.ome.tif"
         slide_path.parent.mkdir(parents=True, exist_ok=True)
-        synthetic = build_synthetic_slide(slide_path, width=width, height=height, seed=seed, layout=layout)
+        features_path.parent.mkdir(parents=True, exist_ok=True)
+        options = {} if workers is None else {"workers": workers}
+        synthetic = build_synthetic_slide(
+            slide_path, width=width, height=height, seed=seed, layout=layout, **options
+        )
         _features_of(slide_path, synthetic, features_path, truth_path)
-    return _load(stem, layout)
+    return _load(stem, layout, root)
 
 
 def offline_sample() -> Generated:
